@@ -1,0 +1,1 @@
+"""randla: randomized numerical linear algebra on any array-API array."""

@@ -1,0 +1,463 @@
+"""The one place that knows which array library it runs on.
+
+Everything else in randla is written against the array API standard and receives
+its namespace ``xp`` from here. This module supplies what the standard lacks
+(triangular solve, LU, pivoted QR, random numbers, host round-trips) with a fast
+path per backend and a pure array-API fallback, and it hides the few places where
+a backend needs help with a standard call (Dask wants single-chunk columns for QR
+and SVD).
+
+Backends are recognised by their namespace, never by importing them: ``import
+randla`` needs only NumPy and array-api-compat.
+"""
+
+from __future__ import annotations
+
+import array_api_compat as _compat
+import numpy as np
+
+__all__ = [
+    "namespace",
+    "device",
+    "backend_name",
+    "is_lazy",
+    "mH",
+    "real_dtype",
+    "eps",
+    "qr",
+    "svd",
+    "eigh",
+    "cholesky",
+    "inv",
+    "solve_triangular",
+    "lu",
+    "qr_pivoted",
+    "to_numpy",
+    "from_numpy",
+    "as_generator",
+    "normal",
+    "uniform",
+    "integers",
+    "scalar",
+    "at_set",
+]
+
+
+# ----------------------------------------------------------------------------------
+# namespace, device, dtype
+# ----------------------------------------------------------------------------------
+
+
+def namespace(*arrays):
+    """Array namespace of ``arrays`` (``None`` entries are ignored)."""
+    return _compat.array_namespace(*[a for a in arrays if a is not None])
+
+
+def device(x):
+    """Device of ``x`` in the sense of the array API standard."""
+    return _compat.device(x)
+
+
+def backend_name(xp) -> str:
+    """One of ``numpy``, ``torch``, ``jax``, ``cupy``, ``dask`` or ``other``."""
+    if _compat.is_numpy_namespace(xp):
+        return "numpy"
+    if _compat.is_torch_namespace(xp):
+        return "torch"
+    if _compat.is_jax_namespace(xp):
+        return "jax"
+    if _compat.is_cupy_namespace(xp):
+        return "cupy"
+    if _compat.is_dask_namespace(xp):
+        return "dask"
+    return "other"
+
+
+def is_lazy(x) -> bool:
+    """True where reading a value would force a computation or is impossible.
+
+    Dask arrays and JAX tracers (inside ``jax.jit``) are lazy; eager checks such
+    as ``check_finite`` are skipped on them.
+    """
+    if _compat.is_dask_array(x):
+        return True
+    if _compat.is_jax_array(x):
+        try:
+            import jax
+
+            return isinstance(x, jax.core.Tracer)
+        except (ImportError, AttributeError):  # pragma: no cover - old JAX
+            return False
+    return False
+
+
+def mH(x):
+    """Conjugate transpose of the last two axes."""
+    xp = namespace(x)
+    xt = xp.matrix_transpose(x)
+    return xp.conj(xt) if xp.isdtype(x.dtype, "complex floating") else xt
+
+
+def real_dtype(xp, dtype):
+    """The real floating dtype of the same precision as ``dtype``."""
+    if dtype == xp.complex64:
+        return xp.float32
+    if dtype == xp.complex128:
+        return xp.float64
+    return dtype
+
+
+def eps(xp, dtype) -> float:
+    """Unit roundoff (machine epsilon) of ``dtype``."""
+    return float(xp.finfo(real_dtype(xp, dtype)).eps)
+
+
+def scalar(x) -> float:
+    """A Python float from a 0-d array (eager: computes lazy arrays)."""
+    if _compat.is_dask_array(x):
+        x = x.compute()
+    return float(x)
+
+
+def at_set(x, idx, value):
+    """Functional ``x[idx] = value`` that never writes to ``x`` (works on JAX)."""
+    import array_api_extra as xpx
+
+    return xpx.at(x, idx).set(value, copy=True)
+
+
+# ----------------------------------------------------------------------------------
+# dense linear algebra the standard has, with backend help where needed
+# ----------------------------------------------------------------------------------
+
+
+def _dask_single_col_chunk(x):
+    return x.rechunk({x.ndim - 1: -1})
+
+
+def _dask_single_chunk(x):
+    return x.rechunk(-1)
+
+
+def qr(x):
+    """Reduced QR of a 2-D array: ``x = Q @ R``.
+
+    Dask: columns are gathered into one chunk (tall-skinny QR needs it).
+    """
+    xp = namespace(x)
+    name = backend_name(xp)
+    if name == "dask":
+        m, n = x.shape
+        x = _dask_single_col_chunk(x) if m >= n else _dask_single_chunk(x)
+    return xp.linalg.qr(x, mode="reduced")
+
+
+def svd(x):
+    """Thin SVD ``x = U @ diag(S) @ Vh`` (Dask: one chunk, meant for small x)."""
+    xp = namespace(x)
+    if backend_name(xp) == "dask":
+        x = _dask_single_chunk(x)
+    return xp.linalg.svd(x, full_matrices=False)
+
+
+def eigh(x):
+    """Eigen-decomposition of a Hermitian matrix, eigenvalues ascending."""
+    xp = namespace(x)
+    if backend_name(xp) == "dask":
+        x = _dask_single_chunk(x)
+        import dask.array as da
+
+        # Dask has no eigh: evaluate the (small) matrix blockwise with NumPy.
+        w = da.map_blocks(lambda b: np.linalg.eigh(b)[0], x, drop_axis=1, dtype=real_dtype(xp, x.dtype))
+        v = da.map_blocks(lambda b: np.linalg.eigh(b)[1], x, dtype=x.dtype)
+        return w, v
+    return xp.linalg.eigh(x)
+
+
+def cholesky(x, *, upper=True):
+    """Cholesky factor of a Hermitian positive definite matrix (upper by default)."""
+    xp = namespace(x)
+    if backend_name(xp) == "dask":
+        x = _dask_single_chunk(x)
+        lower = xp.linalg.cholesky(x)
+        return mH(lower) if upper else lower
+    return xp.linalg.cholesky(x, upper=upper)
+
+
+def inv(x):
+    """Inverse of a small square matrix (Dask: one chunk)."""
+    xp = namespace(x)
+    if backend_name(xp) == "dask":
+        x = _dask_single_chunk(x)
+    return xp.linalg.inv(x)
+
+
+# ----------------------------------------------------------------------------------
+# what the standard lacks
+# ----------------------------------------------------------------------------------
+
+
+def solve_triangular(a, b, *, lower, left=True, unit_diagonal=False):
+    """Solve ``a @ x = b`` (``left``) or ``x @ a = b`` with triangular ``a``.
+
+    Fast paths: SciPy (NumPy), ``torch.linalg.solve_triangular``,
+    ``jax.scipy.linalg.solve_triangular``, ``cupyx.scipy.linalg``. The pure array-API
+    fallback calls ``xp.linalg.solve`` on the triangular matrix (an LU of a triangular
+    matrix; backward stable, O(n^3) instead of O(n^2) per right-hand side).
+    Leading batch dimensions are supported on every path except the SciPy one,
+    which loops over them.
+    """
+    xp = namespace(a, b)
+    name = backend_name(xp)
+    if name == "torch":
+        import torch
+
+        return torch.linalg.solve_triangular(a, b, upper=not lower, left=left, unitriangular=unit_diagonal)
+    if not left:
+        # x @ a = b  <=>  a^T @ x^T = b^T (plain transpose, no conjugation)
+        xt = solve_triangular(
+            xp.matrix_transpose(a), xp.matrix_transpose(b), lower=not lower, unit_diagonal=unit_diagonal
+        )
+        return xp.matrix_transpose(xt)
+    if name == "numpy" and a.ndim == 2 and b.ndim == 2:
+        import scipy.linalg
+
+        return xp.asarray(
+            scipy.linalg.solve_triangular(a, b, lower=lower, unit_diagonal=unit_diagonal, check_finite=False)
+        )
+    if name == "jax":
+        import jax.scipy.linalg as jsl
+
+        return jsl.solve_triangular(a, b, lower=lower, unit_diagonal=unit_diagonal)
+    if name == "cupy" and a.ndim == 2:
+        import cupyx.scipy.linalg as csl
+
+        return csl.solve_triangular(a, b, lower=lower, unit_diagonal=unit_diagonal)
+    n = a.shape[-1]
+    mask = xp.tril(xp.ones((n, n), dtype=xp.bool, device=device(a)))
+    if not lower:
+        mask = xp.matrix_transpose(mask)
+    a = xp.where(mask, a, xp.zeros_like(a))
+    if unit_diagonal:
+        eye = xp.eye(n, dtype=a.dtype, device=device(a))
+        a = xp.where(xp.astype(eye, xp.bool), eye, a)
+    if name == "dask":
+        a, b = _dask_single_chunk(a), _dask_single_col_chunk(b)
+    return xp.linalg.solve(a, b)
+
+
+def lu(x):
+    """Row-permuted LU of an m x n matrix, m >= n: returns ``(PL, U)``, ``x = PL @ U``.
+
+    ``PL`` is a unit lower-triangular matrix with its rows permuted (LAPACK getrf
+    with the permutation applied). It spans the same column space as ``x`` and is
+    well conditioned, which is all a power-iteration stabiliser needs [HMT2011,
+    Sec. 4.5]. Fast paths: SciPy, torch, JAX, CuPy; fallback: right-looking
+    partial-pivoting LU in array-API operations.
+    """
+    xp = namespace(x)
+    name = backend_name(xp)
+    if name == "numpy":
+        import scipy.linalg
+
+        pl, u = scipy.linalg.lu(x, permute_l=True, check_finite=False)
+        return xp.asarray(pl), xp.asarray(u)
+    if name == "torch":
+        import torch
+
+        p, l_, u = torch.linalg.lu(x)
+        return p @ l_, u
+    if name == "jax":
+        import jax.scipy.linalg as jsl
+
+        return jsl.lu(x, permute_l=True)
+    if name == "cupy":
+        import cupyx.scipy.linalg as csl
+
+        return csl.lu(x, permute_l=True)
+    return _lu_fallback(x, xp)
+
+
+def _lu_fallback(x, xp):
+    m, n = x.shape
+    dev = device(x)
+    a = xp.asarray(x, copy=True)
+    rows = xp.arange(m, device=dev)
+    perm = rows
+    for j in range(n):
+        col = xp.abs(a[:, j])
+        col = xp.where(rows >= j, col, -xp.ones_like(col))
+        p = int(xp.argmax(col))
+        if p != j:
+            order = xp.asarray(list(range(m)), device=dev)
+            order = at_set(at_set(order, j, p), p, j)
+            a = xp.take(a, order, axis=0)
+            perm = xp.take(perm, order, axis=0)
+        pivot = a[j, j]
+        below = rows > j
+        safe = pivot if scalar(xp.abs(pivot)) != 0.0 else xp.ones_like(pivot)
+        lcol = xp.where(below, a[:, j] / safe, xp.zeros_like(a[:, j]))
+        urow = xp.where(xp.arange(n, device=dev) > j, a[j, :], xp.zeros_like(a[j, :]))
+        a = a - lcol[:, None] * urow[None, :]
+        a = xp.where((below[:, None]) & (xp.arange(n, device=dev)[None, :] == j), lcol[:, None], a)
+    u = xp.triu(a[:n, :])
+    low = xp.tril(a, k=-1)[:, :n] + xp.eye(m, n, dtype=a.dtype, device=dev)
+    inverse = xp.argsort(perm)
+    return xp.take(low, inverse, axis=0), u
+
+
+def qr_pivoted(x):
+    """Column-pivoted (Businger-Golub) QR: ``x[:, perm] = Q @ R``, economic.
+
+    Returns ``(Q, R, perm)`` with ``perm`` an integer array on the input's device.
+    Fast paths: LAPACK geqp3 through SciPy (NumPy) and ``jax.scipy.linalg.qr``.
+    Backends without a pivoted QR (torch, CuPy, Dask, array-api-strict) take a
+    documented host round-trip through SciPy; callers that care about large
+    matrices on those backends use ``randla.qr`` (randomized CPQR), which only
+    sends a small sketch to the host.
+    """
+    xp = namespace(x)
+    name = backend_name(xp)
+    if name == "jax":
+        import jax.scipy.linalg as jsl
+
+        q, r, perm = jsl.qr(x, mode="economic", pivoting=True)
+        return q, r, perm
+    import scipy.linalg
+
+    q, r, perm = scipy.linalg.qr(to_numpy(x), mode="economic", pivoting=True, check_finite=False)
+    if name == "numpy":
+        return q, r, perm
+    return from_numpy(q, like=x), from_numpy(r, like=x), from_numpy(perm, like=x)
+
+
+# ----------------------------------------------------------------------------------
+# host round-trips
+# ----------------------------------------------------------------------------------
+
+
+def to_numpy(x) -> np.ndarray:
+    """A NumPy copy (or view) of ``x`` on the host."""
+    xp = namespace(x)
+    name = backend_name(xp)
+    if name == "numpy":
+        return np.asarray(x)
+    if name == "torch":
+        return x.detach().cpu().resolve_conj().numpy()
+    if name == "cupy":
+        return x.get()
+    if name == "dask":
+        return np.asarray(x.compute())
+    return np.asarray(x)
+
+
+def from_numpy(a, *, like):
+    """``a`` moved into the namespace and onto the device of ``like``."""
+    xp = namespace(like)
+    name = backend_name(xp)
+    if name == "numpy":
+        return np.asarray(a)
+    if name == "dask":
+        import dask.array as da
+
+        return da.from_array(np.asarray(a), chunks=-1)
+    if name == "other" and np.asarray(a).dtype.kind == "i":
+        a = np.asarray(a, dtype=np.int64)
+    return xp.asarray(a, device=device(like))
+
+
+# ----------------------------------------------------------------------------------
+# random numbers: drawn natively on the array's device
+# ----------------------------------------------------------------------------------
+
+
+def as_generator(rng) -> np.random.Generator:
+    """SPEC 7: ``None`` (fresh entropy), an int seed, or a ``numpy.random.Generator``."""
+    if rng is None or isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        return np.random.default_rng(rng)
+    if isinstance(rng, np.random.Generator):
+        return rng
+    raise TypeError(
+        f"rng must be None, an int seed or a numpy.random.Generator, got {type(rng).__name__}"
+    )
+
+
+def _seed(gen: np.random.Generator) -> int:
+    return int(gen.integers(0, 2**62))
+
+
+def _draw(kind, shape, *, xp, dtype, dev, rng, high=None):
+    """Draws with the backend's own generator, seeded from ``rng``.
+
+    Only the seed crosses from the host: a NumPy Generator seeds a
+    ``torch.Generator``, a JAX key, a CuPy or Dask generator, so big sketches are
+    made where they are used. NumPy and array-api-strict draw from NumPy.
+    """
+    gen = as_generator(rng)
+    name = backend_name(xp)
+    shape = tuple(int(s) for s in shape)
+    if name == "torch":
+        import torch
+
+        g = torch.Generator(device=dev).manual_seed(_seed(gen))
+        if kind == "normal":
+            return torch.randn(shape, generator=g, dtype=dtype, device=dev)
+        if kind == "uniform":
+            return torch.rand(shape, generator=g, dtype=dtype, device=dev)
+        return torch.randint(0, high, shape, generator=g, dtype=torch.int64, device=dev)
+    if name == "jax":
+        import jax
+
+        key = jax.random.key(_seed(gen))
+        if kind == "normal":
+            out = jax.random.normal(key, shape, dtype=dtype)
+        elif kind == "uniform":
+            out = jax.random.uniform(key, shape, dtype=dtype)
+        else:
+            out = jax.random.randint(key, shape, 0, high)
+        return jax.device_put(out, dev)
+    if name == "cupy":
+        import cupy
+
+        with dev:
+            g = cupy.random.default_rng(_seed(gen))
+            if kind == "normal":
+                return g.standard_normal(shape, dtype=dtype)
+            if kind == "uniform":
+                return g.random(shape, dtype=dtype)
+            return g.integers(0, high, shape)
+    if name == "dask":
+        import dask.array as da
+
+        g = da.random.default_rng(_seed(gen))
+        if kind == "normal":
+            return g.standard_normal(shape, dtype=dtype)
+        if kind == "uniform":
+            return g.random(shape, dtype=dtype)
+        return g.integers(0, high, shape)
+    if kind == "normal":
+        out = gen.standard_normal(shape, dtype=_np_dtype(xp, dtype))
+    elif kind == "uniform":
+        out = gen.random(shape, dtype=_np_dtype(xp, dtype))
+    else:
+        out = gen.integers(0, high, shape)
+    return out if name == "numpy" else xp.asarray(out, device=dev)
+
+
+def _np_dtype(xp, dtype):
+    return np.float32 if dtype == xp.float32 else np.float64
+
+
+def normal(shape, *, xp, dtype, device, rng):
+    """Standard normal draws of a real floating ``dtype``."""
+    return _draw("normal", shape, xp=xp, dtype=dtype, dev=device, rng=rng)
+
+
+def uniform(shape, *, xp, dtype, device, rng):
+    """Uniform draws in [0, 1) of a real floating ``dtype``."""
+    return _draw("uniform", shape, xp=xp, dtype=dtype, dev=device, rng=rng)
+
+
+def integers(high, shape, *, xp, device, rng):
+    """Uniform integers in ``[0, high)`` (the backend's default integer dtype)."""
+    return _draw("integers", shape, xp=xp, dtype=None, dev=device, rng=rng, high=high)

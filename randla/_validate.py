@@ -1,0 +1,151 @@
+"""Input checks that raise clear errors naming the argument.
+
+The dtype rule, one for all of randla: real and complex float32/float64 arrays are
+used as they are; boolean and integer arrays are promoted to float64 (as SciPy
+does); every other dtype (float16, bfloat16, strings, objects) is a ``TypeError``.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable, NamedTuple
+
+from . import _backend as B
+
+__all__ = ["as_matrix", "as_operand", "Operand", "check_rank", "check_count", "check_rtol"]
+
+
+def _float_dtype(xp, x, name):
+    dt = x.dtype
+    if dt in (xp.float32, xp.float64, xp.complex64, xp.complex128):
+        return x
+    if xp.isdtype(dt, ("bool", "integral")):
+        return xp.astype(x, xp.float64)
+    raise TypeError(
+        f"{name} has dtype {dt}; randla works in float32, float64, complex64 or "
+        f"complex128 (integer and bool input is promoted to float64)"
+    )
+
+
+def as_matrix(A, name: str = "A", *, check_finite: bool = True, ndim: int = 2):
+    """Validate a dense 2-D array; return ``(A, xp)`` with the dtype rule applied.
+
+    ``check_finite`` scans for NaN/Inf (one pass over ``A``); it is skipped on lazy
+    arrays (Dask, JAX under ``jit``), where it would force a computation.
+    """
+    try:
+        xp = B.namespace(A)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be an array of an array-API library (NumPy, CuPy, torch, JAX, "
+            f"Dask, ...), got {type(A).__name__}"
+        ) from None
+    if A.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got an array of shape {tuple(A.shape)}")
+    if any(s == 0 for s in A.shape):
+        raise ValueError(f"{name} must not be empty, got shape {tuple(A.shape)}")
+    A = _float_dtype(xp, A, name)
+    if check_finite and not B.is_lazy(A) and not bool(xp.all(xp.isfinite(A))):
+        raise ValueError(f"{name} contains NaN or Inf (pass check_finite=False to skip this check)")
+    return A, xp
+
+
+class Operand(NamedTuple):
+    """A matrix seen through its products: dense arrays and matrix-free operators alike."""
+
+    A: Any
+    xp: Any
+    shape: tuple
+    dtype: Any
+    matmat: Callable  # X -> A @ X
+    rmatmat: Callable  # X -> A^H @ X
+    dense: bool
+
+
+def _is_scipy_operator(A):
+    try:
+        import scipy.sparse
+        import scipy.sparse.linalg
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(A, scipy.sparse.linalg.LinearOperator) or scipy.sparse.issparse(A)
+
+
+def as_operand(A, name: str = "A", *, check_finite: bool = True) -> Operand:
+    """Validate ``A`` as a dense array, a SciPy sparse array or a ``LinearOperator``."""
+    if _is_scipy_operator(A):
+        return _scipy_operand(A, name, check_finite)
+    A, xp = as_matrix(A, name, check_finite=check_finite)
+    AH = B.mH(A)
+    return Operand(A, xp, tuple(A.shape), A.dtype, lambda X: A @ X, lambda X: AH @ X, True)
+
+
+def _scipy_operand(A, name, check_finite):
+    import numpy as np
+    import scipy.sparse
+    import scipy.sparse.linalg as spla
+
+    if len(A.shape) != 2 or 0 in A.shape:
+        raise ValueError(f"{name} must be 2-D and non-empty, got shape {tuple(A.shape)}")
+    dtype = np.dtype(A.dtype) if A.dtype is not None else np.dtype(np.float64)
+    if dtype.kind in "biu":
+        dtype = np.dtype(np.float64)
+        A = A.astype(dtype) if scipy.sparse.issparse(A) else spla.aslinearoperator(A)
+    elif dtype not in (np.float32, np.float64, np.complex64, np.complex128):
+        raise TypeError(f"{name} has dtype {dtype}; use float32, float64, complex64 or complex128")
+    if scipy.sparse.issparse(A):
+        if check_finite and not np.all(np.isfinite(A.data)):
+            raise ValueError(f"{name} contains NaN or Inf (pass check_finite=False to skip this check)")
+        AH = A.conj().T.tocsr()
+        A = A.tocsr()
+        return Operand(A, np, tuple(A.shape), dtype, lambda X: np.asarray(A @ X, dtype=dtype),
+                       lambda X: np.asarray(AH @ X, dtype=dtype), False)
+    op = A
+    return Operand(op, np, tuple(op.shape), dtype, lambda X: np.asarray(op.matmat(X), dtype=dtype),
+                   lambda X: np.asarray(op.rmatmat(X), dtype=dtype), False)
+
+
+def check_rank(k, shape, name: str = "k") -> int:
+    """``1 <= k <= min(shape)`` as a Python int."""
+    k = _as_int(k, name)
+    bound = min(shape)
+    if k <= 0 or k > bound:
+        raise ValueError(f"{name} must satisfy 1 <= {name} <= min(m, n) = {bound}, got {k}")
+    return k
+
+
+def check_count(v, name: str, *, minimum: int = 0) -> int:
+    """An int ``>= minimum`` (oversampling, iteration counts, block sizes)."""
+    v = _as_int(v, name)
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def check_rtol(rtol, name: str = "rtol") -> float:
+    """A relative tolerance in (0, 1)."""
+    if isinstance(rtol, bool):
+        raise TypeError(f"{name} must be a float, got bool")
+    try:
+        r = float(rtol)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a float, got {type(rtol).__name__}") from None
+    if not 0.0 < r < 1.0:
+        raise ValueError(f"{name} must be in (0, 1), got {rtol!r}")
+    return r
+
+
+def check_choice(value, name: str, choices) -> str:
+    """``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def _as_int(v, name):
+    if isinstance(v, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}") from None
