@@ -461,3 +461,11 @@ def uniform(shape, *, xp, dtype, device, rng):
 def integers(high, shape, *, xp, device, rng):
     """Uniform integers in ``[0, high)`` (the backend's default integer dtype)."""
     return _draw("integers", shape, xp=xp, dtype=None, dev=device, rng=rng, high=high)
+
+
+def has_pivoted_qr(xp) -> bool:
+    """True where :func:`qr_pivoted` runs natively on the array's device (NumPy, JAX).
+
+    Elsewhere it is a host round-trip, which callers avoid for large matrices.
+    """
+    return backend_name(xp) in ("numpy", "jax")
