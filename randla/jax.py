@@ -1,0 +1,258 @@
+"""JAX adapters: differentiable QR and LQ whose derivatives are randla's adjoints.
+
+``import randla`` never imports JAX; importing this module does.
+
+:func:`qr` and :func:`lq` work under ``jax.jit``, ``jax.vmap`` and ``jax.grad``. JAX
+lets a function carry either a custom reverse rule or a custom forward rule, so
+``rule`` chooses:
+
+``rule="vjp"`` (default)
+    ``jax.custom_vjp`` whose backward is :func:`randla.adjoints.qr_vjp` /
+    :func:`~randla.adjoints.lq_vjp` (seed 001, eq. 3.3, or eq. 3.8). Reverse mode only
+    (``jax.jvp`` of a ``custom_vjp`` function is an error in JAX).
+``rule="jvp"``
+    ``jax.custom_jvp`` whose tangent rule is :func:`randla.adjoints.qr_jvp` /
+    :func:`~randla.adjoints.lq_jvp`. Forward mode, and reverse mode by JAX's
+    transposition of that linear rule.
+
+Complex cotangents: JAX's cotangents are the complex conjugates of the PyTorch
+convention that :mod:`randla.adjoints` uses; the backward rule conjugates on the way in
+and out (``jax.grad`` of a real loss then matches ``jax.grad`` through
+``jnp.linalg.qr``).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from . import adjoints as _adj
+
+__all__ = ["qr", "lq", "QRResult", "LQResult"]
+
+
+class QRResult(NamedTuple):
+    """Reduced QR factors ``A = Q @ R``."""
+
+    Q: Any
+    R: Any
+
+
+class LQResult(NamedTuple):
+    """Reduced LQ factors ``A = L @ Q``."""
+
+    L: Any
+    Q: Any
+
+
+_DTYPES = (jnp.float32, jnp.float64, jnp.complex64, jnp.complex128)
+
+
+def _check_input(A, name="A"):
+    if not hasattr(A, "shape") or not hasattr(A, "dtype"):
+        raise TypeError(f"{name} must be a JAX array, got {type(A).__name__}")
+    A = jnp.asarray(A)
+    if A.ndim < 2:
+        raise ValueError(f"{name} must be at least 2-D (batch dimensions lead), got shape {tuple(A.shape)}")
+    if A.dtype not in _DTYPES:
+        raise TypeError(f"{name} has dtype {A.dtype}; use float32, float64, complex64 or complex128")
+    if A.shape[-1] == 0 or A.shape[-2] == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(A.shape)}")
+    return A
+
+
+def _check_options(rule, method):
+    if rule not in ("vjp", "jvp"):
+        raise ValueError(f"rule must be 'vjp' or 'jvp'; got {rule!r}")
+    if method not in ("3.3", "3.8"):
+        raise ValueError(f"method must be '3.3' or '3.8'; got {method!r}")
+    if rule == "jvp" and method != "3.3":
+        raise ValueError("method selects the reverse formula and applies to rule='vjp' only")
+
+
+def _conj(x):
+    return jnp.conj(x) if jnp.iscomplexobj(x) else x
+
+
+def _qr_factors(A):
+    Q, R = jnp.linalg.qr(A, mode="reduced")
+    return Q, R
+
+
+def _lq_factors(A):
+    Qh, Rh = jnp.linalg.qr(jnp.conj(jnp.swapaxes(A, -1, -2)), mode="reduced")  # A^H = Q^H L^H
+    return jnp.conj(jnp.swapaxes(Rh, -1, -2)), jnp.conj(jnp.swapaxes(Qh, -1, -2))
+
+
+# --- reverse rule (custom_vjp) ---------------------------------------------------
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _qr_rev(A, method):
+    return _qr_factors(A)
+
+
+def _qr_rev_fwd(A, method):
+    Q, R = _qr_factors(A)
+    return (Q, R), (Q, R)
+
+
+def _qr_rev_bwd(method, res, ct):
+    Q, R = res
+    dQ, dR = ct
+    # JAX cotangent = conj(PyTorch-convention cotangent); no singularity check under tracing.
+    dA = _adj.qr_vjp(Q, R, _conj(dQ), _conj(dR), method=method, check_singular=False)
+    return (_conj(dA),)
+
+
+_qr_rev.defvjp(_qr_rev_fwd, _qr_rev_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _lq_rev(A, method):
+    return _lq_factors(A)
+
+
+def _lq_rev_fwd(A, method):
+    L, Q = _lq_factors(A)
+    return (L, Q), (L, Q)
+
+
+def _lq_rev_bwd(method, res, ct):
+    L, Q = res
+    dL, dQ = ct
+    dA = _adj.lq_vjp(L, Q, _conj(dL), _conj(dQ), method=method, check_singular=False)
+    return (_conj(dA),)
+
+
+_lq_rev.defvjp(_lq_rev_fwd, _lq_rev_bwd)
+
+
+# --- forward rule (custom_jvp) ---------------------------------------------------
+
+
+@jax.custom_jvp
+def _qr_fwd_mode(A):
+    return _qr_factors(A)
+
+
+@_qr_fwd_mode.defjvp
+def _qr_fwd_mode_jvp(primals, tangents):
+    (A,), (dA,) = primals, tangents
+    Q, R = _qr_factors(A)
+    dQ, dR = _adj.qr_jvp(Q, R, dA)
+    return (Q, R), (dQ, dR)
+
+
+@jax.custom_jvp
+def _lq_fwd_mode(A):
+    return _lq_factors(A)
+
+
+@_lq_fwd_mode.defjvp
+def _lq_fwd_mode_jvp(primals, tangents):
+    (A,), (dA,) = primals, tangents
+    L, Q = _lq_factors(A)
+    dL, dQ = _adj.lq_jvp(L, Q, dA)
+    return (L, Q), (dL, dQ)
+
+
+# --- public ----------------------------------------------------------------------
+
+
+def qr(A, *, rule: str = "vjp", method: str = "3.3") -> QRResult:
+    r"""Reduced QR ``A = Q @ R`` of a JAX array, differentiable through randla's adjoints.
+
+    The factors are those of ``jnp.linalg.qr(A, mode="reduced")``. With ``rule="vjp"``
+    the reverse rule is :func:`randla.adjoints.qr_vjp` (seed 001 eq. 3.3, or eq. 3.8
+    with ``method="3.8"``); with ``rule="jvp"`` the forward rule is
+    :func:`randla.adjoints.qr_jvp` and JAX transposes it for reverse mode. Tall, square
+    and wide ``A``, real and complex, batched; usable under ``jax.jit`` (``rule`` and
+    ``method`` are static).
+
+    Parameters
+    ----------
+    A : jax.Array, shape (..., m, n)
+        float32, float64, complex64 or complex128.
+    rule : {"vjp", "jvp"}, optional
+        Which derivative rule to attach (see the module notes).
+    method : {"3.3", "3.8"}, optional
+        Reverse formula, with ``rule="vjp"`` only.
+
+    Returns
+    -------
+    QRResult
+        ``(Q, R)``, ``Q`` of shape (..., m, k), ``R`` of shape (..., k, n),
+        ``k = min(m, n)``.
+
+    Notes
+    -----
+    The derivative exists where the first ``k`` columns of ``A`` are linearly
+    independent; an exactly singular ``R`` gives inf/NaN derivatives (nothing is
+    checked under tracing). Complex input: the derivative of the LAPACK convention
+    (real diagonal of ``R``). Backward cost about ``6 m n^2 + n^3`` flops for
+    ``m >= n``.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import randla.jax
+    >>> A = jnp.array([[2.0, 1.0], [1.0, 3.0], [0.0, 1.0]])
+    >>> g = jax.jit(jax.grad(lambda a: 0.5 * jnp.sum(randla.jax.qr(a).R ** 2)))(A)
+    >>> bool(jnp.allclose(g, A, atol=1e-5))      # ||R||_F^2 / 2 = ||A||_F^2 / 2
+    True
+    """
+    A = _check_input(A)
+    _check_options(rule, method)
+    if rule == "jvp":
+        return QRResult(*_qr_fwd_mode(A))
+    return QRResult(*_qr_rev(A, method))
+
+
+def lq(A, *, rule: str = "vjp", method: str = "3.3") -> LQResult:
+    r"""Reduced LQ ``A = L @ Q`` of a JAX array, differentiable through randla's adjoints.
+
+    JAX has no LQ decomposition: the factors come from the QR of ``A^H``; the derivative
+    rules are :func:`randla.adjoints.lq_vjp` (``rule="vjp"``) or
+    :func:`randla.adjoints.lq_jvp` (``rule="jvp"``).
+
+    Parameters
+    ----------
+    A : jax.Array, shape (..., m, n)
+        float32, float64, complex64 or complex128.
+    rule : {"vjp", "jvp"}, optional
+        Which derivative rule to attach.
+    method : {"3.3", "3.8"}, optional
+        Reverse formula, with ``rule="vjp"`` only.
+
+    Returns
+    -------
+    LQResult
+        ``(L, Q)``, ``L`` of shape (..., m, k) lower triangular with a real diagonal,
+        ``Q`` of shape (..., k, n) with orthonormal rows.
+
+    Notes
+    -----
+    The derivative exists where the first ``k = min(m, n)`` rows of ``A`` are linearly
+    independent; an exactly singular ``L`` gives inf/NaN derivatives.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import randla.jax
+    >>> A = jnp.array([[2.0, 1.0, 0.0], [1.0, 3.0, 1.0]])
+    >>> L, Q = randla.jax.lq(A)
+    >>> bool(jnp.allclose(L @ Q, A, atol=1e-5))
+    True
+    >>> _, dL = jax.jvp(lambda a: randla.jax.lq(a, rule="jvp").L, (A,), (2 * A,))
+    >>> bool(jnp.allclose(dL, 2 * L, atol=1e-5))
+    True
+    """
+    A = _check_input(A)
+    _check_options(rule, method)
+    if rule == "jvp":
+        return LQResult(*_lq_fwd_mode(A))
+    return LQResult(*_lq_rev(A, method))
