@@ -29,9 +29,11 @@ __all__ = [
     "eigh",
     "cholesky",
     "inv",
+    "fft_last",
     "solve_triangular",
     "lu",
     "qr_pivoted",
+    "take",
     "to_numpy",
     "from_numpy",
     "as_generator",
@@ -178,8 +180,9 @@ def cholesky(x, *, upper=True):
     """Cholesky factor of a Hermitian positive definite matrix (upper by default)."""
     xp = namespace(x)
     if backend_name(xp) == "dask":
-        x = _dask_single_chunk(x)
-        lower = xp.linalg.cholesky(x)
+        # Dask's cholesky ignores ``upper`` through array-api-compat and is wrong for
+        # complex input (dask issue 12335): factor the small matrix with NumPy, lazily.
+        lower = _dask_single_chunk(x).map_blocks(np.linalg.cholesky, dtype=x.dtype)
         return mH(lower) if upper else lower
     return xp.linalg.cholesky(x, upper=upper)
 
@@ -190,6 +193,17 @@ def inv(x):
     if backend_name(xp) == "dask":
         x = _dask_single_chunk(x)
     return xp.linalg.inv(x)
+
+
+def fft_last(x, *, real):
+    """FFT along the last axis (``rfft`` for real input when ``real``).
+
+    Dask needs that axis in one chunk.
+    """
+    xp = namespace(x)
+    if backend_name(xp) == "dask":
+        x = _dask_single_col_chunk(x)
+    return xp.fft.rfft(x, axis=-1) if real else xp.fft.fft(x, axis=-1)
 
 
 # ----------------------------------------------------------------------------------
@@ -275,6 +289,16 @@ def lu(x):
         import cupyx.scipy.linalg as csl
 
         return csl.lu(x, permute_l=True)
+    if name == "dask":
+        # Dask has no pivoted LU of a tall matrix: factor the (tall-skinny) panel in
+        # one chunk with SciPy, lazily.
+        import scipy.linalg
+
+        x = _dask_single_chunk(x)
+        n = x.shape[1]
+        pl = x.map_blocks(lambda b: scipy.linalg.lu(b, permute_l=True)[0], dtype=x.dtype)
+        u = x.map_blocks(lambda b: scipy.linalg.lu(b, permute_l=True)[1], dtype=x.dtype, chunks=((n,), (n,)))
+        return pl, u
     return _lu_fallback(x, xp)
 
 
@@ -334,6 +358,14 @@ def qr_pivoted(x):
 # ----------------------------------------------------------------------------------
 # host round-trips
 # ----------------------------------------------------------------------------------
+
+
+def take(x, idx, *, axis):
+    """``xp.take`` with host (NumPy) integer indices ``idx``."""
+    xp = namespace(x)
+    if backend_name(xp) == "dask":
+        return xp.take(x, np.asarray(idx), axis=axis)  # a dask index array would warn on complex x
+    return xp.take(x, from_numpy(np.asarray(idx, dtype=np.int64), like=x), axis=axis)
 
 
 def to_numpy(x) -> np.ndarray:

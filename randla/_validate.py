@@ -8,11 +8,12 @@ does); every other dtype (float16, bfloat16, strings, objects) is a ``TypeError`
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from . import _backend as B
 
-__all__ = ["as_matrix", "as_operand", "Operand", "check_rank", "check_count", "check_rtol"]
+__all__ = ["as_matrix", "as_operand", "operand_like", "Operand", "check_rank", "check_count", "check_rtol"]
 
 
 def _float_dtype(xp, x, name):
@@ -60,6 +61,15 @@ class Operand(NamedTuple):
     matmat: Callable  # X -> A @ X
     rmatmat: Callable  # X -> A^H @ X
     dense: bool
+
+
+def operand_like(op: Operand):
+    """An array with the namespace, device and dtype of the operand's products."""
+    if op.dense:
+        return op.A
+    import numpy as np
+
+    return np.zeros((1, 1), dtype=op.dtype)
 
 
 def _is_scipy_operator(A):

@@ -1,0 +1,160 @@
+"""Test matrices with prescribed spectra, on any backend.
+
+Used by randla's tests and benchmarks and meant for users who want to check a
+method on a known spectrum. Matrices are built in NumPy float64 from a seed (so a
+seed gives the same matrix on every backend), then cast and moved to the target
+namespace and device.
+
+Spectra (``sigma_1 = 1``; ``i = 1..r``, ``r = min(m, n)``):
+
+==============  ==============================================================
+``polynomial``  ``sigma_i = i^-decay`` (``decay=0.5``: slow decay)
+``exponential`` ``sigma_i = 10^(-decay (i-1))`` (``decay=0.1``)
+``pretrained``  a fast drop then a flat, slowly decaying tail, as in the weight
+                matrices of pretrained networks:
+                ``sigma_i = 0.9 exp(-(i-1)/(r/50)) + 0.1 (1 - 0.5 (i-1)/r)``
+``step``        ``1`` for ``i <= rank``, then ``1e-3`` (``rank`` defaults to ``r/10``)
+``low_rank``    ``i^-decay`` for ``i <= rank``, then exactly 0
+``kahan``       the Kahan matrix (square; CPQR fails to reveal its rank)
+==============  ==============================================================
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _backend as B
+from . import _validate as V
+
+__all__ = ["TestMatrix", "matrix", "spectrum", "kahan", "SPECTRA"]
+
+SPECTRA = ("polynomial", "exponential", "pretrained", "step", "low_rank", "kahan")
+
+
+class TestMatrix(NamedTuple):
+    """A matrix and its singular values (descending, length ``min(m, n)``)."""
+
+    A: Any
+    s: Any
+
+    __test__ = False  # not a pytest class
+
+
+def spectrum(kind, r, *, decay=None, rank=None):
+    """Singular values (NumPy float64, descending) of length ``r``.
+
+    Examples
+    --------
+    >>> from randla.testing import spectrum
+    >>> spectrum("polynomial", 4, decay=1.0).tolist()
+    [1.0, 0.5, 0.3333333333333333, 0.25]
+    """
+    V.check_choice(kind, "spectrum", SPECTRA[:-1])
+    i = np.arange(1, r + 1, dtype=np.float64)
+    if kind == "polynomial":
+        return i ** -(0.5 if decay is None else decay)
+    if kind == "exponential":
+        return 10.0 ** (-(0.1 if decay is None else decay) * (i - 1))
+    if kind == "pretrained":
+        return 0.9 * np.exp(-(i - 1) / max(r / 50, 1.0)) + 0.1 * (1 - 0.5 * (i - 1) / r)
+    rank = max(1, r // 10) if rank is None else V.check_rank(rank, (r,), "rank")
+    if kind == "step":
+        return np.where(i <= rank, 1.0, 1e-3)
+    return np.where(i <= rank, i ** -(1.0 if decay is None else decay), 0.0)
+
+
+_spectrum = spectrum  # matrix() takes a keyword of the same name
+
+
+def kahan(n, *, theta=1.2, perturb=25.0):
+    """Kahan matrix ``diag(1, s, ..., s^(n-1)) (I - c N)`` with ``c = cos(theta)``.
+
+    ``N`` is strictly upper triangular of ones; a tiny diagonal perturbation
+    ``perturb * eps * s^(i-1)`` keeps pivoted QR from reordering columns, so CPQR
+    leaves the last column in place and misses the small singular value.
+
+    Examples
+    --------
+    >>> from randla.testing import kahan
+    >>> K = kahan(5)
+    >>> K.shape
+    (5, 5)
+    """
+    s, c = math.sin(theta), math.cos(theta)
+    scale = s ** np.arange(n, dtype=np.float64)
+    K = np.triu(-c * np.ones((n, n)), 1) + np.eye(n)
+    K = scale[:, None] * K
+    return K + np.diag(perturb * np.finfo(np.float64).eps * scale)
+
+
+def _haar(gen, m, r, complex_):
+    G = gen.standard_normal((m, r))
+    if complex_:
+        G = G + 1j * gen.standard_normal((m, r))
+    Q, R = np.linalg.qr(G)
+    return Q * (np.diagonal(R) / np.abs(np.diagonal(R)))[None, :]
+
+
+def matrix(m, n, *, spectrum="polynomial", decay=None, rank=None, dtype="float64", xp=None, device=None,
+           rng=None):
+    """An ``m x n`` matrix ``U diag(s) V^H`` with Haar-random ``U``, ``V`` and spectrum ``s``.
+
+    Parameters
+    ----------
+    m, n : int
+    spectrum : str, default "polynomial"
+        One of ``SPECTRA`` (``"kahan"`` needs ``m == n`` and is deterministic).
+    decay, rank : optional
+        Parameters of the spectrum (see the module docstring).
+    dtype : str, default "float64"
+        ``"float32"``, ``"float64"``, ``"complex64"`` or ``"complex128"``.
+    xp : module or namespace, optional
+        Target library (``numpy``, ``torch``, ``jax.numpy``, ``dask.array``,
+        ``cupy``, ``array_api_strict``, ...); NumPy by default.
+    device : optional
+        Target device.
+    rng : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    TestMatrix
+        ``(A, s)`` with ``s`` the exact singular values (real, in ``A``'s namespace).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from randla.testing import matrix
+    >>> A, s = matrix(6, 4, spectrum="exponential", decay=1.0, rng=0)
+    >>> bool(np.allclose(np.linalg.svd(A, compute_uv=False), s))
+    True
+    """
+    m = V.check_count(m, "m", minimum=1)
+    n = V.check_count(n, "n", minimum=1)
+    V.check_choice(dtype, "dtype", ("float32", "float64", "complex64", "complex128"))
+    complex_ = dtype.startswith("complex")
+    if spectrum == "kahan":
+        if m != n:
+            raise ValueError(f"the Kahan matrix is square, got m={m}, n={n}")
+        A = kahan(n).astype(dtype)
+        s = np.linalg.svd(kahan(n), compute_uv=False)
+    else:
+        gen = B.as_generator(rng)
+        r = min(m, n)
+        s = _spectrum(spectrum, r, decay=decay, rank=rank)
+        U, Vm = _haar(gen, m, r, complex_), _haar(gen, n, r, complex_)
+        A = ((U * s[None, :]) @ Vm.conj().T).astype(dtype)
+    sdtype = "float32" if dtype in ("float32", "complex64") else "float64"
+    return TestMatrix(_to(A, xp, device), _to(s.astype(sdtype), xp, device))
+
+
+def _to(a, xp, device):
+    if xp is None:
+        return a
+    if not hasattr(xp, "asarray"):
+        raise TypeError(f"xp must be an array module or namespace, got {type(xp).__name__}")
+    like = xp.asarray(np.zeros(1, dtype=a.dtype)) if device is None else \
+        xp.asarray(np.zeros(1, dtype=a.dtype), device=device)
+    return B.from_numpy(a, like=like)
