@@ -170,6 +170,24 @@ def _eye(xp, n, like):
     return xp.eye(n, dtype=B.real_dtype(xp, like.dtype), device=B.device(like))
 
 
+def _band_mask(xp, x, k, *, lower):
+    """Boolean mask of ``tril(x, k)`` (``lower``) or ``triu(x, k)`` on the last two axes."""
+    r, c = x.shape[-2], x.shape[-1]
+    dev = B.device(x)
+    rows = xp.reshape(xp.arange(r, device=dev), (r, 1))
+    cols = xp.reshape(xp.arange(c, device=dev), (1, c))
+    return cols - rows <= k if lower else cols - rows >= k
+
+
+def _tril(xp, x, k=0):
+    # A mask rather than xp.tril: Dask's tril/triu warn (ComplexWarning) on complex input.
+    return xp.where(_band_mask(xp, x, k, lower=True), x, xp.zeros_like(x))
+
+
+def _triu(xp, x, k=0):
+    return xp.where(_band_mask(xp, x, k, lower=False), x, xp.zeros_like(x))
+
+
 def _diag_part(xp, M):
     """``diag(M)`` as a matrix (zeros off the diagonal), batched."""
     return M * _eye(xp, M.shape[-1], M)
@@ -188,7 +206,7 @@ def _copyltu(xp, M):
     ``E`` = 1 on the diagonal, 2 below. Taking the real part of the diagonal is what
     makes eq. 3.3 right for complex input with a real diagonal of ``R`` (seed 001).
     """
-    low = xp.tril(M, k=-1)
+    low = _tril(xp, M, -1)
     return low + B.mH(low) + _real_diag(xp, M)
 
 
@@ -197,11 +215,12 @@ def _solve_RH_right(xp, R, X):
     return B.solve_triangular(B.mH(R), X, lower=True, left=False)
 
 
-def _split_wide(xp, R, m):
-    """``R = [U | V]`` with ``U`` the leading m x m triangle (``V`` is None if R is square)."""
-    if R.shape[-1] == m:
+def _split_wide(R):
+    """``R = [U | V]`` with ``U`` the leading k x k triangle (``V`` is None if R is square)."""
+    k = R.shape[-2]
+    if R.shape[-1] == k:
         return R, None
-    return R[..., :m], R[..., m:]
+    return R[..., :k], R[..., k:]
 
 
 # ----------------------------------------------------------------------------------
@@ -295,23 +314,23 @@ def qr_vjp(Q, R, dQ, dR, /, *, method="3.3", check_singular=True):
     dR = _check_like(xp, dR, R, "dR", "R")
     _check_method(method)
     _check_bool(check_singular, "check_singular")
-    U, V = _split_wide(xp, R, m)
+    U, V = _split_wide(R)
     if check_singular:
         _check_nonsingular(xp, U, "R")
     if dQ is None and dR is None:
         shape = tuple(Q.shape[:-1]) + (n,)
         return xp.zeros(shape, dtype=Q.dtype, device=B.device(Q))
-    return _qr_vjp(xp, Q, R, dQ, dR, m, method)
+    return _qr_vjp(xp, Q, R, dQ, dR, method)
 
 
-def _qr_vjp(xp, Q, R, dQ, dR, m, method):
+def _qr_vjp(xp, Q, R, dQ, dR, method):
     """Unchecked body of :func:`qr_vjp` (``dQ`` or ``dR`` may be None, not both)."""
-    U, V = _split_wide(xp, R, m)
+    U, V = _split_wide(R)
     wide = V is not None
     if dR is not None:
         # Only the upper triangle (trapezoid) of R varies; drop the rest of dR.
-        dR = xp.triu(dR)
-        dU, dV = _split_wide(xp, dR, m)
+        dR = _triu(xp, dR)
+        dU, dV = _split_wide(dR)
     else:
         dU = dV = None
 
@@ -341,7 +360,7 @@ def _qr_vjp(xp, Q, R, dQ, dR, m, method):
     else:
         # dX = Q (dU + S U^{-H}) + (dQ' - Q Q^H dQ') U^{-H},
         # S = P_L o (M - M^H) + i Im diag(M)  (the correction vanishes for real input).
-        S = xp.tril(M - B.mH(M), k=-1)
+        S = _tril(xp, M - B.mH(M), -1)
         if _is_complex(xp, M):
             D = _diag_part(xp, M)
             S = S + (D - xp.conj(D)) / 2
@@ -359,8 +378,10 @@ def _qr_vjp(xp, Q, R, dQ, dR, m, method):
             dX = dX + _solve_RH_right(xp, U, dQp - Q @ QhdQp)
     if not wide:
         return dX
-    dY = Q @ dV if dV is not None else xp.zeros(tuple(V.shape[:-2]) + (m, V.shape[-1]), dtype=Q.dtype,
-                                                device=B.device(Q))
+    if dV is not None:
+        dY = Q @ dV  # Y = Q V
+    else:
+        dY = xp.zeros(tuple(V.shape[:-2]) + (Q.shape[-2], V.shape[-1]), dtype=Q.dtype, device=B.device(Q))
     return xp.concat([dX, dY], axis=-1)
 
 
@@ -425,7 +446,7 @@ def lq_vjp(L, Q, dL, dQ, /, *, method="3.3", check_singular=True):
         shape = tuple(L.shape[:-1]) + (n,)
         return xp.zeros(shape, dtype=L.dtype, device=B.device(L))
     dAh = _qr_vjp(xp, B.mH(Q), B.mH(L), None if dQ is None else B.mH(dQ), None if dL is None else B.mH(dL),
-                  n, method)
+                  method)
     return B.mH(dAh)
 
 
@@ -501,19 +522,20 @@ def qr_jvp(Q, R, dA, /):
         raise ValueError(f"dA must have the shape of A = Q @ R, {shape}; got {tuple(dA.shape)}")
     if _dtype_name(xp, dA.dtype) is None or dA.dtype != Q.dtype:
         raise TypeError(f"dA must have the dtype of Q, {Q.dtype}; got {dA.dtype}")
-    return _qr_jvp(xp, Q, R, dA, m)
+    return _qr_jvp(xp, Q, R, dA)
 
 
-def _qr_jvp(xp, Q, R, dA, m):
-    U, V = _split_wide(xp, R, m)
+def _qr_jvp(xp, Q, R, dA):
+    U, V = _split_wide(R)
     wide = V is not None
+    m = U.shape[-1]  # wide: A = [X | Y] with X of m columns
     dX = dA[..., :m] if wide else dA
     # Xs = dX U^{-1}  (x @ U = dX), then X = Q^H Xs
     Xs = B.solve_triangular(U, dX, lower=False, left=False)
     X = B.mH(Q) @ Xs
-    low = xp.tril(X, k=-1)
+    low = _tril(xp, X, -1)
     # X - C: the upper part that dR R^{-1} must be
-    W = xp.triu(X, k=1) + B.mH(low) + _real_diag(xp, X)
+    W = _triu(xp, X, 1) + B.mH(low) + _real_diag(xp, X)
     dU = W @ U
     dQ = Xs - Q @ W
     if not wide:
@@ -572,5 +594,5 @@ def lq_jvp(L, Q, dA, /):
         raise ValueError(f"dA must have the shape of A = L @ Q, {shape}; got {tuple(dA.shape)}")
     if _dtype_name(xp, dA.dtype) is None or dA.dtype != L.dtype:
         raise TypeError(f"dA must have the dtype of L, {L.dtype}; got {dA.dtype}")
-    dQh, dLh = _qr_jvp(xp, B.mH(Q), B.mH(L), B.mH(dA), n)
+    dQh, dLh = _qr_jvp(xp, B.mH(Q), B.mH(L), B.mH(dA))
     return LQTangents(B.mH(dLh), B.mH(dQh))
