@@ -137,8 +137,9 @@ def cpqr(A, k=None, *, rtol=None, check_finite=True):
     k : int, optional
         Number of pivots, ``1 <= k <= min(m, n)``; default ``min(m, n)``.
     rtol : float, optional
-        Also stop before the first pivot with ``|R_jj| <= rtol * |R_00|``
-        (at least one pivot is kept). ``k`` then caps the rank.
+        Also stop as soon as the unfactored part is small,
+        ``||A[:, perm] - Q @ R||_F <= rtol * ||A||_F`` (at least one pivot is
+        kept); ``k`` then caps the rank.
     check_finite : bool, default True
         Reject NaN/Inf (one pass over ``A``).
 
@@ -196,19 +197,18 @@ def _cpqr(A, xp, k, rtol):
         Q, R, perm = B.qr_pivoted(A)
         r = kmax
         if rtol is not None:
-            d = B.to_numpy(xp.abs(xp.linalg.diagonal(R)))[:kmax]
-            r = _rank_from_diag(d, rtol)
+            r = min(kmax, _rank_from_rows(B.to_numpy(xp.triu(R)), rtol))
         perm = xp.astype(B.from_numpy(np.asarray(B.to_numpy(perm), dtype=np.int64), like=A), xp.int64)
         return PivotedQR(Q[:, :r], xp.triu(R[:r, :]), perm)
     return _cpqr_loop(A, xp, kmax, rtol)
 
 
-def _rank_from_diag(d, rtol):
-    """Number of leading ``|R_jj| > rtol |R_00|`` (at least 1)."""
-    if d.size == 0 or d[0] == 0:
-        return 1
-    below = np.nonzero(d <= rtol * d[0])[0]
-    return max(1, int(below[0]) if below.size else d.size)
+def _rank_from_rows(R, rtol):
+    """Smallest ``r >= 1`` with ``||R[r:, r:]||_F <= rtol ||R||_F`` (``R`` upper, host)."""
+    rows2 = np.sum(np.abs(R) ** 2, axis=1)
+    tail = np.concatenate([np.cumsum(rows2[::-1])[::-1], [0.0]])
+    ok = np.nonzero(tail <= rtol**2 * tail[0])[0]
+    return max(1, int(ok[0]))
 
 
 def _cgs2(xp, Qj, v):
@@ -248,15 +248,12 @@ def _cpqr_loop(A, xp, kmax, rtol, *, Q=None, R=None, selected=None):
     noise2 = (u * max(m, n)) ** 2 * float(full2.max(initial=0.0))
     mask = np.zeros(n, dtype=bool)
     mask[selected] = True
-    first = None
+    total2 = float(full2.sum())
     r = kmax
     for j in range(j0, kmax):
         cand = np.where(mask, -1.0, norms2)
         p = int(np.argmax(cand))
-        top = math.sqrt(max(cand[p], 0.0))
-        if first is None:
-            first = top if j == 0 else math.sqrt(max(full2.max(), 0.0))
-        if rtol is not None and j > 0 and top <= rtol * first:
+        if rtol is not None and j > 0 and float(np.sum(norms2[~mask])) <= rtol**2 * total2:
             r = j
             break
         a = A[:, p]
@@ -352,7 +349,22 @@ def _sketch_rows(A, d, rng):
     return Om
 
 
-def rcpqr(A, k=None, *, p=10, block_size=256, rng=None, check_finite=True):
+def _row_sketch(A, l, q, rng):
+    """``(S, Y)`` with ``Y = S A`` (``l x n``): ``S = Omega`` Gaussian for ``q = 0``,
+    else ``S = Z^H`` with ``Z`` an orthonormal basis of ``(A A^H)^q A Omega^H``
+    (re-orthonormalised after every product) [HMT2011, Alg. 4.4].
+    """
+    S = _sketch_rows(A, l, rng)
+    Y = S @ A
+    for _ in range(q):
+        W = B.qr(B.mH(Y))[0]  # n x l
+        Z = B.qr(A @ W)[0]  # m x l
+        S = B.mH(Z)
+        Y = S @ A
+    return S, Y
+
+
+def rcpqr(A, k=None, *, p=10, q=0, block_size=256, rng=None, check_finite=True):
     r"""Randomized column-pivoted QR: pivots from a sketch, QR by Cholesky-QR.
 
     For each block of ``b`` pivots: QRCP of the (downdated) sketch
@@ -370,6 +382,10 @@ def rcpqr(A, k=None, *, p=10, block_size=256, rng=None, check_finite=True):
         Number of pivots; default ``min(m, n)``.
     p : int, default 10
         Oversampling of the sketch (rows beyond the block size).
+    q : int, default 0
+        Power iterations for the sketch, ``Y = Omega (A A^H)^q A`` with
+        re-orthonormalisation; each costs two more passes over ``A`` and
+        sharpens the pivots on slowly decaying spectra.
     block_size : int, default 256
         Pivots chosen per sketch QRCP; ``k <= block_size`` takes one block.
     rng : None, int or numpy.random.Generator
@@ -404,12 +420,20 @@ def rcpqr(A, k=None, *, p=10, block_size=256, rng=None, check_finite=True):
     m, n = A.shape
     k = min(m, n) if k is None else V.check_rank(k, A.shape)
     p = V.check_count(p, "p")
+    q = V.check_count(q, "q")
     block_size = V.check_count(block_size, "block_size", minimum=1)
-    gen = B.as_generator(rng)
+    return _rcpqr(A, xp, k, p, q, block_size, B.as_generator(rng))
+
+
+def _rcpqr(A, xp, k, p, q, block_size, gen, rtol=None):
+    m, n = A.shape
     b = min(k, block_size)
+    if rtol is not None:
+        normA2 = B.scalar(xp.sum(_abs2(xp, A)))
+        exact = rtol**2 < 1e3 * B.eps(xp, A.dtype)  # subtraction would cancel
+        used2 = 0.0
     d = min(b + p, m)
-    Om = _sketch_rows(A, d, gen)
-    Y = Om @ A
+    Om, Y = _row_sketch(A, d, q, gen)
     Qs, Rs_rows = [], []
     remaining = np.arange(n)
     chosen: list[int] = []
@@ -442,6 +466,26 @@ def rcpqr(A, k=None, *, p=10, block_size=256, rng=None, check_finite=True):
         keep[pv[:bc]] = False
         remaining = remaining[keep]
         done += bc
+        if rtol is not None:
+            rows2 = np.sum(np.abs(B.to_numpy(Rb)) ** 2, axis=1).astype(np.float64)
+            used2 += float(rows2.sum())
+            if exact:
+                Qa = xp.concat(Qs, axis=1) if len(Qs) > 1 else Qs[0]
+                Ra = xp.concat(Rs_rows, axis=0) if len(Rs_rows) > 1 else Rs_rows[0]
+                end2 = B.scalar(xp.sum(_abs2(xp, A - Qa @ Ra)))
+            else:
+                end2 = max(normA2 - used2, 0.0)
+            # residual after t pivots of this block: end2 + rows t: of the block
+            after = end2 + np.concatenate([np.cumsum(rows2[::-1])[::-1][1:], [0.0]])
+            ok = np.nonzero(after <= rtol**2 * normA2)[0]
+            if ok.size or done >= k:
+                t = int(ok[0]) + 1 if ok.size else bc
+                cut = done - bc + t
+                Qs[-1], Rs_rows[-1] = Qs[-1][:, :t], Rs_rows[-1][:t, :]
+                remaining = np.concatenate([np.asarray(chosen[cut:], dtype=np.int64), remaining])
+                chosen = chosen[:cut]
+                k = done = cut
+                break
         if done < k:
             Y = Y - (Om @ Qb) @ Rb
     Q = xp.concat(Qs, axis=1) if len(Qs) > 1 else Qs[0]

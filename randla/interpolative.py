@@ -1,0 +1,427 @@
+"""Interpolative decompositions and column subset selection.
+
+A column interpolative decomposition (ID) writes ``A`` through ``k`` of its own
+columns, ``A ~= A[:, idx] @ T`` with ``T[:, idx] = I`` [CGMR2005]; the row ID is
+the same for ``A^H``. Because the skeleton columns are columns of ``A``, an ID
+keeps structure: pruning the neurons of a layer by an ID of its activations
+leaves a smaller network of the same shape (seed 000, [CRDD2022]).
+
+* :func:`interp_decomp` -- column or row ID by CPQR, strong RRQR or a sketch.
+* :func:`two_sided_id` -- ``A ~= X @ A[rows][:, cols] @ Z``.
+* :func:`cur` -- ``A ~= A[:, cols] @ U @ A[rows, :]``.
+* :func:`column_select` -- ``k`` column indices by CPQR, sRRQR, randomized CPQR,
+  Golub-Klema-Stewart or randomized GKS.
+
+References
+----------
+.. [CGMR2005] H. Cheng, Z. Gimbutas, P.-G. Martinsson and V. Rokhlin, "On the
+   compression of low rank matrices", SIAM J. Sci. Comput. 26 (2005).
+.. [HMT2011] N. Halko, P.-G. Martinsson and J. A. Tropp, "Finding structure with
+   randomness", SIAM Review 53 (2011), Sec. 5.2.
+.. [GKS1976] G. Golub, V. Klema and G. W. Stewart, "Rank degeneracy and least
+   squares problems", Stanford CS report (1976).
+.. [ABD2023] R. Armstrong, A. Buzali and A. Damle, "Structure-aware analyses and
+   algorithms for interpolative decompositions", arXiv:2310.09452.
+.. [CRDD2022] J. Chee, M. Renz, A. Damle and C. De Sa, "Model preserving
+   compression for neural networks", NeurIPS 2022.
+.. [MT2020] P.-G. Martinsson and J. A. Tropp, "Randomized numerical linear
+   algebra: foundations and algorithms", Acta Numerica (2020), Sec. 13.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _backend as B
+from . import _validate as V
+from . import qr as _qr
+
+__all__ = ["IDResult", "TwoSidedID", "CURResult", "interp_decomp", "two_sided_id", "cur", "column_select"]
+
+ID_METHODS = ("cpqr", "srrqr", "randomized")
+SELECT_METHODS = ("cpqr", "srrqr", "randomized", "gks", "randomized_gks")
+
+
+class IDResult(NamedTuple):
+    """Interpolative decomposition.
+
+    Column ID (``axis=1``): ``A ~= A[:, idx] @ T``, ``T`` is ``k x n``,
+    ``T[:, idx] = I``. Row ID (``axis=0``): ``A ~= T @ A[idx, :]``, ``T`` is
+    ``m x k``, ``T[idx, :] = I``.
+    """
+
+    idx: Any
+    T: Any
+
+
+class TwoSidedID(NamedTuple):
+    """``A ~= X @ A[rows][:, cols] @ Z`` with ``X[rows, :] = I`` and ``Z[:, cols] = I``."""
+
+    rows: Any
+    cols: Any
+    X: Any
+    Z: Any
+
+
+class CURResult(NamedTuple):
+    """``A ~= A[:, cols] @ U @ A[rows, :]``."""
+
+    rows: Any
+    cols: Any
+    U: Any
+
+
+# ----------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------
+
+
+def _check_axis(axis):
+    if isinstance(axis, bool) or axis not in (0, 1, -1, -2):
+        raise ValueError(f"axis must be 0 (row ID) or 1 (column ID), got {axis!r}")
+    return 1 if axis in (1, -1) else 0
+
+
+def _leading_rank(d, tol):
+    """Length of the leading run of ``d > tol`` (``d`` host, may be empty)."""
+    small = np.nonzero(~(d > tol))[0]
+    return int(small[0]) if small.size else d.size
+
+
+def _id_from_qr(R, perm, k, xp, like):
+    """``T`` with ``T[:, perm] = [I, R11^+ R12]`` from a pivoted ``R`` (k x n).
+
+    Where ``R11`` is numerically singular (exact rank ``r < k``), the
+    coefficients come from its leading ``r x r`` block and the remaining ``k - r``
+    skeleton columns get zero weight: bounded ``T``, same error.
+    """
+    n = R.shape[1]
+    dt = like.dtype
+    dev = B.device(like)
+    R = R[:k, :]
+    if R.dtype != dt:
+        R = xp.astype(R, dt)
+    d = np.abs(B.to_numpy(xp.linalg.diagonal(R[:, :k])))
+    u = B.eps(xp, dt)
+    r = _leading_rank(d, 10 * u * max(like.shape) * (d[0] if d.size else 0.0)) if d[0] > 0 else 0
+    eye = xp.eye(k, dtype=dt, device=dev)
+    if k == n:
+        Tp = eye
+    elif r == 0:
+        Tp = xp.concat([eye, xp.zeros((k, n - k), dtype=dt, device=dev)], axis=1)
+    else:
+        W = B.solve_triangular(R[:r, :r], R[:r, k:], lower=False)
+        if r < k:
+            W = xp.concat([W, xp.zeros((k - r, n - k), dtype=dt, device=dev)], axis=0)
+        Tp = xp.concat([eye, W], axis=1)
+    perm_h = np.asarray(B.to_numpy(perm), dtype=np.int64)
+    inv = np.argsort(perm_h)
+    T = xp.take(Tp, _qr._perm_array(inv, like), axis=1)
+    return _qr._perm_array(perm_h[:k], like), T
+
+
+def _default_rtol(xp, A):
+    return max(A.shape) * B.eps(xp, A.dtype)
+
+
+def _randomized_rtol(A, xp, kcap, rtol, p, q, gen):
+    """Fixed-accuracy randomized ID: blocked randomized CPQR that stops once
+    ``||A P - Q R||_F <= rtol ||A||_F``, read per pivot from the rows of ``R``."""
+    _, R, perm = _qr._rcpqr(A, xp, kcap, p, q, 64, gen, rtol=rtol)
+    return _id_from_qr(R, perm, R.shape[0], xp, A)
+
+
+def _column_id(A, xp, k, rtol, method, p, q, f, gen):
+    m, n = A.shape
+    kcap = min(m, n) if k is None else k
+    if rtol is not None and method == "randomized":
+        return _randomized_rtol(A, xp, kcap, rtol, p, q, gen)
+    if method == "randomized":
+        _, R, perm = _qr._rcpqr(A, xp, k, p, q, max(k, 1), gen)
+        return _id_from_qr(R, perm, k, xp, A)
+    if rtol is not None:
+        _, R, perm = _qr._cpqr(A, xp, kcap, rtol)
+        k = R.shape[0]
+        if method == "cpqr":
+            return _id_from_qr(R, perm, k, xp, A)
+    elif method == "cpqr":
+        _, R, perm = _qr._cpqr(A, xp, k, None)
+        return _id_from_qr(R, perm, k, xp, A)
+    _, R, perm = _qr._srrqr(A, xp, k, f, 10 * n + 100)
+    return _id_from_qr(R, perm, k, xp, A)
+
+
+# ----------------------------------------------------------------------------------
+# public
+# ----------------------------------------------------------------------------------
+
+
+def interp_decomp(A, k=None, *, rtol=None, axis=1, method="cpqr", p=10, q=0, f=2.0, rng=None,
+                  check_finite=True):
+    r"""Interpolative decomposition: ``A ~= A[:, idx] @ T`` (or ``T @ A[idx, :]``).
+
+    From a pivoted QR ``A[:, perm] ~= Q [R11 R12]`` the skeleton is
+    ``idx = perm[:k]`` and
+
+    .. math:: T_{:, \pi} = [\, I_k \;\; R_{11}^{-1} R_{12} \,], \qquad
+              \| A - A_{:, J} T \|_2 \le \sqrt{1 + \|R_{11}^{-1}R_{12}\|_2^2}\; \|R_{22}\|_2
+
+    [CGMR2005, Sec. 3], [HMT2011, Sec. 5.2]. ``T[:, idx]`` is the identity
+    exactly. The randomized method chooses the skeleton by QRCP of the sketch
+    ``Y = Omega (A A^H)^q A`` (``(k + p) x n``) [MT2020, Sec. 13.4] and then
+    computes ``R`` from ``A`` itself (:func:`randla.qr.rcpqr`), so ``T`` holds
+    the least-squares coefficients of ``A`` on the chosen columns: taking ``T``
+    from the sketch instead is cheaper by one pass but several times less
+    accurate on slowly decaying spectra.
+
+    Parameters
+    ----------
+    A : (m, n) array
+    k : int, optional
+        Rank (number of skeleton columns/rows).
+    rtol : float, optional
+        Relative tolerance that picks the rank: the smallest ``k`` whose
+        pivoted QR leaves ``||A[:, perm] - Q R||_F <= rtol ||A||_F`` (for
+        ``"randomized"``, measured on a Gaussian sketch, which preserves
+        Frobenius norms in expectation). The ID error is at most
+        ``sqrt(1 + ||T||_2^2)`` times that residual.
+        With ``k`` as well, ``k`` caps the rank. With neither, the numerical
+        rank (``rtol = max(m, n) eps``) is used.
+    axis : {1, 0}
+        1: column ID ``A ~= A[:, idx] @ T``; 0: row ID ``A ~= T @ A[idx, :]``.
+    method : {"cpqr", "srrqr", "randomized"}
+        Pivoting by :func:`randla.qr.cpqr`, :func:`randla.qr.srrqr` (bounded
+        ``|T| <= f``) or on a Gaussian sketch.
+    p : int, default 10
+        Oversampling of the sketch (``"randomized"``).
+    q : int, default 0
+        Power iterations of the sketch (``"randomized"``).
+    f : float, default 2.0
+        sRRQR bound (``"srrqr"``).
+    rng : None, int or numpy.random.Generator
+    check_finite : bool, default True
+
+    Returns
+    -------
+    IDResult
+        ``(idx, T)``: ``idx`` (k,) int64 and ``T`` in ``A``'s namespace, device
+        and dtype.
+
+    Notes
+    -----
+    Cost: ``"cpqr"`` a (partial) pivoted QR, ``O(m n k)`` (LAPACK ``geqp3`` for
+    NumPy when ``k > min(m, n) / 2`` or ``rtol`` is given); ``"srrqr"`` that
+    plus the swaps; ``"randomized"`` the sketch ``Omega A`` (``2 m n (k+p)``
+    flops, two more products per power iteration), a pivoted QR of the small
+    sketch, a Cholesky-QR of the ``k`` chosen columns and ``Q^H A``
+    (``2 m n k``), plus ``O(k^2 n)`` for ``T``: two passes over ``A``, all
+    matrix-matrix products. Unlike ``scipy.linalg.interpolative``, the rank
+    and the tolerance are separate keywords, the output arity never changes,
+    float32 and every array-API backend are supported, and the randomized path
+    never factors the whole matrix. Eager (pivot indices are read).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from randla.interpolative import interp_decomp
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((30, 5)) @ rng.standard_normal((5, 20))
+    >>> idx, T = interp_decomp(A, 5)
+    >>> bool(np.allclose(A[:, idx] @ T, A))
+    True
+    >>> bool(np.array_equal(T[:, idx], np.eye(5)))
+    True
+    >>> idx, T = interp_decomp(A, rtol=1e-10, axis=0, method="randomized", rng=0)
+    >>> len(idx), bool(np.allclose(T @ A[idx, :], A))
+    (5, True)
+    """
+    A, xp = V.as_matrix(A, check_finite=check_finite)
+    axis = _check_axis(axis)
+    V.check_choice(method, "method", ID_METHODS)
+    M = A if axis == 1 else B.mH(A)
+    if k is not None:
+        k = V.check_rank(k, M.shape)
+    if rtol is not None:
+        rtol = V.check_rtol(rtol)
+    elif k is None:
+        rtol = _default_rtol(xp, A)
+    p = V.check_count(p, "p")
+    q = V.check_count(q, "q")
+    gen = B.as_generator(rng)
+    idx, T = _column_id(M, xp, k, rtol, method, p, q, f, gen)
+    return IDResult(idx, T if axis == 1 else B.mH(T))
+
+
+def two_sided_id(A, k=None, *, rtol=None, method="cpqr", p=10, q=0, f=2.0, rng=None, check_finite=True):
+    r"""Two-sided interpolative decomposition ``A ~= X @ A[rows][:, cols] @ Z``.
+
+    A column ID ``A ~= A[:, J] Z`` (by ``method``) followed by a row ID of the
+    ``m x k`` skeleton, ``A[:, J] ~= X A[I, J]`` (by CPQR, or sRRQR when
+    ``method="srrqr"``) [CGMR2005, Sec. 4], [MT2020, Sec. 13.2]. The error is at
+    most ``||A - A[:, J] Z|| + ||X|| ||A[:, J] - X A[I, J]|| ||Z||``.
+
+    Parameters
+    ----------
+    A : (m, n) array
+    k, rtol, method, p, q, f, rng, check_finite
+        As in :func:`interp_decomp` (the rank is fixed by the column ID).
+
+    Returns
+    -------
+    TwoSidedID
+        ``(rows, cols, X, Z)``: ``X`` (m x k) with ``X[rows, :] = I``, ``Z``
+        (k x n) with ``Z[:, cols] = I``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from randla.interpolative import two_sided_id
+    >>> rng = np.random.default_rng(1)
+    >>> A = rng.standard_normal((25, 4)) @ rng.standard_normal((4, 18))
+    >>> rows, cols, X, Z = two_sided_id(A, 4)
+    >>> bool(np.allclose(X @ A[np.ix_(rows, cols)] @ Z, A))
+    True
+    """
+    cols, Z = interp_decomp(A, k, rtol=rtol, axis=1, method=method, p=p, q=q, f=f, rng=rng,
+                            check_finite=check_finite)
+    A, xp = V.as_matrix(A, check_finite=False)
+    C = xp.take(A, cols, axis=1)
+    rows, X = interp_decomp(C, C.shape[1], axis=0, method="srrqr" if method == "srrqr" else "cpqr", f=f,
+                            check_finite=False)
+    return TwoSidedID(rows, cols, X, Z)
+
+
+def _pinv_small(Rm):
+    """Pseudo-inverse of a small square matrix by SVD with the usual cutoff."""
+    xp = B.namespace(Rm)
+    U, S, Vh = B.svd(Rm)
+    s = B.to_numpy(S)
+    cut = max(Rm.shape) * B.eps(xp, Rm.dtype) * (s[0] if s.size else 0.0)
+    keep = s > cut
+    Sinv = np.where(keep, 1.0 / np.where(keep, s, 1.0), 0.0)
+    Sinv = xp.astype(B.from_numpy(Sinv, like=Rm), S.dtype)
+    return B.mH(Vh) @ (Sinv[:, None] * B.mH(U))
+
+
+def cur(A, k=None, *, rtol=None, method="cpqr", p=10, q=0, f=2.0, rng=None, check_finite=True):
+    r"""CUR decomposition ``A ~= C @ U @ R`` with ``C = A[:, cols]``, ``R = A[rows, :]``.
+
+    Indices from :func:`two_sided_id`; the core is the least-squares optimal
+    ``U = C^+ A R^+`` [MD2009], computed from thin QR factors
+    ``C = Q_c R_c``, ``R^H = Q_r R_r`` as ``R_c^+ (Q_c^H A Q_r) R_r^{-H}``
+    with pseudo-inverses of the small triangular factors.
+
+    Parameters
+    ----------
+    A : (m, n) array
+    k, rtol, method, p, q, f, rng, check_finite
+        As in :func:`interp_decomp`.
+
+    Returns
+    -------
+    CURResult
+        ``(rows, cols, U)`` with ``U`` (k x k).
+
+    Notes
+    -----
+    Cost: the two-sided ID plus two thin QRs (``O((m + n) k^2)``) and one
+    product ``Q_c^H A Q_r`` (``2 m n k``).
+
+    References
+    ----------
+    .. [MD2009] M. W. Mahoney and P. Drineas, "CUR matrix decompositions for
+       improved data analysis", PNAS 106 (2009).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from randla.interpolative import cur
+    >>> rng = np.random.default_rng(2)
+    >>> A = rng.standard_normal((20, 3)) @ rng.standard_normal((3, 15))
+    >>> rows, cols, U = cur(A, 3)
+    >>> bool(np.allclose(A[:, cols] @ U @ A[rows, :], A))
+    True
+    """
+    rows, cols, _, _ = two_sided_id(A, k, rtol=rtol, method=method, p=p, q=q, f=f, rng=rng,
+                                    check_finite=check_finite)
+    A, xp = V.as_matrix(A, check_finite=False)
+    C = xp.take(A, cols, axis=1)
+    Rw = xp.take(A, rows, axis=0)
+    Qc, Rc = B.qr(C)
+    Qr, Rr = B.qr(B.mH(Rw))
+    core = B.mH(Qc) @ A @ Qr
+    U = _pinv_small(Rc) @ core @ B.mH(_pinv_small(Rr))
+    return CURResult(rows, cols, U)
+
+
+def column_select(A, k, *, method="cpqr", p=10, q=2, f=2.0, rng=None, check_finite=True):
+    r"""Choose ``k`` columns of ``A`` that span its dominant column space well.
+
+    Methods:
+
+    * ``"cpqr"``: the first ``k`` Businger-Golub pivots (:func:`randla.qr.cpqr`).
+    * ``"srrqr"``: strong RRQR pivots (:func:`randla.qr.srrqr`), with
+      ``||A - P_C A|| <= sqrt(1 + f^2 k (n - k)) sigma_{k+1}``.
+    * ``"randomized"``: pivots of randomized CPQR (:func:`randla.qr.rcpqr`).
+    * ``"gks"``: Golub-Klema-Stewart -- CPQR on the top-``k`` right singular
+      vectors ``V_k^H`` (``k x n``) of a full SVD [GKS1976].
+    * ``"randomized_gks"``: the same with ``V_k^H`` from randomized subspace
+      iteration :func:`randla.svd.rsi` (``p``, ``q``) [ABD2023].
+
+    Parameters
+    ----------
+    A : (m, n) array
+    k : int
+    method : str, default "cpqr"
+    p, q : int
+        Oversampling and power iterations (``"randomized"`` uses ``p``;
+        ``"randomized_gks"`` both).
+    f : float, default 2.0
+        sRRQR bound.
+    rng : None, int or numpy.random.Generator
+    check_finite : bool, default True
+
+    Returns
+    -------
+    idx : (k,) int64 array in ``A``'s namespace
+        Selected column indices (in pivot order).
+
+    Notes
+    -----
+    The quality measure is ``||A - C C^+ A||_2 / sigma_{k+1}(A)`` with
+    ``C = A[:, idx]`` (1 is optimal among rank-``k`` approximations). GKS costs a
+    full SVD, ``O(m n min(m, n))``; randomized GKS ``2 (2q + 2) m n (k + p)``
+    flops of matrix products plus a QRCP of ``k x n``; CPQR ``O(m n k)`` of
+    memory-bound products; randomized CPQR ``4 m n (k + p)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from randla.interpolative import column_select
+    >>> A = np.random.default_rng(3).standard_normal((40, 30))
+    >>> idx = column_select(A, 5, method="randomized_gks", rng=0)
+    >>> idx.shape, len(set(idx.tolist()))
+    ((5,), 5)
+    """
+    A, xp = V.as_matrix(A, check_finite=check_finite)
+    k = V.check_rank(k, A.shape)
+    V.check_choice(method, "method", SELECT_METHODS)
+    p = V.check_count(p, "p")
+    q = V.check_count(q, "q")
+    if method == "cpqr":
+        perm = _qr.cpqr(A, k, check_finite=False).perm
+    elif method == "srrqr":
+        perm = _qr.srrqr(A, k, f=f, check_finite=False).perm
+    elif method == "randomized":
+        perm = _qr.rcpqr(A, k, p=p, rng=rng, check_finite=False).perm
+    else:
+        if method == "gks":
+            Vh = B.svd(A)[2][:k, :]
+        else:
+            from .svd import rsi
+
+            Vh = rsi(A, k, p=p, q=q, rng=rng, check_finite=False).Vh
+        perm = _qr.cpqr(Vh, k, check_finite=False).perm
+    return perm[:k]
