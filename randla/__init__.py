@@ -6,7 +6,7 @@ caller's floating dtype (NumPy, CuPy, torch, JAX, Dask, array-api-strict).
 """
 
 from .estimate import normalized_error, posterior_error_estimate, spectral_norm
-from .sketch import sketch
+from . import sketch, testing
 from .svd import SVDResult, adaptive_range_finder, block_krylov_svd, range_finder, rsi, rsvd
 
 __version__ = "0.1.0"
@@ -20,6 +20,5 @@ __all__ = [
     "range_finder",
     "rsi",
     "rsvd",
-    "sketch",
     "spectral_norm",
 ]

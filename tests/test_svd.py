@@ -1,0 +1,304 @@
+"""Randomized SVD family on every backend, against NumPy's exact SVD and known bounds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse
+import scipy.sparse.linalg as spla
+
+import randla
+from randla.testing import matrix
+
+METHODS = {
+    "rsvd": lambda A, k, **kw: randla.rsvd(A, k, **kw),
+    "rsvd_q1_lu": lambda A, k, **kw: randla.rsvd(A, k, q=1, stabilizer="lu", **kw),
+    "rsi": lambda A, k, **kw: randla.rsi(A, k, **kw),
+    "rsi_qr": lambda A, k, **kw: randla.rsi(A, k, stabilizer="qr", **kw),
+    "block_krylov": lambda A, k, **kw: randla.block_krylov_svd(A, k, q=1, **kw),
+}
+# Expected bounds on the normalized spectral error ||A - A_k|| / sigma_{k+1} for the
+# test spectrum below (polynomial decay 1, k = 8, p = 10): HMT Thm 10.6 gives about
+# 1 + sqrt(k/(p-1)) + e sqrt(k+p)/p * tail/sigma_{k+1} for q = 0, which is ~ 6 here;
+# power iterations bring it near 1.
+BOUND = {"rsvd": 6.0, "rsvd_q1_lu": 1.5, "rsi": 1.1, "rsi_qr": 1.1, "block_krylov": 1.15}
+
+
+def _tol(dtype):
+    return 50 * np.finfo(dtype).eps ** 0.75
+
+
+def _check_svd(backend, A, res, k, dtype):
+    xp = backend.xp
+    U, S, Vh = res
+    assert isinstance(res, randla.SVDResult)
+    for x in (U, S, Vh):
+        assert type(x) is type(A)
+    assert U.shape == (A.shape[0], k) and S.shape == (k,) and Vh.shape == (k, A.shape[1])
+    assert U.dtype == A.dtype and Vh.dtype == A.dtype
+    assert S.dtype == (xp.float32 if A.dtype in (xp.float32, xp.complex64) else xp.float64)
+    U, S, Vh = (backend.to_numpy(x) for x in (U, S, Vh))
+    tol = _tol(dtype)
+    assert np.abs(U.conj().T @ U - np.eye(k)).max() < tol * np.sqrt(k)
+    assert np.abs(Vh @ Vh.conj().T - np.eye(k)).max() < tol * np.sqrt(k)
+    assert np.all(np.diff(S) <= tol * S[0]) and np.all(S >= 0)
+    return U, S, Vh
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("dtype", ["float32", "float64", "complex128"])
+@pytest.mark.parametrize("shape", [(90, 60), (50, 80)])
+def test_accuracy_against_exact_svd(backend, method, dtype, shape):
+    A0, s = matrix(*shape, spectrum="polynomial", decay=1.0, dtype=dtype, rng=1)
+    A = backend.asarray(A0)
+    k = 8
+    errs = []
+    for seed in range(3):
+        res = METHODS[method](A, k, rng=seed)
+        U, S, Vh = _check_svd(backend, A, res, k, A0.dtype)
+        errs.append(np.linalg.norm(A0 - (U * S) @ Vh, 2) / s[k])
+        # singular values never exceed the true ones (Q^H A is a compression of A)
+        assert np.all(S <= s[:k] * (1 + _tol(A0.dtype)))
+    assert np.median(errs) < BOUND[method]
+    assert min(errs) >= 1 - _tol(A0.dtype)
+
+
+@pytest.mark.parametrize("stabilizer", ["cholqr", "qr", "lu", "none"])
+def test_range_finder_stabilizers(backend, stabilizer):
+    A0, s = matrix(80, 60, spectrum="exponential", decay=0.2, rng=0)
+    A = backend.asarray(A0)
+    Q = randla.range_finder(A, 10, q=1, stabilizer=stabilizer, rng=0)
+    assert Q.shape == (80, 20) and Q.dtype == A.dtype
+    Q = backend.to_numpy(Q)
+    assert np.abs(Q.T @ Q - np.eye(20)).max() < 1e-12
+    err = np.linalg.norm(A0 - Q @ (Q.T @ A0), 2)
+    assert s[20] * (1 - 1e-12) <= err < 3 * s[10]
+
+
+def test_float32_power_iteration_is_stable(backend):
+    """Unnormalised power iteration diverges in float32 on fast decay; ours must not."""
+    A0, s = matrix(120, 100, spectrum="exponential", decay=0.15, dtype="float32", rng=0)
+    A = backend.asarray(A0)
+    U, S, Vh = (backend.to_numpy(x) for x in randla.rsi(A, 10, q=4, rng=0))
+    assert np.linalg.norm(A0 - (U * S) @ Vh, 2) / s[10] < 1.5
+
+
+def test_same_seed_same_result(backend):
+    A = backend.asarray(matrix(60, 40, rng=0).A)
+    a = [backend.to_numpy(x) for x in randla.rsvd(A, 5, q=1, rng=7)]
+    b = [backend.to_numpy(x) for x in randla.rsvd(A, 5, q=1, rng=7)]
+    c = [backend.to_numpy(x) for x in randla.rsvd(A, 5, q=1, rng=np.random.default_rng(7))]
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    # a Generator seeded alike draws the same seed for the backend generator
+    np.testing.assert_array_equal(a[1], c[1])
+
+
+def test_input_not_modified(backend):
+    A0 = matrix(40, 30, dtype="float64", rng=0).A
+    A = backend.asarray(A0)
+    randla.rsvd(A, 5, q=2, stabilizer="lu", rng=0)
+    randla.block_krylov_svd(A, 5, rng=0)
+    randla.adaptive_range_finder(A, 0.1, rng=0)
+    np.testing.assert_array_equal(backend.to_numpy(A), A0)
+
+
+@pytest.mark.parametrize("sketch", randla.sketch.METHODS)
+def test_every_sketch_finds_an_exactly_low_rank_range(backend, sketch):
+    A0, s = matrix(50, 40, spectrum="low_rank", rank=5, dtype="complex128", rng=0)
+    A = backend.asarray(A0)
+    U, S, Vh = (backend.to_numpy(x) for x in randla.rsvd(A, 5, p=3, sketch=sketch, rng=0))
+    np.testing.assert_allclose(S, s[:5], rtol=1e-10)
+    np.testing.assert_allclose((U * S) @ Vh, A0, atol=1e-10)
+
+
+def test_oversampling_is_clipped(backend):
+    A0, s = matrix(12, 9, rng=0)
+    A = backend.asarray(A0)
+    Q = randla.range_finder(A, 8, p=10, rng=0)
+    assert Q.shape == (12, 9)
+    U, S, Vh = (backend.to_numpy(x) for x in randla.rsvd(A, 9, p=10, rng=0))
+    np.testing.assert_allclose(S, s, rtol=1e-10)
+
+
+def test_zero_matrix(backend):
+    A = backend.asarray(np.zeros((20, 15)))
+    for res in (randla.rsvd(A, 4, q=1, rng=0), randla.rsi(A, 4, rng=0), randla.block_krylov_svd(A, 4, rng=0)):
+        U, S, Vh = (backend.to_numpy(x) for x in res)
+        assert np.all(np.isfinite(U)) and np.all(np.isfinite(Vh))
+        np.testing.assert_array_equal(S, 0)
+        np.testing.assert_allclose(U.T @ U, np.eye(4), atol=1e-12)
+
+
+def test_rank_below_k(backend):
+    A0, s = matrix(30, 20, spectrum="low_rank", rank=3, rng=0)
+    U, S, Vh = (backend.to_numpy(x) for x in randla.rsi(backend.asarray(A0), 6, rng=0))
+    np.testing.assert_allclose(S[:3], s[:3], rtol=1e-10)
+    assert np.all(S[3:] < 1e-12)
+    np.testing.assert_allclose(U.T @ U, np.eye(6), atol=1e-10)
+    np.testing.assert_allclose((U * S) @ Vh, A0, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e-150, 1e150])
+def test_extreme_scale(backend, scale):
+    A0, s = matrix(30, 20, spectrum="exponential", decay=0.3, rng=0)
+    U, S, Vh = (backend.to_numpy(x) for x in randla.rsi(backend.asarray(A0 * scale), 4, rng=0))
+    np.testing.assert_allclose(S, s[:4] * scale, rtol=1e-8)
+
+
+def test_float32_extreme_scale(backend):
+    A0, s = matrix(30, 20, spectrum="exponential", decay=0.3, dtype="float32", rng=0)
+    for scale in (1e-18, 1e18):
+        U, S, Vh = (backend.to_numpy(x) for x in randla.rsi(backend.asarray(A0 * np.float32(scale)), 4, rng=0))
+        np.testing.assert_allclose(S, s[:4] * scale, rtol=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["fro", "2"])
+def test_adaptive_range_finder_meets_rtol(backend, norm):
+    A0, s = matrix(100, 80, spectrum="exponential", decay=0.05, rng=0)
+    A = backend.asarray(A0)
+    rtol = 1e-2
+    Q = randla.adaptive_range_finder(A, rtol, block_size=8, norm=norm, rng=0)
+    assert Q.dtype == A.dtype
+    Q = backend.to_numpy(Q)
+    r = Q.shape[1]
+    np.testing.assert_allclose(Q.T @ Q, np.eye(r), atol=1e-10)
+    R = A0 - Q @ (Q.T @ A0)
+    if norm == "fro":
+        assert np.linalg.norm(R) <= rtol * np.linalg.norm(A0) * (1 + 1e-8)
+        # the optimal rank for this Frobenius target, and a little slack
+        tail = np.sqrt(np.cumsum((s**2)[::-1])[::-1])
+        r_opt = int(np.sum(tail > rtol * np.linalg.norm(A0)))
+        assert r_opt <= r <= r_opt + 4
+    else:
+        assert np.linalg.norm(R, 2) <= rtol * s[0]
+        # the estimate's safety factor 10 sqrt(2/pi) and the tail behind sigma_(r+1)
+        # (at most sqrt(min(m, n)) times it) make it stop later than the optimal rank
+        r_opt = int(np.sum(s > rtol * s[0]))
+        r_max = int(np.sum(s > rtol * s[0] / (10 * np.sqrt(2 / np.pi) * np.sqrt(len(s))))) + 8
+        assert r_opt <= r <= r_max
+
+
+def test_rsvd_with_rtol(backend):
+    A0, s = matrix(70, 50, spectrum="exponential", decay=0.1, dtype="complex128", rng=0)
+    U, S, Vh = (backend.to_numpy(x) for x in randla.rsvd(backend.asarray(A0), rtol=1e-3, rng=0))
+    assert np.linalg.norm(A0 - (U * S) @ Vh) <= 1e-3 * np.linalg.norm(A0) * (1 + 1e-8)
+    # top singular values are off by O(residual^2 / sigma_i) at most
+    np.testing.assert_allclose(S[:5], s[:5], rtol=1e-5)
+
+
+def test_adaptive_zero_matrix(backend):
+    A = backend.asarray(np.zeros((10, 8)))
+    Q = randla.adaptive_range_finder(A, 0.1, rng=0)
+    assert Q.shape == (10, 0)
+
+
+@pytest.mark.parametrize("fmt", ["linear_operator", "sparse"])
+@pytest.mark.parametrize("func", ["range_finder", "rsvd", "rsi", "block_krylov_svd"])
+def test_matrix_free(fmt, func):
+    A0, s = matrix(60, 40, spectrum="exponential", decay=0.2, rng=0)
+    op = spla.aslinearoperator(A0) if fmt == "linear_operator" else scipy.sparse.csr_array(A0)
+    out, ref = (getattr(randla, func)(X, 6, rng=0) for X in (op, A0))
+    # same seed, same sketch: the same basis (range finder) or factors, up to rounding
+    if func == "range_finder":
+        np.testing.assert_allclose(out @ out.T, ref @ ref.T, atol=1e-8)
+    else:
+        np.testing.assert_allclose(out.S, ref.S, rtol=1e-10)
+        np.testing.assert_allclose(out.U @ out.U.T, ref.U @ ref.U.T, atol=1e-8)
+
+
+def test_sparse_integer_input_is_promoted():
+    A = scipy.sparse.random_array((40, 30), density=0.3, rng=0, dtype=np.float64)
+    A = (A * 10).astype(np.int64)
+    U, S, Vh = randla.rsvd(A, 5, q=2, rng=0)
+    assert U.dtype == np.float64
+    # a random sparse matrix has a flat spectrum: q=2 gets the top five within 1%
+    np.testing.assert_allclose(S, np.linalg.svd(A.toarray(), compute_uv=False)[:5], rtol=1e-2)
+
+
+def test_integer_and_bool_input_promoted_to_float64(backend):
+    A = backend.asarray(np.arange(30, dtype=np.int64).reshape(6, 5) % 7)
+    U, S, Vh = randla.rsvd(A, 2, rng=0)
+    assert U.dtype == backend.xp.float64
+    B = backend.asarray(np.eye(5, dtype=bool))
+    assert randla.rsvd(B, 2, rng=0).U.dtype == backend.xp.float64
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        (dict(k=0), ValueError, "k must satisfy"),
+        (dict(k=11), ValueError, "k must satisfy"),
+        (dict(k=2.5), TypeError, "k must be an int"),
+        (dict(k=True), TypeError, "k must be an int"),
+        (dict(k=2, p=-1), ValueError, "p must be >= 0"),
+        (dict(k=2, q=-1), ValueError, "q must be >= 0"),
+        (dict(k=2, stabilizer="householder"), ValueError, "stabilizer must be one of"),
+        (dict(k=2, sketch="cauchy"), ValueError, "sketch must be one of"),
+        (dict(k=2, rng="seed"), TypeError, "rng must be None, an int seed"),
+        (dict(), TypeError, "exactly one of k"),
+        (dict(k=2, rtol=0.1), TypeError, "exactly one of k"),
+        (dict(rtol=1.5), ValueError, "rtol must be in"),
+    ],
+)
+def test_bad_arguments(backend, kwargs, exc, match):
+    A = backend.asarray(np.ones((12, 10)))
+    with pytest.raises(exc, match=match):
+        randla.rsvd(A, **kwargs)
+
+
+def test_bad_arrays(backend):
+    xp = backend.xp
+    with pytest.raises(ValueError, match="A must be 2-D"):
+        randla.rsvd(backend.asarray(np.ones(5)), 1)
+    with pytest.raises(ValueError, match="must not be empty"):
+        randla.rsvd(backend.asarray(np.ones((0, 4))), 1)
+    if not backend.lazy:
+        bad = np.ones((5, 4))
+        bad[1, 2] = np.nan
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            randla.rsi(backend.asarray(bad), 2)
+    if hasattr(xp, "float16"):
+        with pytest.raises(TypeError, match="float16"):
+            randla.rsvd(backend.asarray(np.ones((5, 4), dtype=np.float16)), 2)
+    with pytest.raises(TypeError, match="array-API"):
+        randla.rsvd([[1.0, 2.0], [3.0, 4.0]], 1)
+
+
+def test_check_finite_opt_out():
+    bad = np.ones((6, 5))
+    bad[0, 0] = np.inf
+    # the scan is skipped: LAPACK sees the Inf (garbage in, garbage out), no ValueError
+    with np.errstate(invalid="ignore"), pytest.raises(np.linalg.LinAlgError):
+        randla.rsvd(bad, 2, rng=0, check_finite=False)
+
+
+def test_rsi_rejects_non_orthonormalising_stabilizer():
+    with pytest.raises(ValueError, match="stabilizer"):
+        randla.rsi(np.ones((5, 4)), 2, stabilizer="lu")
+
+
+def test_dask_stays_lazy():
+    da = pytest.importorskip("dask.array")
+    A = da.from_array(matrix(60, 40, rng=0).A, chunks=(20, 40))
+    U, S, Vh = randla.rsi(A, 5, rng=0)
+    assert isinstance(U, da.Array) and isinstance(S, da.Array)
+
+
+def test_jax_jit():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    A0, s = matrix(60, 40, spectrum="exponential", decay=0.2, rng=0)
+    f = jax.jit(lambda A: randla.rsi(A, 5, rng=0, check_finite=False))
+    U, S, Vh = f(jnp.asarray(A0))
+    np.testing.assert_allclose(np.asarray(S), s[:5], rtol=1e-8)
+
+
+def test_torch_float32_stays_float32():
+    torch = pytest.importorskip("torch")
+    A0, s = matrix(50, 30, spectrum="exponential", decay=0.2, dtype="float32", rng=0)
+    U, S, Vh = randla.rsi(torch.from_numpy(A0), 5, rng=0)
+    assert U.dtype == torch.float32 and S.dtype == torch.float32
+    np.testing.assert_allclose(S.numpy(), s[:5], rtol=1e-4)
