@@ -501,3 +501,23 @@ def has_pivoted_qr(xp) -> bool:
     Elsewhere it is a host round-trip, which callers avoid for large matrices.
     """
     return backend_name(xp) in ("numpy", "jax")
+
+
+def take(x, idx, *, axis):
+    """``x`` restricted to the host integer indices ``idx`` along ``axis`` (0 or 1).
+
+    Dask's ``take`` warns while inferring metadata for complex arrays; its
+    fancy indexing with a NumPy index does the same gather without that.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    xp = namespace(x)
+    if backend_name(xp) == "dask":
+        return x[idx, :] if axis == 0 else x[:, idx]
+    return xp.take(x, from_numpy(idx, like=x), axis=axis)
+
+
+def prefers_whole_matrix_kernels(xp) -> bool:
+    """True where an eager loop of small array operations is expensive (JAX compiles
+    each operation for each new shape): there, call a native kernel on the whole
+    matrix even where a loop would do less arithmetic."""
+    return backend_name(xp) == "jax"

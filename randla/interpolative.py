@@ -118,7 +118,7 @@ def _id_from_qr(R, perm, k, xp, like):
         Tp = xp.concat([eye, W], axis=1)
     perm_h = np.asarray(B.to_numpy(perm), dtype=np.int64)
     inv = np.argsort(perm_h)
-    T = xp.take(Tp, _qr._perm_array(inv, like), axis=1)
+    T = B.take(Tp, inv, axis=1)
     return _qr._perm_array(perm_h[:k], like), T
 
 
@@ -287,7 +287,7 @@ def two_sided_id(A, k=None, *, rtol=None, method="cpqr", p=10, q=0, f=2.0, rng=N
     cols, Z = interp_decomp(A, k, rtol=rtol, axis=1, method=method, p=p, q=q, f=f, rng=rng,
                             check_finite=check_finite)
     A, xp = V.as_matrix(A, check_finite=False)
-    C = xp.take(A, cols, axis=1)
+    C = B.take(A, B.to_numpy(cols), axis=1)
     rows, X = interp_decomp(C, C.shape[1], axis=0, method="srrqr" if method == "srrqr" else "cpqr", f=f,
                             check_finite=False)
     return TwoSidedID(rows, cols, X, Z)
@@ -347,8 +347,8 @@ def cur(A, k=None, *, rtol=None, method="cpqr", p=10, q=0, f=2.0, rng=None, chec
     rows, cols, _, _ = two_sided_id(A, k, rtol=rtol, method=method, p=p, q=q, f=f, rng=rng,
                                     check_finite=check_finite)
     A, xp = V.as_matrix(A, check_finite=False)
-    C = xp.take(A, cols, axis=1)
-    Rw = xp.take(A, rows, axis=0)
+    C = B.take(A, B.to_numpy(cols), axis=1)
+    Rw = B.take(A, B.to_numpy(rows), axis=0)
     Qc, Rc = B.qr(C)
     Qr, Rr = B.qr(B.mH(Rw))
     core = B.mH(Qc) @ A @ Qr

@@ -78,6 +78,14 @@ def _set(x, idx, value):
     return xpx.at(x, idx).set(value, copy=None)
 
 
+def _triu(xp, x):
+    """Upper triangle by a mask (Dask's ``triu`` warns on complex input)."""
+    r, c = x.shape
+    dev = B.device(x)
+    mask = xp.arange(r, device=dev)[:, None] <= xp.arange(c, device=dev)[None, :]
+    return xp.where(mask, x, xp.zeros_like(x))
+
+
 def _abs2(xp, x):
     if xp.isdtype(x.dtype, "complex floating"):
         return xp.real(x) ** 2 + xp.imag(x) ** 2
@@ -151,8 +159,9 @@ def cpqr(A, k=None, *, rtol=None, check_finite=True):
 
     Notes
     -----
-    Backends: NumPy runs LAPACK ``geqp3`` (SciPy) and JAX ``jax.scipy.linalg.qr``
-    for full factorisations and for ``k > min(m, n) / 2``; everything else runs
+    Backends: NumPy runs LAPACK ``geqp3`` (SciPy) for full factorisations and
+    for ``k > min(m, n) / 2``, JAX always its native pivoted QR (truncated;
+    an eager loop would recompile per shape); everything else runs
     the portable left-looking loop: per pivot one product ``q^H A`` and a
     twice-applied Gram-Schmidt projection of the pivot column (CGS2), with
     residual norms downdated and recomputed exactly when cancellation has eaten
@@ -193,13 +202,14 @@ def cpqr(A, k=None, *, rtol=None, check_finite=True):
 def _cpqr(A, xp, k, rtol):
     m, n = A.shape
     kmax = min(m, n) if k is None else k
-    if B.has_pivoted_qr(xp) and (k is None or 2 * k > min(m, n)):
+    native = B.has_pivoted_qr(xp)
+    if native and (k is None or 2 * k > min(m, n) or B.prefers_whole_matrix_kernels(xp)):
         Q, R, perm = B.qr_pivoted(A)
         r = kmax
         if rtol is not None:
-            r = min(kmax, _rank_from_rows(B.to_numpy(xp.triu(R)), rtol))
+            r = min(kmax, _rank_from_rows(B.to_numpy(_triu(xp, R)), rtol))
         perm = xp.astype(B.from_numpy(np.asarray(B.to_numpy(perm), dtype=np.int64), like=A), xp.int64)
-        return PivotedQR(Q[:, :r], xp.triu(R[:r, :]), perm)
+        return PivotedQR(Q[:, :r], _triu(xp, R[:r, :]), perm)
     return _cpqr_loop(A, xp, kmax, rtol)
 
 
@@ -288,8 +298,8 @@ def _cpqr_loop(A, xp, kmax, rtol, *, Q=None, R=None, selected=None):
     rest = [c for c in range(n) if not mask[c]] + [c for c in selected[r:]]
     perm = np.asarray(selected[:r] + rest, dtype=np.int64)
     pd = _perm_array(perm, A)
-    R = xp.take(R, pd, axis=1)
-    R = xp.concat([xp.triu(R[:, :r]), R[:, r:]], axis=1)
+    R = B.take(R, perm, axis=1)
+    R = xp.concat([_triu(xp, R[:, :r]), R[:, r:]], axis=1)
     return PivotedQR(Q, R, pd)
 
 
@@ -297,8 +307,7 @@ def _recompute(A, xp, Q, R, norms2, cols, rdt):
     """Exact residual norms^2 of columns ``cols``: ``||A[:, c] - Q R[:, c]||^2``."""
     if len(cols) == 0:
         return norms2
-    idx = _perm_array(cols, A)
-    res = xp.take(A, idx, axis=1) - Q @ xp.take(R, idx, axis=1)
+    res = B.take(A, cols, axis=1) - Q @ B.take(R, cols, axis=1)
     out = norms2.copy()
     out[cols] = B.to_numpy(xp.sum(_abs2(xp, res), axis=0)).astype(np.float64)
     return out
@@ -333,7 +342,7 @@ def _cholqr_precond(C, Rs):
                     raise ValueError("non-finite Cholesky factor")
                 M = B.solve_triangular(Rc, M, lower=False, left=False)
                 Rtot = Rc @ Rtot
-            return M, xp.triu(Rtot)
+            return M, _triu(xp, Rtot)
         except Exception:  # noqa: BLE001 - LinAlgError differs per backend
             pass
     Q, R = B.qr(C)
@@ -440,12 +449,11 @@ def _rcpqr(A, xp, k, p, q, block_size, gen, rtol=None):
     done = 0
     while done < k:
         bc = min(b, k - done)
-        Yr = Y if done == 0 else xp.take(Y, _perm_array(remaining, A), axis=1)
+        Yr = Y if done == 0 else B.take(Y, remaining, axis=1)
         _, Rsk, pv = B.qr_pivoted(Yr)
         pv = np.asarray(B.to_numpy(pv), dtype=np.int64)
         J = remaining[pv[:bc]]
-        Jd = _perm_array(J, A)
-        C = xp.take(A, Jd, axis=1)
+        C = B.take(A, J, axis=1)
         if Qs:
             Qp = xp.concat(Qs, axis=1) if len(Qs) > 1 else Qs[0]
             C = _cgs2(xp, Qp, C)[0]
@@ -492,8 +500,8 @@ def _rcpqr(A, xp, k, p, q, block_size, gen, rtol=None):
     R = xp.concat(Rs_rows, axis=0) if len(Rs_rows) > 1 else Rs_rows[0]
     perm = np.concatenate([np.asarray(chosen, dtype=np.int64), remaining])
     pd = _perm_array(perm, A)
-    R = xp.take(R, pd, axis=1)
-    R = xp.concat([xp.triu(R[:, :k]), R[:, k:]], axis=1)
+    R = B.take(R, perm, axis=1)
+    R = xp.concat([_triu(xp, R[:, :k]), R[:, k:]], axis=1)
     return PivotedQR(Q, R, pd)
 
 
@@ -631,8 +639,7 @@ def _swap_loop(A, xp, Q, Rt, perm, k, f, max_swaps):
     Rinv = sl.solve_triangular(R11, np.eye(k, dtype=hdt), lower=False)
     AB = Rinv @ Rt[:, k:]
     # exact residual norms of the unselected columns
-    rest = _perm_array(perm[k:], A)
-    res = xp.take(A, rest, axis=1) - Q @ xp.astype(B.from_numpy(Rt[:, k:], like=A), dt)
+    res = B.take(A, perm[k:], axis=1) - Q @ xp.astype(B.from_numpy(Rt[:, k:], like=A), dt)
     gamma = np.sqrt(B.to_numpy(xp.sum(_abs2(xp, res), axis=0)).astype(np.float64))
     gref = gamma.copy()
     f2 = f * f
@@ -675,7 +682,7 @@ def _swap_loop(A, xp, Q, Rt, perm, k, f, max_swaps):
         nu = B.scalar(xp.linalg.vector_norm(v))
         if nu > u * max(m, n) * abs(Rt[0, 0]):
             qn = v / xp.asarray(nu, dtype=B.real_dtype(xp, dt), device=B.device(A))
-            c2 = B.to_numpy(_conj(xp, qn) @ xp.take(A, _perm_array(perm[k + 1 :], A), axis=1)).astype(hdt)
+            c2 = B.to_numpy(_conj(xp, qn) @ B.take(A, perm[k + 1 :], axis=1)).astype(hdt)
         else:
             nu, qn, c2 = 0.0, None, np.zeros(n - k - 1, dtype=hdt)
         # 4. swap columns k-1 and k, one Givens rotation on (mu, nu)
@@ -724,9 +731,8 @@ def _swap_loop(A, xp, Q, Rt, perm, k, f, max_swaps):
         lost = np.nonzero(gamma**2 <= math.sqrt(u) * gref**2)[0]
         lost = lost[lost > 0]
         if lost.size:
-            cols = _perm_array(perm[k + lost], A)
             Rc = xp.astype(B.from_numpy(Rt[:, k + lost], like=A), dt)
-            resid = xp.take(A, cols, axis=1) - Q @ Rc
+            resid = B.take(A, perm[k + lost], axis=1) - Q @ Rc
             gamma[lost] = np.sqrt(B.to_numpy(xp.sum(_abs2(xp, resid), axis=0)).astype(np.float64))
             gref[lost] = gamma[lost]
     return Q, Rt, perm, swaps
