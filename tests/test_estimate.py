@@ -1,0 +1,71 @@
+"""Norm and error estimators against exact SVDs and the HMT bound."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg as spla
+
+import randla
+from randla.estimate import normalized_error, posterior_error_estimate, spectral_norm
+from randla.testing import matrix
+
+
+@pytest.mark.parametrize("dtype", ["float64", "complex128", "float32"])
+def test_spectral_norm(backend, dtype):
+    A0, s = matrix(60, 45, spectrum="polynomial", dtype=dtype, rng=0)
+    est = spectral_norm(backend.asarray(A0), rng=0)
+    est = float(backend.to_numpy(est))
+    tol = 1e-4 if dtype == "float32" else 1e-8
+    assert s[0] * (1 - tol) <= est <= s[0] * (1 + tol)
+
+
+def test_spectral_norm_exact_when_steps_reach_rank():
+    A = np.diag([3.0, 3.0 - 1e-9, 1.0])
+    assert abs(float(spectral_norm(A, steps=3, rng=0)) - 3.0) < 1e-12
+
+
+def test_spectral_norm_linear_operator():
+    A0, s = matrix(50, 30, rng=1)
+    est = float(spectral_norm(spla.aslinearoperator(A0), rng=0))
+    np.testing.assert_allclose(est, s[0], rtol=1e-8)
+
+
+def test_posterior_estimate_bounds_the_error(backend):
+    A0, s = matrix(80, 60, spectrum="polynomial", decay=1.0, rng=0)
+    A = backend.asarray(A0)
+    for seed in range(5):
+        Q = randla.range_finder(A, 8, p=2, rng=seed)
+        Qn = backend.to_numpy(Q)
+        err = np.linalg.norm(A0 - Qn @ (Qn.T @ A0), 2)
+        bound = float(backend.to_numpy(posterior_error_estimate(A, Q, rng=seed + 100)))
+        # slack: the factor 10 sqrt(2/pi) ~ 8, times ||tail||_F / sigma_(k+1) ~ 3.4 for 1/i
+        assert err <= bound <= 60 * err
+
+
+@pytest.mark.parametrize("method", ["svd", "lanczos"])
+def test_normalized_error(method):
+    A0, s = matrix(60, 40, spectrum="polynomial", rng=0)
+    U, S, Vh = np.linalg.svd(A0, full_matrices=False)
+    k = 6
+    assert abs(normalized_error(A0, U[:, :k], S[:k], Vh[:k], method=method, rng=0) - 1.0) < 1e-6
+    # a perturbed approximation: compare with the directly computed ratio
+    Ud = U[:, :k] + 1e-2 * np.random.default_rng(0).standard_normal((60, k))
+    direct = np.linalg.norm(A0 - (Ud * S[:k]) @ Vh[:k], 2) / s[k]
+    assert abs(normalized_error(A0, Ud, S[:k], Vh[:k], s=s, method=method, rng=0) - direct) < 1e-4 * direct
+
+
+def test_normalized_error_on_backends(backend):
+    A0, s = matrix(40, 30, spectrum="exponential", rng=0)
+    A = backend.asarray(A0)
+    U, S, Vh = randla.rsi(A, 5, rng=0)
+    e = normalized_error(A, U, S, Vh)
+    assert 1 - 1e-10 <= e < 1.1
+
+
+def test_normalized_error_rank_deficient():
+    A = np.diag([2.0, 1.0, 0.0, 0.0])
+    U, S, Vh = np.linalg.svd(A)
+    assert normalized_error(A, U[:, :2], S[:2], Vh[:2]) == 1.0
+    with pytest.raises(ValueError, match="no sigma"):
+        normalized_error(A, U, S, Vh)
