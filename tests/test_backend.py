@@ -1,0 +1,120 @@
+"""The backend layer: primitives the standard lacks, RNG, validation rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from randla import _backend as B
+from randla import _validate as V
+from randla.testing import matrix
+
+
+@pytest.mark.parametrize("lower", [True, False])
+@pytest.mark.parametrize("left", [True, False])
+def test_solve_triangular(backend, lower, left):
+    rng = np.random.default_rng(0)
+    T = np.tril(rng.standard_normal((6, 6))) + 4 * np.eye(6)
+    T = T if lower else T.T
+    T_noisy = T + (np.triu(np.ones((6, 6)), 1) if lower else np.tril(np.ones((6, 6)), -1))  # ignored half
+    Bm = rng.standard_normal((6, 3)) if left else rng.standard_normal((3, 6))
+    X = B.solve_triangular(backend.asarray(T_noisy), backend.asarray(Bm), lower=lower, left=left)
+    X = backend.to_numpy(X)
+    np.testing.assert_allclose(T @ X if left else X @ T, Bm, atol=1e-12)
+
+
+def test_lu(backend):
+    A0 = matrix(12, 5, dtype="float64", rng=0).A
+    PL, U = B.lu(backend.asarray(A0))
+    PL, U = backend.to_numpy(PL), backend.to_numpy(U)
+    np.testing.assert_allclose(PL @ U, A0, atol=1e-12)
+    np.testing.assert_array_equal(np.triu(U), U)
+    assert np.abs(PL).max() <= 1 + 1e-12  # partial pivoting bounds the multipliers
+    # PL is a row permutation of a unit lower-trapezoidal matrix
+    rows = np.argmax(np.abs(PL) == 1.0, axis=0)
+    assert len(set(rows.tolist())) == 5
+
+
+def test_lu_fallback_matches_scipy():
+    import scipy.linalg
+
+    A0 = matrix(9, 4, rng=2).A
+    PL, U = B._lu_fallback(A0, B.namespace(A0))
+    pl_ref, u_ref = scipy.linalg.lu(A0, permute_l=True)
+    np.testing.assert_allclose(PL, pl_ref, atol=1e-12)
+    np.testing.assert_allclose(U, u_ref, atol=1e-12)
+
+
+def test_cholesky_upper_and_lower(backend):
+    G0 = np.array([[4.0, 2 + 1j], [2 - 1j, 3.0]])
+    G = backend.asarray(G0)
+    R = backend.to_numpy(B.cholesky(G, upper=True))
+    L = backend.to_numpy(B.cholesky(G, upper=False))
+    np.testing.assert_allclose(R.conj().T @ R, G0, atol=1e-12)
+    np.testing.assert_allclose(L @ L.conj().T, G0, atol=1e-12)
+    np.testing.assert_allclose(np.triu(R), R)
+    np.testing.assert_allclose(np.tril(L), L)
+
+
+def test_qr_pivoted(backend):
+    A0 = matrix(10, 7, spectrum="exponential", decay=0.5, rng=0).A
+    Q, R, perm = B.qr_pivoted(backend.asarray(A0))
+    Q, R, perm = (backend.to_numpy(x) for x in (Q, R, perm))
+    np.testing.assert_allclose(A0[:, perm], Q @ R, atol=1e-12)
+    assert sorted(perm.tolist()) == list(range(7))
+    assert np.all(np.diff(np.abs(np.diag(R))) <= 1e-12)
+
+
+def test_rng_is_native_and_reproducible(backend):
+    like = backend.asarray(np.zeros((1, 1)))
+    a = B.normal((5, 3), xp=backend.xp, dtype=backend.xp.float64, device=B.device(like), rng=4)
+    assert type(a) is type(like) and a.dtype == backend.xp.float64
+    b = B.normal((5, 3), xp=backend.xp, dtype=backend.xp.float64, device=B.device(like), rng=4)
+    np.testing.assert_array_equal(backend.to_numpy(a), backend.to_numpy(b))
+    c = B.normal((5, 3), xp=backend.xp, dtype=backend.xp.float64, device=B.device(like), rng=5)
+    assert not np.array_equal(backend.to_numpy(a), backend.to_numpy(c))
+    i = B.integers(7, (100,), xp=backend.xp, device=B.device(like), rng=0)
+    i = backend.to_numpy(i)
+    assert i.min() >= 0 and i.max() < 7
+
+
+def test_generator_advances():
+    g = np.random.default_rng(0)
+    a = B.normal((3,), xp=B.namespace(np.zeros(1)), dtype=np.float64, device="cpu", rng=g)
+    b = B.normal((3,), xp=B.namespace(np.zeros(1)), dtype=np.float64, device="cpu", rng=g)
+    assert not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("bad", [1.5, "x", True, np.random.RandomState(0)])
+def test_bad_rng(bad):
+    with pytest.raises(TypeError, match="rng must be"):
+        B.as_generator(bad)
+
+
+def test_mH_and_at_set(backend):
+    x0 = np.array([[1 + 2j, 3], [4, 5j]])
+    x = backend.asarray(x0)
+    np.testing.assert_array_equal(backend.to_numpy(B.mH(x)), x0.conj().T)
+    y = B.at_set(x, (0, 1), 7)
+    assert backend.to_numpy(y)[0, 1] == 7
+    np.testing.assert_array_equal(backend.to_numpy(x), x0)  # never in place
+
+
+def test_dtype_rule(backend):
+    xp = backend.xp
+    A, xp2 = V.as_matrix(backend.asarray(np.ones((3, 2), dtype=np.int32)))
+    assert A.dtype == xp.float64
+    A, _ = V.as_matrix(backend.asarray(np.ones((3, 2), dtype=np.complex64)))
+    assert A.dtype == xp.complex64
+
+
+def test_check_helpers():
+    assert V.check_rank(3, (5, 4)) == 3
+    assert V.check_rank(np.int64(2), (5, 4)) == 2
+    with pytest.raises(ValueError, match="1 <= k <= min"):
+        V.check_rank(5, (5, 4))
+    assert V.check_rtol(0.1) == 0.1
+    with pytest.raises(TypeError, match="rtol must be a float"):
+        V.check_rtol("a")
+    with pytest.raises(ValueError, match="rtol must be in"):
+        V.check_rtol(0.0)
