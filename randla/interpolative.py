@@ -250,7 +250,15 @@ def interp_decomp(A, k=None, *, rtol=None, axis=1, method="cpqr", p=10, q=0, f=2
     p = V.check_count(p, "p")
     q = V.check_count(q, "q")
     gen = B.as_generator(rng)
+    like = M
+    if method != "randomized":  # pivot loops on lazy (Dask) input run on the host
+        M, lazy = _qr._host_lazy(M)
+        xp = B.namespace(M)
+    else:
+        lazy = False
     idx, T = _column_id(M, xp, k, rtol, method, p, q, f, gen)
+    if lazy:
+        idx, T = (B.from_numpy(np.asarray(x), like=like) for x in (idx, T))
     return IDResult(idx, T if axis == 1 else B.mH(T))
 
 
