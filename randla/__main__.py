@@ -1,0 +1,7 @@
+"""``python -m randla``: the ``randla`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
