@@ -13,7 +13,17 @@ from typing import Any, NamedTuple
 
 from . import _backend as B
 
-__all__ = ["as_matrix", "as_operand", "operand_like", "Operand", "check_rank", "check_count", "check_rtol"]
+__all__ = [
+    "Operand",
+    "as_matrix",
+    "as_operand",
+    "operand_like",
+    "check_finite_through",
+    "check_rank",
+    "check_count",
+    "check_rtol",
+    "check_choice",
+]
 
 
 def _float_dtype(xp, x, name):
@@ -113,6 +123,24 @@ def _scipy_operand(A, name, check_finite):
     op = A
     return Operand(op, np, tuple(op.shape), dtype, lambda X: np.asarray(op.matmat(X), dtype=dtype),
                    lambda X: np.asarray(op.rmatmat(X), dtype=dtype), False)
+
+
+def check_finite_through(Y, op: Operand, name: str = "A") -> None:
+    """Check ``A`` for NaN/Inf through its sketch ``Y = A @ Omega``.
+
+    A NaN or Inf in row ``i`` of ``A`` makes row ``i`` of any sketch non-finite
+    (IEEE: ``inf * 0 = nan``, and BLAS GEMMs do not skip zeros), so a finite
+    ``Y`` proves a finite ``A`` at the cost of scanning ``m x l`` numbers instead of
+    ``m x n``. Only a non-finite ``Y`` triggers the full scan, which tells NaN/Inf
+    in ``A`` from overflow of a finite ``A``. Skipped on lazy arrays.
+    """
+    xp = op.xp
+    if B.is_lazy(Y) or bool(xp.all(xp.isfinite(Y))):
+        return
+    data = op.A if op.dense else getattr(op.A, "data", None)
+    if data is None or not bool(xp.all(xp.isfinite(xp.asarray(data)))):
+        raise ValueError(f"{name} contains NaN or Inf (pass check_finite=False to skip this check)")
+    raise ValueError(f"{name} is finite but its products overflow {op.dtype}; rescale {name}")
 
 
 def check_rank(k, shape, name: str = "k") -> int:

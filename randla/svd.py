@@ -101,8 +101,8 @@ def _orth(Y):
 # ----------------------------------------------------------------------------------
 
 
-def _prepare(A, k, p, q, stabilizer, sketch, check_finite):
-    op = V.as_operand(A, check_finite=check_finite)
+def _prepare(A, k, p, q, stabilizer, sketch):
+    op = V.as_operand(A, check_finite=False)  # checked through the first sketch instead
     k = V.check_rank(k, op.shape)
     p = V.check_count(p, "p")
     q = V.check_count(q, "q")
@@ -111,9 +111,16 @@ def _prepare(A, k, p, q, stabilizer, sketch, check_finite):
     return op, k, l, q
 
 
-def _power_basis(op, l, q, stabilizer, sketch, rng):
-    """``Y = (A A^H)^q A Omega`` with a stabiliser after every pass [HMT2011, Alg. 4.4]."""
+def _first_sketch(op, l, sketch, rng, check_finite):
     Y = _sketch_apply(op, l, sketch, rng)
+    if check_finite:
+        V.check_finite_through(Y, op)
+    return Y
+
+
+def _power_basis(op, l, q, stabilizer, sketch, rng, check_finite):
+    """``Y = (A A^H)^q A Omega`` with a stabiliser after every pass [HMT2011, Alg. 4.4]."""
+    Y = _first_sketch(op, l, sketch, rng, check_finite)
     for _ in range(q):
         Z = _stabilize(op.rmatmat(_stabilize(Y, stabilizer)), stabilizer)
         Y = op.matmat(Z)
@@ -179,8 +186,8 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
     >>> bool(np.linalg.norm(A - Q @ (Q.T @ A), 2) < 10 * s[20])
     True
     """
-    op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch, check_finite)
-    return _orth(_power_basis(op, l, q, stabilizer, sketch, rng))
+    op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
+    return _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
 
 
 def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="cholqr", block_size=None,
@@ -237,8 +244,8 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
         raise TypeError("give exactly one of k (rank) and rtol (relative tolerance)")
     if rtol is not None:
         return _rsvd_rtol(A, rtol, q=q, block_size=block_size, rng=rng, check_finite=check_finite)
-    op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch, check_finite)
-    Q = _orth(_power_basis(op, l, q, stabilizer, sketch, rng))
+    op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
+    Q = _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
     return _svd_of_projection(op, Q, k)
 
 
@@ -331,9 +338,9 @@ def block_krylov_svd(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr",
     >>> bool(normalized_error(A, U, S, Vh, s=s) < 1.2)
     True
     """
-    op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch, check_finite)
+    op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
     xp = op.xp
-    Y = _sketch_apply(op, l, sketch, rng)
+    Y = _first_sketch(op, l, sketch, rng, check_finite)
     blocks = [Y]
     for _ in range(q):
         Z = _stabilize(op.rmatmat(_stabilize(Y, stabilizer)), stabilizer)

@@ -302,3 +302,19 @@ def test_torch_float32_stays_float32():
     U, S, Vh = randla.rsi(torch.from_numpy(A0), 5, rng=0)
     assert U.dtype == torch.float32 and S.dtype == torch.float32
     np.testing.assert_allclose(S.numpy(), s[:5], rtol=1e-4)
+
+
+def test_nan_found_through_the_sketch_for_every_sketch():
+    bad = np.ones((8, 6))
+    bad[3, 4] = np.nan
+    for sketch in randla.sketch.METHODS:
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            randla.rsvd(bad, 2, sketch=sketch, rng=0)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        randla.rsi(scipy.sparse.csr_array(bad), 2, rng=0)
+
+
+def test_overflow_is_not_called_nan():
+    big = np.full((6, 5), 3e38, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"), pytest.raises(ValueError, match="overflow"):
+        randla.rsvd(big, 2, rng=0)
