@@ -63,8 +63,10 @@ def _check_method(method):
 
 
 def _materialised_adjoint(t):
-    """``t^H`` as an ordinary tensor (no lazy conjugation bit, contiguous)."""
-    return t.mH.resolve_conj().contiguous()
+    """``t^H`` as a fresh contiguous tensor: no view, no lazy conjugation bit (autograd
+    Function outputs that are views of intermediates break forward-mode AD)."""
+    out = torch.empty(t.mH.shape, dtype=t.dtype, device=t.device)
+    return out.copy_(t.mH)
 
 
 class _QR(torch.autograd.Function):
