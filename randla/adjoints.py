@@ -166,48 +166,38 @@ def _is_complex(xp, x):
     return xp.isdtype(x.dtype, "complex floating")
 
 
-def _eye(xp, n, like):
-    return xp.eye(n, dtype=B.real_dtype(xp, like.dtype), device=B.device(like))
+def _strict_lower(xp, k, like):
+    """Boolean ``k x k`` mask of the strict lower triangle (``i > j``), on ``like``'s device.
+
+    Triangles are taken with ``xp.where`` on this one mask rather than ``xp.tril``/``xp.triu``:
+    it is built once per call and reused, and Dask's ``tril`` warns on complex input.
+    """
+    dev = B.device(like)
+    rows = xp.reshape(xp.arange(k, device=dev), (k, 1))
+    cols = xp.reshape(xp.arange(k, device=dev), (1, k))
+    return rows > cols
 
 
-def _band_mask(xp, x, k, *, lower):
-    """Boolean mask of ``tril(x, k)`` (``lower``) or ``triu(x, k)`` on the last two axes."""
-    r, c = x.shape[-2], x.shape[-1]
-    dev = B.device(x)
-    rows = xp.reshape(xp.arange(r, device=dev), (r, 1))
-    cols = xp.reshape(xp.arange(c, device=dev), (1, c))
-    return cols - rows <= k if lower else cols - rows >= k
-
-
-def _tril(xp, x, k=0):
-    # A mask rather than xp.tril: Dask's tril/triu warn (ComplexWarning) on complex input.
-    return xp.where(_band_mask(xp, x, k, lower=True), x, xp.zeros_like(x))
-
-
-def _triu(xp, x, k=0):
-    return xp.where(_band_mask(xp, x, k, lower=False), x, xp.zeros_like(x))
-
-
-def _diag_part(xp, M):
-    """``diag(M)`` as a matrix (zeros off the diagonal), batched."""
-    return M * _eye(xp, M.shape[-1], M)
-
-
-def _real_diag(xp, M):
-    """``Re diag(M)`` as a matrix of ``M``'s dtype."""
-    D = _diag_part(xp, M)
-    return (D + xp.conj(D)) / 2 if _is_complex(xp, M) else D
-
-
-def _copyltu(xp, M):
+def _copyltu(xp, M, SL):
     """The Hermitian matrix with the strict lower triangle of ``M`` and ``Re diag(M)``.
 
     ``copyltu(M) = tril(M, -1) + tril(M, -1)^H + Re diag(M)`` = ``symh(E o M)`` with
     ``E`` = 1 on the diagonal, 2 below. Taking the real part of the diagonal is what
     makes eq. 3.3 right for complex input with a real diagonal of ``R`` (seed 001).
+    ``SL`` is the strict-lower mask.
     """
-    low = _tril(xp, M, -1)
-    return low + B.mH(low) + _real_diag(xp, M)
+    SU = xp.matrix_transpose(SL)
+    if not _is_complex(xp, M):
+        return xp.where(SU, xp.matrix_transpose(M), M)
+    MH = B.mH(M)
+    return xp.where(SL, M, xp.where(SU, MH, (M + MH) / 2))
+
+
+def _upper_hermitian_part(xp, X, SL):
+    """``triu(X, 1) + tril(X, -1)^H + Re diag(X)``: upper triangular, real diagonal."""
+    SU = xp.matrix_transpose(SL)
+    S = X + B.mH(X)
+    return xp.where(SU, S, xp.where(SL, 0.0, S / 2))
 
 
 def _solve_RH_right(xp, R, X):
@@ -288,11 +278,14 @@ def qr_vjp(Q, R, dQ, dR, /, *, method="3.3", check_singular=True):
 
     Notes
     -----
-    Cost, tall case, eq. 3.3: three ``m x n x n`` products-or-solves (``dQ^H Q``,
-    ``Q copyltu(M)``, one triangular solve with ``n`` right-hand sides per row block)
-    plus ``R dR^H``, about ``6 m n^2 + n^3`` flops. Eq. 3.8 adds one ``m x n x n``
-    product (``Q Q^H dQ``) and an ``n x n`` triangular solve. Wide case: add
-    ``4 m^2 (n - m)`` flops for ``dY`` and ``dQ'``. Memory: ``O(mn)``.
+    Cost, tall case (``m >= n``), eq. 3.3: two ``m x n x n`` products (``dQ^H Q``,
+    ``Q copyltu(M)``), one triangular solve with ``m`` right-hand sides and ``R dR^H``:
+    about ``5 m n^2 + 2 n^3`` flops. When ``Q`` is square (``m <= n``), ``dQ = Q Q^H dQ``
+    is folded into the small matrix, ``dA = Q [(Q^H dQ + V dV^H + copyltu(M)) U^{-H} | dV]``,
+    so the solve is ``m x m`` and one product with ``Q`` yields all of ``dA``: about
+    ``7 m^3 + 4 m^2 (n - m)`` flops. Eq. 3.8 is evaluated as written: one more
+    ``m x n x n`` product (``Q Q^H dQ``) and an ``n x n`` solve in the tall case (about
+    ``7 m n^2 + 3 n^3``), and no folding in the wide case. Memory: ``O(mn)``.
     Every backend; the triangular solves go through :func:`randla._backend.solve_triangular`.
 
     Examples
@@ -327,10 +320,11 @@ def _qr_vjp(xp, Q, R, dQ, dR, method):
     """Unchecked body of :func:`qr_vjp` (``dQ`` or ``dR`` may be None, not both)."""
     U, V = _split_wide(R)
     wide = V is not None
+    SL = _strict_lower(xp, U.shape[-1], U)
     if dR is not None:
-        # Only the upper triangle (trapezoid) of R varies; drop the rest of dR.
-        dR = _triu(xp, dR)
         dU, dV = _split_wide(dR)
+        # Only the upper triangle of U varies; drop the rest of its cotangent.
+        dU = xp.where(SL, 0.0, dU)
     else:
         dU = dV = None
 
@@ -349,10 +343,22 @@ def _qr_vjp(xp, Q, R, dQ, dR, method):
         M = M - B.mH(VdVh)
 
     if method == "3.3":
-        # dX = (dQ' + Q copyltu(M)) U^{-H},  Q copyltu(M) + Q V dV^H folded in one product.
-        inner = _copyltu(xp, M)
+        # dX = (dQ' + Q copyltu(M)) U^{-H}
+        inner = _copyltu(xp, M, SL)
         if VdVh is not None:
-            inner = inner + VdVh
+            inner = inner + VdVh  # Q V dV^H, the wide part of dQ', joins Q copyltu(M)
+        if Q.shape[-2] == Q.shape[-1]:
+            # Q square (m <= n): dQ = Q (Q^H dQ), so dA = Q [(Q^H dQ + inner) U^{-H} | dV]:
+            # the solve is k x k and one product with Q makes dX and dY = Q dV together.
+            if QhdQ is not None:
+                inner = inner + QhdQ
+            Z = _solve_RH_right(xp, U, inner)
+            if not wide:
+                return Q @ Z
+            if dV is None:
+                zeros = xp.zeros(tuple(V.shape), dtype=Q.dtype, device=B.device(Q))
+                return xp.concat([Q @ Z, zeros], axis=-1)
+            return Q @ xp.concat([Z, dV], axis=-1)
         G = Q @ inner
         if dQ is not None:
             G = G + dQ
@@ -360,10 +366,11 @@ def _qr_vjp(xp, Q, R, dQ, dR, method):
     else:
         # dX = Q (dU + S U^{-H}) + (dQ' - Q Q^H dQ') U^{-H},
         # S = P_L o (M - M^H) + i Im diag(M)  (the correction vanishes for real input).
-        S = _tril(xp, M - B.mH(M), -1)
+        K = M - B.mH(M)  # its diagonal is 2i Im diag(M)
         if _is_complex(xp, M):
-            D = _diag_part(xp, M)
-            S = S + (D - xp.conj(D)) / 2
+            S = xp.where(SL, K, xp.where(xp.matrix_transpose(SL), 0.0, K / 2))
+        else:
+            S = xp.where(SL, K, 0.0)
         small = _solve_RH_right(xp, U, S)
         if dU is not None:
             small = small + dU
@@ -492,8 +499,8 @@ def qr_jvp(Q, R, dA, /):
     Notes
     -----
     Cost, tall case: a triangular solve with ``m`` right-hand sides, two ``m x n x n``
-    products and one ``n x n x n`` product, about ``5 m n^2 + n^3`` flops; wide case
-    adds ``2 m^2 (n - m)``.
+    products and one ``n x n x n`` product, about ``5 m n^2 + 2 n^3`` flops; the wide
+    case adds ``4 m^2 (n - m)`` for ``dV``.
 
     Examples
     --------
@@ -533,9 +540,8 @@ def _qr_jvp(xp, Q, R, dA):
     # Xs = dX U^{-1}  (x @ U = dX), then X = Q^H Xs
     Xs = B.solve_triangular(U, dX, lower=False, left=False)
     X = B.mH(Q) @ Xs
-    low = _tril(xp, X, -1)
-    # X - C: the upper part that dR R^{-1} must be
-    W = _triu(xp, X, 1) + B.mH(low) + _real_diag(xp, X)
+    # W = X - C: the upper triangular part that dR R^{-1} must be
+    W = _upper_hermitian_part(xp, X, _strict_lower(xp, X.shape[-1], X))
     dU = W @ U
     dQ = Xs - Q @ W
     if not wide:

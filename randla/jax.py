@@ -193,7 +193,7 @@ def qr(A, *, rule: str = "vjp", method: str = "3.3") -> QRResult:
     The derivative exists where the first ``k`` columns of ``A`` are linearly
     independent; an exactly singular ``R`` gives inf/NaN derivatives (nothing is
     checked under tracing). Complex input: the derivative of the LAPACK convention
-    (real diagonal of ``R``). Backward cost about ``6 m n^2 + n^3`` flops for
+    (real diagonal of ``R``). Backward cost about ``5 m n^2 + 2 n^3`` flops for
     ``m >= n``.
 
     Examples

@@ -158,7 +158,7 @@ def qr(A: torch.Tensor, *, method: str = "3.3") -> QRResult:
     as it would synchronise the device); see :mod:`randla.adjoints`. For complex input
     the gradient is that of the LAPACK convention (real diagonal of ``R``); losses
     invariant under ``Q -> Q D``, ``R -> D^H R`` are unaffected by the convention.
-    Backward cost: about ``6 m n^2 + n^3`` flops for ``m >= n`` (see
+    Backward cost: about ``5 m n^2 + 2 n^3`` flops for ``m >= n`` (see
     :func:`randla.adjoints.qr_vjp`), the same as torch's native QR backward.
 
     Examples
