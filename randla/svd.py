@@ -53,37 +53,69 @@ class SVDResult(NamedTuple):
 # ----------------------------------------------------------------------------------
 
 
-def _cholqr(Y):
-    """Two passes of shifted Cholesky-QR: a well-conditioned basis of ``range(Y)``.
+def _gram(Y):
+    """``Y^H Y`` formed in float64/complex128 (mixed precision for float32 data)."""
+    xp = B.namespace(Y)
+    wide = xp.complex128 if xp.isdtype(Y.dtype, "complex floating") else xp.float64
+    Yw = xp.astype(Y, wide)
+    return B.mH(Yw) @ Yw
 
-    ``R^H R = Y^H Y + s I``, ``Y <- Y R^{-1}``, twice [FKNYY2020, Alg. 3.1 and
-    CholeskyQR2]. The Gram matrix is formed in float64 even for float32 data
-    (mixed precision), so the squared condition number is resolved; the shift
-    ``s = 10 m u ||Y||_F^2`` keeps the factorisation defined for rank-deficient
-    or zero ``Y`` without branching on values. Since ``R`` is invertible the span
-    is that of ``Y`` exactly; only directions weaker than ``sqrt(s)`` come out
-    shorter than unit length, which power iteration tolerates. All GEMM-rich: two
-    ``Y^H Y`` products, two small Cholesky factorisations and inverses, two
-    ``Y R^{-1}`` products.
+
+def _cholqr_pass(Y, G, shifted):
+    """One Cholesky-QR pass ``R^H R = G + s I``, ``Y R^{-1}`` [FKNYY2020, Alg. 3.1].
+
+    ``shifted``: ``s = 10 m u ||Y||_F^2`` (float64 ``u``), which keeps the
+    factorisation defined for rank-deficient or zero ``Y`` without branching on
+    values; otherwise ``s = 0`` (only for a ``G`` known to be well conditioned).
     """
     xp = B.namespace(Y)
-    m, l = Y.shape
-    dtype = Y.dtype
-    wide = xp.complex128 if xp.isdtype(dtype, "complex floating") else xp.float64
-    u = B.eps(xp, xp.float64)
-    eye = xp.eye(l, dtype=wide, device=B.device(Y))
+    eye = xp.eye(G.shape[0], dtype=G.dtype, device=B.device(G))
+    shift = xp.finfo(xp.float64).smallest_normal
+    if shifted:
+        shift = 10.0 * Y.shape[0] * B.eps(xp, xp.float64) * xp.real(xp.linalg.trace(G)) + shift
+    R = B.cholesky(G + shift * eye, upper=True)
+    return Y @ xp.astype(B.inv(R), Y.dtype), R
+
+
+def _cholqr_stabilize(Y):
+    """Shifted Cholesky-QR2: a well-conditioned basis of exactly ``range(Y)``.
+
+    Two shifted passes. ``R`` is invertible, so the span is that of ``Y``; only
+    directions weaker than ``sqrt(s)`` come out shorter than unit length, which
+    power iteration tolerates. GEMM-rich and lazy-friendly: two Gram products, two
+    small Cholesky factorisations and inverses, two ``Y R^{-1}`` products.
+    """
     for _ in range(2):
-        Yw = xp.astype(Y, wide)
-        G = B.mH(Yw) @ Yw
-        shift = 10.0 * m * u * xp.real(xp.linalg.trace(G)) + xp.finfo(xp.float64).smallest_normal
-        R = B.cholesky(G + shift * eye, upper=True)
-        Y = Y @ xp.astype(B.inv(R), dtype)
+        Y, _ = _cholqr_pass(Y, _gram(Y), shifted=True)
     return Y
+
+
+def _certified_cholqr(Y):
+    """``Y = Q R`` with orthonormal ``Q`` by CholeskyQR2, or ``None``.
+
+    A shifted pass gives ``Q1``; if ``||Q1^H Q1 - I||_F < 1/2`` (all eigenvalues in
+    [1/2, 3/2], checked on the ``l x l`` Gram matrix) the unshifted second pass is
+    safe and leaves ``Q`` orthonormal to working precision (loss ``~ u cond(Q1)^2``)
+    [FKNYY2020, Sec. 2]. ``None`` when the check fails (rank-deficient or very
+    ill-conditioned ``Y``), for wide ``Y``, and on lazy arrays, where reading the
+    check would force a computation. ``R`` is float64/complex128.
+    """
+    m, l = Y.shape
+    if B.is_lazy(Y) or m < l:
+        return None
+    xp = B.namespace(Y)
+    Q1, R1 = _cholqr_pass(Y, _gram(Y), shifted=True)
+    G2 = _gram(Q1)
+    eye = xp.eye(l, dtype=G2.dtype, device=B.device(G2))
+    if not bool(xp.linalg.matrix_norm(G2 - eye) < 0.5):
+        return None
+    Q, R2 = _cholqr_pass(Q1, G2, shifted=False)
+    return Q, R2 @ R1
 
 
 def _stabilize(Y, method):
     if method == "cholqr":
-        return _cholqr(Y)
+        return _cholqr_stabilize(Y)
     if method == "qr":
         return B.qr(Y)[0]
     if method == "lu":
@@ -92,8 +124,27 @@ def _stabilize(Y, method):
 
 
 def _orth(Y):
-    """Orthonormal basis by Householder QR (exact orthonormality, rank-safe)."""
-    return B.qr(Y)[0]
+    """Orthonormal basis of ``range(Y)``.
+
+    Certified CholeskyQR2 (GEMM-rich: on two cores LAPACK's Householder QR of a
+    tall panel costs several times the GEMM that made it), else Householder QR.
+    """
+    qr = _certified_cholqr(Y)
+    return qr[0] if qr is not None else B.qr(Y)[0]
+
+
+def _tall_svd(C):
+    """Thin SVD ``C = W diag(S) Xh`` of a tall matrix, ``W`` (n x l).
+
+    Certified CholeskyQR2 ``C = Qc R`` and the SVD of the small float64 factor
+    ``R = Ur S Xh``, ``W = Qc Ur``; else LAPACK's SVD of ``C``.
+    """
+    qr = _certified_cholqr(C)
+    if qr is None:
+        return B.svd(C)
+    xp = B.namespace(C)
+    Ur, S, Xh = B.svd(qr[1])
+    return qr[0] @ xp.astype(Ur, C.dtype), xp.astype(S, B.real_dtype(xp, C.dtype)), xp.astype(Xh, C.dtype)
 
 
 # ----------------------------------------------------------------------------------
@@ -132,8 +183,7 @@ def _svd_of_projection(op, Q, k):
 
     ``C = W S X^H`` gives ``Q^H A = X S W^H``, so ``U = Q X``, ``Vh = W^H``.
     """
-    C = op.rmatmat(Q)
-    W, S, Xh = B.svd(C)
+    W, S, Xh = _tall_svd(op.rmatmat(Q))
     return SVDResult(Q @ B.mH(Xh)[:, :k], S[:k], B.mH(W)[:k, :])
 
 
