@@ -503,21 +503,27 @@ def has_pivoted_qr(xp) -> bool:
     return backend_name(xp) in ("numpy", "jax")
 
 
-def take(x, idx, *, axis):
-    """``x`` restricted to the host integer indices ``idx`` along ``axis`` (0 or 1).
-
-    Dask's ``take`` warns while inferring metadata for complex arrays; its
-    fancy indexing with a NumPy index does the same gather without that.
-    """
-    idx = np.asarray(idx, dtype=np.int64)
-    xp = namespace(x)
-    if backend_name(xp) == "dask":
-        return x[idx, :] if axis == 0 else x[:, idx]
-    return xp.take(x, from_numpy(idx, like=x), axis=axis)
-
-
 def prefers_whole_matrix_kernels(xp) -> bool:
     """True where an eager loop of small array operations is expensive (JAX compiles
     each operation for each new shape): there, call a native kernel on the whole
     matrix even where a loop would do less arithmetic."""
     return backend_name(xp) == "jax"
+
+
+def single_threaded_blas():
+    """Context manager: BLAS/LAPACK on one thread for small host-side kernels.
+
+    A QRCP of a ``(k + p) x n`` sketch or a Cholesky factorisation of a ``k x k``
+    Gram matrix is far too small to gain from threads, and on an oversubscribed
+    machine OpenBLAS threads waiting for each other make such calls 10-300x
+    slower. Uses ``threadpoolctl`` where installed, else does nothing. Results
+    do not depend on the thread count either way. The libraries are looked up
+    on every call (a few ms), since SciPy's BLAS may load after the first one.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")

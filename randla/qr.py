@@ -337,7 +337,8 @@ def _cholqr_precond(C, Rs):
             Rtot = Rs
             for _ in range(2):
                 G = B.mH(M) @ M
-                Rc = B.cholesky(G, upper=True)
+                with B.single_threaded_blas():
+                    Rc = B.cholesky(G, upper=True)
                 if not bool(np.all(np.isfinite(B.to_numpy(Rc)))):
                     raise ValueError("non-finite Cholesky factor")
                 M = B.solve_triangular(Rc, M, lower=False, left=False)
@@ -450,7 +451,8 @@ def _rcpqr(A, xp, k, p, q, block_size, gen, rtol=None):
     while done < k:
         bc = min(b, k - done)
         Yr = Y if done == 0 else B.take(Y, remaining, axis=1)
-        _, Rsk, pv = B.qr_pivoted(Yr)
+        with B.single_threaded_blas():  # a small matrix: threads only add waiting
+            _, Rsk, pv = B.qr_pivoted(Yr)
         pv = np.asarray(B.to_numpy(pv), dtype=np.int64)
         J = remaining[pv[:bc]]
         C = B.take(A, J, axis=1)

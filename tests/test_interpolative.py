@@ -46,8 +46,8 @@ def test_id_identity_and_error(backend, method, axis):
     assert s[k] * (1 - 1e-6) <= err <= math.sqrt(1 + 4 * k * (n - k)) * 4 * s[k]
 
 
-@pytest.mark.parametrize("dtype", ["float32", "complex128"])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("dtype", "method"), [("float32", "cpqr"), ("complex128", "srrqr"),
+                                               ("float32", "randomized"), ("complex128", "randomized")])
 def test_id_dtypes(backend, dtype, method):
     A_np, s = _mat(20, 16, dtype=dtype, decay=0.3)
     idx, T = interp_decomp(backend.asarray(A_np), 5, method=method, rng=1)
