@@ -106,3 +106,9 @@ def backend(request) -> Backend:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "skip_backend(*names, reason=...): skip a test on these backends")
+    if getattr(config.option, "numprocesses", None):
+        # xdist workers inherit this environment: one BLAS/OpenMP thread per worker, or
+        # the workers' thread pools oversubscribe the cores and small LAPACK calls
+        # slow down by orders of magnitude (OpenBLAS threads spin while waiting).
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
