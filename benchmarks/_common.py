@@ -26,6 +26,8 @@ __all__ = [
     "minilm_weights",
     "minilm_available",
     "normalized_error",
+    "projection_error",
+    "spectral_norm_dense",
     "to_numpy",
     "print_table",
     "fmt_ratio",
@@ -214,8 +216,6 @@ def normalized_error(A, U, S, Vh, s, *, method="svd", rng=0):
     vectors); ``method="lanczos"``: :func:`randla.estimate.normalized_error`'s
     Lanczos estimate (for big matrices; about 1e-3 relative).
     """
-    import scipy.linalg
-
     A, U, S, Vh = (to_numpy(x).astype(np.float64, copy=False) for x in (A, U, S, Vh))
     s = np.asarray(to_numpy(s), dtype=np.float64)
     k = S.shape[0]
@@ -223,10 +223,23 @@ def normalized_error(A, U, S, Vh, s, *, method="svd", rng=0):
         from randla.estimate import normalized_error as _ne
 
         return _ne(A, U, S, Vh, s=s, method="lanczos", rng=rng)
-    R = A - (U * S[None, :]) @ Vh
+    return spectral_norm_dense(A - (U * S[None, :]) @ Vh) / s[k]
+
+
+def spectral_norm_dense(R):
+    """``||R||_2`` of a dense NumPy array, from the largest eigenvalue of its smaller Gram matrix."""
+    import scipy.linalg
+
+    R = np.asarray(R)
     G = R.conj().T @ R if R.shape[0] >= R.shape[1] else R @ R.conj().T
     top = scipy.linalg.eigvalsh(G, subset_by_index=[G.shape[0] - 1, G.shape[0] - 1], check_finite=False)
-    return float(np.sqrt(max(top[0], 0.0)) / s[k])
+    return float(np.sqrt(max(top[0], 0.0)))
+
+
+def projection_error(A, Q, s, k):
+    """``||A - Q Q^H A||_2 / sigma_{k+1}`` in float64 (a range finder's error at rank ``k``)."""
+    A, Q = (to_numpy(x).astype(np.float64, copy=False) for x in (A, Q))
+    return spectral_norm_dense(A - Q @ (Q.conj().T @ A)) / float(np.asarray(to_numpy(s))[k])
 
 
 # ----------------------------------------------------------------------------------
