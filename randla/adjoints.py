@@ -186,11 +186,14 @@ def _copyltu(xp, M, SL):
     makes eq. 3.3 right for complex input with a real diagonal of ``R`` (seed 001).
     ``SL`` is the strict-lower mask.
     """
+    # Not xp.where(SU, M^T, M): selecting between an array and its own transpose
+    # crashes jax.jit on the CPU (jaxlib 0.10.2, n = 900..1024).
     SU = xp.matrix_transpose(SL)
-    if not _is_complex(xp, M):
-        return xp.where(SU, xp.matrix_transpose(M), M)
-    MH = B.mH(M)
-    return xp.where(SL, M, xp.where(SU, MH, (M + MH) / 2))
+    if _is_complex(xp, M):
+        lower = xp.where(SU, 0.0, xp.where(SL, M, (M + xp.conj(M)) / 2))
+    else:
+        lower = xp.where(SU, 0.0, M)
+    return lower + B.mH(xp.where(SL, M, 0.0))
 
 
 def _upper_hermitian_part(xp, X, SL):
