@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import sys
 from functools import partial
@@ -380,6 +381,8 @@ def _header():
         else:
             parts.append(f"{mod} missing (its columns are left out)")
     print("; ".join(parts))
+    # other jobs on the machine distort every timing below: say how busy it was
+    print(f"cores {os.cpu_count()}, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
