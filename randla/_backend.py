@@ -218,8 +218,8 @@ def solve_triangular(a, b, *, lower, left=True, unit_diagonal=False):
     ``jax.scipy.linalg.solve_triangular``, ``cupyx.scipy.linalg``. The pure array-API
     fallback calls ``xp.linalg.solve`` on the triangular matrix (an LU of a triangular
     matrix; backward stable, O(n^3) instead of O(n^2) per right-hand side).
-    Leading batch dimensions are supported on every path except the SciPy one,
-    which loops over them.
+    Leading batch dimensions are supported on every path; batched NumPy input
+    skips the (2-D) SciPy fast path and goes through the fallback.
     """
     xp = namespace(a, b)
     name = backend_name(xp)
