@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import sizes
+
 
 def _factors(shape, dtype, seed=0):
     rng = np.random.default_rng(seed)
@@ -28,7 +30,8 @@ class TimeQRVJP:
     """qr_vjp, eq. 3.3 against eq. 3.8 (NumPy)."""
 
     params = (
-        [(200, 200), (200, 400), (200, 800), (200, 1600), (207, 277), (207, 260), (800, 200)],
+        sizes([(200, 200), (200, 400), (200, 800), (200, 1600), (207, 277), (207, 260), (800, 200)],
+              [(20, 20), (20, 28), (28, 20)]),
         ["3.3", "3.8"],
         ["float64", "complex128"],
     )
@@ -46,7 +49,7 @@ class TimeQRVJP:
 class TimeLQVJP:
     """lq_vjp (NumPy): the QR adjoint of ``A^H`` plus conjugate transposes."""
 
-    params = ([(200, 800), (800, 200)], ["float64", "complex128"])
+    params = (sizes([(200, 800), (800, 200)], [(20, 28), (28, 20)]), ["float64", "complex128"])
     param_names = ["shape", "dtype"]
 
     def setup(self, shape, dtype):
@@ -63,7 +66,7 @@ class TimeLQVJP:
 class TimeQRJVP:
     """qr_jvp, forward mode (NumPy)."""
 
-    params = ([(200, 800), (207, 277), (800, 200)], ["float64", "complex128"])
+    params = (sizes([(200, 800), (207, 277), (800, 200)], [(20, 28), (28, 20)]), ["float64", "complex128"])
     param_names = ["shape", "dtype"]
 
     def setup(self, shape, dtype):
@@ -76,7 +79,7 @@ class TimeQRJVP:
         qr_jvp(self.Q, self.R, self.dA)
 
 
-SHAPES = [(2000, 500), (1000, 1000), (500, 2000)]
+SHAPES = sizes([(2000, 500), (1000, 1000), (500, 2000)], [(40, 20), (20, 40)])
 
 
 class TimeTorchQRBackward:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import sizes
+
 
 def _matrix(m, n, dtype, decay=0.5):
     from randla.testing import matrix
@@ -15,7 +17,7 @@ def _matrix(m, n, dtype, decay=0.5):
 class TimePivotedQR:
     """Randomized and partial CPQR against LAPACK geqp3, k = n / 16."""
 
-    params = ([(1024, 1024), (2048, 512)], ["float32", "float64"])
+    params = (sizes([(1024, 1024), (2048, 512)], [(128, 96)]), ["float32", "float64"])
     param_names = ["shape", "dtype"]
     timeout = 300
 
@@ -47,7 +49,10 @@ class TimePivotedQR:
 class TimeInterpDecomp:
     """interp_decomp by method against scipy.linalg.interpolative at equal k."""
 
-    params = ([(1000, 1000), (2048, 512)], ["randomized", "cpqr", "srrqr", "scipy_rand", "scipy_det"])
+    params = (
+        sizes([(1000, 1000), (2048, 512)], [(120, 100)]),
+        ["randomized", "cpqr", "srrqr", "scipy_rand", "scipy_det"],
+    )
     param_names = ["shape", "method"]
     timeout = 300
 
@@ -69,7 +74,7 @@ class TimeInterpDecomp:
 class TrackQuality:
     """Accuracy figures: |R_jj| ratio to geqp3, ID and column-selection errors / sigma_{k+1}."""
 
-    params = ([(800, 600)],)
+    params = (sizes([(800, 600)], [(120, 100)]),)
     param_names = ["shape"]
     timeout = 300
 
