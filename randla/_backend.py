@@ -510,6 +510,9 @@ def prefers_whole_matrix_kernels(xp) -> bool:
     return backend_name(xp) == "jax"
 
 
+_blas_controller = None  # (ThreadpoolController, whether SciPy's BLAS was loaded when it was made)
+
+
 def single_threaded_blas():
     """Context manager: BLAS/LAPACK on one thread for small host-side kernels.
 
@@ -517,13 +520,20 @@ def single_threaded_blas():
     Gram matrix is far too small to gain from threads, and on an oversubscribed
     machine OpenBLAS threads waiting for each other make such calls 10-300x
     slower. Uses ``threadpoolctl`` where installed, else does nothing. Results
-    do not depend on the thread count either way. The libraries are looked up
-    on every call (a few ms), since SciPy's BLAS may load after the first one.
+    do not depend on the thread count either way. The library lookup (a few ms)
+    is cached and redone once SciPy's BLAS has loaded, so entering costs
+    microseconds.
     """
+    global _blas_controller
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover - optional
         import contextlib
 
         return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    import sys
+
+    scipy_loaded = "scipy.linalg" in sys.modules
+    if _blas_controller is None or (scipy_loaded and not _blas_controller[1]):
+        _blas_controller = (ThreadpoolController(), scipy_loaded)
+    return _blas_controller[0].limit(limits=1, user_api="blas")

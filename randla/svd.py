@@ -73,8 +73,10 @@ def _cholqr_pass(Y, G, shifted):
     shift = xp.finfo(xp.float64).smallest_normal
     if shifted:
         shift = 10.0 * Y.shape[0] * B.eps(xp, xp.float64) * xp.real(xp.linalg.trace(G)) + shift
-    R = B.cholesky(G + shift * eye, upper=True)
-    return Y @ xp.astype(B.inv(R), Y.dtype), R
+    with B.single_threaded_blas():  # l x l: threads only add waiting on a busy machine
+        R = B.cholesky(G + shift * eye, upper=True)
+        R_inv = B.inv(R)
+    return Y @ xp.astype(R_inv, Y.dtype), R
 
 
 def _cholqr_stabilize(Y):
@@ -143,7 +145,8 @@ def _tall_svd(C):
     if qr is None:
         return B.svd(C)
     xp = B.namespace(C)
-    Ur, S, Xh = B.svd(qr[1])
+    with B.single_threaded_blas():
+        Ur, S, Xh = B.svd(qr[1])
     return qr[0] @ xp.astype(Ur, C.dtype), xp.astype(S, B.real_dtype(xp, C.dtype)), xp.astype(Xh, C.dtype)
 
 
