@@ -17,9 +17,10 @@ import scipy.linalg  # noqa: F401  (imported once here, not inside the first tim
 
 import randla
 
+from . import sizes
 from ._common import normalized_error, projection_error
 
-SHAPES = ["1024x512", "2048x1024"]
+SHAPES = sizes(["1024x512", "2048x1024"], ["512x256"])  # one small shape: asv spawns a process per run
 DTYPES = ["float32", "float64"]
 BACKENDS = ["numpy", "torch"]
 P = 10
@@ -48,6 +49,8 @@ def _matrices(shapes, spectrum="polynomial", **kw):
 def _on_backend(A, backend):
     if backend == "numpy":
         return A
+    # asv spawns a fresh interpreter per benchmark: torch (about 1 s to import) is
+    # imported only where it is used
     if importlib.util.find_spec(backend) is None:
         raise NotImplementedError(f"{backend} is not installed")  # asv skips the combination
     import torch
@@ -123,7 +126,7 @@ class RangeFinder:
     params = (BACKENDS, ["cholqr", "qr", "lu", "none"], DTYPES, [1, 2])
     param_names = ["backend", "stabilizer", "dtype", "q"]
     timeout = 300
-    shape = "2048x1024"
+    shape = SHAPES[-1]
 
     def setup_cache(self):
         return _matrices([self.shape])
@@ -149,7 +152,7 @@ class RangeFinder:
 class AdaptiveRangeFinder:
     """adaptive_range_finder (Frobenius indicator) on ``sigma_i = 10^(-0.02 (i-1))``."""
 
-    params = (["1024x512", "2048x1024"], DTYPES, [1e-1, 1e-2])
+    params = (SHAPES, DTYPES, [1e-1, 1e-2])
     param_names = ["shape", "dtype", "rtol"]
     timeout = 300
 
