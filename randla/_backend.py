@@ -279,8 +279,10 @@ def lu(x):
     if name == "torch":
         import torch
 
-        p, l_, u = torch.linalg.lu(x)
-        return p @ l_, u
+        # lu() would form the m x m permutation matrix; PL = x U^{-1} instead
+        lu_, _ = torch.linalg.lu_factor(x)
+        u = torch.triu(lu_[: x.shape[1]])
+        return torch.linalg.solve_triangular(u, x, upper=True, left=False), u
     if name == "jax":
         import jax.scipy.linalg as jsl
 
