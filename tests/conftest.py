@@ -112,3 +112,17 @@ def pytest_configure(config):
         # slow down by orders of magnitude (OpenBLAS threads spin while waiting).
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(var, "1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_single_thread():
+    """Test matrices are tiny: torch's OpenMP pool costs ~15 ms a call on a busy 2-core machine."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -16,20 +16,6 @@ import pytest
 SHAPES = [(6, 4), (5, 5), (4, 7)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread():
-    """Tiny matrices: torch's OpenMP pool costs ~15 ms a call on a busy 2-core machine."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _rand(rng, shape, complex_):
     x = rng.standard_normal(shape)
     return x + 1j * rng.standard_normal(shape) if complex_ else x

@@ -18,20 +18,6 @@ DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
 METHODS = ["3.3", "3.8"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread():
-    """Tiny matrices: torch's OpenMP pool costs ~15 ms a call on a busy 2-core machine."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _rand(rng, shape, dtype):
     x = rng.standard_normal(shape)
     if np.issubdtype(dtype, np.complexfloating):
