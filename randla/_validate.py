@@ -19,6 +19,7 @@ __all__ = [
     "as_operand",
     "operand_like",
     "check_finite_through",
+    "check_stacked_matrix",
     "check_rank",
     "check_count",
     "check_rtol",
@@ -141,6 +142,19 @@ def check_finite_through(Y, op: Operand, name: str = "A") -> None:
     if data is None or not bool(xp.all(xp.isfinite(xp.asarray(data)))):
         raise ValueError(f"{name} contains NaN or Inf (pass check_finite=False to skip this check)")
     raise ValueError(f"{name} is finite but its products overflow {op.dtype}; rescale {name}")
+
+
+def check_stacked_matrix(A, name: str = "A") -> None:
+    """A stack of matrices as the QR/LQ adapters take it: at least 2-D (batch axes
+    lead), float32/float64/complex64/complex128 (no promotion: the adapters
+    differentiate exactly what they are given), last two axes non-empty."""
+    xp = B.namespace(A)
+    if A.ndim < 2:
+        raise ValueError(f"{name} must be at least 2-D (batch dimensions lead), got shape {tuple(A.shape)}")
+    if A.dtype not in (xp.float32, xp.float64, xp.complex64, xp.complex128):
+        raise TypeError(f"{name} has dtype {A.dtype}; use float32, float64, complex64 or complex128")
+    if A.shape[-1] == 0 or A.shape[-2] == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(A.shape)}")
 
 
 def check_rank(k, shape, name: str = "k") -> int:

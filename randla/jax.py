@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from . import _validate as _V
 from . import adjoints as _adj
 
 __all__ = ["qr", "lq", "QRResult", "LQResult"]
@@ -48,19 +49,11 @@ class LQResult(NamedTuple):
     Q: Any
 
 
-_DTYPES = (jnp.float32, jnp.float64, jnp.complex64, jnp.complex128)
-
-
 def _check_input(A, name="A"):
     if not hasattr(A, "shape") or not hasattr(A, "dtype"):
         raise TypeError(f"{name} must be a JAX array, got {type(A).__name__}")
     A = jnp.asarray(A)
-    if A.ndim < 2:
-        raise ValueError(f"{name} must be at least 2-D (batch dimensions lead), got shape {tuple(A.shape)}")
-    if A.dtype not in _DTYPES:
-        raise TypeError(f"{name} has dtype {A.dtype}; use float32, float64, complex64 or complex128")
-    if A.shape[-1] == 0 or A.shape[-2] == 0:
-        raise ValueError(f"{name} must not be empty, got shape {tuple(A.shape)}")
+    _V.check_stacked_matrix(A, name)
     return A
 
 

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import torch
 
+from . import _validate as _V
 from . import adjoints as _adj
 
 __all__ = ["qr", "lq", "QRResult", "LQResult"]
@@ -43,18 +44,10 @@ class LQResult(NamedTuple):
 # differentiable QR and LQ
 # ----------------------------------------------------------------------------------
 
-_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
-
-
 def _check_input(A, name="A"):
     if not isinstance(A, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(A).__name__}")
-    if A.ndim < 2:
-        raise ValueError(f"{name} must be at least 2-D (batch dimensions lead), got shape {tuple(A.shape)}")
-    if A.dtype not in _DTYPES:
-        raise TypeError(f"{name} has dtype {A.dtype}; use float32, float64, complex64 or complex128")
-    if A.shape[-1] == 0 or A.shape[-2] == 0:
-        raise ValueError(f"{name} must not be empty, got shape {tuple(A.shape)}")
+    _V.check_stacked_matrix(A, name)
 
 
 def _check_method(method):
