@@ -49,9 +49,23 @@ from typing import Any, NamedTuple
 
 from . import _backend as B
 
-__all__ = ["qr_vjp", "lq_vjp", "qr_jvp", "lq_jvp", "QRTangents", "LQTangents"]
+__all__ = ["qr_vjp", "lq_vjp", "qr_jvp", "lq_jvp", "QRTangents", "LQTangents", "QRResult", "LQResult"]
 
 _METHODS = ("3.3", "3.8")
+
+
+class QRResult(NamedTuple):
+    """Reduced QR factors ``A = Q @ R`` (returned by the torch and JAX adapters)."""
+
+    Q: Any
+    R: Any
+
+
+class LQResult(NamedTuple):
+    """Reduced LQ factors ``A = L @ Q`` (returned by the torch and JAX adapters)."""
+
+    L: Any
+    Q: Any
 
 
 class QRTangents(NamedTuple):

@@ -24,29 +24,17 @@ and out (``jax.grad`` of a real loss then matches ``jax.grad`` through
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from . import _validate as _V
 from . import adjoints as _adj
+from .adjoints import LQResult, QRResult
 
 __all__ = ["qr", "lq", "QRResult", "LQResult"]
 
 
-class QRResult(NamedTuple):
-    """Reduced QR factors ``A = Q @ R``."""
-
-    Q: Any
-    R: Any
-
-
-class LQResult(NamedTuple):
-    """Reduced LQ factors ``A = L @ Q``."""
-
-    L: Any
-    Q: Any
 
 
 def _check_input(A, name="A"):

@@ -16,28 +16,15 @@ The model-compression adapters (``nn.Linear`` surgery) live further down this mo
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
 from . import _validate as _V
 from . import adjoints as _adj
+from .adjoints import LQResult, QRResult
 
 __all__ = ["qr", "lq", "QRResult", "LQResult"]
 
 
-class QRResult(NamedTuple):
-    """Reduced QR factors ``A = Q @ R``."""
-
-    Q: torch.Tensor
-    R: torch.Tensor
-
-
-class LQResult(NamedTuple):
-    """Reduced LQ factors ``A = L @ Q``."""
-
-    L: torch.Tensor
-    Q: torch.Tensor
 
 
 # ----------------------------------------------------------------------------------
