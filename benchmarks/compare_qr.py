@@ -33,11 +33,9 @@ Timings on a shared 2-core machine are noisy: read the ratios.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
-from ._common import fmt_err, fmt_ratio, fmt_time, print_table, timeit
+from ._common import fmt_err, fmt_ratio, fmt_time, parse_sections, print_table, timeit
 
 SECTIONS = ("rcpqr", "srrqr", "id", "select")
 
@@ -200,16 +198,8 @@ def section_select(cfg):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.compare_qr", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes (for CI)")
-    ap.add_argument("--sections", default=",".join(SECTIONS),
-                    help=f"comma-separated subset of {','.join(SECTIONS)}")
-    args = ap.parse_args(argv)
+    args, wanted = parse_sections("python -m benchmarks.compare_qr", __doc__, SECTIONS, argv)
     cfg = QUICK if args.quick else FULL
-    wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
-    bad = [s for s in wanted if s not in SECTIONS]
-    if bad:
-        ap.error(f"unknown section(s) {bad}; choose from {SECTIONS}")
     import scipy
 
     import randla

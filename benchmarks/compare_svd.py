@@ -36,7 +36,6 @@ krylov
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import statistics
@@ -54,6 +53,7 @@ from ._common import (
     minilm_available,
     minilm_weights,
     normalized_error,
+    parse_sections,
     print_table,
     timeit,
 )
@@ -359,18 +359,13 @@ def section_krylov(cfg, target=1.05):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.compare_svd", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes (for CI)")
-    ap.add_argument("--sections", default=",".join(SECTIONS),
-                    help=f"comma-separated subset of {','.join(SECTIONS)}")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="limit every BLAS pool (threadpoolctl) and torch to this many threads")
-    args = ap.parse_args(argv)
+    args, wanted = parse_sections(
+        "python -m benchmarks.compare_svd", __doc__, SECTIONS, argv,
+        extra=lambda ap: ap.add_argument(
+            "--threads", type=int, default=None,
+            help="limit every BLAS pool (threadpoolctl) and torch to this many threads"),
+    )
     cfg = QUICK if args.quick else FULL
-    wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
-    bad = [s for s in wanted if s not in SECTIONS]
-    if bad:
-        ap.error(f"unknown section(s) {bad}; choose from {SECTIONS}")
     with limit_threads(args.threads):
         _header()
         for name in wanted:
