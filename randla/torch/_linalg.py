@@ -1,30 +1,23 @@
-"""PyTorch adapters: differentiable QR and LQ whose derivatives are randla's adjoints.
+"""Differentiable QR and LQ for torch tensors whose derivatives are randla's adjoints.
 
-``import randla`` never imports torch; importing this module does.
-
-Differentiable factorisations
-    :func:`qr` and :func:`lq` are ``torch.autograd.Function``\\ s: the forward pass is
-    ``torch.linalg.qr``, the backward pass calls :func:`randla.adjoints.qr_vjp` /
-    :func:`randla.adjoints.lq_vjp` on the saved torch tensors themselves (same device,
-    no host copies), and forward-mode AD (``torch.func.jvp``, ``torch.autograd.forward_ad``)
-    calls :func:`~randla.adjoints.qr_jvp` / :func:`~randla.adjoints.lq_jvp`. The backward
-    is built from differentiable torch operations, so double backward (Hessian-vector
-    products, ``gradgradcheck``) works too, and ``torch.func.vmap`` gets a generated rule.
-
-The model-compression adapters (``nn.Linear`` surgery) live further down this module.
+:func:`qr` and :func:`lq` are ``torch.autograd.Function``\\ s: the forward pass is
+``torch.linalg.qr``, the backward pass calls :func:`randla.adjoints.qr_vjp` /
+:func:`randla.adjoints.lq_vjp` on the saved torch tensors themselves (same device,
+no host copies), and forward-mode AD (``torch.func.jvp``, ``torch.autograd.forward_ad``)
+calls :func:`~randla.adjoints.qr_jvp` / :func:`~randla.adjoints.lq_jvp`. The backward
+is built from differentiable torch operations, so double backward (Hessian-vector
+products, ``gradgradcheck``) works too, and ``torch.func.vmap`` gets a generated rule.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import _validate as _V
-from . import adjoints as _adj
-from .adjoints import LQResult, QRResult
+from .. import _validate as _V
+from .. import adjoints as _adj
+from ..adjoints import LQResult, QRResult
 
 __all__ = ["qr", "lq", "QRResult", "LQResult"]
-
-
 
 
 # ----------------------------------------------------------------------------------
@@ -197,8 +190,3 @@ def lq(A: torch.Tensor, *, method: str = "3.3") -> LQResult:
     _check_input(A)
     _check_method(method)
     return LQResult(*_LQ.apply(A, method))
-
-
-# ----------------------------------------------------------------------------------
-# model compression (nn.Linear surgery) goes below this line
-# ----------------------------------------------------------------------------------

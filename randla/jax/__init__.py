@@ -1,0 +1,13 @@
+"""JAX adapters: randla's kernels on JAX arrays and parameter pytrees.
+
+``import randla`` never imports JAX; importing this package does. The mathematics
+lives in the framework-free modules; this package only attaches JAX's derivative
+rules and walks pytrees.
+
+- :func:`qr`, :func:`lq`: differentiable under ``jax.jit``, ``jax.vmap`` and ``jax.grad``,
+  with :func:`randla.qr_vjp` / :func:`randla.lq_vjp` (or the JVPs) as their rules.
+"""
+
+from ._linalg import LQResult, QRResult, lq, qr
+
+__all__ = ["qr", "lq", "QRResult", "LQResult"]
