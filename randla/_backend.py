@@ -16,6 +16,8 @@ from __future__ import annotations
 import array_api_compat as _compat
 import numpy as np
 
+from . import _dask  # Dask kernels; imports Dask only when called
+
 __all__ = [
     "namespace",
     "device",
@@ -32,6 +34,10 @@ __all__ = [
     "fft_last",
     "solve_triangular",
     "lu",
+    "fresh",
+    "pass_product",
+    "persist",
+    "gram_apply",
     "qr_pivoted",
     "take",
     "to_numpy",
@@ -155,10 +161,14 @@ def qr(x):
 
 
 def svd(x):
-    """Thin SVD ``x = U @ diag(S) @ Vh`` (Dask: one chunk, meant for small x)."""
+    """Thin SVD ``x = U @ diag(S) @ Vh``.
+
+    Dask: TSQR-based where ``x`` is chunked along its long axis only, else one task
+    on the gathered (small) matrix.
+    """
     xp = namespace(x)
     if backend_name(xp) == "dask":
-        x = _dask_single_chunk(x)
+        return _dask.svd(x)
     return xp.linalg.svd(x, full_matrices=False)
 
 
@@ -166,13 +176,7 @@ def eigh(x):
     """Eigen-decomposition of a Hermitian matrix, eigenvalues ascending."""
     xp = namespace(x)
     if backend_name(xp) == "dask":
-        x = _dask_single_chunk(x)
-        import dask.array as da
-
-        # Dask has no eigh: evaluate the (small) matrix blockwise with NumPy.
-        w = da.map_blocks(lambda b: np.linalg.eigh(b)[0], x, drop_axis=1, dtype=real_dtype(xp, x.dtype))
-        v = da.map_blocks(lambda b: np.linalg.eigh(b)[1], x, dtype=x.dtype)
-        return w, v
+        return _dask.eigh(x)  # Dask has no eigh: one NumPy call on the (small) matrix
     return xp.linalg.eigh(x)
 
 
@@ -182,16 +186,16 @@ def cholesky(x, *, upper=True):
     if backend_name(xp) == "dask":
         # Dask's cholesky ignores ``upper`` through array-api-compat and is wrong for
         # complex input (dask issue 12335): factor the small matrix with NumPy, lazily.
-        lower = _dask_single_chunk(x).map_blocks(np.linalg.cholesky, dtype=x.dtype)
+        lower = _dask.cholesky_lower(x)
         return mH(lower) if upper else lower
     return xp.linalg.cholesky(x, upper=upper)
 
 
 def inv(x):
-    """Inverse of a small square matrix (Dask: one chunk)."""
+    """Inverse of a small square matrix (Dask: one task)."""
     xp = namespace(x)
     if backend_name(xp) == "dask":
-        x = _dask_single_chunk(x)
+        return _dask.inv(x)
     return xp.linalg.inv(x)
 
 
@@ -204,6 +208,63 @@ def fft_last(x, *, real):
     if backend_name(xp) == "dask":
         x = _dask_single_col_chunk(x)
     return xp.fft.rfft(x, axis=-1) if real else xp.fft.fft(x, axis=-1)
+
+
+def fresh(A, after):
+    """``A`` for one more pass over its data inside the same lazy computation.
+
+    Dask: a copy of the tasks that make ``A``'s chunks (reads from Zarr or a
+    memmap, arithmetic), started only once ``after`` is ready, so each pass reads
+    ``A`` from its source again and nothing ``A``-sized is held from the first
+    pass to the last; chunks already in memory are shared, not copied. Elsewhere
+    ``A`` itself.
+    """
+    if _compat.is_dask_array(A):
+        return _dask.fresh(A, after)
+    return A
+
+
+def pass_product(A, X, *, left=False):
+    """``A @ X`` (``X @ A`` with ``left``) as one pass over the data ``A``.
+
+    Dask: ``X`` is aligned with ``A``'s chunks (the result keeps ``A``'s row or
+    column chunks) and ``A`` comes from :func:`fresh`. Elsewhere the plain product.
+    """
+    if _compat.is_dask_array(A):
+        return _dask.pass_product(A, X, left=left)
+    return X @ A if left else A @ X
+
+
+def persist(*arrays):
+    """Evaluate lazy arrays that an eager loop will read, or use, more than once.
+
+    Dask: one ``dask.persist`` for all of them (inputs they share are read once);
+    the results stay in memory (in the cluster's, under ``distributed``) instead
+    of being recomputed from ``A`` at every read. Other arrays come back as they
+    are. Returns a tuple of the same length.
+    """
+    if any(_compat.is_dask_array(a) for a in arrays):
+        import dask
+
+        return tuple(dask.persist(*arrays))
+    return arrays
+
+
+def gram_apply(Y, factor):
+    """``(Y / c) @ factor(G, m)`` as one fused kernel where the backend needs it, else ``None``.
+
+    ``c = ||Y||_F`` (1 for a zero ``Y``), ``G`` the float64/complex128 Gram matrix
+    of ``Y / c`` (``l x l``), ``factor(G, m)`` array-API code returning an
+    ``l x l`` matrix, ``m`` the rows of ``Y``: one pass of a Cholesky-QR. Dask
+    (tall ``Y`` in row chunks): one task per chunk for its scaled Gram matrix, one
+    task that sums them and runs ``factor`` on NumPy, one blockwise product;
+    composed of array operations the same pass is ~25 Dask operations whose graph
+    takes longer to build than the products take to run. Elsewhere ``None``: the
+    caller composes it.
+    """
+    if _compat.is_dask_array(Y) and Y.ndim == 2:
+        return _dask.cholqr(Y, factor)
+    return None
 
 
 # ----------------------------------------------------------------------------------
@@ -227,6 +288,8 @@ def solve_triangular(a, b, *, lower, left=True, unit_diagonal=False):
         import torch
 
         return torch.linalg.solve_triangular(a, b, upper=not lower, left=left, unitriangular=unit_diagonal)
+    if name == "dask" and a.ndim == 2 and b.ndim == 2:
+        return _dask.solve_triangular(a, b, lower=lower, left=left, unit_diagonal=unit_diagonal)
     if not left:
         # x @ a = b  <=>  a^T @ x^T = b^T (plain transpose, no conjugation)
         xt = solve_triangular(
@@ -293,14 +356,8 @@ def lu(x):
         return csl.lu(x, permute_l=True)
     if name == "dask":
         # Dask has no pivoted LU of a tall matrix: factor the (tall-skinny) panel in
-        # one chunk with SciPy, lazily.
-        import scipy.linalg
-
-        x = _dask_single_chunk(x)
-        n = x.shape[1]
-        pl = x.map_blocks(lambda b: scipy.linalg.lu(b, permute_l=True)[0], dtype=x.dtype)
-        u = x.map_blocks(lambda b: scipy.linalg.lu(b, permute_l=True)[1], dtype=x.dtype, chunks=((n,), (n,)))
-        return pl, u
+        # one task with SciPy, lazily.
+        return _dask.lu(x)
     return _lu_fallback(x, xp)
 
 
@@ -527,11 +584,16 @@ def single_threaded_blas():
     microseconds.
     """
     global _blas_controller
+    import contextlib
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        # the limit is process-wide and threadpoolctl's restore is not thread-safe:
+        # tasks of a threaded scheduler (Dask) must not toggle it
+        return contextlib.nullcontext()
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover - optional
-        import contextlib
-
         return contextlib.nullcontext()
     import sys
 

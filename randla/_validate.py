@@ -98,7 +98,8 @@ def as_operand(A, name: str = "A", *, check_finite: bool = True) -> Operand:
         return _scipy_operand(A, name, check_finite)
     A, xp = as_matrix(A, name, check_finite=check_finite)
     AH = B.mH(A)
-    return Operand(A, xp, tuple(A.shape), A.dtype, lambda X: A @ X, lambda X: AH @ X, True)
+    return Operand(A, xp, tuple(A.shape), A.dtype, lambda X: B.pass_product(A, X),
+                   lambda X: B.pass_product(AH, X), True)
 
 
 def _scipy_operand(A, name, check_finite):

@@ -336,6 +336,7 @@ def _cholqr_precond(C, Rs):
             M = B.solve_triangular(Rs, C, lower=False, left=False)
             Rtot = Rs
             for _ in range(2):
+                (M,) = B.persist(M)  # read below: evaluated once (Dask)
                 G = B.mH(M) @ M
                 with B.single_threaded_blas():
                     Rc = B.cholesky(G, upper=True)
@@ -366,11 +367,11 @@ def _row_sketch(A, l, q, rng):
     """
     S = _sketch_rows(A, l, rng)
     Y = S @ A
-    for _ in range(q):
+    for _ in range(q):  # every further pass reads A afresh (Dask: see _backend.fresh)
         W = B.qr(B.mH(Y))[0]  # n x l
-        Z = B.qr(A @ W)[0]  # m x l
+        Z = B.qr(B.pass_product(A, W))[0]  # m x l
         S = B.mH(Z)
-        Y = S @ A
+        Y = B.pass_product(A, S, left=True)
     return S, Y
 
 
@@ -453,17 +454,24 @@ def _rcpqr(A, xp, k, p, q, block_size, gen, rtol=None, candidates=None):
     """
     m, n = A.shape
     b = min(k, block_size)
+    if candidates is not None:
+        candidates = max(candidates, b)
+    d = min((b if candidates is None else candidates) + p, m)
+    Om, Y = _row_sketch(A, d, q, gen)
+    # the loop reads the sketch (and the column norms): evaluated together, once
+    # (Dask: the norms share the sketch's read of A)
+    if rtol is None and candidates is None:
+        Om, Y = B.persist(Om, Y)
+    else:
+        Om, Y, cols2 = B.persist(Om, Y, xp.sum(_abs2(xp, A), axis=0))
+        full2 = B.to_numpy(cols2).astype(np.float64)
     if rtol is not None:
-        normA2 = B.scalar(xp.sum(_abs2(xp, A)))
+        normA2 = float(full2.sum())
         exact = rtol**2 < 1e3 * B.eps(xp, A.dtype)  # subtraction would cancel
         used2 = 0.0
     if candidates is not None:
-        candidates = max(candidates, b)
-        full2 = B.to_numpy(xp.sum(_abs2(xp, A), axis=0)).astype(np.float64)
         g2 = full2.copy()
         sqrt_u = math.sqrt(B.eps(xp, A.dtype))
-    d = min((b if candidates is None else candidates) + p, m)
-    Om, Y = _row_sketch(A, d, q, gen)
     Qs, Rs_rows = [], []
     remaining = np.arange(n)
     chosen: list[int] = []
@@ -480,7 +488,7 @@ def _rcpqr(A, xp, k, p, q, block_size, gen, rtol=None, candidates=None):
             Qp = xp.concat(Qs, axis=1) if len(Qs) > 1 else Qs[0]
         if candidates is not None:
             cand = pv[: min(candidates, remaining.size)]
-            C = B.take(A, remaining[cand], axis=1)
+            (C,) = B.persist(B.take(A, remaining[cand], axis=1))
             # m x c panels: too thin for threads to pay on a busy machine
             with B.single_threaded_blas():
                 if Qs:
@@ -496,7 +504,7 @@ def _rcpqr(A, xp, k, p, q, block_size, gen, rtol=None, candidates=None):
             J = remaining[pv[:bc]]
         else:
             J = remaining[pv[:bc]]
-            C = B.take(A, J, axis=1)
+            (C,) = B.persist(B.take(A, J, axis=1))
             if Qs:
                 C = _cgs2(xp, Qp, C)[0]
             if Rsk.shape[0] >= bc:
@@ -509,6 +517,8 @@ def _rcpqr(A, xp, k, p, q, block_size, gen, rtol=None, candidates=None):
         if Qs and candidates is None:  # keep the block orthogonal to the previous ones
             Qb, _ = _cholqr_precond(_cgs2(xp, Qp, Qb)[0], xp.eye(bc, dtype=A.dtype, device=B.device(A)))
         Rb = B.mH(Qb) @ A
+        if done + bc < k or rtol is not None:  # read below (Dask: evaluated once)
+            Qb, Rb = B.persist(Qb, Rb)
         Qs.append(Qb)
         Rs_rows.append(Rb)
         chosen.extend(int(c) for c in J)
@@ -539,7 +549,7 @@ def _rcpqr(A, xp, k, p, q, block_size, gen, rtol=None, candidates=None):
                 k = done = cut
                 break
         if done < k:
-            Y = Y - (Om @ Qb) @ Rb
+            (Y,) = B.persist(Y - (Om @ Qb) @ Rb)
     Q = xp.concat(Qs, axis=1) if len(Qs) > 1 else Qs[0]
     R = xp.concat(Rs_rows, axis=0) if len(Rs_rows) > 1 else Rs_rows[0]
     perm = np.concatenate([np.asarray(chosen, dtype=np.int64), remaining])

@@ -61,22 +61,34 @@ def _gram(Y):
     return B.mH(Yw) @ Yw
 
 
-def _cholqr_pass(Y, G, shifted):
-    """One Cholesky-QR pass ``R^H R = G + s I``, ``Y R^{-1}`` [FKNYY2020, Alg. 3.1].
+def _cholqr_factor(G, m, shifted):
+    """``(R^{-1}, R)`` with ``R^H R = G + s I`` for the Gram matrix ``G`` of an
+    ``m``-row ``Y`` [FKNYY2020, Alg. 3.1].
 
     ``shifted``: ``s = 10 m u ||Y||_F^2`` (float64 ``u``), which keeps the
     factorisation defined for rank-deficient or zero ``Y`` without branching on
     values; otherwise ``s = 0`` (only for a ``G`` known to be well conditioned).
     """
-    xp = B.namespace(Y)
+    xp = B.namespace(G)
     eye = xp.eye(G.shape[0], dtype=G.dtype, device=B.device(G))
     shift = xp.finfo(xp.float64).smallest_normal
     if shifted:
-        shift = 10.0 * Y.shape[0] * B.eps(xp, xp.float64) * xp.real(xp.linalg.trace(G)) + shift
+        shift = 10.0 * m * B.eps(xp, xp.float64) * xp.real(xp.linalg.trace(G)) + shift
     with B.single_threaded_blas():  # l x l: threads only add waiting on a busy machine
         R = B.cholesky(G + shift * eye, upper=True)
         R_inv = B.inv(R)
+    return R_inv, R
+
+
+def _cholqr_pass(Y, G, shifted):
+    """One Cholesky-QR pass ``Y R^{-1}``, ``R`` from :func:`_cholqr_factor`."""
+    xp = B.namespace(Y)
+    R_inv, R = _cholqr_factor(G, Y.shape[0], shifted)
     return Y @ xp.astype(R_inv, Y.dtype), R
+
+
+def _shifted_inverse(G, m):
+    return _cholqr_factor(G, m, True)[0]
 
 
 def _cholqr_stabilize(Y):
@@ -89,6 +101,9 @@ def _cholqr_stabilize(Y):
     "cholqr", "qr", "lu" and "none" alike). GEMM-rich and lazy-friendly: one Gram
     product, one small Cholesky factorisation and inverse, one ``Y R^{-1}``.
     """
+    fused = B.gram_apply(Y, _shifted_inverse)  # Dask: a few tasks per chunk
+    if fused is not None:
+        return fused
     Y, _ = _unit_scale(Y)
     return _cholqr_pass(Y, _gram(Y), shifted=True)[0]
 

@@ -1,0 +1,203 @@
+"""Dask: lazy factors aligned with the input's chunks, one read of ``A`` per pass, a
+small graph, on-disk input (Zarr, ``.npy`` memmap), and a real distributed cluster.
+
+The generic accuracy tests run on Dask through the ``backend`` fixture; this module
+checks what only Dask has. The cluster is a ``distributed.LocalCluster`` of worker
+processes on the loopback interface with a memory limit per worker, started once for
+the module and always closed.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import randla
+from randla.testing import matrix
+
+da = pytest.importorskip("dask.array")
+dask = pytest.importorskip("dask")
+
+K = 6
+
+
+class CountingReads:
+    """An array-like over a NumPy array that counts the chunk reads Dask makes."""
+
+    def __init__(self, a):
+        self.a, self.shape, self.dtype, self.ndim = a, a.shape, a.dtype, a.ndim
+        self.reads = 0
+        self._lock = threading.Lock()
+
+    def __getitem__(self, idx):
+        out = self.a[idx]
+        if out.size:
+            with self._lock:
+                self.reads += 1
+        return out
+
+
+def _counted(A0, rows):
+    src = CountingReads(A0)
+    meta = np.empty((0, 0), dtype=A0.dtype)
+    return src, da.from_array(src, chunks=(rows, A0.shape[1]), asarray=True, meta=meta)
+
+
+def _projector_gap(U, U0):
+    return np.abs(U @ U.conj().T - U0 @ U0.conj().T).max()
+
+
+def _check_against_numpy(A0, res, k):
+    """The Dask result spans what NumPy's does and has the same singular values."""
+    U, S, Vh = (np.asarray(x) for x in res)
+    U0, S0, Vh0 = randla.rsi(A0, k, q=1, rng=0)
+    np.testing.assert_allclose(S, S0, rtol=1e-8)
+    assert _projector_gap(U, U0) < 1e-6
+    assert _projector_gap(Vh.conj().T, Vh0.conj().T) < 1e-6
+
+
+# ----------------------------------------------------------------------------------
+# laziness, chunks, passes, graph size (threaded scheduler)
+# ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "complex128"])
+@pytest.mark.parametrize("method", ["rsi", "rsvd", "block_krylov_svd"])
+def test_factors_are_lazy_and_chunk_aligned(method, dtype):
+    A0, s = matrix(120, 80, spectrum="exponential", decay=0.3, dtype=dtype, rng=0)
+    A = da.from_array(A0, chunks=(30, 40))
+    U, S, Vh = getattr(randla, method)(A, K, q=1, rng=0)
+    assert all(isinstance(x, da.Array) for x in (U, S, Vh))
+    assert U.chunks[0] == A.chunks[0] and Vh.chunks[1] == A.chunks[1]
+    assert S.numblocks == (1,)
+    U, S, Vh = dask.compute(U, S, Vh)
+    assert U.dtype == A0.dtype and S.dtype == np.finfo(A0.dtype).dtype
+    np.testing.assert_allclose(S, s[:K], rtol=100 * np.finfo(S.dtype).eps ** 0.75)
+
+
+@pytest.mark.parametrize(("name", "passes"), [
+    ("rsi_q1", 4), ("rsvd_q2", 6), ("range_finder_q1", 3), ("block_krylov_q1", 4), ("rcpqr", 3)])
+def test_one_read_of_A_per_pass(name, passes):
+    """Each pass reads every chunk of ``A`` once: nothing is read twice within a pass,
+    and no pass is recomputed (e.g. by a factorisation evaluated once per output)."""
+    A0, _ = matrix(200, 60, spectrum="exponential", decay=0.2, rng=0)
+    src, A = _counted(A0, 50)
+    calls = {
+        "rsi_q1": lambda: randla.rsi(A, K, q=1, rng=0),
+        "rsvd_q2": lambda: randla.rsvd(A, K, q=2, rng=0),
+        "range_finder_q1": lambda: (randla.range_finder(A, K, q=1, rng=0),),
+        "block_krylov_q1": lambda: randla.block_krylov_svd(A, K, q=1, rng=0),
+        "rcpqr": lambda: randla.rcpqr(A, K, rng=0)[:2],
+    }
+    dask.compute(*calls[name]())
+    assert src.reads == passes * A.numblocks[0]
+
+
+def test_fixed_rank_calls_compute_nothing():
+    A0, _ = matrix(200, 60, rng=0)
+    src, A = _counted(A0, 50)
+    randla.rsi(A, K, q=2, rng=0)
+    randla.block_krylov_svd(A, K, q=2, rng=0)
+    randla.range_finder(A, K, q=2, rng=0)
+    assert src.reads == 0
+
+
+def _graph_size(*arrays):
+    from dask.highlevelgraph import HighLevelGraph
+
+    return len(dict(HighLevelGraph.merge(*[x.dask for x in dask.optimize(*arrays)])))
+
+
+def test_graph_grows_like_dasks_own():
+    """No per-chunk Python loop grows the graph: the tasks per row chunk are those of
+    ``dask.array.linalg.svd_compressed`` (same passes, TSQR at the end) plus the
+    stabilisers between passes."""
+    A0, _ = matrix(960, 40, rng=0)
+    ours, theirs = {}, {}
+    for rows in (240, 60):
+        A = da.from_array(A0, chunks=(rows, 40))
+        ours[A.numblocks[0]] = _graph_size(*randla.rsi(A, K, q=1, rng=0))
+        theirs[A.numblocks[0]] = _graph_size(*da.linalg.svd_compressed(A, K, n_power_iter=1, seed=0))
+    per_chunk, per_chunk_dask = (ours[16] - ours[4]) / 12, (theirs[16] - theirs[4]) / 12
+    assert per_chunk <= 1.5 * per_chunk_dask
+    assert ours[4] <= 1.5 * theirs[4]
+
+
+def test_rechunked_and_computed_inputs():
+    """``A`` made by a rechunk or by arithmetic is re-made per pass, and right."""
+    A0, s = matrix(120, 50, spectrum="exponential", decay=0.3, rng=2)
+    A = da.from_array(A0 / 2, chunks=(20, 50)).rechunk((40, 25)) * 2
+    res = dask.compute(*randla.rsi(A, K, q=1, rng=0))
+    _check_against_numpy(A0, res, K)
+
+
+def test_memmap_input(tmp_path):
+    A0, _ = matrix(150, 40, spectrum="exponential", decay=0.3, rng=3)
+    np.save(tmp_path / "a.npy", A0)
+    A = da.from_array(np.load(tmp_path / "a.npy", mmap_mode="r"), chunks=(50, 40))
+    res = dask.compute(*randla.rsi(A, K, q=1, rng=0))
+    _check_against_numpy(A0, res, K)
+
+
+def test_rcpqr_and_randomized_id():
+    A0, s = matrix(160, 70, spectrum="exponential", decay=0.3, rng=4)
+    A = da.from_array(A0, chunks=(40, 70))
+    Q, R, perm = randla.rcpqr(A, K, rng=0)
+    assert isinstance(Q, da.Array) and Q.chunks[0] == A.chunks[0]
+    Q, R, perm = dask.compute(Q, R, perm)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(K), atol=1e-12)
+    np.testing.assert_allclose(A0[:, perm], Q @ R, atol=10 * s[K])
+    idx, T = dask.compute(*randla.interp_decomp(A, K, method="randomized", rng=0))
+    np.testing.assert_array_equal(T[:, idx], np.eye(K))
+    idx0, T0 = randla.interp_decomp(A0, K, method="randomized", rng=0)
+    err, err0 = (np.linalg.norm(A0 - A0[:, j] @ t, 2) / s[K] for j, t in ((idx, T), (idx0, T0)))
+    assert err < 2 * err0 + 1
+
+
+# ----------------------------------------------------------------------------------
+# a real cluster: worker processes, loopback, bounded memory
+# ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="400MiB",
+                                  host="127.0.0.1", dashboard_address=None, silence_logs=50) as cluster:
+        with distributed.Client(cluster) as c:
+            yield c
+
+
+@pytest.mark.parametrize("dtype", ["float64", "complex128"])
+def test_cluster_rsi_matches_numpy(client, dtype):
+    A0, s = matrix(600, 120, spectrum="exponential", decay=0.3, dtype=dtype, rng=5)
+    A = da.from_array(A0, chunks=(150, 120))
+    U, S, Vh = randla.rsi(A, K, q=1, rng=0)
+    res = client.compute([U, S, Vh], sync=True)
+    assert len(client.scheduler_info()["workers"]) == 2
+    _check_against_numpy(A0, res, K)
+
+
+def test_cluster_zarr_input(client, tmp_path):
+    zarr = pytest.importorskip("zarr")
+    A0, s = matrix(400, 90, spectrum="exponential", decay=0.3, dtype="float32", rng=6)
+    z = zarr.create_array(store=str(tmp_path / "a.zarr"), shape=A0.shape, chunks=(100, 90), dtype="float32")
+    z[:] = A0
+    A = da.from_zarr(str(tmp_path / "a.zarr"))
+    U, S, Vh = client.compute(list(randla.rsi(A, K, q=1, rng=0)), sync=True)
+    assert U.dtype == np.float32
+    np.testing.assert_allclose(S, s[:K], rtol=1e-4)
+    U0 = np.linalg.svd(A0.astype(np.float64))[0][:, :K]
+    assert _projector_gap(U, U0) < 1e-3
+
+
+def test_cluster_rcpqr(client):
+    A0, s = matrix(300, 80, spectrum="exponential", decay=0.3, rng=7)
+    A = da.from_array(A0, chunks=(75, 80))
+    Q, R, perm = randla.rcpqr(A, K, rng=0)
+    Q, R = client.compute([Q, R], sync=True)
+    perm = np.asarray(perm)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(K), atol=1e-12)
+    assert np.linalg.norm(A0[:, perm] - Q @ R, 2) < 10 * s[K]
