@@ -220,8 +220,9 @@ def to_numpy(x):
 def normalized_error(A, U, S, Vh, s, *, method="svd", rng=0):
     """``||A - U diag(S) Vh||_2 / sigma_{k+1}`` evaluated in float64 NumPy.
 
-    Every library's factors go through the same evaluation (cast to float64 first,
-    so a float32 result is not judged by float32 rounding of the residual). ``s``
+    Every library's factors go through the same evaluation (cast to float64, or
+    complex128 for complex factors, first, so a float32 result is not judged by
+    float32 rounding of the residual). ``s``
     holds the singular values of ``A`` (at least ``k + 1``), e.g. the known spectrum
     of a test matrix or ``scipy.linalg.svdvals`` computed once per matrix.
 
@@ -230,7 +231,10 @@ def normalized_error(A, U, S, Vh, s, *, method="svd", rng=0):
     vectors); ``method="lanczos"``: :func:`randla.estimate.normalized_error`'s
     Lanczos estimate (for big matrices; about 1e-3 relative).
     """
-    A, U, S, Vh = (to_numpy(x).astype(np.float64, copy=False) for x in (A, U, S, Vh))
+    A, U, S, Vh = (to_numpy(x) for x in (A, U, S, Vh))
+    wide = np.complex128 if any(np.iscomplexobj(x) for x in (A, U, Vh)) else np.float64
+    A, U, Vh = (x.astype(wide, copy=False) for x in (A, U, Vh))
+    S = S.astype(np.float64, copy=False)
     s = np.asarray(to_numpy(s), dtype=np.float64)
     k = S.shape[0]
     if method == "lanczos":

@@ -1,24 +1,25 @@
-"""Dask kernels behind :mod:`randla._backend` (imported only when a Dask array is seen).
+"""Dask kernels behind :mod:`randla._backend` (Dask is imported only when called).
 
 Three ideas keep randla's graphs small and its memory bounded on Dask:
 
 * **Small factorisations in one task.** Cholesky, inverse, SVD, eigh and LU of an
-  ``l x l`` (or thin) matrix run as one NumPy call in one task; a factorisation
-  with several outputs is computed once (Dask's own single-chunk ``svd`` goes
-  through ``delayed``, whose renamed keys made every shared input compute twice).
-* **Tall-skinny work per row chunk.** Products with a small matrix and triangular
-  solves are blockwise (one task per chunk, fused by Dask into the neighbouring
-  products); thin QR is Dask's TSQR [BDGJ2015].
-* **One read of ``A`` per pass.** Every product with ``A`` gets its own copy of the
-  graph that makes ``A``'s chunks, started only once the block it multiplies is
-  ready (:func:`dask.graph_manipulation.bind`). Nothing ``A``-sized is kept
-  between passes, so a matrix larger than the cluster's memory streams from its
-  store (Zarr, ``.npy`` memmap) once per pass. In-memory chunks are simply
-  referenced again.
+  ``l x l`` (or thin) matrix run as one call in one task, on the chunk's own
+  array type (NumPy, or CuPy chunks) through :mod:`randla._backend`; a
+  factorisation with several outputs is computed once (Dask's single-chunk
+  ``svd`` goes through ``delayed``, whose renamed keys made every input the
+  factors share compute twice).
+* **Tall-skinny work per row chunk.** The Gram matrix of a tall panel is summed
+  from one task per chunk, products with a small matrix and triangular solves
+  are blockwise; thin QR is Dask's TSQR [BDG2013].
+* **One read of ``A`` per pass** (:func:`fresh`). Every product with ``A`` gets its
+  own copy of the tasks that make ``A``'s chunks, started only once the block it
+  multiplies is ready, so nothing ``A``-sized is held between passes and a matrix
+  larger than the cluster's memory streams from its store (Zarr, ``.npy``
+  memmap) once per pass. Chunks already in memory are shared, not copied.
 
 References
 ----------
-.. [BDGJ2015] A. R. Benson, D. F. Gleich, J. Demmel, "Direct QR factorizations for
+.. [BDG2013] A. R. Benson, D. F. Gleich, J. Demmel, "Direct QR factorizations for
    tall-and-skinny matrices in MapReduce architectures", IEEE BigData 2013.
 """
 
@@ -34,15 +35,28 @@ def single_chunk(x):
     return x if all(len(c) == 1 for c in x.chunks) else x.rechunk(-1)
 
 
+def _meta(like, ndim, dtype):
+    """An empty array of ``like``'s chunk type (NumPy, CuPy) for Dask's metadata."""
+    import array_api_compat
+
+    return array_api_compat.array_namespace(like._meta).empty((0,) * ndim, dtype=dtype)
+
+
+def _real(dtype):
+    return np.empty(0, dtype=dtype).real.dtype
+
+
 def _name(fn):
-    return getattr(fn, "__name__", "small").strip("<>").replace("_", "-").strip("-") or "small"
+    return getattr(fn, "__name__", "small").strip("_").replace("_", "-") or "small"
 
 
 def small(fn, *args, out):
-    """Run ``fn`` on the NumPy values of ``args`` in one task (Dask arrays among
-    ``args`` are gathered into one chunk each; other arguments are passed as they
-    are); ``out`` lists ``(shape, dtype)`` of each array in the tuple ``fn``
-    returns. Returns a tuple of single-chunk Dask arrays (lazy)."""
+    """Run ``fn`` on the chunk values of ``args`` in one task.
+
+    Dask arrays among ``args`` are gathered into one chunk each; other arguments
+    are passed as they are. ``fn`` returns a tuple of arrays whose ``(shape,
+    dtype)`` are listed in ``out``. Returns a tuple of single-chunk Dask arrays.
+    """
     import dask.array as da
     from dask.base import is_dask_collection, tokenize
     from dask.highlevelgraph import HighLevelGraph
@@ -58,70 +72,84 @@ def small(fn, *args, out):
         layer = {base: task, (name,) + (0,) * len(shape): (operator.getitem, base, i)}
         graph = HighLevelGraph.from_collections(name, layer, dependencies=arrays)
         chunks = tuple((int(s),) for s in shape)
-        meta = np.empty((0,) * len(shape), dtype=dtype)
-        results.append(da.Array(graph, name, chunks, meta=meta))
+        results.append(da.Array(graph, name, chunks, meta=_meta(arrays[0], len(shape), dtype)))
     return tuple(results)
+
+
+# chunk kernels: randla._backend on the chunk's own array type, results as tuples
+
+
+def _svd_chunk(a):
+    from . import _backend as B
+
+    return tuple(B.svd(a))
+
+
+def _eigh_chunk(a):
+    from . import _backend as B
+
+    return tuple(B.eigh(a))
+
+
+def _cholesky_chunk(a):
+    from . import _backend as B
+
+    return (B.cholesky(a, upper=False),)
+
+
+def _inv_chunk(a):
+    from . import _backend as B
+
+    return (B.inv(a),)
+
+
+def _lu_chunk(a):
+    from . import _backend as B
+
+    return tuple(B.lu(a))
+
+
+def _solve_chunk(a, b, *, lower, left, unit_diagonal):
+    from . import _backend as B
+
+    return B.solve_triangular(a, b, lower=lower, left=left, unit_diagonal=unit_diagonal)
 
 
 def svd(x):
     """Thin SVD: TSQR and the SVD of its small ``R`` where ``x`` is chunked along its
-    long axis only (the result keeps those chunks), else one task."""
+    long axis only (the factor keeps those chunks), else one task."""
     import dask.array as da
 
     m, n = x.shape
     r = min(m, n)
-    real = np.empty(0, dtype=x.dtype).real.dtype
     if len(x.chunks[1]) == 1 < len(x.chunks[0]) and m >= n:
-        # tsqr(compute_svd=True) warns on complex input (a real meta cast from complex)
+        # not tsqr(compute_svd=True): it warns on complex input (casts a complex meta to real)
         q, rr = da.linalg.tsqr(x)
-        u, s, vh = small(_np_svd, rr, out=[((n, n), x.dtype), ((n,), real), ((n, n), x.dtype)])
+        u, s, vh = small(_svd_chunk, rr, out=[((n, n), x.dtype), ((n,), _real(x.dtype)), ((n, n), x.dtype)])
         return q @ u, s, vh
     if len(x.chunks[0]) == 1 < len(x.chunks[1]) and m < n:
         u, s, vh = svd(x.T)
         return vh.T, s, u.T
-    return small(_np_svd, x, out=[((m, r), x.dtype), ((r,), real), ((r, n), x.dtype)])
-
-
-def _np_svd(a):
-    return tuple(np.linalg.svd(a, full_matrices=False))
+    return small(_svd_chunk, x, out=[((m, r), x.dtype), ((r,), _real(x.dtype)), ((r, n), x.dtype)])
 
 
 def eigh(x):
-    real = np.empty(0, dtype=x.dtype).real.dtype
     n = x.shape[0]
-    return small(_np_eigh, x, out=[((n,), real), ((n, n), x.dtype)])
-
-
-def _np_eigh(a):
-    return tuple(np.linalg.eigh(a))
+    return small(_eigh_chunk, x, out=[((n,), _real(x.dtype)), ((n, n), x.dtype)])
 
 
 def cholesky_lower(x):
-    return small(_np_cholesky, x, out=[(x.shape, x.dtype)])[0]
-
-
-def _np_cholesky(a):
-    return (np.linalg.cholesky(a),)
+    return small(_cholesky_chunk, x, out=[(x.shape, x.dtype)])[0]
 
 
 def inv(x):
-    return small(_np_inv, x, out=[(x.shape, x.dtype)])[0]
-
-
-def _np_inv(a):
-    return (np.linalg.inv(a),)
+    return small(_inv_chunk, x, out=[(x.shape, x.dtype)])[0]
 
 
 def lu(x):
-    """``(PL, U)`` of a tall panel, one task (row-permuted LU needs the whole panel)."""
+    """``(PL, U)`` of a tall panel in one task (row pivoting needs the whole panel)."""
     m, n = x.shape
-    return small(_np_lu, x, out=[((m, n), x.dtype), ((n, n), x.dtype)])
-
-
-def _np_lu(a):
-    import scipy.linalg
-
-    return tuple(scipy.linalg.lu(a, permute_l=True, check_finite=False))
+    return small(_lu_chunk, x, out=[((m, n), x.dtype), ((n, n), x.dtype)])
 
 
 def solve_triangular(a, b, *, lower, left, unit_diagonal):
@@ -130,26 +158,11 @@ def solve_triangular(a, b, *, lower, left, unit_diagonal):
     import dask.array as da
 
     a = single_chunk(a)
-    dtype = np.result_type(a.dtype, b.dtype)
-    opts = dict(lower=lower, unit_diagonal=unit_diagonal, dtype=dtype, concatenate=True)
+    opts = dict(lower=lower, left=left, unit_diagonal=unit_diagonal, dtype=np.result_type(a.dtype, b.dtype),
+                concatenate=True)
     if left:
-        return da.blockwise(_solve_left, "ij", a, "ik", b.rechunk({0: -1}), "kj", **opts)
-    return da.blockwise(_solve_right, "ij", b.rechunk({1: -1}), "ik", a, "kj", **opts)
-
-
-def _solve_left(a, b, *, lower, unit_diagonal):
-    import scipy.linalg
-
-    return scipy.linalg.solve_triangular(a, b, lower=lower, unit_diagonal=unit_diagonal, check_finite=False)
-
-
-def _solve_right(b, a, *, lower, unit_diagonal):
-    import scipy.linalg
-
-    # x a = b  <=>  a^T x^T = b^T (plain transpose, also for complex a)
-    x = scipy.linalg.solve_triangular(a, b.T, trans="T", lower=lower, unit_diagonal=unit_diagonal,
-                                      check_finite=False)
-    return x.T
+        return da.blockwise(_solve_chunk, "ij", a, "ik", b.rechunk({0: -1}), "kj", **opts)
+    return da.blockwise(_solve_chunk, "ij", a, "kj", b.rechunk({1: -1}), "ik", **opts)
 
 
 # ----------------------------------------------------------------------------------
@@ -236,47 +249,52 @@ def _wide(dtype):
 def _chunk_gram(y):
     """``[[G_i], [s_i 0 ...]]`` with ``G_i`` the float64/complex128 Gram matrix of
     ``y / s_i``, ``s_i = max |y|`` (entries of ``y / s_i`` are at most 1: no overflow)."""
+    import array_api_compat
+
+    xp = array_api_compat.array_namespace(y)
     y = y.astype(_wide(y.dtype))
-    s = float(np.max(np.abs(y))) if y.size else 0.0
-    s = s if s > 0 else 1.0
-    y = y / s
-    out = np.zeros((1, y.shape[1] + 1, y.shape[1]), dtype=y.dtype)
-    out[0, :-1] = y.conj().T @ y
-    out[0, -1, 0] = s
-    return out
+    s = float(abs(y).max()) if y.size else 0.0
+    y = y / (s if s > 0 else 1.0)
+    G = y.conj().T @ y
+    row = xp.zeros((1, G.shape[1]), dtype=G.dtype)
+    row[0, 0] = s if s > 0 else 1.0
+    return xp.concat([G, row], axis=0)[None]
 
 
 def _combine_grams(parts, factor, m):
     """``[[F], [c 0 ...]]``: ``F = factor(G, m)`` for the Gram matrix ``G`` of
     ``Y / c``, ``c = ||Y||_F`` (1 for a zero ``Y``), from the chunks' scaled ones."""
+    import array_api_compat
+
+    xp = array_api_compat.array_namespace(parts)
     s_i = parts[:, -1, 0].real
     s = s_i.max()
-    G = np.einsum("i,ijk->jk", (s_i / s) ** 2, parts[:, :-1, :])
-    f2 = float(np.trace(G).real)
-    f = np.sqrt(f2) if f2 > 0 else 1.0
-    F = np.asarray(factor(G / (f * f), m))
-    out = np.zeros((F.shape[0] + 1, F.shape[1]), dtype=np.result_type(F.dtype, parts.dtype))
-    out[:-1] = F
-    out[-1, 0] = s * f
-    return (out,)
+    G = ((s_i / s) ** 2)[:, None, None] * parts[:, :-1, :]
+    G = G.sum(axis=0)
+    f2 = float(G.trace().real)
+    f = f2**0.5 if f2 > 0 else 1.0
+    F = factor(G / (f * f), m)
+    row = xp.zeros((1, F.shape[1]), dtype=np.result_type(F.dtype, parts.dtype))
+    row[0, 0] = float(s) * f
+    return (xp.concat([F.astype(row.dtype), row], axis=0),)
 
 
 def _scaled_product(y, fc):
-    F, c = fc[:-1], fc[-1, 0].real
+    F, c = fc[:-1], float(fc[-1, 0].real)
     return (y / y.dtype.type(c)) @ F.astype(y.dtype, copy=False)
 
 
 def cholqr(Y, factor):
     """``(Y / ||Y||_F) @ factor(G, m)`` with ``G`` the float64/complex128 Gram matrix of
     ``Y / ||Y||_F``: one task per row chunk for the chunk's scaled Gram matrix, one
-    task that sums them and calls ``factor`` (NumPy), one blockwise product.
-    ``factor(G, m)`` returns an ``l x l`` matrix (for Cholesky-QR: ``R^{-1}``)."""
+    task that sums them and calls ``factor`` on the chunk type, one blockwise
+    product. ``factor(G, m)`` returns an ``l x l`` matrix (for Cholesky-QR: ``R^{-1}``)."""
     import dask.array as da
 
     m, l = Y.shape
     Y = Y.rechunk({1: -1})
     wide = _wide(Y.dtype)
     parts = da.blockwise(_chunk_gram, "zab", Y, "za", new_axes={"b": l}, adjust_chunks={"z": 1, "a": l + 1},
-                         dtype=wide, meta=np.empty((0, 0, 0), dtype=wide))
+                         dtype=wide, meta=_meta(Y, 3, wide))
     (FC,) = small(_combine_grams, parts, factor, m, out=[((l + 1, l), wide)])
     return da.blockwise(_scaled_product, "ij", Y, "ik", FC, "xj", dtype=Y.dtype, concatenate=True)

@@ -106,6 +106,7 @@ def _id_from_qr(R, perm, k, xp, like):
     R = R[:k, :]
     if R.dtype != dt:
         R = xp.astype(R, dt)
+    (R,) = B.persist(R)  # its diagonal is read, T is made from it (Dask: evaluated once)
     d = np.abs(B.to_numpy(xp.linalg.diagonal(R[:, :k])))
     u = B.eps(xp, dt)
     r = _leading_rank(d, 10 * u * max(like.shape) * (d[0] if d.size else 0.0)) if d[0] > 0 else 0
@@ -245,7 +246,11 @@ def interp_decomp(A, k=None, *, rtol=None, axis=1, method="cpqr", p=10, q=0, f=2
     matrix-matrix products. Unlike ``scipy.linalg.interpolative``, the rank
     and the tolerance are separate keywords, the output arity never changes,
     float32 and every array-API backend are supported, and the randomized path
-    never factors the whole matrix. Eager (pivot indices are read).
+    never factors the whole matrix. Eager (pivot indices are read). Dask:
+    ``"randomized"`` reads ``A`` once for the sketch and the column norms and
+    twice per block of ``max(16, k / 8)`` pivots (candidate columns, block row
+    of ``R``), keeping what it reads again in memory; ``"cpqr"`` and
+    ``"srrqr"`` gather ``A`` to the host.
 
     Examples
     --------

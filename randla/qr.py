@@ -24,8 +24,8 @@ All return a :class:`PivotedQR` ``(Q, R, perm)`` with ``A[:, perm] ~= Q @ R``,
 Pivot selection is eager: the loops read pivot indices (a device-to-host copy of
 a length-``n`` vector per pivot). Dask arrays, where each read would recompute a
 growing graph, are gathered to the host first for :func:`cpqr` and
-:func:`srrqr`; :func:`rcpqr` keeps the big products lazy and only computes the
-sketch.
+:func:`srrqr`; :func:`rcpqr` computes the sketch and the chosen columns and
+keeps ``R = Q^H A`` lazy.
 
 References
 ----------
@@ -414,7 +414,10 @@ def rcpqr(A, k=None, *, p=10, q=0, block_size=256, rng=None, check_finite=True):
     ``2 m n k`` for ``R = Q^H A`` -- all matrix-matrix products, two passes over
     ``A``. The pivots are those of QRCP on the sketch, which matches QRCP on
     ``A`` in quality up to the embedding distortion, not index for index.
-    Every backend; Dask keeps ``A``-sized products lazy.
+    Every backend. Dask: the call computes the sketch (one pass over ``A``) and
+    the chosen columns ``A[:, J]`` (one pass; they and ``Q`` are kept in memory,
+    in the cluster's under ``distributed``); ``R = Q^H A`` is returned lazy (one
+    more pass when computed).
 
     Examples
     --------

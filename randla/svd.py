@@ -517,6 +517,7 @@ def _adaptive_qb(A, rtol, *, block_size, q, max_rank, norm, rng, check_finite):
         if not Qs:
             empty = Y[:, :0]
         if norm == "2":
+            (Y,) = B.persist(Y)  # read here, used below (Dask: evaluated once)
             probe = 10 * math.sqrt(2 / math.pi) * B.scalar(xp.max(xp.linalg.vector_norm(Y, axis=0)))
             if probe <= target:
                 break
@@ -524,6 +525,7 @@ def _adaptive_qb(A, rtol, *, block_size, q, max_rank, norm, rng, check_finite):
             Y = op.matmat(B.qr(op.rmatmat(B.qr(Y)[0]))[0])
         Qi = B.qr(_deflate(xp, B.qr(Y)[0], Qs))[0]  # re-orthogonalised against the basis so far
         Bi = B.mH(op.rmatmat(Qi))
+        Qi, Bi = B.persist(Qi, Bi)  # later blocks and the stopping test read them (Dask: evaluated once)
         done = False
         if norm == "fro":
             # rotate the block so its rows come in decreasing energy, then cut exactly
