@@ -34,7 +34,7 @@ __all__ = [
     "fft_last",
     "solve_triangular",
     "lu",
-    "fresh",
+    "products",
     "pass_product",
     "persist",
     "gram_apply",
@@ -210,25 +210,28 @@ def fft_last(x, *, real):
     return xp.fft.rfft(x, axis=-1) if real else xp.fft.fft(x, axis=-1)
 
 
-def fresh(A, after):
-    """``A`` for one more pass over its data inside the same lazy computation.
+def products(A):
+    """``(X -> A @ X, X -> A^H @ X)``: the two products with a dense matrix, each one
+    pass over its data.
 
-    Dask: a copy of the tasks that make ``A``'s chunks (reads from Zarr or a
-    memmap, arithmetic), started only once ``after`` is ready, so each pass reads
-    ``A`` from its source again and nothing ``A``-sized is held from the first
-    pass to the last; chunks already in memory are shared, not copied. Elsewhere
-    ``A`` itself.
+    Dask: see :func:`pass_product`. Elsewhere ``A^H`` is formed once (a view, or
+    one conjugated copy for complex NumPy).
     """
     if _compat.is_dask_array(A):
-        return _dask.fresh(A, after)
-    return A
+        return (lambda X: _dask.pass_product(A, X), lambda X: _dask.pass_product(A, X, adjoint=True))
+    AH = mH(A)
+    return (lambda X: A @ X, lambda X: AH @ X)
 
 
 def pass_product(A, X, *, left=False):
     """``A @ X`` (``X @ A`` with ``left``) as one pass over the data ``A``.
 
     Dask: ``X`` is aligned with ``A``'s chunks (the result keeps ``A``'s row or
-    column chunks) and ``A`` comes from :func:`fresh`. Elsewhere the plain product.
+    column chunks), and the tasks that make ``A``'s chunks (reads from Zarr or a
+    memmap, a rechunk, arithmetic) are copied for this product and started only
+    once ``X`` is ready, so each pass reads ``A`` from its source again instead of
+    holding all of ``A`` in memory from the first pass to the last (chunks already
+    in memory are shared). Elsewhere the plain product.
     """
     if _compat.is_dask_array(A):
         return _dask.pass_product(A, X, left=left)

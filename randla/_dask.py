@@ -227,12 +227,17 @@ def fresh(A, after):
     return da.Array(graph, name, A.chunks, meta=A._meta)
 
 
-def pass_product(A, X, *, left=False):
-    """``A @ X`` (``X @ A`` with ``left``) as one fresh pass over ``A`` (see
-    :func:`fresh`), ``X`` aligned with ``A``'s chunks."""
+def pass_product(A, X, *, left=False, adjoint=False):
+    """``A @ X``, ``A^H @ X`` (``adjoint``) or ``X @ A`` (``left``) as one fresh pass over
+    ``A`` (see :func:`fresh`), ``X`` aligned with ``A``'s chunks. The adjoint is
+    taken after the copy, so Dask fuses the transposition into the product."""
     if left:
         X = X.rechunk(((X.shape[0],), A.chunks[0]))
         return X @ fresh(A, X)
+    if adjoint:
+        X = X.rechunk((A.chunks[0], (X.shape[1],)))
+        AH = fresh(A, X).T
+        return (AH.conj() if np.dtype(A.dtype).kind == "c" else AH) @ X
     X = X.rechunk((A.chunks[1], (X.shape[1],)))
     return fresh(A, X) @ X
 

@@ -97,9 +97,8 @@ def as_operand(A, name: str = "A", *, check_finite: bool = True) -> Operand:
     if _is_scipy_operator(A):
         return _scipy_operand(A, name, check_finite)
     A, xp = as_matrix(A, name, check_finite=check_finite)
-    AH = B.mH(A)
-    return Operand(A, xp, tuple(A.shape), A.dtype, lambda X: B.pass_product(A, X),
-                   lambda X: B.pass_product(AH, X), True)
+    matmat, rmatmat = B.products(A)
+    return Operand(A, xp, tuple(A.shape), A.dtype, matmat, rmatmat, True)
 
 
 def _scipy_operand(A, name, check_finite):

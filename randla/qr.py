@@ -367,7 +367,7 @@ def _row_sketch(A, l, q, rng):
     """
     S = _sketch_rows(A, l, rng)
     Y = S @ A
-    for _ in range(q):  # every further pass reads A afresh (Dask: see _backend.fresh)
+    for _ in range(q):  # every further pass reads A afresh (Dask: see _backend.pass_product)
         W = B.qr(B.mH(Y))[0]  # n x l
         Z = B.qr(B.pass_product(A, W))[0]  # m x l
         S = B.mH(Z)

@@ -165,7 +165,7 @@ def test_rcpqr_and_randomized_id():
 def client():
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="400MiB",
-                                  host="127.0.0.1", dashboard_address=None, silence_logs=50) as cluster:
+                                  host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=50) as cluster:
         with distributed.Client(cluster) as c:
             yield c
 
