@@ -253,16 +253,19 @@ def _wide(dtype):
 
 def _chunk_gram(y):
     """``[[G_i], [s_i 0 ...]]`` with ``G_i`` the float64/complex128 Gram matrix of
-    ``y / s_i``, ``s_i = max |y|`` (entries of ``y / s_i`` are at most 1: no overflow)."""
+    ``y / s_i``, ``s_i = max |y|`` (1 for a zero ``y``). Formed as ``y^H y / s_i^2``
+    where that cannot overflow or underflow, else from ``y / s_i``."""
     import array_api_compat
 
     xp = array_api_compat.array_namespace(y)
-    y = y.astype(_wide(y.dtype))
+    wide = _wide(y.dtype)
+    y = y.astype(wide, copy=False)
     s = float(abs(y).max()) if y.size else 0.0
-    y = y / (s if s > 0 else 1.0)
-    G = y.conj().T @ y
+    s = s if s > 0 else 1.0
+    yh = y.T.conj() if wide == np.complex128 else y.T
+    G = (yh @ y) / (s * s) if 1e-100 < s < 1e100 else (yh / s) @ (y / s)
     row = xp.zeros((1, G.shape[1]), dtype=G.dtype)
-    row[0, 0] = s if s > 0 else 1.0
+    row[0, 0] = s
     return xp.concat([G, row], axis=0)[None]
 
 
@@ -285,7 +288,11 @@ def _combine_grams(parts, factor, m):
 
 
 def _scaled_product(y, fc):
+    """``(y / c) @ F`` for ``fc = [[F], [c 0 ...]]``, as ``y @ (F / c)`` where that is finite."""
     F, c = fc[:-1], float(fc[-1, 0].real)
+    Fc = F / c
+    if bool(abs(Fc).max() < 1e30):
+        return y @ Fc.astype(y.dtype, copy=False)
     return (y / y.dtype.type(c)) @ F.astype(y.dtype, copy=False)
 
 
