@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 from . import _backend as B
 from . import _validate as V
+from ._scale import pow2_scale
 from .sketch import _apply as _sketch_apply
 
 __all__ = ["SVDResult", "range_finder", "rsvd", "rsi", "block_krylov_svd", "adaptive_range_finder"]
@@ -94,11 +95,11 @@ def _cholqr_stabilize(Y):
 
 
 def _unit_scale(Y):
-    """``(Y / c, c)`` with ``c = ||Y||_F`` (1 for a zero ``Y``): keeps the Gram matrix
-    of data near the under/overflow thresholds (1e-150, 1e150) representable."""
+    """``(Y / c, c)`` with ``c`` a power of two near ``max |Y|`` (1 for a zero ``Y``):
+    exact, and it keeps the Gram matrix of data at any scale (1e-300, 1e300)
+    representable, where ``||Y||_F`` itself would under/overflow."""
     xp = B.namespace(Y)
-    c = xp.linalg.matrix_norm(Y)
-    c = xp.where(c > 0, c, xp.ones_like(c))
+    c = pow2_scale(xp.max(xp.abs(Y)))
     return Y / xp.astype(c, Y.dtype), c
 
 
@@ -133,7 +134,7 @@ def _stabilize(Y, method):
         return B.qr(Y)[0]
     if method == "lu":
         return B.lu(Y)[0]
-    return Y
+    return _unit_scale(Y)[0]  # "none": only an exact power-of-two rescaling (no overflow)
 
 
 def _orth(Y):
@@ -222,7 +223,8 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
         Applied after every pass inside the power iteration: mixed-precision
         shifted Cholesky-QR (GEMM-rich, chosen by measurement: the fastest at equal
         accuracy), Householder QR, row-pivoted LU (as scikit-learn's ``"LU"``), or
-        nothing (only safe for ``q <= 1`` in float64). The returned basis is always
+        no orthogonalisation (only an exact power-of-two rescaling that keeps the
+        iterate representable; accurate only for ``q <= 1`` in float64). The returned basis is always
         orthonormal: certified CholeskyQR2, else Householder QR.
     rng : None, int or numpy.random.Generator
     check_finite : bool, default True
