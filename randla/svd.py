@@ -39,9 +39,6 @@ from .sketch import _apply as _sketch_apply
 
 __all__ = ["SVDResult", "range_finder", "rsvd", "rsi", "block_krylov_svd", "adaptive_range_finder"]
 
-STABILIZERS = ("cholqr", "qr", "lu", "none")
-
-
 class SVDResult(NamedTuple):
     """Truncated SVD ``A ~= U @ diag(S) @ Vh``, ``S`` descending."""
 
@@ -128,14 +125,17 @@ def _certified_cholqr(Y):
     return Q, (R2 @ R1) * xp.astype(c, R1.dtype)
 
 
+_STABILIZERS = {
+    "cholqr": _cholqr_stabilize,
+    "qr": lambda Y: B.qr(Y)[0],
+    "lu": lambda Y: B.lu(Y)[0],
+    "none": lambda Y: _unit_scale(Y)[0],  # only an exact power-of-two rescaling (no overflow)
+}
+STABILIZERS = tuple(_STABILIZERS)
+
+
 def _stabilize(Y, method):
-    if method == "cholqr":
-        return _cholqr_stabilize(Y)
-    if method == "qr":
-        return B.qr(Y)[0]
-    if method == "lu":
-        return B.lu(Y)[0]
-    return _unit_scale(Y)[0]  # "none": only an exact power-of-two rescaling (no overflow)
+    return _STABILIZERS[method](Y)
 
 
 def _orth(Y):
@@ -179,7 +179,8 @@ def _prepare(A, k, p, q, stabilizer, sketch):
 
 
 def _first_sketch(op, l, sketch, rng, check_finite):
-    Y = _sketch_apply(op, l, sketch, rng)
+    with V.quiet_nonfinite(check_finite):  # NaN/Inf in A: the check below raises
+        Y = _sketch_apply(op, l, sketch, rng)
     if check_finite:
         V.check_finite_through(Y, op)
     return Y
@@ -334,8 +335,10 @@ def rsi(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr", rng=None, ch
     q : int, default 2
         Subspace iterations (``2q + 2`` passes).
     sketch : str, default "gaussian"
-    stabilizer : {"cholqr", "qr"}, default "cholqr"
-        Orthonormalising stabilisers only (see :func:`range_finder`).
+    stabilizer : {"cholqr", "qr", "lu", "none"}, default "cholqr"
+        See :func:`range_finder`. ``"cholqr"`` and ``"qr"`` re-orthonormalise after
+        every pass, which is the RSI of the seed paper; ``"lu"`` and ``"none"`` give
+        the corresponding power iteration of [HMT2011, Alg. 4.3/4.4].
     rng : None, int or numpy.random.Generator
     check_finite : bool, default True
 
@@ -360,7 +363,6 @@ def rsi(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr", rng=None, ch
     >>> bool(normalized_error(A, U, S, Vh, s=s) < 1.2)
     True
     """
-    V.check_choice(stabilizer, "stabilizer", ("cholqr", "qr"))
     return rsvd(A, k, p=p, q=q, sketch=sketch, stabilizer=stabilizer, rng=rng, check_finite=check_finite)
 
 
