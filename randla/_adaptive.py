@@ -68,7 +68,10 @@ def adaptive_qb(A, rtol, *, block_size, q, max_rank, norm, rng, check_finite, ne
     if norm == "fro" and not (op.dense or hasattr(op.A, "data")):
         raise ValueError("norm='fro' needs the entries of A; use norm='2' for a LinearOperator")
     gen = B.as_generator(rng)
-    Y = _sketch_apply(op, min(b, max_rank), "gaussian", gen)
+    with V.quiet_nonfinite(check_finite):
+        Y = _sketch_apply(op, min(b, max_rank), "gaussian", gen)
+    if check_finite:  # a LinearOperator's entries cannot be scanned: its products are
+        V.check_finite_through(Y, op)
     sop, c = _scaled(op, Y)
     Q, Bm = run(sop, Y / c, rtol, b, q, max_rank, gen, need_b, op, c)
     return Q, (None if Bm is None else Bm * c)

@@ -79,7 +79,7 @@ class Operand(NamedTuple):
 
 def operand_like(op: Operand):
     """An array with the namespace, device and dtype of the operand's products."""
-    if op.dense:
+    if op.dense or not _is_scipy_operator(op.A):  # an array seen through its products
         return op.A
     import numpy as np
 

@@ -17,6 +17,7 @@ import numpy as np
 from . import _backend as B
 from . import _validate as V
 from ._scale import norm as _norm
+from ._scale import pow2_scale
 from .sketch import gaussian
 
 __all__ = ["spectral_norm", "posterior_error_estimate", "normalized_error", "estimate_rank"]
@@ -46,25 +47,29 @@ def _lanczos_norm(op, steps, rng):
     m, n = op.shape
     steps = min(steps, m, n)
     v = gaussian(n, 1, like=V.operand_like(op), rng=rng)
-    v = v / _norm(v)
+    v = v / xp.linalg.vector_norm(v)
+    # work with A / c, c a power of two near the first product's magnitude (exact; no
+    # over/underflow of squared norms for data at 1e+-200), and scale the result back
+    r = op.matmat(v)
+    c = xp.astype(pow2_scale(xp.max(xp.abs(r))), op.dtype)
     Vs, Us, alphas, betas = [v], [], [], []
     u = None
     for j in range(steps):
-        r = op.matmat(Vs[-1])
+        r = (r if j == 0 else op.matmat(Vs[-1])) / c
         if u is not None:
             r = r - betas[-1] * u
         for uu in Us:  # full reorthogonalisation
             r = r - uu @ (B.mH(uu) @ r)
-        a = _norm(r)
+        a = xp.linalg.vector_norm(r)
         u = r / xp.where(a > 0, a, xp.ones_like(a))
         Us.append(u)
         alphas.append(a)
         if j == steps - 1:
             break
-        w = op.rmatmat(u) - a * Vs[-1]
+        w = op.rmatmat(u) / c - a * Vs[-1]
         for vv in Vs:
             w = w - vv @ (B.mH(vv) @ w)
-        b = _norm(w)
+        b = xp.linalg.vector_norm(w)
         Vs.append(w / xp.where(b > 0, b, xp.ones_like(b)))
         betas.append(b)
     k = len(alphas)
@@ -75,7 +80,7 @@ def _lanczos_norm(op, steps, rng):
         T = B.at_set(T, (i, i), xp.astype(a, rdt))
     for i, b in enumerate(betas):
         T = B.at_set(T, (i, i + 1), xp.astype(b, rdt))
-    return xp.max(B.svd(T)[1])
+    return xp.max(B.svd(T)[1]) * xp.real(c)
 
 
 def spectral_norm(A, *, steps=30, rng=None, check_finite=True):

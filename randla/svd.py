@@ -127,7 +127,7 @@ def _certified_cholqr(Y):
 
 _STABILIZERS = {
     "cholqr": _cholqr_stabilize,
-    "qr": lambda Y: B.qr(Y)[0],
+    "qr": lambda Y: B.qr(_unit_scale(Y)[0])[0],
     "lu": lambda Y: B.lu(Y)[0],
     "none": lambda Y: _unit_scale(Y)[0],  # only an exact power-of-two rescaling (no overflow)
 }
@@ -145,7 +145,7 @@ def _orth(Y):
     tall panel costs several times the GEMM that made it), else Householder QR.
     """
     qr = _certified_cholqr(Y)
-    return qr[0] if qr is not None else B.qr(Y)[0]
+    return qr[0] if qr is not None else B.qr(_unit_scale(Y)[0])[0]  # scaled: column norms stay finite
 
 
 def _tall_svd(C):
