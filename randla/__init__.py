@@ -9,8 +9,17 @@ imported only on request.
 
 from . import sketch, testing
 from .adjoints import LQTangents, QRTangents, lq_jvp, lq_vjp, qr_jvp, qr_vjp
-from .estimate import normalized_error, posterior_error_estimate, spectral_norm
-from .interpolative import CURResult, IDResult, TwoSidedID, column_select, cur, interp_decomp, two_sided_id
+from .estimate import estimate_rank, normalized_error, posterior_error_estimate, spectral_norm
+from .interpolative import (
+    CURResult,
+    IDResult,
+    TwoSidedID,
+    column_select,
+    cur,
+    id_to_svd,
+    interp_decomp,
+    two_sided_id,
+)
 from .qr import PivotedQR, cpqr, rcpqr, srrqr
 from .svd import SVDResult, adaptive_range_finder, block_krylov_svd, range_finder, rsi, rsvd
 
@@ -29,6 +38,8 @@ __all__ = [
     "column_select",
     "cpqr",
     "cur",
+    "estimate_rank",
+    "id_to_svd",
     "interp_decomp",
     "lq_jvp",
     "lq_vjp",

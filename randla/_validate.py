@@ -17,6 +17,8 @@ __all__ = [
     "Operand",
     "as_matrix",
     "as_operand",
+    "is_scipy_operator",
+    "adjoint_operand",
     "operand_like",
     "check_finite_through",
     "check_stacked_matrix",
@@ -24,6 +26,7 @@ __all__ = [
     "check_count",
     "check_rtol",
     "check_choice",
+    "quiet_nonfinite",
 ]
 
 
@@ -76,11 +79,22 @@ class Operand(NamedTuple):
 
 def operand_like(op: Operand):
     """An array with the namespace, device and dtype of the operand's products."""
-    if op.dense:
+    if op.dense or not _is_scipy_operator(op.A):  # an array seen through its products
         return op.A
     import numpy as np
 
     return np.zeros((1, 1), dtype=op.dtype)
+
+
+def is_scipy_operator(A) -> bool:
+    """True for a ``scipy.sparse.linalg.LinearOperator`` or a SciPy sparse array/matrix."""
+    return _is_scipy_operator(A)
+
+
+def adjoint_operand(op: Operand) -> Operand:
+    """The operand of ``A^H`` (products swapped); for dense operands ``A`` becomes ``A^H``."""
+    A = B.mH(op.A) if op.dense else op.A
+    return Operand(A, op.xp, tuple(op.shape[::-1]), op.dtype, op.rmatmat, op.matmat, op.dense)
 
 
 def _is_scipy_operator(A):
@@ -188,10 +202,27 @@ def check_rtol(rtol, name: str = "rtol") -> float:
 
 
 def check_choice(value, name: str, choices) -> str:
-    """``value`` is one of ``choices``."""
-    if value not in choices:
+    """``value`` is one of ``choices`` (a tuple, or the dict the caller dispatches on, so
+    that the message lists exactly what the code accepts)."""
+    try:
+        ok = isinstance(value, str) and value in choices
+    except TypeError:  # pragma: no cover - choices of unhashable kind
+        ok = False
+    if not ok:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
+
+
+def quiet_nonfinite(enabled: bool = True):
+    """Context manager: NumPy's floating-point warnings off for a computation whose
+    result is checked for NaN/Inf right after (the check raises the clear error, and
+    users who run with warnings as errors must see that error, not a warning).
+    Other libraries do not warn; ``enabled=False`` is a no-op context."""
+    import contextlib
+
+    import numpy as np
+
+    return np.errstate(invalid="ignore", over="ignore", divide="ignore") if enabled else contextlib.nullcontext()
 
 
 def _as_int(v, name):

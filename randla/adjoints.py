@@ -48,10 +48,11 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from . import _backend as B
+from . import _validate as V
+from ._scale import pow2_scale
 
-__all__ = ["qr_vjp", "lq_vjp", "qr_jvp", "lq_jvp", "QRTangents", "LQTangents", "QRResult", "LQResult"]
+__all__ = ["qr_vjp", "lq_vjp", "qr_jvp", "lq_jvp", "QRTangents", "LQTangents", "QRResult", "LQResult", "METHODS"]
 
-_METHODS = ("3.3", "3.8")
 
 
 class QRResult(NamedTuple):
@@ -151,8 +152,7 @@ def _check_like(xp, d, ref, name, ref_name):
 
 
 def _check_method(method):
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {', '.join(map(repr, _METHODS))}; got {method!r}")
+    V.check_choice(method, "method", _VJP_RULES)
 
 
 def _check_nonsingular(xp, T, name):
@@ -333,80 +333,121 @@ def qr_vjp(Q, R, dQ, dR, /, *, method="3.3", check_singular=True):
     return _qr_vjp(xp, Q, R, dQ, dR, method)
 
 
-def _qr_vjp(xp, Q, R, dQ, dR, method):
-    """Unchecked body of :func:`qr_vjp` (``dQ`` or ``dR`` may be None, not both)."""
-    U, V = _split_wide(R)
-    wide = V is not None
-    SL = _strict_lower(xp, U.shape[-1], U)
+class _Cotangents(NamedTuple):
+    """The pieces both formulas share (wide case: ``R = [U | V]``, ``dR = [dU | dV]``)."""
+
+    dU: Any  # cotangent of the triangle U, strict lower part dropped (or None)
+    dV: Any  # cotangent of V (None if square/tall or not given)
+    M: Any  # U dU^H - dQ'^H Q, with dQ' = dQ + Q V dV^H
+    QhdQ: Any  # Q^H dQ, the only m x k x k product with dQ (or None)
+    VdVh: Any  # V dV^H (or None)
+
+
+def _cotangent_parts(xp, Q, U, V, dQ, dR, SL):
     if dR is not None:
         dU, dV = _split_wide(dR)
-        # Only the upper triangle of U varies; drop the rest of its cotangent.
-        dU = xp.where(SL, 0.0, dU)
+        dU = xp.where(SL, 0.0, dU)  # only the upper triangle of U varies
     else:
         dU = dV = None
-
-    # M = U dU^H - dQ'^H Q, with dQ' = dQ + Q V dV^H in the wide case
-    # (so dQ'^H Q = dQ^H Q + dV V^H).
-    M = None
-    if dU is not None:
-        M = U @ B.mH(dU)
-    QhdQ = None  # Q^H dQ, the only m x k x k product with dQ
+    M = None if dU is None else U @ B.mH(dU)
+    QhdQ = None
     if dQ is not None:
         QhdQ = B.mH(Q) @ dQ
         M = -B.mH(QhdQ) if M is None else M - B.mH(QhdQ)
     VdVh = None
-    if wide and dV is not None:
+    if V is not None and dV is not None:
         VdVh = V @ B.mH(dV)
-        M = M - B.mH(VdVh)
+        M = M - B.mH(VdVh)  # dQ'^H Q = dQ^H Q + dV V^H
+    return _Cotangents(dU, dV, M, QhdQ, VdVh)
 
-    if method == "3.3":
-        # dX = (dQ' + Q copyltu(M)) U^{-H}
-        inner = _copyltu(xp, M, SL)
-        if VdVh is not None:
-            inner = inner + VdVh  # Q V dV^H, the wide part of dQ', joins Q copyltu(M)
-        if Q.shape[-2] == Q.shape[-1]:
-            # Q square (m <= n): dQ = Q (Q^H dQ), so dA = Q [(Q^H dQ + inner) U^{-H} | dV]:
-            # the solve is k x k and one product with Q makes dX and dY = Q dV together.
-            if QhdQ is not None:
-                inner = inner + QhdQ
-            Z = _solve_RH_right(xp, U, inner)
-            if not wide:
-                return Q @ Z
-            if dV is None:
-                zeros = xp.zeros(tuple(V.shape), dtype=Q.dtype, device=B.device(Q))
-                return xp.concat([Q @ Z, zeros], axis=-1)
-            return Q @ xp.concat([Z, dV], axis=-1)
-        G = Q @ inner
-        if dQ is not None:
-            G = G + dQ
-        dX = _solve_RH_right(xp, U, G)
-    else:
-        # dX = Q (dU + S U^{-H}) + (dQ' - Q Q^H dQ') U^{-H},
-        # S = P_L o (M - M^H) + i Im diag(M)  (the correction vanishes for real input).
-        K = M - B.mH(M)  # its diagonal is 2i Im diag(M)
-        if _is_complex(xp, M):
-            S = xp.where(SL, K, xp.where(xp.matrix_transpose(SL), 0.0, K / 2))
-        else:
-            S = xp.where(SL, K, 0.0)
-        small = _solve_RH_right(xp, U, S)
-        if dU is not None:
-            small = small + dU
-        dX = Q @ small
-        if dQ is not None or VdVh is not None:
-            # Q^H dQ' = Q^H dQ + V dV^H (Q^H Q = I)
-            if QhdQ is None:
-                QhdQp = VdVh
-            else:
-                QhdQp = QhdQ if VdVh is None else QhdQ + VdVh
-            dQp = Q @ VdVh if dQ is None else (dQ if VdVh is None else dQ + Q @ VdVh)
-            dX = dX + _solve_RH_right(xp, U, dQp - Q @ QhdQp)
-    if not wide:
+
+def _join_wide(xp, Q, V, dX, dV):
+    """``dA = [dX | dY]`` with ``dY = Q dV`` (``Y = Q V``); ``dX`` alone if not wide."""
+    if V is None:
         return dX
     if dV is not None:
-        dY = Q @ dV  # Y = Q V
+        dY = Q @ dV
     else:
         dY = xp.zeros(tuple(V.shape[:-2]) + (Q.shape[-2], V.shape[-1]), dtype=Q.dtype, device=B.device(Q))
     return xp.concat([dX, dY], axis=-1)
+
+
+def _vjp_eq33(xp, Q, U, V, dQ, SL, c):
+    """Seed 001, eq. 3.3: ``dX = (dQ' + Q copyltu(M)) U^{-H}``."""
+    inner = _copyltu(xp, c.M, SL)
+    if c.VdVh is not None:
+        inner = inner + c.VdVh  # Q V dV^H, the wide part of dQ', joins Q copyltu(M)
+    if Q.shape[-2] == Q.shape[-1]:
+        # Q square (m <= n): dQ = Q (Q^H dQ), so dA = Q [(Q^H dQ + inner) U^{-H} | dV]:
+        # the solve is k x k and one product with Q makes dX and dY = Q dV together.
+        if c.QhdQ is not None:
+            inner = inner + c.QhdQ
+        Z = _solve_RH_right(xp, U, inner)
+        if V is None:
+            return Q @ Z
+        if c.dV is None:
+            return xp.concat([Q @ Z, xp.zeros(tuple(V.shape), dtype=Q.dtype, device=B.device(Q))], axis=-1)
+        return Q @ xp.concat([Z, c.dV], axis=-1)
+    G = Q @ inner
+    if dQ is not None:
+        G = G + dQ
+    return _join_wide(xp, Q, V, _solve_RH_right(xp, U, G), c.dV)
+
+
+def _vjp_eq38(xp, Q, U, V, dQ, SL, c):
+    """Seed 001, eq. 3.8: ``dX = Q (dU + S U^{-H}) + (dQ' - Q Q^H dQ') U^{-H}``,
+    ``S = P_L o (M - M^H) + i Im diag(M)`` (the correction vanishes for real input)."""
+    K = c.M - B.mH(c.M)  # its diagonal is 2i Im diag(M)
+    if _is_complex(xp, c.M):
+        S = xp.where(SL, K, xp.where(xp.matrix_transpose(SL), 0.0, K / 2))
+    else:
+        S = xp.where(SL, K, 0.0)
+    small = _solve_RH_right(xp, U, S)
+    if c.dU is not None:
+        small = small + c.dU
+    dX = Q @ small
+    if dQ is not None or c.VdVh is not None:
+        # Q^H dQ' = Q^H dQ + V dV^H (Q^H Q = I)
+        QhdQp = c.VdVh if c.QhdQ is None else (c.QhdQ if c.VdVh is None else c.QhdQ + c.VdVh)
+        dQp = Q @ c.VdVh if dQ is None else (dQ if c.VdVh is None else dQ + Q @ c.VdVh)
+        dX = dX + _solve_RH_right(xp, U, dQp - Q @ QhdQp)
+    return _join_wide(xp, Q, V, dX, c.dV)
+
+
+_VJP_RULES = {"3.3": _vjp_eq33, "3.8": _vjp_eq38}
+METHODS = tuple(_VJP_RULES)  # the formulas qr_vjp/lq_vjp and the adapters accept
+
+
+def _pow2_batch(xp, *arrays):
+    """A power of two near the largest magnitude of ``arrays`` (``None`` skipped), per
+    matrix of a batch (shape ``(..., 1, 1)``)."""
+    amax = None
+    for x in arrays:
+        if x is not None:
+            a = xp.max(xp.abs(x), axis=(-2, -1), keepdims=True)
+            amax = a if amax is None else xp.maximum(amax, a)
+    return pow2_scale(amax)
+
+
+def _qr_vjp(xp, Q, R, dQ, dR, method):
+    """Unchecked body of :func:`qr_vjp` (``dQ`` or ``dR`` may be None, not both).
+
+    Computed on ``R / c`` and cotangents ``/ s`` (``c``, ``s`` powers of two): the map
+    is linear in the cotangents and ``dA(Q, c R, dQ, dR) = dA(Q, R, dQ / c, dR)``, so
+    the result is exactly that of the formula, without the overflow of ``R dR^H`` at
+    ``1e200`` or its underflow to zero at ``1e-200``.
+    """
+    c = xp.astype(_pow2_batch(xp, R), R.dtype)
+    R = R / c
+    if dQ is not None:
+        dQ = dQ / c
+    s = xp.astype(_pow2_batch(xp, dQ, dR), R.dtype)
+    dQ = None if dQ is None else dQ / s
+    dR = None if dR is None else dR / s
+    U, V = _split_wide(R)
+    SL = _strict_lower(xp, U.shape[-1], U)
+    parts = _cotangent_parts(xp, Q, U, V, dQ, dR, SL)
+    return _VJP_RULES[method](xp, Q, U, V, dQ, SL, parts) * s
 
 
 def lq_vjp(L, Q, dL, dQ, /, *, method="3.3", check_singular=True):

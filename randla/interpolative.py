@@ -11,6 +11,37 @@ leaves a smaller network of the same shape (seed 000, [CRDD2022]).
 * :func:`cur` -- ``A ~= A[:, cols] @ U @ A[rows, :]``.
 * :func:`column_select` -- ``k`` column indices by CPQR, sRRQR, randomized CPQR,
   Golub-Klema-Stewart or randomized GKS.
+* :func:`id_to_svd` -- the SVD of an ID without touching ``A`` again.
+
+Counterparts of ``scipy.linalg.interpolative``
+----------------------------------------------
+Every function there has one here; rank and tolerance are separate keywords and the
+number of results never changes. ``idx_s, proj`` below are SciPy's outputs (``idx_s``
+the full permutation); ``idx, T`` ours (``T[:, idx] = I``, ``T[:, idx_s[k:]] = proj``).
+
+=========================================  ===================================================
+SciPy                                      randla
+=========================================  ===================================================
+``interp_decomp(A, k)``                    ``interp_decomp(A, k, method="randomized")``
+                                           (``rand=False``: ``method="cpqr"``); ``A`` may be a
+                                           ``LinearOperator`` or sparse array (randomized)
+``interp_decomp(A, eps)``                  ``interp_decomp(A, rtol=eps, ...)``
+``reconstruct_matrix_from_id(B, ...)``     ``B @ T`` (``B = A[:, idx]``)
+``reconstruct_interp_matrix(idx_s, proj)``  ``T``
+``reconstruct_skel_matrix(A, k, idx_s)``   ``A[:, idx]``
+``id_to_svd(B, idx_s, proj)``              :func:`id_to_svd` ``(A[:, idx], T)``
+``svd(A, k)`` / ``svd(A, eps)``            :func:`randla.rsvd` ``(A, k)`` /
+                                           ``rsvd(A, rtol=eps, norm="2")`` (``LinearOperator``
+                                           too; ``V`` is ``Vh^H``)
+``estimate_spectral_norm(A)``              :func:`randla.spectral_norm`
+``estimate_spectral_norm_diff(A, B)``      ``spectral_norm(A - B)``; for operators
+                                           ``spectral_norm(aslinearoperator(A) -
+                                           aslinearoperator(B))``
+``estimate_rank(A, eps)``                  :func:`randla.estimate.estimate_rank`
+``seed``, ``rand``                         the ``rng`` keyword (a seed or a Generator)
+=========================================  ===================================================
+
+The test suite runs SciPy's own tests of these functions through such a mapping.
 
 References
 ----------
@@ -38,13 +69,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _backend as B
+from . import _id_core as _core
 from . import _validate as V
 from . import qr as _qr
 
-__all__ = ["IDResult", "TwoSidedID", "CURResult", "interp_decomp", "two_sided_id", "cur", "column_select"]
+__all__ = ["IDResult", "TwoSidedID", "CURResult", "interp_decomp", "two_sided_id", "cur", "column_select",
+           "id_to_svd"]
 
-ID_METHODS = ("cpqr", "srrqr", "randomized")
-SELECT_METHODS = ("cpqr", "srrqr", "randomized", "gks", "randomized_gks")
+ID_METHODS = tuple(_core.DENSE)
 
 
 class IDResult(NamedTuple):
@@ -87,98 +119,6 @@ def _check_axis(axis):
     return 1 if axis in (1, -1) else 0
 
 
-def _leading_rank(d, tol):
-    """Length of the leading run of ``d > tol`` (``d`` host, may be empty)."""
-    small = np.nonzero(~(d > tol))[0]
-    return int(small[0]) if small.size else d.size
-
-
-def _id_from_qr(R, perm, k, xp, like):
-    """``T`` with ``T[:, perm] = [I, R11^+ R12]`` from a pivoted ``R`` (k x n).
-
-    Where ``R11`` is numerically singular (exact rank ``r < k``), the
-    coefficients come from its leading ``r x r`` block and the remaining ``k - r``
-    skeleton columns get zero weight: bounded ``T``, same error.
-    """
-    n = R.shape[1]
-    dt = like.dtype
-    dev = B.device(like)
-    R = R[:k, :]
-    if R.dtype != dt:
-        R = xp.astype(R, dt)
-    (R,) = B.persist(R)  # its diagonal is read, T is made from it (Dask: evaluated once)
-    d = np.abs(B.to_numpy(xp.linalg.diagonal(R[:, :k])))
-    u = B.eps(xp, dt)
-    r = _leading_rank(d, 10 * u * max(like.shape) * (d[0] if d.size else 0.0)) if d[0] > 0 else 0
-    eye = xp.eye(k, dtype=dt, device=dev)
-    if k == n:
-        Tp = eye
-    elif r == 0:
-        Tp = xp.concat([eye, xp.zeros((k, n - k), dtype=dt, device=dev)], axis=1)
-    else:
-        W = B.solve_triangular(R[:r, :r], R[:r, k:], lower=False)
-        if r < k:
-            W = xp.concat([W, xp.zeros((k - r, n - k), dtype=dt, device=dev)], axis=0)
-        Tp = xp.concat([eye, W], axis=1)
-    perm_h = np.asarray(B.to_numpy(perm), dtype=np.int64)
-    inv = np.argsort(perm_h)
-    T = B.take(Tp, inv, axis=1)
-    return _qr._perm_array(perm_h[:k], like), T
-
-
-def _default_rtol(xp, A):
-    return max(A.shape) * B.eps(xp, A.dtype)
-
-
-def _randomized_rtol(A, xp, kcap, rtol, p, q, gen):
-    """Fixed-accuracy randomized ID: blocked randomized CPQR that stops once
-    ``||A P - Q R||_F <= rtol ||A||_F``, read per pivot from the rows of ``R``."""
-    _, R, perm = _qr._rcpqr(A, xp, kcap, p, q, 64, gen, rtol=rtol)
-    return _id_from_qr(R, perm, R.shape[0], xp, A)
-
-
-def _id_blocking(k):
-    """Block size and candidates per block of the randomized ID's pivoted QR.
-
-    One QRCP of a ``(k + p)``-row sketch picks columns whose ID error exceeds
-    CPQR's on slowly decaying spectra (``sigma_i = i^-0.5``, 2000 x 2000,
-    ``k = 200``: 2.32 vs 2.08 times ``sigma_{k+1}``), and neither a longer
-    sketch (``l = 3k``: 2.25) nor sRRQR swaps on the sketch close the gap: the
-    sketch's residual-norm estimates are too coarse for the greedy choice.
-    Blocks of ``k / 8`` pivots, each starting from the exact residual norms and
-    choosing by exact CPQR among ``2b`` sketch candidates (see
-    ``randla.qr._rcpqr``), follow CPQR on ``A`` much more closely (same
-    matrix: 2.14; 4096 x 1024, ``k = 128``: 1.98 vs CPQR's 2.02, medians over
-    three seeds, benchmarks/compare_qr.py) at the same ``2 m n k`` flops for
-    ``R`` plus one thin pass over ``A`` per block. The blocked, downdated
-    sketch is that of HQRRP [MOHvdG2017]; smaller blocks track CPQR better
-    and cost more passes.
-    """
-    b = min(k, max(16, -(-k // 8)))
-    return b, 2 * b
-
-
-def _column_id(A, xp, k, rtol, method, p, q, f, gen):
-    m, n = A.shape
-    kcap = min(m, n) if k is None else k
-    if rtol is not None and method == "randomized":
-        return _randomized_rtol(A, xp, kcap, rtol, p, q, gen)
-    if method == "randomized":
-        b, c = _id_blocking(k)
-        _, R, perm = _qr._rcpqr(A, xp, k, p, q, b, gen, candidates=c)
-        return _id_from_qr(R, perm, k, xp, A)
-    if rtol is not None:
-        _, R, perm = _qr._cpqr(A, xp, kcap, rtol)
-        k = R.shape[0]
-        if method == "cpqr":
-            return _id_from_qr(R, perm, k, xp, A)
-    elif method == "cpqr":
-        _, R, perm = _qr._cpqr(A, xp, k, None)
-        return _id_from_qr(R, perm, k, xp, A)
-    _, R, perm = _qr._srrqr(A, xp, k, f, 10 * n + 100)
-    return _id_from_qr(R, perm, k, xp, A)
-
-
 # ----------------------------------------------------------------------------------
 # public
 # ----------------------------------------------------------------------------------
@@ -202,15 +142,23 @@ def interp_decomp(A, k=None, *, rtol=None, axis=1, method="cpqr", p=10, q=0, f=2
     from the sketch instead is cheaper by one pass but several times less
     accurate on slowly decaying spectra.
 
+    A ``scipy.sparse.linalg.LinearOperator`` or SciPy sparse array is taken from
+    its products alone with ``method="randomized"``: pivots from QRCP of the row
+    sketch ``Omega^H (A A^H)^q A``, then the chosen columns ``A E_J`` (one product)
+    and ``R = Q_C^H A`` (one product with ``A^H``), so ``T`` is again the
+    least-squares fit of ``A`` on its own columns; by tolerance, the sketch doubles
+    until its QRCP finds the rank with rows to spare.
+
     Parameters
     ----------
-    A : (m, n) array
+    A : (m, n) array, SciPy sparse array or ``LinearOperator`` (``"randomized"``)
     k : int, optional
         Rank (number of skeleton columns/rows).
     rtol : float, optional
         Relative tolerance that picks the rank: the smallest ``k`` whose
         pivoted QR leaves ``||A[:, perm] - Q R||_F <= rtol ||A||_F`` (for
-        ``"randomized"``, measured on a Gaussian sketch, which preserves
+        ``"randomized"`` on a dense ``A`` read exactly from the rows of ``R``;
+        on a ``LinearOperator`` measured on a Gaussian sketch, which preserves
         Frobenius norms in expectation). The ID error is at most
         ``sqrt(1 + ||T||_2^2)`` times that residual.
         With ``k`` as well, ``k`` caps the rank. With neither, the numerical
@@ -266,29 +214,57 @@ def interp_decomp(A, k=None, *, rtol=None, axis=1, method="cpqr", p=10, q=0, f=2
     >>> idx, T = interp_decomp(A, rtol=1e-10, axis=0, method="randomized", rng=0)
     >>> len(idx), bool(np.allclose(T @ A[idx, :], A))
     (5, True)
+
+    From products alone:
+
+    >>> from scipy.sparse.linalg import aslinearoperator
+    >>> idx, T = interp_decomp(aslinearoperator(A), rtol=1e-10, method="randomized", rng=0)
+    >>> len(idx), bool(np.allclose(A[:, idx] @ T, A))
+    (5, True)
     """
-    A, xp = V.as_matrix(A, check_finite=check_finite)
     axis = _check_axis(axis)
-    V.check_choice(method, "method", ID_METHODS)
-    M = A if axis == 1 else B.mH(A)
-    if k is not None:
-        k = V.check_rank(k, M.shape)
-    if rtol is not None:
-        rtol = V.check_rtol(rtol)
-    elif k is None:
-        rtol = _default_rtol(xp, A)
+    run = _core.DENSE[V.check_choice(method, "method", _core.DENSE)]
     p = V.check_count(p, "p")
     q = V.check_count(q, "q")
     gen = B.as_generator(rng)
+    if V.is_scipy_operator(A):
+        return _operator_interp_decomp(A, k, rtol, axis, method, p, q, gen, check_finite)
+    A, xp = V.as_matrix(A, check_finite=check_finite)
+    M = A if axis == 1 else B.mH(A)
+    k, rtol = _rank_args(k, rtol, M.shape, xp, A.dtype)
     like = M
+    lazy = False
     if method != "randomized":  # pivot loops on lazy (Dask) input run on the host
         M, lazy = _qr._host_lazy(M)
         xp = B.namespace(M)
-    else:
-        lazy = False
-    idx, T = _column_id(M, xp, k, rtol, method, p, q, f, gen)
+    idx, T = run(M, xp, k, rtol, p, q, f, gen)
     if lazy:
         idx, T = (B.from_numpy(np.asarray(x), like=like) for x in (idx, T))
+    return IDResult(idx, T if axis == 1 else B.mH(T))
+
+
+def _rank_args(k, rtol, shape, xp, dtype):
+    """``(k, rtol)`` checked; neither given means the numerical rank."""
+    if k is not None:
+        k = V.check_rank(k, shape)
+    if rtol is not None:
+        rtol = V.check_rtol(rtol)
+    elif k is None:
+        rtol = _core.default_rtol(xp, dtype, shape)
+    return k, rtol
+
+
+def _operator_interp_decomp(A, k, rtol, axis, method, p, q, gen, check_finite):
+    """The ID of a ``LinearOperator`` or SciPy sparse array, from products alone."""
+    if method != "randomized":
+        raise ValueError(
+            f"method={method!r} needs the entries of A; a LinearOperator or sparse A takes "
+            f"method='randomized' (or pass a dense array)"
+        )
+    op = V.as_operand(A, check_finite=check_finite)
+    op = op if axis == 1 else V.adjoint_operand(op)
+    k, rtol = _rank_args(k, rtol, op.shape, np, op.dtype)
+    idx, T = _core.operator_id(op, k, rtol, p, q, gen, check_finite)
     return IDResult(idx, T if axis == 1 else B.mH(T))
 
 
@@ -445,21 +421,78 @@ def column_select(A, k, *, method="cpqr", p=10, q=2, f=2.0, rng=None, check_fini
     """
     A, xp = V.as_matrix(A, check_finite=check_finite)
     k = V.check_rank(k, A.shape)
-    V.check_choice(method, "method", SELECT_METHODS)
+    select = _SELECTORS[V.check_choice(method, "method", _SELECTORS)]
     p = V.check_count(p, "p")
     q = V.check_count(q, "q")
-    if method == "cpqr":
-        perm = _qr.cpqr(A, k, check_finite=False).perm
-    elif method == "srrqr":
-        perm = _qr.srrqr(A, k, f=f, check_finite=False).perm
-    elif method == "randomized":
-        perm = _qr.rcpqr(A, k, p=p, rng=rng, check_finite=False).perm
-    else:
-        if method == "gks":
-            Vh = B.svd(A)[2][:k, :]
-        else:
-            from .svd import rsi
+    return select(A, k, p=p, q=q, f=f, rng=rng)[:k]
 
-            Vh = rsi(A, k, p=p, q=q, rng=rng, check_finite=False).Vh
-        perm = _qr.cpqr(Vh, k, check_finite=False).perm
-    return perm[:k]
+
+def _gks_perm(Vh, k):
+    """CPQR pivots of the top right singular vectors ``V_k^H`` (k x n) [GKS1976]."""
+    return _qr.cpqr(Vh[:k, :], k, check_finite=False).perm
+
+
+def _randomized_gks(A, k, *, p, q, f, rng):
+    from .svd import rsi
+
+    return _gks_perm(rsi(A, k, p=p, q=q, rng=rng, check_finite=False).Vh, k)
+
+
+_SELECTORS = {
+    "cpqr": lambda A, k, **kw: _qr.cpqr(A, k, check_finite=False).perm,
+    "srrqr": lambda A, k, *, f, **kw: _qr.srrqr(A, k, f=f, check_finite=False).perm,
+    "randomized": lambda A, k, *, p, rng, **kw: _qr.rcpqr(A, k, p=p, rng=rng, check_finite=False).perm,
+    "gks": lambda A, k, **kw: _gks_perm(B.svd(A)[2], k),
+    "randomized_gks": _randomized_gks,
+}
+SELECT_METHODS = tuple(_SELECTORS)
+
+
+def id_to_svd(C, T):
+    r"""SVD of an interpolative decomposition ``A ~= C @ T`` without touching ``A``.
+
+    With thin QRs ``C = Q_1 R_1`` and ``T^H = Q_2 R_2``, ``C T = Q_1 (R_1 R_2^H) Q_2^H``
+    and the SVD of the small ``k x k`` core ``R_1 R_2^H = W S X^H`` gives
+    ``U = Q_1 W``, ``Vh = X^H Q_2^H`` [CGMR2005, Sec. 5], [HMT2011, Alg. 5.2].
+
+    Parameters
+    ----------
+    C : (m, k) array
+        Column ID: the skeleton columns ``A[:, idx]``; row ID: its ``T`` (m x k).
+    T : (k, n) array
+        Column ID: its ``T``; row ID: the skeleton rows ``A[idx, :]``.
+
+    Returns
+    -------
+    SVDResult
+        ``(U, S, Vh)`` of ``C @ T``: ``U`` (m, k), ``S`` (k,) descending, ``Vh``
+        (k, n); namespace, device and dtype of ``C``.
+
+    Notes
+    -----
+    Cost ``O((m + n) k^2)``: two thin QRs and an SVD of ``k x k``; no product with
+    ``A``. Counterpart of ``scipy.linalg.interpolative.id_to_svd``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from randla.interpolative import interp_decomp, id_to_svd
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((30, 4)) @ rng.standard_normal((4, 20))
+    >>> idx, T = interp_decomp(A, 4)
+    >>> U, S, Vh = id_to_svd(A[:, idx], T)
+    >>> bool(np.allclose((U * S) @ Vh, A)), bool(np.allclose(S, np.linalg.svd(A)[1][:4]))
+    (True, True)
+    """
+    from .svd import SVDResult
+
+    C, xp = V.as_matrix(C, "C")
+    T, _ = V.as_matrix(T, "T")
+    if C.shape[1] != T.shape[0]:
+        raise ValueError(f"C (m, k) and T (k, n) must share k, got shapes {tuple(C.shape)} and {tuple(T.shape)}")
+    if C.dtype != T.dtype:
+        raise TypeError(f"C and T must have one dtype, got {C.dtype} and {T.dtype}")
+    Q1, R1 = B.qr(C)
+    Q2, R2 = B.qr(B.mH(T))
+    W, S, Xh = B.svd(R1 @ B.mH(R2))
+    return SVDResult(Q1 @ W, S, Xh @ B.mH(Q2))

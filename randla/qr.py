@@ -48,6 +48,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _backend as B
+from . import _scale as _S
 from . import _validate as V
 
 __all__ = ["PivotedQR", "cpqr", "rcpqr", "srrqr"]
@@ -210,12 +211,16 @@ def _cpqr(A, xp, k, rtol):
             r = min(kmax, _rank_from_rows(B.to_numpy(_triu(xp, R)), rtol))
         perm = xp.astype(B.from_numpy(np.asarray(B.to_numpy(perm), dtype=np.int64), like=A), xp.int64)
         return PivotedQR(Q[:, :r], _triu(xp, R[:r, :]), perm)
-    return _cpqr_loop(A, xp, kmax, rtol)
+    # the loop squares column norms on the host: bring A into a safe range first
+    A, c = _S.unit_scale(A)
+    Q, R, perm = _cpqr_loop(A, xp, kmax, rtol)
+    return PivotedQR(Q, _S.unscale(R, c), perm)
 
 
 def _rank_from_rows(R, rtol):
     """Smallest ``r >= 1`` with ``||R[r:, r:]||_F <= rtol ||R||_F`` (``R`` upper, host)."""
-    rows2 = np.sum(np.abs(R) ** 2, axis=1)
+    amax = float(np.max(np.abs(R), initial=0.0))
+    rows2 = np.sum(np.abs(R / amax if amax > 0 else R) ** 2, axis=1)  # scaled: no over/underflow
     tail = np.concatenate([np.cumsum(rows2[::-1])[::-1], [0.0]])
     ok = np.nonzero(tail <= rtol**2 * tail[0])[0]
     return max(1, int(ok[0]))
@@ -459,107 +464,141 @@ def _rcpqr(A, xp, k, p, q, block_size, gen, rtol=None, candidates=None):
     b = min(k, block_size)
     if candidates is not None:
         candidates = max(candidates, b)
-    d = min((b if candidates is None else candidates) + p, m)
-    Om, Y = _row_sketch(A, d, q, gen)
-    # the loop reads the sketch (and the column norms): evaluated together, once
-    # (Dask: the norms share the sketch's read of A)
-    if rtol is None and candidates is None:
-        Om, Y = B.persist(Om, Y)
-    else:
-        Om, Y, cols2 = B.persist(Om, Y, xp.sum(_abs2(xp, A), axis=0))
-        full2 = B.to_numpy(cols2).astype(np.float64)
+    Om, Y = _row_sketch(A, min((b if candidates is None else candidates) + p, m), q, gen)
+    Om, Y = B.persist(Om, Y)  # read below and downdated per block (Dask: evaluated once)
+    # the bookkeeping squares norms on the host: bring A into a safe range (judged on
+    # its sketch, which has A's magnitude: no extra pass) by an exact power of two
+    A, c = _S.unit_scale(A, ref=Y)
+    Y = _S.unscale(Y, 1.0 / c)
+    if rtol is not None or candidates is not None:
+        full2 = _column_norms2(xp, A)  # one pass over A
     if rtol is not None:
-        normA2 = float(full2.sum())
-        exact = rtol**2 < 1e3 * B.eps(xp, A.dtype)  # subtraction would cancel
-        used2 = 0.0
+        normA2, used2 = float(full2.sum()), 0.0
     if candidates is not None:
         g2 = full2.copy()
-        sqrt_u = math.sqrt(B.eps(xp, A.dtype))
     Qs, Rs_rows = [], []
     remaining = np.arange(n)
     chosen: list[int] = []
-    done = 0
-    while done < k:
-        bc = min(b, k - done)
-        Yr = Y if done == 0 else B.take(Y, remaining, axis=1)
+    while len(chosen) < k:
+        bc = min(b, k - len(chosen))
+        Qp = _concat(xp, Qs, axis=1)
+        Yr = B.take(Y, remaining, axis=1) if chosen else Y
         if candidates is not None:
-            Yr = _rescale_to(xp, Yr, g2[remaining], full2[remaining], sqrt_u)
-        with B.single_threaded_blas():  # a small matrix: threads only add waiting
-            _, Rsk, pv = B.qr_pivoted(Yr)
-        pv = np.asarray(B.to_numpy(pv), dtype=np.int64)
-        if Qs:
-            Qp = xp.concat(Qs, axis=1) if len(Qs) > 1 else Qs[0]
-        if candidates is not None:
-            cand = pv[: min(candidates, remaining.size)]
-            (C,) = B.persist(B.take(A, remaining[cand], axis=1))
-            # m x c panels: too thin for threads to pay on a busy machine
-            with B.single_threaded_blas():
-                if Qs:
-                    C = _cgs2(xp, Qp, C)[0]
-                Qc, Rc = B.qr(C)
-                Q2, _, p2 = B.qr_pivoted(Rc)
-                p2 = np.asarray(B.to_numpy(p2), dtype=np.int64)
-                Q2 = Q2[:, :bc]
-                Qb = Qc @ (Q2 if Q2.dtype == A.dtype else xp.astype(Q2, A.dtype))
-                if Qs:  # keep the block orthogonal to the previous ones after rounding
-                    Qb = B.qr(_cgs2(xp, Qp, Qb)[0])[0]
-            pv = np.concatenate([cand[p2], pv[cand.size:]])
-            J = remaining[pv[:bc]]
+            Yr = _rescale_to(xp, Yr, g2[remaining], full2[remaining], math.sqrt(B.eps(xp, A.dtype)))
+            pv, Qb = _candidate_block(A, xp, Yr, remaining, bc, candidates, Qp)
         else:
-            J = remaining[pv[:bc]]
-            (C,) = B.persist(B.take(A, J, axis=1))
-            if Qs:
-                C = _cgs2(xp, Qp, C)[0]
-            if Rsk.shape[0] >= bc:
-                Rs = Rsk[:bc, :bc]
-            else:  # sketch shorter than the block (m small): no preconditioner
-                Rs = xp.zeros((bc, bc), dtype=A.dtype, device=B.device(A))
-            if Rs.dtype != A.dtype:
-                Rs = xp.astype(Rs, A.dtype)
-            Qb, _ = _cholqr_precond(C, Rs)
-        if Qs and candidates is None:  # keep the block orthogonal to the previous ones
-            Qb, _ = _cholqr_precond(_cgs2(xp, Qp, Qb)[0], xp.eye(bc, dtype=A.dtype, device=B.device(A)))
+            pv, Qb = _sketched_block(A, xp, Yr, remaining, bc, Qp)
         Rb = B.mH(Qb) @ A
-        if done + bc < k or rtol is not None:  # read below (Dask: evaluated once)
+        if len(chosen) + bc < k or rtol is not None:  # read below (Dask: evaluated once)
             Qb, Rb = B.persist(Qb, Rb)
         Qs.append(Qb)
         Rs_rows.append(Rb)
-        chosen.extend(int(c) for c in J)
-        keep = np.ones(remaining.size, dtype=bool)
-        keep[pv[:bc]] = False
-        remaining = remaining[keep]
-        done += bc
-        if candidates is not None and done < k:
-            g2 -= np.sum(np.abs(B.to_numpy(Rb)) ** 2, axis=0).astype(np.float64)
+        chosen.extend(int(j) for j in remaining[pv[:bc]])
+        remaining = np.delete(remaining, pv[:bc])
+        more = len(chosen) < k
+        if candidates is not None and more:
+            g2 -= _column_norms2(np, B.to_numpy(Rb))
         if rtol is not None:
-            rows2 = np.sum(np.abs(B.to_numpy(Rb)) ** 2, axis=1).astype(np.float64)
+            rows2 = _column_norms2(np, B.to_numpy(Rb).T)
             used2 += float(rows2.sum())
-            if exact:
-                Qa = xp.concat(Qs, axis=1) if len(Qs) > 1 else Qs[0]
-                Ra = xp.concat(Rs_rows, axis=0) if len(Rs_rows) > 1 else Rs_rows[0]
-                end2 = B.scalar(xp.sum(_abs2(xp, A - Qa @ Ra)))
-            else:
-                end2 = max(normA2 - used2, 0.0)
-            # residual after t pivots of this block: end2 + rows t: of the block
-            after = end2 + np.concatenate([np.cumsum(rows2[::-1])[::-1][1:], [0.0]])
-            ok = np.nonzero(after <= rtol**2 * normA2)[0]
-            if ok.size or done >= k:
-                t = int(ok[0]) + 1 if ok.size else bc
-                cut = done - bc + t
+            t = _rtol_cut(A, xp, Qs, Rs_rows, rows2, normA2, used2, rtol, last=not more)
+            if t is not None:  # the tolerance is met t pivots into this block
                 Qs[-1], Rs_rows[-1] = Qs[-1][:, :t], Rs_rows[-1][:t, :]
+                cut = len(chosen) - bc + t
                 remaining = np.concatenate([np.asarray(chosen[cut:], dtype=np.int64), remaining])
                 chosen = chosen[:cut]
-                k = done = cut
                 break
-        if done < k:
+        if more:  # downdate the sketch [MOHvdG2017, Alg. 4]; read next block (Dask: evaluated once)
             (Y,) = B.persist(Y - (Om @ Qb) @ Rb)
-    Q = xp.concat(Qs, axis=1) if len(Qs) > 1 else Qs[0]
-    R = xp.concat(Rs_rows, axis=0) if len(Rs_rows) > 1 else Rs_rows[0]
+    return _assemble(xp, A, Qs, Rs_rows, chosen, remaining, c)
+
+
+def _concat(xp, blocks, *, axis):
+    """Concatenation of a list of blocks (``None`` for an empty list)."""
+    if not blocks:
+        return None
+    return blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=axis)
+
+
+def _column_norms2(xp, X):
+    """Squared column norms as a host float64 vector (``X`` already in a safe range)."""
+    return B.to_numpy(xp.sum(_abs2(xp, X), axis=0)).astype(np.float64)
+
+
+def _sketched_block(A, xp, Yr, remaining, bc, Qp):
+    """Pivots of the block from QRCP of the sketch ``Yr``; the chosen columns, projected
+    against the previous blocks ``Qp``, orthonormalised by Cholesky-QR preconditioned
+    with the sketch's triangular factor [MBM2024, Alg. 1]. Returns ``(pv, Qb)``."""
+    with B.single_threaded_blas():  # a small matrix: threads only add waiting
+        _, Rsk, pv = B.qr_pivoted(Yr)
+    pv = np.asarray(B.to_numpy(pv), dtype=np.int64)
+    (C,) = B.persist(B.take(A, remaining[pv[:bc]], axis=1))  # read repeatedly (Dask: one pass)
+    if Qp is not None:
+        C = _cgs2(xp, Qp, C)[0]
+    if Rsk.shape[0] >= bc:
+        Rs = Rsk[:bc, :bc]
+    else:  # sketch shorter than the block (m small): no preconditioner
+        Rs = xp.zeros((bc, bc), dtype=A.dtype, device=B.device(A))
+    if Rs.dtype != A.dtype:
+        Rs = xp.astype(Rs, A.dtype)
+    Qb, _ = _cholqr_precond(C, Rs)
+    if Qp is not None:  # keep the block orthogonal to the previous ones after rounding
+        Qb, _ = _cholqr_precond(_cgs2(xp, Qp, Qb)[0], xp.eye(bc, dtype=A.dtype, device=B.device(A)))
+    return pv, Qb
+
+
+def _candidate_block(A, xp, Yr, remaining, bc, candidates, Qp):
+    """Pivots of the block by exact CPQR among the first ``candidates`` sketch pivots:
+    Householder QR of the candidates' residuals, QRCP of its small R factor. Returns
+    ``(pv, Qb)`` with ``pv`` the sketch pivots reordered by that choice."""
+    with B.single_threaded_blas():  # a small matrix: threads only add waiting
+        _, _, pv = B.qr_pivoted(Yr)
+    pv = np.asarray(B.to_numpy(pv), dtype=np.int64)
+    cand = pv[: min(candidates, remaining.size)]
+    (C,) = B.persist(B.take(A, remaining[cand], axis=1))  # read repeatedly (Dask: one pass)
+    with B.single_threaded_blas():  # m x c panels: too thin for threads to pay on a busy machine
+        if Qp is not None:
+            C = _cgs2(xp, Qp, C)[0]
+        Qc, Rc = B.qr(C)
+        Q2, _, p2 = B.qr_pivoted(Rc)
+        p2 = np.asarray(B.to_numpy(p2), dtype=np.int64)
+        Q2 = Q2[:, :bc]
+        Qb = Qc @ (Q2 if Q2.dtype == A.dtype else xp.astype(Q2, A.dtype))
+        if Qp is not None:  # keep the block orthogonal to the previous ones after rounding
+            Qb = B.qr(_cgs2(xp, Qp, Qb)[0])[0]
+    return np.concatenate([cand[p2], pv[cand.size:]]), Qb
+
+
+def _rtol_cut(A, xp, Qs, Rs_rows, rows2, normA2, used2, rtol, *, last):
+    """Pivots of the newest block after which ``||A P - Q R||_F <= rtol ||A||_F``
+    (``None`` if not reached and more blocks may follow; the whole block if ``last``).
+
+    The residual before the block's row ``t`` is the residual after the block plus
+    the energy of its rows ``t:``. After the block it is ``||A||_F^2 - sum ||R_i||_F^2``,
+    or, where that subtraction would cancel (``rtol^2 < 1e3 eps``), the exact
+    ``||A - Q R||_F^2`` (one more pass).
+    """
+    if rtol**2 < 1e3 * B.eps(xp, A.dtype):
+        end2 = B.scalar(xp.sum(_abs2(xp, A - _concat(xp, Qs, axis=1) @ _concat(xp, Rs_rows, axis=0))))
+    else:
+        end2 = max(normA2 - used2, 0.0)
+    after = end2 + np.concatenate([np.cumsum(rows2[::-1])[::-1][1:], [0.0]])
+    ok = np.nonzero(after <= rtol**2 * normA2)[0]
+    if ok.size:
+        return int(ok[0]) + 1
+    return rows2.size if last else None
+
+
+def _assemble(xp, A, Qs, Rs_rows, chosen, remaining, c):
+    """``PivotedQR`` from the blocks: ``R`` in pivot order, its leading block upper
+    triangular, scaled back by ``c``."""
+    k = len(chosen)
+    Q = _concat(xp, Qs, axis=1)
+    R = _concat(xp, Rs_rows, axis=0)
     perm = np.concatenate([np.asarray(chosen, dtype=np.int64), remaining])
-    pd = _perm_array(perm, A)
     R = B.take(R, perm, axis=1)
     R = xp.concat([_triu(xp, R[:, :k]), R[:, k:]], axis=1)
-    return PivotedQR(Q, R, pd)
+    return PivotedQR(Q, _S.unscale(R, c), _perm_array(perm, A))
 
 
 def _rescale_to(xp, Y, g2, full2, sqrt_u):
@@ -662,6 +701,13 @@ def srrqr(A, k, *, f=2.0, max_swaps=None, check_finite=True):
 
 
 def _srrqr(A, xp, k, f, max_swaps):
+    # the swaps square entries of R and R11^{-1} on the host: work in a safe range
+    A, c = _S.unit_scale(A)
+    Q, R, perm = _srrqr_scaled(A, xp, k, f, max_swaps)
+    return PivotedQR(Q, _S.unscale(R, c), perm)
+
+
+def _srrqr_scaled(A, xp, k, f, max_swaps):
     m, n = A.shape
     Q, R, perm = _cpqr(A, xp, k, None)
     if k == n:

@@ -27,8 +27,6 @@ from . import _validate as V
 
 __all__ = ["gaussian", "rademacher", "sparse_sign", "orthonormal_gaussian", "srtt", "sketch", "METHODS"]
 
-METHODS = ("gaussian", "rademacher", "sparse_sign", "srtt", "orthonormal")
-
 
 def _like(like):
     xp = B.namespace(like)
@@ -216,6 +214,7 @@ _MAKERS = {
     "orthonormal": orthonormal_gaussian,
     "srtt": srtt,
 }
+METHODS = tuple(_MAKERS)  # what sketch() dispatches on
 
 
 def sketch(A, l, /, *, method="gaussian", rng=None, check_finite=True):

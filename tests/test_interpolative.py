@@ -168,3 +168,107 @@ def test_bad_input():
         cur(np.array([[1.0, np.inf]]), 1)
     with pytest.raises(ValueError, match="q"):
         interp_decomp(A, 2, method="randomized", q=-1)
+
+
+# ----------------------------------------------------------------------------------
+# matrix-free input, id_to_svd, estimate_rank
+# ----------------------------------------------------------------------------------
+
+
+def _operators(A):
+    import scipy.sparse
+    import scipy.sparse.linalg as spla
+
+    return {"linear_operator": spla.aslinearoperator(A), "sparse": scipy.sparse.csr_array(A)}
+
+
+@pytest.mark.parametrize("fmt", ["linear_operator", "sparse"])
+@pytest.mark.parametrize("axis", [1, 0])
+@pytest.mark.parametrize("dtype", ["float64", "complex128", "float32"])
+def test_matrix_free_id_by_rank(fmt, axis, dtype):
+    A_np, s = _mat(60, 45, spectrum="polynomial", decay=1.0, dtype=dtype, rng=4)
+    k = 8
+    idx, T = interp_decomp(_operators(A_np)[fmt], k, axis=axis, method="randomized", q=1, rng=0)
+    assert idx.shape == (k,) and T.dtype == A_np.dtype
+    if axis == 1:
+        assert np.array_equal(T[:, idx], np.eye(k))
+        err = _err2(A_np, A_np[:, idx] @ T)
+    else:
+        assert np.array_equal(T[idx, :], np.eye(k))
+        err = _err2(A_np, T @ A_np[idx, :])
+    # T is the least-squares fit on the chosen columns: as accurate as the dense method
+    dense = interp_decomp(A_np, k, axis=axis, method="randomized", q=1, rng=0)
+    dense_err = _err2(A_np, A_np[:, dense.idx] @ dense.T if axis == 1 else dense.T @ A_np[dense.idx, :])
+    assert s[k] * (1 - 1e-4) <= err <= 3 * max(dense_err, s[k])
+
+
+@pytest.mark.parametrize("fmt", ["linear_operator", "sparse"])
+def test_matrix_free_id_by_tolerance(fmt):
+    A_np, s = _mat(80, 60, spectrum="exponential", decay=0.2, rng=1)
+    for rtol in (1e-3, 1e-8):
+        idx, T = interp_decomp(_operators(A_np)[fmt], rtol=rtol, method="randomized", rng=0)
+        err = np.linalg.norm(A_np - A_np[:, idx] @ T)
+        # rank: within a few of the Frobenius-optimal one; error: the tolerance, with the
+        # ID's factor sqrt(1 + ||T||^2) and the sketch's estimate as slack
+        tail = np.sqrt(np.cumsum((s**2)[::-1])[::-1])
+        r_opt = int(np.sum(tail > rtol * np.linalg.norm(A_np)))
+        assert r_opt - 2 <= len(idx) <= r_opt + 6
+        assert err <= 10 * rtol * np.linalg.norm(A_np)
+    # an exactly low-rank operator: the rank, not more
+    L_np, _ = _mat(50, 40, spectrum="low_rank", rank=6)
+    idx, T = interp_decomp(_operators(L_np)[fmt], rtol=1e-10, method="randomized", rng=0)
+    assert len(idx) == 6 and _err2(L_np, L_np[:, idx] @ T) <= 1e-10
+
+
+def test_matrix_free_id_needs_the_randomized_method():
+    ops = _operators(np.ones((6, 5)))
+    for op in ops.values():
+        with pytest.raises(ValueError, match="method='randomized'"):
+            interp_decomp(op, 2)
+    bad = np.ones((6, 5))
+    bad[2, 3] = np.nan
+    for op in _operators(bad).values():
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            interp_decomp(op, 2, method="randomized", rng=0)
+
+
+def test_matrix_free_id_reproducible():
+    A_np, _ = _mat(40, 30, spectrum="polynomial", decay=1.0)
+    op = _operators(A_np)["linear_operator"]
+    a = interp_decomp(op, rtol=1e-4, method="randomized", rng=3)
+    b = interp_decomp(op, rtol=1e-4, method="randomized", rng=np.random.default_rng(3))
+    assert np.array_equal(a.idx, b.idx) and np.array_equal(a.T, b.T)
+
+
+@pytest.mark.parametrize("axis", [1, 0])
+def test_id_to_svd(backend, axis):
+    from randla import id_to_svd
+
+    A_np, s = _mat(30, 24, spectrum="low_rank", rank=5, dtype="complex128")
+    A = backend.asarray(A_np)
+    idx, T = interp_decomp(A, 5, axis=axis)
+    i = backend.to_numpy(idx)
+    C, W = (backend.asarray(A_np[:, i]), T) if axis == 1 else (T, backend.asarray(A_np[i, :]))
+    U, S, Vh = id_to_svd(C, W)
+    assert namespace(U) is namespace(A)
+    U, S, Vh = (backend.to_numpy(x) for x in (U, S, Vh))
+    np.testing.assert_allclose(S, s[:5], rtol=1e-10)
+    np.testing.assert_allclose(U.conj().T @ U, np.eye(5), atol=1e-12)
+    np.testing.assert_allclose(Vh @ Vh.conj().T, np.eye(5), atol=1e-12)
+    np.testing.assert_allclose((U * S) @ Vh, A_np, atol=1e-12)
+    with pytest.raises(ValueError, match="share k"):
+        id_to_svd(C, backend.asarray(np.ones((3, 4), dtype=A_np.dtype)))
+
+
+def test_estimate_rank():
+    import scipy.sparse.linalg as spla
+
+    from randla import estimate_rank
+
+    for spectrum, decay in (("exponential", 0.1), ("polynomial", 2.0)):
+        A_np, s = _mat(120, 90, spectrum=spectrum, decay=decay, rng=2)
+        for rtol in (1e-2, 1e-6):
+            exact = int(np.sum(s > rtol * s[0]))
+            for X in (A_np, spla.aslinearoperator(A_np)):
+                assert exact <= estimate_rank(X, rtol, rng=0) <= max(1.2 * exact, exact + 2)
+    assert estimate_rank(np.zeros((5, 4)), 0.1) == 0

@@ -172,11 +172,53 @@ def test_adaptive_range_finder_meets_rtol(backend, norm):
         assert r_opt <= r <= r_opt + 4
     else:
         assert np.linalg.norm(R, 2) <= rtol * s[0]
-        # the estimate's safety factor 10 sqrt(2/pi) and the tail behind sigma_(r+1)
-        # (at most sqrt(min(m, n)) times it) make it stop later than the optimal rank
-        r_opt = int(np.sum(s > rtol * s[0]))
-        r_max = int(np.sum(s > rtol * s[0] / (10 * np.sqrt(2 / np.pi) * np.sqrt(len(s))))) + 8
-        assert r_opt <= r <= r_max
+        r_opt = int(np.sum(s > rtol * s[0]))  # the smallest rank that meets the tolerance
+        assert r_opt <= r <= 1.5 * r_opt
+
+
+def _issue_matrix(kind):
+    """The 600 x 400 matrices on which the HMT stopping rule asked for 320 and 400 columns."""
+    if kind == "step":  # sigma = 1 up to index 100, 1e-4 after
+        U, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((600, 400)))
+        V, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((400, 400)))
+        s = np.where(np.arange(400) < 100, 1.0, 1e-4)
+        return (U * s) @ V.T, s
+    decay = {"inv": 1.0, "inv_sqrt": 0.5, "inv_square": 2.0}.get(kind)
+    if decay is not None:
+        return matrix(600, 400, spectrum="polynomial", decay=decay, rng=0)
+    return matrix(600, 400, spectrum="exponential", decay=0.05, rng=0)
+
+
+@pytest.mark.parametrize(("kind", "rtol"), [("step", 1e-2), ("inv", 1e-2), ("inv", 1e-1), ("inv_sqrt", 1e-1),
+                                            ("inv_square", 1e-3), ("exponential", 1e-2), ("exponential", 1e-6)])
+def test_spectral_tolerance_finds_the_right_rank(kind, rtol):
+    """Rank <= 1.5 x the optimal one for the spectral tolerance, tolerance met."""
+    A, s = _issue_matrix(kind)
+    r_opt = int(np.sum(s > rtol * s[0]))
+    for seed in range(2):
+        Q = randla.adaptive_range_finder(A, rtol, norm="2", rng=seed)
+        assert np.linalg.norm(A - Q @ (Q.T @ A), 2) <= rtol * s[0]
+        assert r_opt <= Q.shape[1] <= 1.5 * r_opt
+    U, S, Vh = randla.rsvd(A, rtol=rtol, norm="2", q=1, rng=0)
+    assert np.linalg.norm(A - (U * S) @ Vh, 2) <= rtol * s[0]
+
+
+def test_spectral_tolerance_from_products_alone():
+    A, s = _issue_matrix("inv")
+    Q = randla.adaptive_range_finder(spla.aslinearoperator(A), 1e-2, norm="2", rng=0)
+    assert 99 <= Q.shape[1] <= 1.5 * 99
+    assert np.linalg.norm(A - Q @ (Q.T @ A), 2) <= 1e-2 * s[0]
+
+
+@pytest.mark.parametrize("rtol", [1e-9, 1e-12])
+def test_frobenius_tolerance_below_the_cancellation_limit(rtol):
+    """``||A||_F^2 - sum ||B_i||_F^2`` cancels below rtol ~ sqrt(eps): recomputed exactly."""
+    A, s = matrix(300, 200, spectrum="exponential", decay=0.05, rng=0)
+    Q = randla.adaptive_range_finder(A, rtol, rng=0)
+    tail = np.sqrt(np.cumsum((s**2)[::-1])[::-1])
+    r_opt = int(np.sum(tail > rtol * np.linalg.norm(A)))
+    assert np.linalg.norm(A - Q @ (Q.T @ A)) <= rtol * np.linalg.norm(A)
+    assert r_opt <= Q.shape[1] <= r_opt + 2
 
 
 def test_rsvd_with_rtol(backend):

@@ -41,15 +41,6 @@ def _check_input(A, name="A"):
     return A
 
 
-def _check_options(rule, method):
-    if rule not in ("vjp", "jvp"):
-        raise ValueError(f"rule must be 'vjp' or 'jvp'; got {rule!r}")
-    if method not in ("3.3", "3.8"):
-        raise ValueError(f"method must be '3.3' or '3.8'; got {method!r}")
-    if rule == "jvp" and method != "3.3":
-        raise ValueError("method selects the reverse formula and applies to rule='vjp' only")
-
-
 def _conj(x):
     return jnp.conj(x) if jnp.iscomplexobj(x) else x
 
@@ -64,77 +55,55 @@ def _lq_factors(A):
     return jnp.conj(jnp.swapaxes(Rh, -1, -2)), jnp.conj(jnp.swapaxes(Qh, -1, -2))
 
 
-# --- reverse rule (custom_vjp) ---------------------------------------------------
+def _reverse_rule(factors, vjp):
+    """``factors`` (a pair) under ``jax.custom_vjp`` with the backward ``vjp``."""
+
+    @partial(jax.custom_vjp, nondiff_argnums=(1,))
+    def f(A, method):
+        return factors(A)
+
+    def fwd(A, method):
+        out = factors(A)
+        return out, out
+
+    def bwd(method, res, ct):
+        # JAX cotangent = conj(PyTorch-convention cotangent); no singularity check under tracing.
+        dA = vjp(*res, _conj(ct[0]), _conj(ct[1]), method=method, check_singular=False)
+        return (_conj(dA),)
+
+    f.defvjp(fwd, bwd)
+    return f
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _qr_rev(A, method):
-    return _qr_factors(A)
+def _forward_rule(factors, jvp):
+    """``factors`` (a pair) under ``jax.custom_jvp`` with the tangent rule ``jvp``."""
+
+    @partial(jax.custom_jvp, nondiff_argnums=(1,))
+    def f(A, method):
+        return factors(A)
+
+    @f.defjvp
+    def f_jvp(method, primals, tangents):
+        (A,), (dA,) = primals, tangents
+        F1, F2 = factors(A)
+        return (F1, F2), tuple(jvp(F1, F2, dA))
+
+    return f
 
 
-def _qr_rev_fwd(A, method):
-    Q, R = _qr_factors(A)
-    return (Q, R), (Q, R)
+# rule -> (QR, LQ); the method argument of the forward rule is unused (always "3.3")
+_RULES = {
+    "vjp": (_reverse_rule(_qr_factors, _adj.qr_vjp), _reverse_rule(_lq_factors, _adj.lq_vjp)),
+    "jvp": (_forward_rule(_qr_factors, _adj.qr_jvp), _forward_rule(_lq_factors, _adj.lq_jvp)),
+}
 
 
-def _qr_rev_bwd(method, res, ct):
-    Q, R = res
-    dQ, dR = ct
-    # JAX cotangent = conj(PyTorch-convention cotangent); no singularity check under tracing.
-    dA = _adj.qr_vjp(Q, R, _conj(dQ), _conj(dR), method=method, check_singular=False)
-    return (_conj(dA),)
-
-
-_qr_rev.defvjp(_qr_rev_fwd, _qr_rev_bwd)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _lq_rev(A, method):
-    return _lq_factors(A)
-
-
-def _lq_rev_fwd(A, method):
-    L, Q = _lq_factors(A)
-    return (L, Q), (L, Q)
-
-
-def _lq_rev_bwd(method, res, ct):
-    L, Q = res
-    dL, dQ = ct
-    dA = _adj.lq_vjp(L, Q, _conj(dL), _conj(dQ), method=method, check_singular=False)
-    return (_conj(dA),)
-
-
-_lq_rev.defvjp(_lq_rev_fwd, _lq_rev_bwd)
-
-
-# --- forward rule (custom_jvp) ---------------------------------------------------
-
-
-@jax.custom_jvp
-def _qr_fwd_mode(A):
-    return _qr_factors(A)
-
-
-@_qr_fwd_mode.defjvp
-def _qr_fwd_mode_jvp(primals, tangents):
-    (A,), (dA,) = primals, tangents
-    Q, R = _qr_factors(A)
-    dQ, dR = _adj.qr_jvp(Q, R, dA)
-    return (Q, R), (dQ, dR)
-
-
-@jax.custom_jvp
-def _lq_fwd_mode(A):
-    return _lq_factors(A)
-
-
-@_lq_fwd_mode.defjvp
-def _lq_fwd_mode_jvp(primals, tangents):
-    (A,), (dA,) = primals, tangents
-    L, Q = _lq_factors(A)
-    dL, dQ = _adj.lq_jvp(L, Q, dA)
-    return (L, Q), (dL, dQ)
+def _rule(rule, method, which):
+    _V.check_choice(rule, "rule", _RULES)
+    _V.check_choice(method, "method", _adj.METHODS)
+    if rule == "jvp" and method != "3.3":
+        raise ValueError("method selects the reverse formula and applies to rule='vjp' only")
+    return _RULES[rule][which]
 
 
 # --- public ----------------------------------------------------------------------
@@ -183,10 +152,7 @@ def qr(A, *, rule: str = "vjp", method: str = "3.3") -> QRResult:
     True
     """
     A = _check_input(A)
-    _check_options(rule, method)
-    if rule == "jvp":
-        return QRResult(*_qr_fwd_mode(A))
-    return QRResult(*_qr_rev(A, method))
+    return QRResult(*_rule(rule, method, 0)(A, method))
 
 
 def lq(A, *, rule: str = "vjp", method: str = "3.3") -> LQResult:
@@ -229,7 +195,4 @@ def lq(A, *, rule: str = "vjp", method: str = "3.3") -> LQResult:
     True
     """
     A = _check_input(A)
-    _check_options(rule, method)
-    if rule == "jvp":
-        return LQResult(*_lq_fwd_mode(A))
-    return LQResult(*_lq_rev(A, method))
+    return LQResult(*_rule(rule, method, 1)(A, method))

@@ -24,15 +24,11 @@ __all__ = ["qr", "lq", "QRResult", "LQResult"]
 # differentiable QR and LQ
 # ----------------------------------------------------------------------------------
 
-def _check_input(A, name="A"):
+def _check_input(A, method, name="A"):
     if not isinstance(A, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(A).__name__}")
     _V.check_stacked_matrix(A, name)
-
-
-def _check_method(method):
-    if method not in ("3.3", "3.8"):
-        raise ValueError(f"method must be '3.3' or '3.8'; got {method!r}")
+    _V.check_choice(method, "method", _adj.METHODS)
 
 
 def _materialised_adjoint(t):
@@ -42,64 +38,47 @@ def _materialised_adjoint(t):
     return out.copy_(t.mH)
 
 
-class _QR(torch.autograd.Function):
-    generate_vmap_rule = True
+def _qr_factors(A):
+    return tuple(torch.linalg.qr(A, mode="reduced"))
 
-    @staticmethod
+
+def _lq_factors(A):
+    Qh, Rh = torch.linalg.qr(A.mH, mode="reduced")  # A^H = Q^H L^H
+    return _materialised_adjoint(Rh), _materialised_adjoint(Qh)
+
+
+def _differentiable(name, factors, vjp, jvp):
+    """A ``torch.autograd.Function`` computing ``factors(A)`` (a pair) whose backward is
+    ``vjp(F1, F2, dF1, dF2)`` and whose forward-mode rule is ``jvp(F1, F2, dA)``."""
+
     def forward(A, method):
-        Q, R = torch.linalg.qr(A, mode="reduced")
-        return Q, R
+        return factors(A)
 
-    @staticmethod
     def setup_context(ctx, inputs, output):
-        Q, R = output
         ctx.method = inputs[1]
-        ctx.save_for_backward(Q, R)
-        ctx.save_for_forward(Q, R)
+        ctx.save_for_backward(*output)
+        ctx.save_for_forward(*output)
         ctx.set_materialize_grads(False)
 
-    @staticmethod
-    def backward(ctx, dQ, dR):
-        Q, R = ctx.saved_tensors
-        if dQ is None and dR is None:
+    def backward(ctx, d1, d2):
+        if d1 is None and d2 is None:
             return None, None
+        F1, F2 = ctx.saved_tensors
         # No singularity check: it would synchronise the device on every backward.
-        # Exactly singular R gives inf/NaN, as torch's own QR backward does.
-        return _adj.qr_vjp(Q, R, dQ, dR, method=ctx.method, check_singular=False), None
+        # An exactly singular factor gives inf/NaN, as torch's own QR backward does.
+        return vjp(F1, F2, d1, d2, method=ctx.method, check_singular=False), None
 
-    @staticmethod
-    def jvp(ctx, dA, _):
-        Q, R = ctx.saved_tensors
-        return tuple(_adj.qr_jvp(Q, R, dA))
+    def forward_ad(ctx, dA, _):
+        F1, F2 = ctx.saved_tensors
+        return tuple(jvp(F1, F2, dA))
+
+    rules = dict(forward=forward, setup_context=setup_context, backward=backward, jvp=forward_ad)
+    namespace = {key: staticmethod(fn) for key, fn in rules.items()}
+    return type(name, (torch.autograd.Function,), {"generate_vmap_rule": True, **namespace})
 
 
-class _LQ(torch.autograd.Function):
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(A, method):
-        Qh, Rh = torch.linalg.qr(A.mH, mode="reduced")  # A^H = Q^H L^H
-        return _materialised_adjoint(Rh), _materialised_adjoint(Qh)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        L, Q = output
-        ctx.method = inputs[1]
-        ctx.save_for_backward(L, Q)
-        ctx.save_for_forward(L, Q)
-        ctx.set_materialize_grads(False)
-
-    @staticmethod
-    def backward(ctx, dL, dQ):
-        L, Q = ctx.saved_tensors
-        if dL is None and dQ is None:
-            return None, None
-        return _adj.lq_vjp(L, Q, dL, dQ, method=ctx.method, check_singular=False), None
-
-    @staticmethod
-    def jvp(ctx, dA, _):
-        L, Q = ctx.saved_tensors
-        return tuple(_adj.lq_jvp(L, Q, dA))
+_QR = _differentiable("_QR", _qr_factors, _adj.qr_vjp, _adj.qr_jvp)
+_LQ = _differentiable("_LQ", _lq_factors, _adj.lq_vjp, _adj.lq_jvp)
 
 
 def qr(A: torch.Tensor, *, method: str = "3.3") -> QRResult:
@@ -144,8 +123,7 @@ def qr(A: torch.Tensor, *, method: str = "3.3") -> QRResult:
     >>> torch.allclose(A.grad, A.detach())
     True
     """
-    _check_input(A)
-    _check_method(method)
+    _check_input(A, method)
     return QRResult(*_QR.apply(A, method))
 
 
@@ -187,6 +165,5 @@ def lq(A: torch.Tensor, *, method: str = "3.3") -> LQResult:
     >>> torch.allclose(A.grad, A.detach())
     True
     """
-    _check_input(A)
-    _check_method(method)
+    _check_input(A, method)
     return LQResult(*_LQ.apply(A, method))

@@ -1,0 +1,122 @@
+"""Clear errors: invalid choices list every valid one; NaN/Inf raise before any warning.
+
+The suite runs with warnings as errors, so a NumPy ``RuntimeWarning`` emitted on the
+way to a ``ValueError`` fails these tests instead of passing them.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import scipy.sparse
+import scipy.sparse.linalg as spla
+
+import randla
+from randla import _adaptive, _id_core, adjoints, estimate, interpolative, sketch, svd
+from randla.testing import matrix
+
+
+def _lists_all(message, valid):
+    listed = set(re.findall(r"'([^']*)'", message.split("; got")[0]))
+    return listed == set(valid)
+
+
+A = matrix(12, 10, rng=0).A
+
+# (call with the bad value, name of the argument, the table the code dispatches on)
+CHOICES = [
+    (lambda v: randla.rsvd(A, 2, stabilizer=v), "stabilizer", svd._STABILIZERS),
+    (lambda v: randla.rsi(A, 2, stabilizer=v), "stabilizer", svd._STABILIZERS),
+    (lambda v: randla.block_krylov_svd(A, 2, stabilizer=v), "stabilizer", svd._STABILIZERS),
+    (lambda v: randla.range_finder(A, 2, sketch=v), "sketch", sketch._MAKERS),
+    (lambda v: randla.sketch.sketch(A, 2, method=v), "sketch", sketch._MAKERS),
+    (lambda v: randla.adaptive_range_finder(A, 0.1, norm=v), "norm", _adaptive.NORMS),
+    (lambda v: randla.rsvd(A, rtol=0.1, norm=v), "norm", _adaptive.NORMS),
+    (lambda v: randla.interp_decomp(A, 2, method=v), "method", _id_core.DENSE),
+    (lambda v: randla.column_select(A, 2, method=v), "method", interpolative._SELECTORS),
+    (lambda v: randla.normalized_error(A, A[:, :2], np.ones(2), A[:2], method=v), "method",
+     estimate._RESIDUAL_NORMS),
+    (lambda v: randla.qr_vjp(*np.linalg.qr(A), None, np.linalg.qr(A)[1], method=v), "method",
+     adjoints._VJP_RULES),
+]
+
+
+@pytest.mark.parametrize("bad", ["foo", "QR", None, 3])
+@pytest.mark.parametrize(("call", "name", "table"), CHOICES, ids=lambda x: x if isinstance(x, str) else "")
+def test_invalid_choice_lists_every_valid_one(call, name, table, bad):
+    with pytest.raises(ValueError, match=f"{name} must be one of") as info:
+        call(bad)
+    assert _lists_all(str(info.value), table), str(info.value)
+
+
+def test_every_valid_choice_is_accepted():
+    for stabilizer in svd.STABILIZERS:
+        randla.rsi(A, 2, q=1, stabilizer=stabilizer, rng=0)
+    for method in interpolative.SELECT_METHODS:
+        randla.column_select(A, 2, method=method, rng=0)
+
+
+def test_adapter_choices():
+    torch = pytest.importorskip("torch")
+    import randla.torch
+
+    with pytest.raises(ValueError, match="method must be one of") as info:
+        randla.torch.qr(torch.ones(3, 2, dtype=torch.float64), method="3.4")
+    assert _lists_all(str(info.value), adjoints.METHODS)
+    pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    import randla.jax
+
+    with pytest.raises(ValueError, match="rule must be one of") as info:
+        randla.jax.qr(jnp.ones((3, 2)), rule="fwd")
+    assert _lists_all(str(info.value), ("vjp", "jvp"))
+
+
+def _bad(value):
+    X = matrix(30, 20, rng=0).A
+    X[3, 4] = value
+    return X
+
+
+KERNELS = {
+    "rsvd": lambda X: randla.rsvd(X, 3, rng=0),
+    "rsvd_srtt": lambda X: randla.rsvd(X, 3, sketch="srtt", rng=0),
+    "rsi": lambda X: randla.rsi(X, 3, rng=0),
+    "block_krylov": lambda X: randla.block_krylov_svd(X, 3, rng=0),
+    "range_finder": lambda X: randla.range_finder(X, 3, rng=0),
+    "rsvd_rtol": lambda X: randla.rsvd(X, rtol=0.1, rng=0),
+    "adaptive_2": lambda X: randla.adaptive_range_finder(X, 0.1, norm="2", rng=0),
+    "cpqr": lambda X: randla.cpqr(X, 3),
+    "rcpqr": lambda X: randla.rcpqr(X, 3, rng=0),
+    "srrqr": lambda X: randla.srrqr(X, 3),
+    "interp_decomp": lambda X: randla.interp_decomp(X, 3, method="randomized", rng=0),
+    "column_select": lambda X: randla.column_select(X, 3, method="randomized_gks", rng=0),
+    "cur": lambda X: randla.cur(X, 3),
+    "spectral_norm": lambda X: randla.spectral_norm(X, rng=0),
+    "estimate_rank": lambda X: randla.estimate_rank(X, 0.1, rng=0),
+    "normalized_error": lambda X: randla.normalized_error(X, X[:, :2], np.ones(2), X[:2]),
+    "sparse": lambda X: randla.rsvd(scipy.sparse.csr_array(X), 3, rng=0),
+    "operator_rsvd": lambda X: randla.rsvd(spla.aslinearoperator(X), 3, rng=0),
+    "operator_id": lambda X: randla.interp_decomp(spla.aslinearoperator(X), 3, method="randomized", rng=0),
+    "operator_adaptive": lambda X: randla.adaptive_range_finder(spla.aslinearoperator(X), 0.1, norm="2", rng=0),
+}
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_nonfinite_input_raises_without_warnings(kernel, value):
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        KERNELS[kernel](_bad(value))
+
+
+def test_overflowing_products_are_named():
+    X = np.full((20, 100), 1e308)
+    with pytest.raises(ValueError, match="finite but its products overflow"):
+        randla.rsvd(X, 2, rng=0)
+    # near the top of the range, but with products that fit: a correct answer
+    X = np.full((20, 10), 1e307)
+    U, S, Vh = randla.rsvd(X, 1, rng=0)
+    np.testing.assert_allclose(S, [1e307 * np.sqrt(200)], rtol=1e-12)
