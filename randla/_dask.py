@@ -69,7 +69,9 @@ def small(fn, *args, out):
     results = []
     for i, (shape, dtype) in enumerate(out):
         name = f"{base}-{i}"
-        layer = {base: task, (name,) + (0,) * len(shape): (operator.getitem, base, i)}
+        key = (name,) + (0,) * len(shape)
+        # one output: one task; several: one task for fn, one getitem per output
+        layer = {key: (operator.getitem, task, 0)} if len(out) == 1 else {base: task, key: (operator.getitem, base, i)}
         graph = HighLevelGraph.from_collections(name, layer, dependencies=arrays)
         chunks = tuple((int(s),) for s in shape)
         results.append(da.Array(graph, name, chunks, meta=_meta(arrays[0], len(shape), dtype)))
@@ -227,19 +229,35 @@ def fresh(A, after):
     return da.Array(graph, name, A.chunks, meta=A._meta)
 
 
+def _adjoint_chunk(a):
+    return a.T.conj() if a.dtype.kind == "c" else a.T
+
+
 def pass_product(A, X, *, left=False, adjoint=False):
     """``A @ X``, ``A^H @ X`` (``adjoint``) or ``X @ A`` (``left``) as one fresh pass over
-    ``A`` (see :func:`fresh`), ``X`` aligned with ``A``'s chunks. The adjoint is
-    taken after the copy, so Dask fuses the transposition into the product."""
+    ``A`` (see :func:`fresh`), ``X`` aligned with ``A``'s chunks."""
+    import dask.array as da
+    from dask.base import tokenize
+
     if left:
         X = X.rechunk(((X.shape[0],), A.chunks[0]))
         return X @ fresh(A, X)
     if adjoint:
         X = X.rechunk((A.chunks[0], (X.shape[1],)))
-        AH = fresh(A, X).T
-        return (AH.conj() if np.dtype(A.dtype).kind == "c" else AH) @ X
+        # a transposition layer of its own per pass: Dask fuses it into this product
+        # (one shared by two passes would be materialised as tasks of its own)
+        AH = da.blockwise(_adjoint_chunk, "ji", fresh(A, X), "ij", dtype=A.dtype,
+                          name=f"adjoint-{tokenize(A.name, X.name)}")
+        return AH @ X
     X = X.rechunk((A.chunks[1], (X.shape[1],)))
+    if A.numblocks[1] == 1:  # nothing to sum: one task per row chunk
+        return da.blockwise(_matmul, "ik", fresh(A, X), "ij", X, "jk", dtype=np.result_type(A.dtype, X.dtype),
+                            concatenate=True)
     return fresh(A, X) @ X
+
+
+def _matmul(a, b):
+    return a @ b
 
 
 # ----------------------------------------------------------------------------------
@@ -300,7 +318,7 @@ def cholqr(Y, factor):
     """``(Y / ||Y||_F) @ factor(G, m)`` with ``G`` the float64/complex128 Gram matrix of
     ``Y / ||Y||_F``: one task per row chunk for the chunk's scaled Gram matrix, one
     task that sums them and calls ``factor`` on the chunk type, one blockwise
-    product. ``factor(G, m)`` returns an ``l x l`` matrix (for Cholesky-QR: ``R^{-1}``)."""
+    product (fused by Dask into the next product with ``A``). ``factor(G, m)`` returns an ``l x l`` matrix (for Cholesky-QR: ``R^{-1}``)."""
     import dask.array as da
 
     m, l = Y.shape
@@ -309,4 +327,6 @@ def cholqr(Y, factor):
     parts = da.blockwise(_chunk_gram, "zab", Y, "za", new_axes={"b": l}, adjust_chunks={"z": 1, "a": l + 1},
                          dtype=wide, meta=_meta(Y, 3, wide))
     (FC,) = small(_combine_grams, parts, factor, m, out=[((l + 1, l), wide)])
-    return da.blockwise(_scaled_product, "ij", Y, "ik", FC, "xj", dtype=Y.dtype, concatenate=True)
+    # map_blocks (FC broadcast to every row chunk) lets Dask fuse the product into
+    # the next pass's tasks
+    return da.map_blocks(_scaled_product, Y, FC, dtype=Y.dtype, meta=Y._meta)
