@@ -125,12 +125,31 @@ def test_graph_grows_like_dasks_own():
     assert ours[4] <= 1.5 * theirs[4]
 
 
-def test_rechunked_and_computed_inputs():
-    """``A`` made by a rechunk or by arithmetic is re-made per pass, and right."""
+INPUTS = {
+    "rechunked": lambda A0: da.from_array(A0, chunks=(20, 50)).rechunk((40, 25)),
+    "arithmetic": lambda A0: da.from_array(A0 / 2, chunks=(30, 50)) * 2,
+    "concatenated": lambda A0: da.concatenate([da.from_array(A0[:50], chunks=25), da.from_array(A0[50:], chunks=35)]),
+    "strided": lambda A0: da.from_array(np.repeat(A0, 2, axis=0), chunks=(40, 50))[::2],
+    "persisted": lambda A0: (da.from_array(A0, chunks=(30, 50)) * 1.0).persist(),
+    "random_source": lambda A0: da.from_array(A0, chunks=(30, 50))
+    + 0 * da.random.default_rng(0).standard_normal(A0.shape, chunks=(30, 50)),
+}
+
+
+@pytest.mark.parametrize("kind", list(INPUTS))
+def test_inputs_made_by_computations(kind):
+    """``A`` made by a rechunk, arithmetic, concatenation, slicing or random numbers
+    is re-made per pass (its task graph copied), and the result is right."""
     A0, s = matrix(120, 50, spectrum="exponential", decay=0.3, rng=2)
-    A = da.from_array(A0 / 2, chunks=(20, 50)).rechunk((40, 25)) * 2
-    res = dask.compute(*randla.rsi(A, K, q=1, rng=0))
+    res = dask.compute(*randla.rsi(INPUTS[kind](A0), K, q=1, rng=0))
     _check_against_numpy(A0, res, K)
+
+
+def test_rechunked_source_is_read_once_per_pass():
+    A0, _ = matrix(200, 60, spectrum="exponential", decay=0.2, rng=0)
+    src, A = _counted(A0, 25)
+    dask.compute(*randla.rsi(A.rechunk((50, 60)), K, q=1, rng=0))
+    assert src.reads == 4 * A.numblocks[0]
 
 
 def test_memmap_input(tmp_path):
