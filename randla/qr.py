@@ -271,20 +271,10 @@ def _cpqr_loop(A, xp, kmax, rtol, *, Q=None, R=None, selected=None):
         if rtol is not None and j > 0 and float(np.sum(norms2[~mask])) <= rtol**2 * total2:
             r = j
             break
-        a = A[:, p]
-        if j:
-            v, h = _cgs2(xp, Q[:, :j], a)
-        else:
-            v = a
+        v = _cgs2(xp, Q[:, :j], A[:, p])[0] if j else A[:, p]
         nv = B.scalar(xp.linalg.vector_norm(v))
         if cand[p] <= noise2 or nv <= math.sqrt(noise2) or nv == 0.0:
-            # numerically rank-deficient: continue Q with a unit vector orthogonal
-            # to it (the row of Q with the least weight has a residual >= 1 - j/m)
-            w = B.to_numpy(xp.sum(_abs2(xp, Q[:, :j]), axis=1)) if j else np.zeros(m)
-            e = xp.astype(B.from_numpy((np.arange(m) == int(np.argmin(w))).astype(np.float64), like=A), dt)
-            v = _cgs2(xp, Q[:, :j], e)[0] if j else e
-            v = _cgs2(xp, Q[:, :j], v)[0] if j else v
-            nv = B.scalar(xp.linalg.vector_norm(v))
+            v, nv = _unit_complement(A, xp, Q[:, :j])  # numerically rank-deficient
         q = v / xp.asarray(nv, dtype=rdt, device=dev)
         row = _conj(xp, q) @ A
         Q = _set(Q, (slice(None), j), q)
@@ -299,13 +289,19 @@ def _cpqr_loop(A, xp, kmax, rtol, *, Q=None, R=None, selected=None):
             norms2 = _recompute(A, xp, Q[:, : j + 1], R[: j + 1, :], norms2, cols, rdt)
             ref2[cols] = norms2[cols]
         norms2 = np.maximum(norms2, 0.0)
-    Q, R = Q[:, :r], R[:r, :]
     rest = [c for c in range(n) if not mask[c]] + [c for c in selected[r:]]
-    perm = np.asarray(selected[:r] + rest, dtype=np.int64)
-    pd = _perm_array(perm, A)
-    R = B.take(R, perm, axis=1)
-    R = xp.concat([_triu(xp, R[:, :r]), R[:, r:]], axis=1)
-    return PivotedQR(Q, R, pd)
+    return _assemble(xp, A, [Q[:, :r]], [R[:r, :]], selected[:r], np.asarray(rest, dtype=np.int64), 1.0)
+
+
+def _unit_complement(A, xp, Qj):
+    """``(v, ||v||)``: a vector orthogonal to ``range(Qj)`` to continue ``Q`` where the
+    remaining columns are numerically zero: the unit vector of the row of ``Qj`` with
+    the least weight (its residual is at least ``1 - j / m``), projected twice."""
+    m, j = Qj.shape
+    w = B.to_numpy(xp.sum(_abs2(xp, Qj), axis=1)) if j else np.zeros(m)
+    e = xp.astype(B.from_numpy((np.arange(m) == int(np.argmin(w))).astype(np.float64), like=A), A.dtype)
+    v = _cgs2(xp, Qj, _cgs2(xp, Qj, e)[0])[0] if j else e
+    return v, B.scalar(xp.linalg.vector_norm(v))
 
 
 def _recompute(A, xp, Q, R, norms2, cols, rdt):
@@ -869,35 +865,30 @@ def _bring_in(st, j):
     st.gamma, st.gref = st.gamma[order], st.gref[order]
 
 
-def _exchange(st, A, xp, u):
-    """Swap the last selected and the first unselected column [GE1996, Sec. 4.2]: the
-    incoming column's residual (one projection), one Givens rotation on ``(mu, nu)``,
-    and rank-one updates of ``R11^{-1}``, ``R11^{-1} R12`` and ``gamma``."""
+def _incoming(st, A, xp, u):
+    """``(nu, qn, c2)`` for the first unselected column: its residual norm ``nu`` and
+    direction ``qn`` against ``range(Q)`` (its projection added to ``Rt[:, k]``), and
+    ``c2 = qn^H A`` on the other unselected columns (R22's row along ``qn``)."""
     k, (m, n) = st.k, A.shape
-    Rt, hdt, dt = st.Rt, st.Rt.dtype, A.dtype
-    # the incoming column's residual and R22's row along it
+    Rt = st.Rt
     v, h = st.project_out(A[:, int(st.perm[k])] - st.times(Rt[:, k], A, xp), A, xp)
     Rt[:, k] = Rt[:, k] + B.to_numpy(h)
     nu = B.scalar(_S.norm(v))
     if nu > u * max(m, n) * abs(Rt[0, 0]):
-        qn = v / xp.asarray(nu, dtype=B.real_dtype(xp, dt), device=B.device(A))
-        c2 = B.to_numpy(_conj(xp, qn) @ B.take(A, st.perm[k + 1 :], axis=1)).astype(hdt)
-    else:
-        nu, qn, c2 = 0.0, None, np.zeros(n - k - 1, dtype=hdt)
-    mu, g1 = Rt[k - 1, k], Rt[k - 1, k - 1]
-    gbar = math.hypot(abs(mu), nu)
-    if gbar == 0.0:  # the incoming column adds nothing (cannot be chosen in exact arithmetic)
-        return
-    b1, b2, c1 = Rt[: k - 1, k - 1].copy(), Rt[: k - 1, k].copy(), Rt[k - 1, k + 1 :].copy()
-    newrow = (np.conj(mu) * c1 + nu * c2) / gbar
-    resrow = (-nu * c1 + mu * c2) / gbar
-    out_r = np.conj(mu) * g1 / gbar  # the outgoing column's entry in the new row k
-    # R11^{-1} and R11^{-1} R12 of the swapped factors (GE1996, eqs. 4.5-4.7)
-    Ainv = st.Rinv[: k - 1, : k - 1]
+        qn = v / xp.asarray(nu, dtype=B.real_dtype(xp, A.dtype), device=B.device(A))
+        c2 = B.to_numpy(_conj(xp, qn) @ B.take(A, st.perm[k + 1 :], axis=1)).astype(Rt.dtype)
+        return nu, qn, c2
+    return 0.0, None, np.zeros(n - k - 1, dtype=Rt.dtype)
+
+
+def _swapped_inverse(st, g1, gbar, out_r, newrow):
+    """``R11^{-1}`` and ``R11^{-1} R12`` after the exchange, by rank-one updates of the
+    old ones [GE1996, eqs. 4.5-4.7]."""
+    k = st.k
     u_vec = -g1 * st.Rinv[: k - 1, k - 1]  # A^{-1} b1
     vv = st.AB[: k - 1, 0] + u_vec * st.AB[k - 1, 0]  # A^{-1} b2
     Rinv = np.zeros_like(st.Rinv)
-    Rinv[: k - 1, : k - 1] = Ainv
+    Rinv[: k - 1, : k - 1] = st.Rinv[: k - 1, : k - 1]
     Rinv[: k - 1, k - 1] = -vv / gbar
     Rinv[k - 1, k - 1] = 1.0 / gbar
     AB = np.empty_like(st.AB)
@@ -905,9 +896,26 @@ def _exchange(st, A, xp, u):
     AB[: k - 1, 1:] = st.AB[: k - 1, 1:] + np.outer(u_vec, st.AB[k - 1, 1:]) - np.outer(vv, newrow / gbar)
     AB[k - 1, 0] = out_r / gbar
     AB[k - 1, 1:] = newrow / gbar
-    st.Rinv, st.AB = Rinv, AB
+    return Rinv, AB
+
+
+def _exchange(st, A, xp, u):
+    """Swap the last selected and the first unselected column [GE1996, Sec. 4.2]: the
+    incoming column's residual (one projection), one Givens rotation on ``(mu, nu)``,
+    and rank-one updates of ``R11^{-1}``, ``R11^{-1} R12`` and ``gamma``."""
+    k, Rt, dt = st.k, st.Rt, A.dtype
+    nu, qn, c2 = _incoming(st, A, xp, u)
+    mu, g1 = Rt[k - 1, k], Rt[k - 1, k - 1]
+    gbar = math.hypot(abs(mu), nu)
+    if gbar == 0.0:  # the incoming column adds nothing (cannot be chosen in exact arithmetic)
+        return
+    c1 = Rt[k - 1, k + 1 :].copy()
+    newrow = (np.conj(mu) * c1 + nu * c2) / gbar
+    resrow = (-nu * c1 + mu * c2) / gbar
+    out_r = np.conj(mu) * g1 / gbar  # the outgoing column's entry in the new row k
+    st.Rinv, st.AB = _swapped_inverse(st, g1, gbar, out_r, newrow)
     # the factors themselves
-    Rt[: k - 1, k - 1], Rt[: k - 1, k] = b2, b1
+    Rt[: k - 1, [k - 1, k]] = Rt[: k - 1, [k, k - 1]]
     Rt[k - 1, : k - 1] = 0.0
     Rt[k - 1, k - 1], Rt[k - 1, k] = gbar, out_r
     Rt[k - 1, k + 1 :] = newrow
