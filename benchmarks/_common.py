@@ -21,6 +21,7 @@ import numpy as np
 __all__ = [
     "Timing",
     "timeit",
+    "interleaved",
     "limit_threads",
     "gemm_floor",
     "minilm_weights",
@@ -79,6 +80,35 @@ def timeit(fn, *, repeat=5, warmup=1, budget=None):
         if gc_was_enabled:
             gc.enable()
     return Timing(statistics.median(times), min(times), len(times))
+
+
+def interleaved(fns, *, repeat, warmup=1):
+    """Median seconds of each of ``fns`` and the median per-round ratio to ``fns[0]``.
+
+    One round calls every function once in turn; the garbage collector is off while
+    timing. Returns ``(medians, ratios)`` with ``ratios[0] == 1``.
+    """
+    for f in fns:
+        for _ in range(warmup):
+            f()
+    rounds = []
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            row = []
+            for f in fns:
+                t0 = time.perf_counter()
+                f()
+                row.append(time.perf_counter() - t0)
+            rounds.append(row)
+    finally:
+        if enabled:
+            gc.enable()
+    medians = [statistics.median(r[i] for r in rounds) for i in range(len(fns))]
+    ratios = [statistics.median(r[i] / r[0] for r in rounds) for i in range(len(fns))]
+    return medians, ratios
+
 
 
 @contextlib.contextmanager

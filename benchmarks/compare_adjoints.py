@@ -28,13 +28,9 @@ on a shared machine; the times are medians too.
 
 from __future__ import annotations
 
-import gc
-import statistics
-import time
-
 import numpy as np
 
-from ._common import fmt_ratio, fmt_time, limit_threads, parse_sections, print_table
+from ._common import fmt_ratio, fmt_time, interleaved, limit_threads, parse_sections, print_table
 
 SECTIONS = ("eq", "torch", "jax")
 
@@ -54,34 +50,6 @@ QUICK = {
     "fw_shapes": ((400, 100), (200, 200), (100, 400)),
     "fw_repeat": 5,
 }
-
-
-def interleaved(fns, *, repeat, warmup=1):
-    """Median seconds of each of ``fns`` and the median per-round ratio to ``fns[0]``.
-
-    One round calls every function once in turn; the garbage collector is off while
-    timing. Returns ``(medians, ratios)`` with ``ratios[0] == 1``.
-    """
-    for f in fns:
-        for _ in range(warmup):
-            f()
-    rounds = []
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for _ in range(repeat):
-            row = []
-            for f in fns:
-                t0 = time.perf_counter()
-                f()
-                row.append(time.perf_counter() - t0)
-            rounds.append(row)
-    finally:
-        if enabled:
-            gc.enable()
-    medians = [statistics.median(r[i] for r in rounds) for i in range(len(fns))]
-    ratios = [statistics.median(r[i] / r[0] for r in rounds) for i in range(len(fns))]
-    return medians, ratios
 
 
 def _factors(shape, dtype, rng):

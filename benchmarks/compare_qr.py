@@ -16,9 +16,12 @@ rcpqr
     ``j < k`` (minimum and median; 1 means equally rank-revealing). Partial
     ``cpqr(A, k)`` (the portable loop) alongside.
 srrqr
-    ``srrqr(A, k, f=2)`` against ``cpqr(A, k)`` on a matrix where CPQR is already
-    strong (few swaps): time ratio and the swaps made; plus the Kahan matrix, where
-    it must swap.
+    ``srrqr(A, k, f)`` against ``cpqr(A, k)`` at the same ``k``, timed interleaved
+    (cpqr, srrqr, cpqr, srrqr, ...; median of the per-round ratios): 2000 x 2000
+    with ``sigma_i = i^-1`` (CPQR is already strong: few or no swaps), Kahan
+    matrices (CPQR fails to reveal the rank; ``n = 300`` is numerically full rank,
+    ``n = 2000`` has numerical rank ~ 360 and its trailing pivots are rounding
+    noise), and a block-diagonal matrix of Kahan blocks (one swap per block).
 id
     ``interp_decomp`` against ``scipy.linalg.interpolative.interp_decomp`` at equal
     ``k`` on 2000 x 2000 (k = 200) and 4096 x 1024 (k = 128): randomized and
@@ -41,16 +44,20 @@ SECTIONS = ("rcpqr", "srrqr", "id", "select")
 
 FULL = {
     "rcpqr": (4096, 4096, 256),
-    "srrqr": (3000, 1500, 150),
-    "kahan": (300, 299),
+    "srrqr": (2000, 2000, 200),
+    "kahan": [300, 2000],
+    "kahan_blocks": (20, 100),
+    "repeat": 3,
     "id": [(2000, 2000, 200), (4096, 1024, 128)],
     "select": (2000, 1000, 100),
     "budget": 60.0,
 }
 QUICK = {
     "rcpqr": (1024, 1024, 64),
-    "srrqr": (800, 400, 40),
-    "kahan": (100, 99),
+    "srrqr": (600, 600, 60),
+    "kahan": [100, 300],
+    "kahan_blocks": (5, 60),
+    "repeat": 2,
     "id": [(600, 600, 60), (1024, 256, 32)],
     "select": (500, 300, 30),
     "budget": 5.0,
@@ -103,42 +110,45 @@ def section_rcpqr(cfg):
 
 
 def _swaps(A, k, f):
-    """Number of swaps srrqr makes (re-running its loop on the CPQR start)."""
+    """Number of swaps srrqr makes."""
     from randla import _backend as B
     from randla import qr as Q
 
-    Qc, R, perm = Q._cpqr(A, B.namespace(A), k, None)
-    Rh = np.asarray(R, dtype=np.float64)
-    return Q._swap_loop(A, B.namespace(A), Qc.copy(), Rh, np.asarray(perm), k, f, 10**6)[3]
+    return Q._srrqr_scaled(A, B.namespace(A), k, f, 10**6)[1]
+
+
+def _smin_ratio(R, k, s):
+    """``sigma_min(R11) / sigma_k(A)``: 1 is the best a k-column selection can do."""
+    return np.linalg.svd(np.asarray(R)[:, :k], compute_uv=False)[-1] / s[k - 1]
 
 
 def section_srrqr(cfg):
+    import scipy.linalg as sl
+
     from randla.qr import cpqr, srrqr
     from randla.testing import kahan
 
+    from ._common import interleaved
+
     m, n, k = cfg["srrqr"]
-    A, s = _matrix(m, n, decay=1.0)
+    A, _ = _matrix(m, n, decay=1.0)
+    cases = [(f"{m}x{n} i^-1", A, k, f) for f in (2.0, 1.1)]
+    cases += [(f"Kahan {nk}", kahan(nk), nk - 1, 2.0) for nk in cfg["kahan"]]
+    nb, bs = cfg["kahan_blocks"]
+    blocks = sl.block_diag(*[kahan(bs) * 0.99**i for i in range(nb)])
+    cases.append((f"{nb} Kahan {bs} blocks", blocks, nb * (bs - 1), 2.0))
     rows = []
-    for f in (2.0, 1.1):
-        t_c = _t(lambda: cpqr(A, k), cfg)
-        t_s = _t(lambda f=f: srrqr(A, k, f=f), cfg)
-        rows.append({"matrix": f"{m}x{n} i^-1, k={k}", "f": f, "swaps": _swaps(A, k, f),
-                     "cpqr": fmt_time(t_c.median), "srrqr": fmt_time(t_s.median),
-                     "srrqr / cpqr": fmt_ratio(t_s.median / t_c.median)})
-    nk, kk = cfg["kahan"]
-    K = kahan(nk)
-    sK = np.linalg.svd(K, compute_uv=False)
-    t_c = _t(lambda: cpqr(K, kk), cfg)
-    t_s = _t(lambda: srrqr(K, kk, f=2.0), cfg)
-    Rc, Rs = cpqr(K, kk).R, srrqr(K, kk, f=2.0).R
-    smin = [np.linalg.svd(R[:, :kk], compute_uv=False)[-1] / sK[kk - 1] for R in (Rc, Rs)]
-    rows.append({"matrix": f"Kahan {nk}, k={kk}", "f": 2.0, "swaps": _swaps(K, kk, 2.0),
-                 "cpqr": fmt_time(t_c.median), "srrqr": fmt_time(t_s.median),
-                 "srrqr / cpqr": fmt_ratio(t_s.median / t_c.median),
-                 "smin(R11)/sigma_k cpqr": f"{smin[0]:.2e}", "smin(R11)/sigma_k srrqr": f"{smin[1]:.3f}"})
-    print_table(rows, columns=["matrix", "f", "swaps", "cpqr", "srrqr", "srrqr / cpqr",
+    for label, M, kk, f in cases:
+        (t_c, t_s), (_, ratio) = interleaved([lambda: cpqr(M, kk), lambda M=M, kk=kk, f=f: srrqr(M, kk, f=f)],
+                                             repeat=cfg["repeat"])
+        s = np.linalg.svd(M, compute_uv=False)
+        rows.append({"matrix": label, "k": kk, "f": f, "swaps": _swaps(M, kk, f),
+                     "cpqr": fmt_time(t_c), "srrqr": fmt_time(t_s), "srrqr / cpqr": fmt_ratio(ratio),
+                     "smin(R11)/sigma_k cpqr": f"{_smin_ratio(cpqr(M, kk).R, kk, s):.2e}",
+                     "smin(R11)/sigma_k srrqr": f"{_smin_ratio(srrqr(M, kk, f=f).R, kk, s):.3g}"})
+    print_table(rows, columns=["matrix", "k", "f", "swaps", "cpqr", "srrqr", "srrqr / cpqr",
                                "smin(R11)/sigma_k cpqr", "smin(R11)/sigma_k srrqr"],
-                title="srrqr vs cpqr (partial, k pivots)")
+                title="srrqr vs cpqr at the same k (interleaved; ratio = median per round)")
 
 
 def section_id(cfg):

@@ -115,6 +115,15 @@ def _block(op, Y, Q, q):
     return Qi, Bi, np.asarray(B.to_numpy(Sb), dtype=np.float64)
 
 
+def _next_block(op, Y, Q, b, q, max_rank, gen):
+    """The next block (see :func:`_block`); the first one from the sketch ``Y`` already
+    taken, later ones from a fresh Gaussian sketch of ``b`` columns (fewer at
+    ``max_rank``)."""
+    if Q is not None:
+        Y = _sketch_apply(op, min(b, max_rank - Q.shape[1]), "gaussian", gen)
+    return _block(op, Y, Q, q)
+
+
 def _grow(xp, Q, Bm, Qi, Bi):
     if Q is None:
         return Qi, Bi
@@ -131,10 +140,7 @@ def _qb_fro(op, Y, rtol, b, q, max_rank, gen, need_b, orig, c):
     Q = Bm = None
     E = total
     while _rank(Q) < max_rank:
-        bj = min(b, max_rank - _rank(Q))
-        if Q is not None:
-            Y = _sketch_apply(op, bj, "gaussian", gen)
-        Qi, Bi, s = _block(op, Y, Q, q)
+        Qi, Bi, s = _next_block(op, Y, Q, b, q, max_rank, gen)
         energies = s**2
         E -= float(energies.sum())
         if orig.dense and target < noise and E <= noise:  # recompute where it cancels
@@ -159,10 +165,8 @@ def _qb_spectral(op, Y, rtol, b, q, max_rank, gen, need_b, orig, c):
     Q = Bm = None
     tol = None
     while _rank(Q) < max_rank:
-        bj = min(b, max_rank - _rank(Q))
-        if Q is not None:
-            Y = _sketch_apply(op, bj, "gaussian", gen)
-        Qi, Bi, s = _block(op, Y, Q, q)
+        Qi, Bi, s = _next_block(op, Y, Q, b, q, max_rank, gen)
+        bj = s.size
         if tol is None:
             tol = rtol * s[0] / RITZ_SAFETY  # s[0] <= ||A||_2: a conservative tolerance
         Q, Bm = _grow(xp, Q, Bm, Qi, Bi)

@@ -226,6 +226,7 @@ def interp_decomp(A, k=None, *, rtol=None, axis=1, method="cpqr", p=10, q=0, f=2
     run = _core.DENSE[V.check_choice(method, "method", _core.DENSE)]
     p = V.check_count(p, "p")
     q = V.check_count(q, "q")
+    f = _qr._check_f(f)
     gen = B.as_generator(rng)
     if V.is_scipy_operator(A):
         return _operator_interp_decomp(A, k, rtol, axis, method, p, q, gen, check_finite)

@@ -51,6 +51,16 @@ def _same(got, ref, dtype):
     assert abs(got - ref) <= tol * max(ref, 1.0), (got, ref)
 
 
+def _check_equivariant(backend, columns, run, error, bound):
+    """``error(backend, run(A), A0, s, scale)`` is the same for ``A0`` and ``A0 * scale``
+    and below ``bound``, for every (dtype, scale) case."""
+    for dtype, scale, A0, s in _cases(columns):
+        ref = error(backend, run(backend.asarray(A0.astype(dtype))), A0, s, 1.0)
+        got = error(backend, run(_scaled(backend, A0, dtype, scale)), A0, s, scale)
+        _same(got, ref, dtype)
+        assert got < bound
+
+
 def _svd_error(backend, res, A0, s, scale):
     U, S, Vh = (np.asarray(backend.to_numpy(x), dtype=np.complex128 if np.iscomplexobj(backend.to_numpy(x))
                            else np.float64) for x in res)
@@ -71,11 +81,8 @@ SVDS = {
 @pytest.mark.parametrize("columns", [False, True], ids=["uniform", "graded_columns"])
 @pytest.mark.parametrize("method", list(SVDS))
 def test_svd_family(backend, method, columns):
-    for dtype, scale, A0, s in _cases(columns):
-        ref = _svd_error(backend, SVDS[method](backend.asarray(A0.astype(dtype))), A0, s, 1.0)
-        got = _svd_error(backend, SVDS[method](_scaled(backend, A0, dtype, scale)), A0, s, scale)
-        _same(got, ref, dtype)
-        assert got < 10  # HMT Thm 10.6 at k = 5, p = 10 on sigma_i = 1/i is ~4
+    # bound: HMT Thm 10.6 at k = 5, p = 10 on sigma_i = 1/i is ~4
+    _check_equivariant(backend, columns, SVDS[method], _svd_error, 10)
 
 
 def _qr_error(backend, res, A0, s, scale, k=K):
@@ -97,11 +104,7 @@ QRS = {
 @pytest.mark.parametrize("columns", [False, True], ids=["uniform", "graded_columns"])
 @pytest.mark.parametrize("method", list(QRS))
 def test_pivoted_qr(backend, method, columns):
-    for dtype, scale, A0, s in _cases(columns):
-        ref = _qr_error(backend, QRS[method](backend.asarray(A0.astype(dtype))), A0, s, 1.0)
-        got = _qr_error(backend, QRS[method](_scaled(backend, A0, dtype, scale)), A0, s, scale)
-        _same(got, ref, dtype)
-        assert got < 10
+    _check_equivariant(backend, columns, QRS[method], _qr_error, 10)
 
 
 def test_cpqr_pivots_are_not_the_identity(backend):
@@ -123,14 +126,13 @@ def _id_error(backend, res, A0, s, axis):
 @pytest.mark.parametrize("columns", [False, True], ids=["uniform", "graded_columns"])
 @pytest.mark.parametrize(("method", "axis"), [("cpqr", 1), ("srrqr", 1), ("randomized", 1), ("cpqr", 0)])
 def test_interp_decomp(backend, method, axis, columns):
-    for dtype, scale, A0, s in _cases(columns):
-        def run(A):
-            return randla.interp_decomp(A, K, axis=axis, method=method, rng=0)
+    def run(A):
+        return randla.interp_decomp(A, K, axis=axis, method=method, rng=0)
 
-        ref = _id_error(backend, run(backend.asarray(A0.astype(dtype))), A0, s, axis)
-        got = _id_error(backend, run(_scaled(backend, A0, dtype, scale)), A0, s, axis)
-        _same(got, ref, dtype)
-        assert got < np.sqrt(1 + 4 * K * (30 - K)) * 4
+    def error(backend, res, A0, s, scale):
+        return _id_error(backend, res, A0, s, axis)
+
+    _check_equivariant(backend, columns, run, error, np.sqrt(1 + 4 * K * (30 - K)) * 4)
 
 
 @pytest.mark.parametrize("method", randla.interpolative.SELECT_METHODS)
