@@ -188,3 +188,45 @@ class AdaptiveRangeFinder:
     track_rank_over_optimal.unit = "ratio"
     track_frobenius_error_over_rtol.unit = "ratio"
     track_normalized_error.unit = "error/sigma_r+1"
+
+
+class SmallMany:
+    """rsi on compression-sized matrices: one 384 x 384 at rank 0.4 n, and a stack of 25 of
+    them in one call (the attention projections of a 6-layer, 384-wide encoder), float32,
+    ``q = 2``, ``p = 10``. ``track_*`` is the normalized spectral error (1 is optimal) of
+    the first matrix."""
+
+    params = (BACKENDS, ["one", "stack"])
+    param_names = ["backend", "batch"]
+    timeout = 300
+    n = sizes(384, 96)
+    count = sizes(25, 4)
+
+    def setup_cache(self):
+        from randla.testing import matrix
+
+        mats = [matrix(self.n, self.n, spectrum="pretrained", dtype="float32", rng=i) for i in range(self.count)]
+        return np.stack([a for a, _ in mats]), np.stack([s for _, s in mats])
+
+    def setup(self, cache, backend, batch):
+        A, self.s = cache
+        A = A[0] if batch == "one" else A
+        self.A = _on_backend(A, backend)
+        self.k = int(0.4 * self.n)
+
+    def _run(self):
+        return randla.rsi(self.A, self.k, p=P, q=2, rng=0)
+
+    def time_rsi(self, cache, backend, batch):
+        self._run()
+
+    def track_rsi_error(self, cache, backend, batch):
+        from ._common import to_numpy
+
+        U, S, Vh = (to_numpy(x) for x in self._run())
+        if batch == "stack":
+            U, S, Vh = U[0], S[0], Vh[0]
+        A = to_numpy(self.A)
+        return normalized_error(A[0] if batch == "stack" else A, U, S, Vh, self.s[0])
+
+    track_rsi_error.unit = "error/sigma_k+1"

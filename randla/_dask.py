@@ -54,8 +54,9 @@ def small(fn, *args, out):
     """Run ``fn`` on the chunk values of ``args`` in one task.
 
     Dask arrays among ``args`` are gathered into one chunk each; other arguments
-    are passed as they are. ``fn`` returns a tuple of arrays whose ``(shape,
-    dtype)`` are listed in ``out``. Returns a tuple of single-chunk Dask arrays.
+    are passed as they are. ``fn`` returns the arrays whose ``(shape, dtype)`` are
+    listed in ``out`` (a tuple; one array where ``out`` has one entry). Returns a
+    tuple of single-chunk Dask arrays.
     """
     import dask.array as da
     from dask.base import is_dask_collection, tokenize
@@ -71,7 +72,7 @@ def small(fn, *args, out):
         name = f"{base}-{i}"
         key = (name,) + (0,) * len(shape)
         # one output: one task; several: one task for fn, one getitem per output
-        layer = {key: (operator.getitem, task, 0)} if len(out) == 1 else {base: task, key: (operator.getitem, base, i)}
+        layer = {key: task} if len(out) == 1 else {base: task, key: (operator.getitem, base, i)}
         graph = HighLevelGraph.from_collections(name, layer, dependencies=arrays)
         chunks = tuple((int(s),) for s in shape)
         results.append(da.Array(graph, name, chunks, meta=_meta(arrays[0], len(shape), dtype)))
@@ -96,13 +97,13 @@ def _eigh_chunk(a):
 def _cholesky_chunk(a):
     from . import _backend as B
 
-    return (B.cholesky(a, upper=False),)
+    return B.cholesky(a, upper=False)
 
 
 def _inv_chunk(a):
     from . import _backend as B
 
-    return (B.inv(a),)
+    return B.inv(a)
 
 
 def _lu_chunk(a):
@@ -119,25 +120,26 @@ def _solve_chunk(a, b, *, lower, left, unit_diagonal):
 
 def svd(x):
     """Thin SVD: TSQR and the SVD of its small ``R`` where ``x`` is chunked along its
-    long axis only (the factor keeps those chunks), else one task."""
+    long axis only (the factor keeps those chunks), else one task (stacks too)."""
     import dask.array as da
 
-    m, n = x.shape
-    r = min(m, n)
-    if len(x.chunks[1]) == 1 < len(x.chunks[0]) and m >= n:
+    *batch, m, n = x.shape
+    r, b, real = min(m, n), tuple(batch), _real(x.dtype)
+    if x.ndim == 2 and len(x.chunks[1]) == 1 < len(x.chunks[0]) and m >= n:
         # not tsqr(compute_svd=True): it warns on complex input (casts a complex meta to real)
         q, rr = da.linalg.tsqr(x)
-        u, s, vh = small(_svd_chunk, rr, out=[((n, n), x.dtype), ((n,), _real(x.dtype)), ((n, n), x.dtype)])
+        u, s, vh = small(_svd_chunk, rr, out=[((n, n), x.dtype), ((n,), real), ((n, n), x.dtype)])
         return q @ u, s, vh
-    if len(x.chunks[0]) == 1 < len(x.chunks[1]) and m < n:
+    if x.ndim == 2 and len(x.chunks[0]) == 1 < len(x.chunks[1]) and m < n:
         u, s, vh = svd(x.T)
         return vh.T, s, u.T
-    return small(_svd_chunk, x, out=[((m, r), x.dtype), ((r,), _real(x.dtype)), ((r, n), x.dtype)])
+    return small(_svd_chunk, x, out=[(b + (m, r), x.dtype), (b + (r,), real), (b + (r, n), x.dtype)])
 
 
 def eigh(x):
-    n = x.shape[0]
-    return small(_eigh_chunk, x, out=[((n,), _real(x.dtype)), ((n, n), x.dtype)])
+    *batch, n = x.shape[:-1]
+    b = tuple(batch)
+    return small(_eigh_chunk, x, out=[(b + (n,), _real(x.dtype)), (b + (n, n), x.dtype)])
 
 
 def cholesky_lower(x):
@@ -287,9 +289,10 @@ def _chunk_gram(y):
     return xp.concat([G, row], axis=0)[None]
 
 
-def _combine_grams(parts, factor, m):
-    """``[[F], [c 0 ...]]``: ``F = factor(G, m)`` for the Gram matrix ``G`` of
-    ``Y / c``, ``c = ||Y||_F`` (1 for a zero ``Y``), from the chunks' scaled ones."""
+def _combine_grams(parts, factor, m, dtype):
+    """``[[R], [c 0 ...]]``: ``R = factor(G, m, dtype)`` (upper triangular) for the Gram
+    matrix ``G`` of ``Y / c``, ``c = ||Y||_F`` (1 for a zero ``Y``), from the chunks'
+    scaled ones."""
     import array_api_compat
 
     xp = array_api_compat.array_namespace(parts)
@@ -299,26 +302,30 @@ def _combine_grams(parts, factor, m):
     G = G.sum(axis=0)
     f2 = float(G.trace().real)
     f = f2**0.5 if f2 > 0 else 1.0
-    F = factor(G / (f * f), m)
-    row = xp.zeros((1, F.shape[1]), dtype=np.result_type(F.dtype, parts.dtype))
+    R = factor(G / (f * f), m, dtype)
+    row = xp.zeros((1, R.shape[1]), dtype=np.result_type(R.dtype, parts.dtype))
     row[0, 0] = float(s) * f
-    return (xp.concat([F.astype(row.dtype), row], axis=0),)
+    return xp.concat([R.astype(row.dtype), row], axis=0)
 
 
-def _scaled_product(y, fc):
-    """``(y / c) @ F`` for ``fc = [[F], [c 0 ...]]``, as ``y @ (F / c)`` where that is finite."""
-    F, c = fc[:-1], float(fc[-1, 0].real)
-    Fc = F / c
-    if bool(abs(Fc).max() < 1e30):
-        return y @ Fc.astype(y.dtype, copy=False)
-    return (y / y.dtype.type(c)) @ F.astype(y.dtype, copy=False)
+def _scaled_solve(y, rc):
+    """``(y / c) R^{-1}`` for ``rc = [[R], [c 0 ...]]``, as ``y (c R)^{-1}`` where ``c R``
+    is representable (no copy of ``y``)."""
+    from . import _backend as B
+
+    R, c = rc[:-1], float(rc[-1, 0].real)
+    if 1e-100 < c < 1e100:
+        return B.rdiv_upper(y, R * c)
+    return B.rdiv_upper(y / y.dtype.type(c), R)
 
 
 def cholqr(Y, factor):
-    """``(Y / ||Y||_F) @ factor(G, m)`` with ``G`` the float64/complex128 Gram matrix of
-    ``Y / ||Y||_F``: one task per row chunk for the chunk's scaled Gram matrix, one
-    task that sums them and calls ``factor`` on the chunk type, one blockwise
-    product (fused by Dask into the next product with ``A``). ``factor(G, m)`` returns an ``l x l`` matrix (for Cholesky-QR: ``R^{-1}``)."""
+    """``(Y / c) R^{-1}`` with ``R = factor(G, m, dtype)`` for ``G`` the float64/complex128
+    Gram matrix of ``Y / c``, ``c = ||Y||_F``: one task per row chunk for the chunk's
+    scaled Gram matrix, one task that sums them and calls ``factor`` on the chunk
+    type, one triangular solve per chunk (fused by Dask into the next product with
+    ``A``). ``factor`` returns an upper-triangular ``l x l`` matrix (for Cholesky-QR,
+    the Cholesky factor of ``G`` plus a shift)."""
     import dask.array as da
 
     m, l = Y.shape
@@ -326,7 +333,6 @@ def cholqr(Y, factor):
     wide = _wide(Y.dtype)
     parts = da.blockwise(_chunk_gram, "zab", Y, "za", new_axes={"b": l}, adjust_chunks={"z": 1, "a": l + 1},
                          dtype=wide, meta=_meta(Y, 3, wide))
-    (FC,) = small(_combine_grams, parts, factor, m, out=[((l + 1, l), wide)])
-    # map_blocks (FC broadcast to every row chunk) lets Dask fuse the product into
-    # the next pass's tasks
-    return da.map_blocks(_scaled_product, Y, FC, dtype=Y.dtype, meta=Y._meta)
+    (RC,) = small(_combine_grams, parts, factor, m, Y.dtype, out=[((l + 1, l), wide)])
+    # map_blocks (RC broadcast to every row chunk) lets Dask fuse the solve into the next pass
+    return da.map_blocks(_scaled_solve, Y, RC, dtype=Y.dtype, meta=Y._meta)

@@ -21,6 +21,7 @@ __all__ = [
     "adjoint_operand",
     "operand_like",
     "check_finite_through",
+    "check_finite_array",
     "check_stacked_matrix",
     "check_rank",
     "check_count",
@@ -42,11 +43,13 @@ def _float_dtype(xp, x, name):
     )
 
 
-def as_matrix(A, name: str = "A", *, check_finite: bool = True, ndim: int = 2):
+def as_matrix(A, name: str = "A", *, check_finite: bool = True, ndim: int = 2, batched: bool = False):
     """Validate a dense 2-D array; return ``(A, xp)`` with the dtype rule applied.
 
-    ``check_finite`` scans for NaN/Inf (one pass over ``A``); it is skipped on lazy
-    arrays (Dask, JAX under ``jit``), where it would force a computation.
+    ``batched``: a stack ``(..., m, n)`` of matrices is accepted too (at least 2-D;
+    Dask arrays only 2-D). ``check_finite`` scans for NaN/Inf (one pass over
+    ``A``); it is skipped on lazy arrays (Dask, JAX under ``jit``), where it would
+    force a computation.
     """
     try:
         xp = B.namespace(A)
@@ -55,14 +58,28 @@ def as_matrix(A, name: str = "A", *, check_finite: bool = True, ndim: int = 2):
             f"{name} must be an array of an array-API library (NumPy, CuPy, torch, JAX, "
             f"Dask, ...), got {type(A).__name__}"
         ) from None
-    if A.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got an array of shape {tuple(A.shape)}")
+    if batched and A.ndim > 2:
+        if B.backend_name(xp) == "dask":
+            raise ValueError(
+                f"{name} has batch dimensions (shape {tuple(A.shape)}); Dask arrays are factored one "
+                f"2-D matrix at a time (index the leading axes, or stack the results of 2-D calls)"
+            )
+    elif A.ndim != ndim:
+        stack = " or a stack of matrices (..., m, n)" if batched else ""
+        raise ValueError(f"{name} must be {ndim}-D{stack}, got an array of shape {tuple(A.shape)}")
     if any(s == 0 for s in A.shape):
         raise ValueError(f"{name} must not be empty, got shape {tuple(A.shape)}")
     A = _float_dtype(xp, A, name)
-    if check_finite and not B.is_lazy(A) and not bool(xp.all(xp.isfinite(A))):
-        raise ValueError(f"{name} contains NaN or Inf (pass check_finite=False to skip this check)")
+    if check_finite:
+        check_finite_array(A, name)
     return A, xp
+
+
+def check_finite_array(A, name: str = "A") -> None:
+    """Scan a dense array for NaN/Inf (skipped on lazy arrays)."""
+    xp = B.namespace(A)
+    if not B.is_lazy(A) and not bool(xp.all(xp.isfinite(A))):
+        raise ValueError(f"{name} contains NaN or Inf (pass check_finite=False to skip this check)")
 
 
 class Operand(NamedTuple):
@@ -106,11 +123,16 @@ def _is_scipy_operator(A):
     return isinstance(A, scipy.sparse.linalg.LinearOperator) or scipy.sparse.issparse(A)
 
 
-def as_operand(A, name: str = "A", *, check_finite: bool = True) -> Operand:
-    """Validate ``A`` as a dense array, a SciPy sparse array or a ``LinearOperator``."""
+def as_operand(A, name: str = "A", *, check_finite: bool = True, batched: bool = False) -> Operand:
+    """Validate ``A`` as a dense array, a SciPy sparse array or a ``LinearOperator``.
+
+    ``batched``: a dense stack ``(..., m, n)`` is accepted too; ``shape`` is then the
+    full shape and the products act on every matrix of the stack (``X`` may be a
+    single ``n x l`` block, broadcast, or a stack).
+    """
     if _is_scipy_operator(A):
         return _scipy_operand(A, name, check_finite)
-    A, xp = as_matrix(A, name, check_finite=check_finite)
+    A, xp = as_matrix(A, name, check_finite=check_finite, batched=batched)
     matmat, rmatmat = B.products(A)
     return Operand(A, xp, tuple(A.shape), A.dtype, matmat, rmatmat, True)
 
@@ -201,15 +223,17 @@ def check_rtol(rtol, name: str = "rtol") -> float:
     return r
 
 
-def check_choice(value, name: str, choices) -> str:
+def check_choice(value, name: str, choices, *, note: str | None = None) -> str:
     """``value`` is one of ``choices`` (a tuple, or the dict the caller dispatches on, so
-    that the message lists exactly what the code accepts)."""
+    that the message lists exactly what the code accepts); ``note`` says why, where the
+    valid set is a subset of a larger one."""
     try:
         ok = isinstance(value, str) and value in choices
     except TypeError:  # pragma: no cover - choices of unhashable kind
         ok = False
     if not ok:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+        why = f" ({note})" if note else ""
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}{why}; got {value!r}")
     return value
 
 

@@ -191,19 +191,21 @@ def srtt(n, l, /, *, like, rng=None):
 
 
 def _srtt_apply(A, l, rng):
-    n = A.shape[1]
+    """``A @ Omega`` by an FFT along the last axis (one plan for every matrix of a stack)."""
+    n = A.shape[-1]
     if l > n:
         raise ValueError(f"srtt keeps l <= n columns, got l={l}, n={n}")
     xp, dtype, rdtype, dev, d, keep = _srtt_plan(n, l, like=A, rng=rng)
-    Ad = A * xp.astype(d, dtype)[None, :]
+    Ad = A * xp.astype(d, dtype)
+    last = A.ndim - 1
     if xp.isdtype(dtype, "complex floating"):
         F = B.fft_last(Ad, real=False)
-        Y = B.take(F, keep, axis=1)
+        Y = B.take(F, keep, axis=last)
     else:
         half = n // 2
         F = B.fft_last(Ad, real=True)
         re, im = keep[keep <= half], keep[keep > half] - half
-        Y = xp.concat([xp.real(B.take(F, re, axis=1)), xp.imag(B.take(F, im, axis=1))], axis=1)
+        Y = xp.concat([xp.real(B.take(F, re, axis=last)), xp.imag(B.take(F, im, axis=last))], axis=last)
     return xp.astype(Y, dtype) / math.sqrt(n)
 
 
@@ -248,9 +250,24 @@ def sketch(A, l, /, *, method="gaussian", rng=None, check_finite=True):
     return _apply(op, V.check_count(l, "l", minimum=1), method, rng)
 
 
+def _draw_only(op, l, method, rng):
+    """Make exactly the draws :func:`_apply` would make, and nothing else: a caller that
+    skips the sketch (an exact SVD chosen by size) still advances ``rng`` alike."""
+    V.check_choice(method, "sketch", METHODS)
+    if method == "srtt" and op.dense:
+        _srtt_plan(op.shape[-1], l, like=op.A, rng=rng)
+    else:
+        _MAKERS[method](op.shape[-1], l, like=V.operand_like(op), rng=rng)
+
+
 def _apply(op, l, method, rng):
-    """``A @ Omega`` for a validated operand (the range finders' entry point)."""
+    """``A @ Omega`` for a validated operand (the range finders' entry point).
+
+    A stack ``(..., m, n)`` is sketched with one ``n x l`` test matrix, drawn once and
+    shared by every matrix of the stack: each matrix sees exactly the sketch an
+    unbatched call with the same ``rng`` would draw.
+    """
     V.check_choice(method, "sketch", METHODS)
     if method == "srtt" and op.dense:
         return _srtt_apply(op.A, l, rng)
-    return op.matmat(_MAKERS[method](op.shape[1], l, like=V.operand_like(op), rng=rng))
+    return op.matmat(_MAKERS[method](op.shape[-1], l, like=V.operand_like(op), rng=rng))

@@ -39,6 +39,9 @@ from .sketch import _apply as _sketch_apply
 
 __all__ = ["SVDResult", "range_finder", "rsvd", "rsi", "block_krylov_svd", "adaptive_range_finder"]
 
+SOLVERS = ("auto", "randomized", "full")
+
+
 class SVDResult(NamedTuple):
     """Truncated SVD ``A ~= U @ diag(S) @ Vh``, ``S`` descending."""
 
@@ -52,42 +55,46 @@ class SVDResult(NamedTuple):
 # ----------------------------------------------------------------------------------
 
 
+def _wide(xp, dtype):
+    return xp.complex128 if xp.isdtype(dtype, "complex floating") else xp.float64
+
+
 def _gram(Y):
     """``Y^H Y`` formed in float64/complex128 (mixed precision for float32 data)."""
     xp = B.namespace(Y)
-    wide = xp.complex128 if xp.isdtype(Y.dtype, "complex floating") else xp.float64
-    Yw = xp.astype(Y, wide)
+    Yw = xp.astype(Y, _wide(xp, Y.dtype), copy=False)
     return B.mH(Yw) @ Yw
 
 
-def _cholqr_factor(G, m, shifted):
-    """``(R^{-1}, R)`` with ``R^H R = G + s I`` for the Gram matrix ``G`` of an
-    ``m``-row ``Y`` [FKNYY2020, Alg. 3.1].
+def _cholqr_factor(G, m, dtype, shifted):
+    """``R`` with ``R^H R = G + s I`` for the Gram matrix ``G`` of an ``m``-row ``Y`` of
+    dtype ``dtype`` [FKNYY2020, Alg. 3.1].
 
     ``shifted``: ``s = 10 m u ||Y||_F^2`` (float64 ``u``), which keeps the
     factorisation defined for rank-deficient or zero ``Y`` without branching on
     values; otherwise ``s = 0`` (only for a ``G`` known to be well conditioned).
+    ``Y R^{-1}`` is a triangular solve (:func:`randla._backend.rdiv_upper`), never a
+    general inverse. Stacks ``(..., l, l)`` are factored slice by slice.
     """
     xp = B.namespace(G)
-    eye = xp.eye(G.shape[0], dtype=G.dtype, device=B.device(G))
-    shift = xp.finfo(xp.float64).smallest_normal
+    eye = xp.eye(G.shape[-1], dtype=G.dtype, device=B.device(G))
+    # a zero Y still gets an R that is invertible in Y's own precision (R is applied there)
+    shift = xp.finfo(B.real_dtype(xp, dtype)).smallest_normal
     if shifted:
-        shift = 10.0 * m * B.eps(xp, xp.float64) * xp.real(xp.linalg.trace(G)) + shift
+        trace = xp.real(xp.linalg.trace(G))[..., None, None]
+        shift = 10.0 * m * B.eps(xp, xp.float64) * trace + shift
     with B.single_threaded_blas():  # l x l: threads only add waiting on a busy machine
-        R = B.cholesky(G + shift * eye, upper=True)
-        R_inv = B.inv(R)
-    return R_inv, R
+        return B.cholesky(G + shift * eye, upper=True)
 
 
 def _cholqr_pass(Y, G, shifted):
     """One Cholesky-QR pass ``Y R^{-1}``, ``R`` from :func:`_cholqr_factor`."""
-    xp = B.namespace(Y)
-    R_inv, R = _cholqr_factor(G, Y.shape[0], shifted)
-    return Y @ xp.astype(R_inv, Y.dtype), R
+    R = _cholqr_factor(G, Y.shape[-2], Y.dtype, shifted)
+    return B.rdiv_upper(Y, R), R
 
 
-def _shifted_inverse(G, m):
-    return _cholqr_factor(G, m, True)[0]
+def _shifted_factor(G, m, dtype):
+    return _cholqr_factor(G, m, dtype, True)
 
 
 def _cholqr_stabilize(Y):
@@ -98,59 +105,94 @@ def _cholqr_stabilize(Y):
     unit length, which power iteration tolerates (between passes only the span
     matters: a second pass changed the error in the fourth digit at most, over
     "cholqr", "qr", "lu" and "none" alike). GEMM-rich and lazy-friendly: one Gram
-    product, one small Cholesky factorisation and inverse, one ``Y R^{-1}``.
+    product, one small Cholesky factorisation, one triangular solve ``Y R^{-1}``.
     """
-    fused = B.gram_apply(Y, _shifted_inverse)  # Dask: a few tasks per chunk
+    fused = B.gram_apply(Y, _shifted_factor)  # Dask: a few tasks per chunk
     if fused is not None:
         return fused
-    Y, _ = _unit_scale(Y)
-    return _cholqr_pass(Y, _gram(Y), shifted=True)[0]
+    Y, G, _ = _normalized_gram(Y)
+    return _cholqr_pass(Y, G, shifted=True)[0]
+
+
+def _normalized_gram(Y):
+    """``(Y / c, G, c)`` with ``G`` the Gram matrix of ``Y / c`` in float64/complex128,
+    per matrix of a stack.
+
+    Single precision: ``c = ||Y||_F`` (1 for a zero ``Y``); the wide Gram matrix of
+    the unscaled ``Y`` can neither overflow nor underflow, and ``c^2`` is its trace
+    (no extra pass over ``Y`` for the norm). Double precision: ``c`` is the power of
+    two of :func:`_unit_scale`, applied first.
+    """
+    xp = B.namespace(Y)
+    if Y.dtype not in (xp.float32, xp.complex64):
+        Y, c = _unit_scale(Y)
+        return Y, _gram(Y), c
+    G = _gram(Y)
+    t = xp.real(xp.linalg.trace(G))
+    t = xp.where(t > 0, t, xp.ones_like(t))
+    c = xp.sqrt(t)
+    # 1/c in float64 first: c itself may exceed the float32 range, its reciprocal never
+    Y = Y * xp.astype(1.0 / c, B.real_dtype(xp, Y.dtype))[..., None, None]
+    return Y, G / xp.astype(t, G.dtype)[..., None, None], c
 
 
 def _unit_scale(Y):
-    """``(Y / c, c)`` with ``c`` a power of two near ``max |Y|`` (1 for a zero ``Y``):
-    exact, and it keeps the Gram matrix of data at any scale (1e-300, 1e300)
-    representable, where ``||Y||_F`` itself would under/overflow."""
+    """``(Y / c, c)`` with ``c`` a power of two near ``max |Y|`` (1 for a zero ``Y``), per
+    matrix of a stack: exact, and it keeps the Gram matrix of data at any scale
+    (1e-300, 1e300) representable, where ``||Y||_F`` itself would under/overflow."""
     xp = B.namespace(Y)
-    c = pow2_scale(xp.max(xp.abs(Y)))
-    return Y / xp.astype(c, Y.dtype), c
+    c = pow2_scale(xp.max(xp.abs(Y), axis=(-2, -1)))
+    return Y / xp.astype(c, Y.dtype)[..., None, None], c
 
 
-def _certified_cholqr(Y):
+def _certified_cholqr(Y, *, want_r=False):
     """``Y = Q R`` with orthonormal ``Q`` by CholeskyQR2, or ``None``.
 
     A shifted pass gives ``Q1``; if ``||Q1^H Q1 - I||_F < 1/2`` (all eigenvalues in
-    [1/2, 3/2], checked on the ``l x l`` Gram matrix) the unshifted second pass is
-    safe and leaves ``Q`` orthonormal to working precision (loss ``~ u cond(Q1)^2``)
-    [FKNYY2020, Sec. 2]. ``None`` when the check fails (rank-deficient or very
-    ill-conditioned ``Y``), for wide ``Y``, and on lazy arrays, where reading the
-    check would force a computation. ``R`` is float64/complex128.
+    [1/2, 3/2], checked on the ``l x l`` Gram matrix of every matrix of a stack) the
+    unshifted second pass is safe and leaves ``Q`` orthonormal to working precision
+    (loss ``~ u cond(Q1)^2``) [FKNYY2020, Sec. 2]. Where the same Gram matrix shows
+    ``Q1`` orthonormal to rounding already (``<= 4 u sqrt(l)``: float32 data with its
+    float64 Gram matrix, well-conditioned ``Y``, e.g. every MiniLM weight), the
+    second pass would change nothing and is skipped. ``None`` when the check fails
+    (rank-deficient or very ill-conditioned ``Y``), for wide ``Y``, and on lazy
+    arrays, where reading the check would force a computation. Returns ``(Q, R)``
+    with a float64/complex128 ``R`` if ``want_r``, else ``(Q, None)``.
     """
-    m, l = Y.shape
+    m, l = Y.shape[-2:]
     if B.is_lazy(Y) or m < l:
         return None
     xp = B.namespace(Y)
-    Y, c = _unit_scale(Y)
-    Q1, R1 = _cholqr_pass(Y, _gram(Y), shifted=True)
+    Y, G, c = _normalized_gram(Y)
+    Q1, R1 = _cholqr_pass(Y, G, shifted=True)
     G2 = _gram(Q1)
     eye = xp.eye(l, dtype=G2.dtype, device=B.device(G2))
-    if not bool(xp.linalg.matrix_norm(G2 - eye) < 0.5):
+    loss = xp.linalg.matrix_norm(G2 - eye)
+    if not bool(xp.all(loss < 0.5)):
         return None
-    Q, R2 = _cholqr_pass(Q1, G2, shifted=False)
-    return Q, (R2 @ R1) * xp.astype(c, R1.dtype)
+    if bool(xp.all(loss <= 4 * B.eps(xp, Y.dtype) * math.sqrt(l))):
+        Q, R = Q1, R1
+    else:
+        Q, R2 = _cholqr_pass(Q1, G2, shifted=False)
+        R = R2 @ R1 if want_r else None
+    if not want_r:
+        return Q, None
+    return Q, R * xp.astype(c, R1.dtype)[..., None, None]
 
 
+# name -> (stabiliser, whether it orthonormalises: RSI takes only those)
 _STABILIZERS = {
-    "cholqr": _cholqr_stabilize,
-    "qr": lambda Y: B.qr(_unit_scale(Y)[0])[0],
-    "lu": lambda Y: B.lu(Y)[0],
-    "none": lambda Y: _unit_scale(Y)[0],  # only an exact power-of-two rescaling (no overflow)
+    "cholqr": (_cholqr_stabilize, True),
+    "qr": (lambda Y: B.qr(_unit_scale(Y)[0])[0], True),
+    "lu": (lambda Y: B.lu(Y)[0], False),
+    "none": (lambda Y: _unit_scale(Y)[0], False),  # only an exact power-of-two rescaling (no overflow)
 }
 STABILIZERS = tuple(_STABILIZERS)
+RSI_STABILIZERS = tuple(name for name, (_, orthonormal) in _STABILIZERS.items() if orthonormal)
 
 
 def _stabilize(Y, method):
-    return _STABILIZERS[method](Y)
+    return _STABILIZERS[method][0](Y)
 
 
 def _orth(Y):
@@ -163,19 +205,67 @@ def _orth(Y):
     return qr[0] if qr is not None else B.qr(_unit_scale(Y)[0])[0]  # scaled: column norms stay finite
 
 
-def _tall_svd(C):
-    """Thin SVD ``C = W diag(S) Xh`` of a tall matrix, ``W`` (n x l).
+# Eigenvalue floor of the Gram route in _gram_svd, relative to the largest: the
+# rounding of the float64 Gram matrix (u64 ||C||^2) costs the computed right factor
+# an orthogonality of about u64 / tau = u32 / 100, and the singular values an
+# absolute error below 1e-12 sigma_1: both well under float32 rounding.
+_GRAM_TAU = 100 * 2.0**-52 / 2.0**-23
+# Above this eigenvalue ratio (S_k >= S_1 / 16) W = C X S^{-1} is formed in single
+# precision: its rounding, about u32 S_1 / S_k, is then within a few units of float32
+# rounding, as in LAPACK's own SVD; below it the product is formed in float64.
+_SINGLE_PRODUCT = 1.0 / 256
 
-    Certified CholeskyQR2 ``C = Qc R`` and the SVD of the small float64 factor
-    ``R = Ur S Xh``, ``W = Qc Ur``; else LAPACK's SVD of ``C``.
+
+def _gram_svd(C, k):
+    """Top-``k`` SVD of a single-precision ``C`` (n x l) through its float64 Gram matrix.
+
+    ``C^H C = X diag(S^2) X^H`` (``eigh``: half the work of an SVD of an ``l x l``
+    factor, and no QR of ``C``), ``W = C X S^{-1}``. For float32 data this is as
+    accurate as a float32 SVD as long as ``S_k^2 >= tau S_1^2`` (see ``_GRAM_TAU``);
+    ``None`` otherwise (rank below ``k``, a zero matrix), and the caller takes the
+    QR route. Eager: reads the check. Stacks are checked as a whole.
     """
-    qr = _certified_cholqr(C)
-    if qr is None:
-        return B.svd(C)
     xp = B.namespace(C)
+    Cw = xp.astype(C, _wide(xp, C.dtype))
+    G = B.mH(Cw) @ Cw
     with B.single_threaded_blas():
-        Ur, S, Xh = B.svd(qr[1])
-    return qr[0] @ xp.astype(Ur, C.dtype), xp.astype(S, B.real_dtype(xp, C.dtype)), xp.astype(Xh, C.dtype)
+        w, X = B.eigh(G)
+    w = xp.flip(w, axis=-1)[..., :k]
+    X = xp.flip(X, axis=-1)[..., :k]
+    ratio = w[..., k - 1] / xp.where(w[..., 0] > 0, w[..., 0], xp.ones_like(w[..., 0]))
+    if not bool(xp.all(ratio > _GRAM_TAU)):
+        return None
+    S = xp.sqrt(w)
+    XS = X / S[..., None, :]
+    if bool(xp.all(ratio >= _SINGLE_PRODUCT)):
+        W = C @ xp.astype(XS, C.dtype)
+    else:
+        W = xp.astype(Cw @ XS, C.dtype)
+    return W, xp.astype(S, B.real_dtype(xp, C.dtype)), xp.astype(B.mH(X), C.dtype)
+
+
+def _tall_svd(C, k):
+    """Thin SVD ``C = W diag(S) Xh`` of a tall matrix (or stack) truncated to ``k``.
+
+    Single precision (float32, complex64): :func:`_gram_svd` where its check passes.
+    Else certified CholeskyQR2 ``C = Qc R`` and the SVD of the small float64 factor
+    ``R = Ur S Xh``, ``W = Qc Ur``; else LAPACK's SVD of ``C``. Returns ``W``
+    (n x k), ``S`` (k,), ``Xh`` (k x l).
+    """
+    xp = B.namespace(C)
+    if C.dtype in (xp.float32, xp.complex64) and not B.is_lazy(C):
+        res = _gram_svd(C, k)
+        if res is not None:
+            return res
+    qr = _certified_cholqr(C, want_r=True)
+    if qr is None:
+        W, S, Xh = B.svd(C)
+    else:
+        with B.single_threaded_blas():
+            Ur, S, Xh = B.svd(qr[1])
+        W = qr[0] @ xp.astype(Ur, C.dtype)
+        S, Xh = xp.astype(S, B.real_dtype(xp, C.dtype)), xp.astype(Xh, C.dtype)
+    return W[..., :k], S[..., :k], Xh[..., :k, :]
 
 
 # ----------------------------------------------------------------------------------
@@ -184,12 +274,12 @@ def _tall_svd(C):
 
 
 def _prepare(A, k, p, q, stabilizer, sketch):
-    op = V.as_operand(A, check_finite=False)  # checked through the first sketch instead
-    k = V.check_rank(k, op.shape)
+    op = V.as_operand(A, check_finite=False, batched=True)  # checked through the first sketch instead
+    k = V.check_rank(k, op.shape[-2:])
     p = V.check_count(p, "p")
     q = V.check_count(q, "q")
     V.check_choice(stabilizer, "stabilizer", STABILIZERS)
-    l = min(k + p, *op.shape)  # k + p > min(m, n): clip, the range is then captured whole
+    l = min(k + p, *op.shape[-2:])  # k + p > min(m, n): clip, the range is then captured whole
     return op, k, l, q
 
 
@@ -215,8 +305,8 @@ def _svd_of_projection(op, Q, k):
 
     ``C = W S X^H`` gives ``Q^H A = X S W^H``, so ``U = Q X``, ``Vh = W^H``.
     """
-    W, S, Xh = _tall_svd(op.rmatmat(Q))
-    return SVDResult(Q @ B.mH(Xh)[:, :k], S[:k], B.mH(W)[:k, :])
+    W, S, Xh = _tall_svd(op.rmatmat(Q), k)
+    return SVDResult(Q @ B.mH(Xh), S, B.mH(W))
 
 
 def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng=None, check_finite=True):
@@ -227,7 +317,8 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
 
     Parameters
     ----------
-    A : array (m, n), SciPy sparse array or ``scipy.sparse.linalg.LinearOperator``
+    A : array (m, n) or a stack (..., m, n), SciPy sparse array or ``LinearOperator``
+        A stack is processed as one batch: every matrix gets its own basis.
     k : int
         Target rank, ``1 <= k <= min(m, n)``.
     p : int, default 10
@@ -244,18 +335,23 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
         iterate representable; accurate only for ``q <= 1`` in float64). The returned basis is always
         orthonormal: certified CholeskyQR2, else Householder QR.
     rng : None, int or numpy.random.Generator
+        Seed. A stack is sketched with one test matrix ``Omega`` (n x l), drawn once
+        and shared by all its matrices, so matrix ``i`` of a stacked call gets the
+        result of an unbatched call on ``A[i]`` with the same ``rng`` (up to
+        rounding).
     check_finite : bool, default True
 
     Returns
     -------
-    Q : array (m, min(k + p, m, n))
+    Q : array (..., m, min(k + p, m, n))
         Orthonormal columns, in ``A``'s namespace, device and dtype.
 
     Notes
     -----
     Cost: ``(2q + 1)`` products of ``A`` with ``l = k + p`` vectors, plus
     ``O((m + n) l^2)`` for the stabilisers. Lazy-friendly (no value-dependent
-    shapes or control flow): runs under ``jax.jit`` and builds a Dask graph.
+    shapes or control flow): runs under ``jax.jit`` and builds a Dask graph
+    (Dask: 2-D input only). Stacks on NumPy, torch, JAX and array-API arrays.
 
     Examples
     --------
@@ -270,11 +366,12 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
     True
     """
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
-    return _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
+    with B.scipy_blas_single_threaded():
+        return _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
 
 
 def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="cholqr", block_size=None,
-         norm="fro", rng=None, check_finite=True):
+         norm="fro", rng=None, check_finite=True, solver="auto"):
     """Randomized SVD: rank ``k`` or relative accuracy ``rtol`` [HMT2011, Alg. 5.1].
 
     Fixed rank (``k``): ``Q = range_finder(A, k, p=p, q=q)``, ``Q^H A = Ub S Vh``,
@@ -284,7 +381,9 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
 
     Parameters
     ----------
-    A : array (m, n), SciPy sparse array or ``LinearOperator`` (``norm="2"`` with ``rtol``)
+    A : array (m, n) or a stack (..., m, n), SciPy sparse array or ``LinearOperator``
+        A stack (fixed rank only) is factored as one batch: stacked factors out. A
+        ``LinearOperator`` with ``rtol`` needs ``norm="2"``.
     k : int, optional
         Target rank. Give exactly one of ``k`` and ``rtol``.
     rtol : float, optional
@@ -292,24 +391,38 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
     norm : {"fro", "2"}, default "fro"
         Norm of the fixed-accuracy search (ignored with ``k``).
     p, q, sketch, stabilizer, rng, check_finite
-        As in :func:`range_finder`. With ``q = 0`` this is plain RSVD; with an
-        orthonormalising stabiliser and ``q > 0`` it is the same computation as
-        :func:`rsi`.
+        As in :func:`range_finder` (a stack shares one test matrix: matrix ``i``
+        gets what an unbatched call on ``A[i]`` with the same ``rng`` gets). With
+        ``q = 0`` this is plain RSVD; with an orthonormalising stabiliser and
+        ``q > 0`` it is the same computation as :func:`rsi`.
     block_size : int, optional
         Block size of the fixed-accuracy search (default 32).
+    solver : {"auto", "randomized", "full"}, default "auto"
+        Fixed rank only. ``"full"``: the exact SVD of the dense ``A`` (LAPACK
+        ``gesdd`` on NumPy), truncated to ``k``. ``"auto"`` takes it where it is
+        the faster of the two, which by measurement (NumPy and torch, float32,
+        384 x 384 to 1536 x 384, one thread) is once the sketch is a large share
+        of the matrix: ``k + p >= 0.9 min(m, n) / (1 + q/2)`` (q = 2: 45 %; at
+        alpha = 0.4 compression ranks the randomized path is kept). The decision
+        depends on shapes only (lazy-friendly), the answer is then exact (as good
+        as or better than randomized), and ``rng`` is advanced exactly as by the
+        sketch it replaces. Dense arrays only; matrix-free input is always
+        randomized.
 
     Returns
     -------
     SVDResult
-        ``(U, S, Vh)`` with ``U`` (m, r), ``S`` (r,), ``Vh`` (r, n); ``S`` real
-        and descending; namespace, device and dtype of ``A``.
+        ``(U, S, Vh)`` with ``U`` (..., m, r), ``S`` (..., r), ``Vh`` (..., r, n);
+        ``S`` real and descending; namespace, device and dtype of ``A``.
 
     Notes
     -----
-    Cost at fixed rank: ``2q + 2`` passes over ``A`` with ``k + p`` vectors.
-    Error in expectation [HMT2011, Thm. 10.6]: for ``q = 0``,
-    ``E||A - U S Vh||_2 <= (1 + sqrt(k/(p-1))) sigma_{k+1} + e sqrt(k+p)/p
-    (sum_{j>k} sigma_j^2)^{1/2}``.
+    Cost at fixed rank: ``2q + 2`` passes over ``A`` with ``k + p`` vectors, plus
+    ``O((m + n) l^2)`` for the stabilisers and an ``l x l`` eigenproblem
+    (single-precision data: the projected matrix is factored through its float64
+    Gram matrix, see ``_gram_svd``). Error in expectation [HMT2011, Thm. 10.6]:
+    for ``q = 0``, ``E||A - U S Vh||_2 <= (1 + sqrt(k/(p-1))) sigma_{k+1} + e
+    sqrt(k+p)/p (sum_{j>k} sigma_j^2)^{1/2}``.
 
     Examples
     --------
@@ -326,14 +439,42 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
     """
     if (k is None) == (rtol is None):
         raise TypeError("give exactly one of k (rank) and rtol (relative tolerance)")
+    V.check_choice(solver, "solver", SOLVERS)
     if rtol is not None:
         return _rsvd_rtol(A, rtol, q=q, block_size=block_size, norm=norm, rng=rng, check_finite=check_finite)
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
-    Q = _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
-    return _svd_of_projection(op, Q, k)
+    with B.scipy_blas_single_threaded():
+        if op.dense and (solver == "full" or solver == "auto" and _full_is_faster(op.shape, l, q)):
+            return _full_svd(op, k, l, sketch, rng, check_finite)
+        Q = _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
+        return _svd_of_projection(op, Q, k)
 
 
-def rsi(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr", rng=None, check_finite=True):
+# Size-aware dispatch (rsvd/rsi, solver="auto"): the exact SVD is faster once the
+# sketch is this share of min(m, n) at q = 0, and 1 / (1 + q/2) of it with q power
+# iterations (measured crossovers, float32, one thread, NumPy and torch: 384 x 384
+# and 1536 x 384 at q = 0 / 1 / 2 / 4: 0.6-0.8 / 0.6 / 0.40-0.48 / 0.33-0.36).
+_FULL_SHARE = 0.9
+
+
+def _full_is_faster(shape, l, q):
+    return l >= _FULL_SHARE * min(shape[-2:]) / (1 + q / 2)
+
+
+def _full_svd(op, k, l, sketch, rng, check_finite):
+    """The exact SVD of the dense ``A`` truncated to ``k``, drawing what the sketch would."""
+    from .sketch import _draw_only
+
+    _draw_only(op, l, sketch, rng)
+    if check_finite:
+        V.check_finite_array(op.A)
+    U, S, Vh = B.svd(op.A)
+    if check_finite and not B.is_lazy(S) and not bool(op.xp.all(op.xp.isfinite(S))):
+        raise ValueError(f"A is finite but its singular values overflow {op.dtype}; rescale A")
+    return SVDResult(U[..., :k], S[..., :k], Vh[..., :k, :])
+
+
+def rsi(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr", rng=None, check_finite=True, solver="auto"):
     """Randomized subspace iteration, re-orthonormalised after every pass [RSI, Alg. 1].
 
     ``Y = A Omega``; ``q`` times ``Q = orth(Y)``, ``Z = orth(A^H Q)``, ``Y = A Z``;
@@ -342,7 +483,8 @@ def rsi(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr", rng=None, ch
 
     Parameters
     ----------
-    A : array (m, n), SciPy sparse array or ``LinearOperator``
+    A : array (m, n) or a stack (..., m, n), SciPy sparse array or ``LinearOperator``
+        A stack (e.g. the same-shaped layers of a model) is factored in one call.
     k : int
         Target rank.
     p : int, default 10
@@ -350,22 +492,29 @@ def rsi(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr", rng=None, ch
     q : int, default 2
         Subspace iterations (``2q + 2`` passes).
     sketch : str, default "gaussian"
-    stabilizer : {"cholqr", "qr", "lu", "none"}, default "cholqr"
-        See :func:`range_finder`. ``"cholqr"`` and ``"qr"`` re-orthonormalise after
-        every pass, which is the RSI of the seed paper; ``"lu"`` and ``"none"`` give
-        the corresponding power iteration of [HMT2011, Alg. 4.3/4.4].
+    stabilizer : {"cholqr", "qr"}, default "cholqr"
+        Orthonormalising stabilisers only (see :func:`range_finder`): RSI
+        re-orthonormalises after every pass; ``rsvd`` takes ``"lu"`` and ``"none"``.
     rng : None, int or numpy.random.Generator
+        A stack shares one test matrix: matrix ``i`` of ``rsi(A, k, rng=s)`` is
+        ``rsi(A[i], k, rng=s)`` up to rounding.
     check_finite : bool, default True
+    solver : {"auto", "randomized", "full"}, default "auto"
+        ``"auto"`` computes the exact SVD instead where that is faster (a sketch
+        of 45 % of ``min(m, n)`` or more at ``q = 2``); see :func:`rsvd`.
 
     Returns
     -------
     SVDResult
-        ``(U, S, Vh)`` of rank ``k``.
+        ``(U, S, Vh)`` of rank ``k``: ``U`` (..., m, k), ``S`` (..., k), ``Vh``
+        (..., k, n).
 
     Notes
     -----
     Gap-dependent bound: the error factor over ``sigma_{k+1}`` decays like
-    ``(sigma_{k+1}/sigma_k)^{2q+1}`` [HMT2011, Cor. 10.10].
+    ``(sigma_{k+1}/sigma_k)^{2q+1}`` [HMT2011, Cor. 10.10]. Backends: NumPy, torch,
+    JAX (also under ``jax.jit``), CuPy, array-API arrays, Dask (2-D), stacks
+    everywhere but Dask.
 
     Examples
     --------
@@ -377,8 +526,20 @@ def rsi(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr", rng=None, ch
     >>> U, S, Vh = rsi(A, 20, q=2, rng=0)
     >>> bool(normalized_error(A, U, S, Vh, s=s) < 1.2)
     True
+
+    Three same-shaped matrices in one call; each gets what a call of its own gets:
+
+    >>> stack = np.stack([matrix(120, 80, rng=i)[0] for i in range(3)])
+    >>> U, S, Vh = rsi(stack, 10, rng=0)
+    >>> U.shape, S.shape, Vh.shape
+    ((3, 120, 10), (3, 10), (3, 10, 80))
+    >>> bool(np.allclose(S[1], rsi(stack[1], 10, rng=0).S))
+    True
     """
-    return rsvd(A, k, p=p, q=q, sketch=sketch, stabilizer=stabilizer, rng=rng, check_finite=check_finite)
+    V.check_choice(stabilizer, "stabilizer", RSI_STABILIZERS,
+                   note="rsi re-orthonormalises after every pass; rsvd(A, k, q=q) takes 'lu' and 'none'")
+    return rsvd(A, k, p=p, q=q, sketch=sketch, stabilizer=stabilizer, rng=rng, check_finite=check_finite,
+                solver=solver)
 
 
 def block_krylov_svd(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr", rng=None,
@@ -424,6 +585,11 @@ def block_krylov_svd(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr",
     True
     """
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
+    with B.scipy_blas_single_threaded():
+        return _block_krylov(op, k, l, q, stabilizer, sketch, rng, check_finite)
+
+
+def _block_krylov(op, k, l, q, stabilizer, sketch, rng, check_finite):
     xp = op.xp
     Y = _first_sketch(op, l, sketch, rng, check_finite)
     blocks = [Y]
@@ -431,9 +597,9 @@ def block_krylov_svd(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr",
         Z = _stabilize(op.rmatmat(_stabilize(Y, stabilizer)), stabilizer)
         Y = op.matmat(Z)
         blocks.append(Y)
-    K = xp.concat([_stabilize(b, stabilizer) for b in blocks], axis=1)
-    cols = min(K.shape[1], op.shape[0])
-    Q = _orth(K)[:, :cols]
+    K = xp.concat([_stabilize(b, stabilizer) for b in blocks], axis=-1)
+    cols = min(K.shape[-1], op.shape[-2])
+    Q = _orth(K)[..., :cols]
     return _svd_of_projection(op, Q, k)
 
 

@@ -118,3 +118,64 @@ def test_check_helpers():
         V.check_rtol("a")
     with pytest.raises(ValueError, match="rtol must be in"):
         V.check_rtol(0.0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "complex128"])
+@pytest.mark.parametrize("shape", [(40, 7), (3, 40, 7), (2, 2, 12, 5)])
+def test_rdiv_upper(backend, dtype, shape):
+    """``Y R^{-1}`` for a stack of well-conditioned upper-triangular ``R`` (Cholesky factors)."""
+    if backend.name == "dask" and len(shape) > 2:
+        pytest.skip("Dask input is 2-D only")
+    rng = np.random.default_rng(0)
+    Y0 = rng.standard_normal(shape)
+    if dtype.startswith("complex"):
+        Y0 = Y0 + 1j * rng.standard_normal(shape)
+    Y0 = Y0.astype(dtype)
+    Yw = Y0.astype(np.complex128 if dtype.startswith("complex") else np.float64)
+    R0 = np.swapaxes(np.linalg.cholesky(np.swapaxes(Yw, -1, -2).conj() @ Yw), -1, -2).conj()
+    X = backend.to_numpy(B.rdiv_upper(backend.asarray(Y0), backend.asarray(R0)))
+    assert X.shape == Y0.shape and X.dtype == Y0.dtype
+    # Y R^{-1} has orthonormal columns when R is the Cholesky factor of Y^H Y
+    G = np.swapaxes(X, -1, -2).conj() @ X
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(G, np.broadcast_to(np.eye(shape[-1]), G.shape), atol=tol)
+
+
+def test_rdiv_upper_large_panel_takes_the_inverse_route(monkeypatch):
+    """Both NumPy routes (one TRSM; trtri + GEMM beyond the size limit) agree."""
+    rng = np.random.default_rng(1)
+    Y = rng.standard_normal((2, 60, 9)).astype(np.float32)
+    Yw = Y.astype(np.float64)
+    R = np.swapaxes(np.linalg.cholesky(np.swapaxes(Yw, -1, -2) @ Yw), -1, -2)
+    small = B.rdiv_upper(Y, R)
+    monkeypatch.setattr(B, "_TRSM_MAX_FLOPS", 0)
+    large = B.rdiv_upper(Y, R)
+    np.testing.assert_allclose(large, small, atol=1e-5)
+
+
+def test_single_threaded_blas_restores_and_nests():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import scipy.linalg  # noqa: F401  (its BLAS is listed too)
+
+    before = {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+              if lib["user_api"] == "blas"}
+    with B.scipy_blas_single_threaded():
+        with B.single_threaded_blas():
+            with B.single_threaded_blas():
+                inside = {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+                          if lib["user_api"] == "blas"}
+    after = {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+             if lib["user_api"] == "blas"}
+    assert all(n == 1 for n in inside.values())
+    assert after == before
+
+
+def test_svd_of_a_stack(backend):
+    A0 = np.random.default_rng(0).standard_normal((2, 3, 9, 6)).astype(np.float32)
+    A = backend.asarray(A0)
+    if backend.name == "dask":
+        pytest.skip("Dask's SVD is 2-D")
+    U, S, Vh = (backend.to_numpy(x) for x in B.svd(A))
+    assert U.shape == (2, 3, 9, 6) and S.shape == (2, 3, 6) and Vh.shape == (2, 3, 6, 6)
+    np.testing.assert_allclose(S, np.linalg.svd(A0, compute_uv=False), rtol=1e-5)
+    np.testing.assert_allclose((U * S[..., None, :]) @ Vh, A0, atol=1e-5)

@@ -19,7 +19,7 @@ from randla.testing import matrix
 
 
 def _lists_all(message, valid):
-    listed = set(re.findall(r"'([^']*)'", message.split("; got")[0]))
+    listed = set(re.findall(r"'([^']*)'", message.split("; got")[0].split(" (")[0]))
     return listed == set(valid)
 
 
@@ -28,9 +28,10 @@ A = matrix(12, 10, rng=0).A
 # (call with the bad value, name of the argument, the table the code dispatches on)
 CHOICES = [
     (lambda v: randla.rsvd(A, 2, stabilizer=v), "stabilizer", svd._STABILIZERS),
-    (lambda v: randla.rsi(A, 2, stabilizer=v), "stabilizer", svd._STABILIZERS),
+    (lambda v: randla.rsi(A, 2, stabilizer=v), "stabilizer", svd.RSI_STABILIZERS),
     (lambda v: randla.block_krylov_svd(A, 2, stabilizer=v), "stabilizer", svd._STABILIZERS),
     (lambda v: randla.range_finder(A, 2, sketch=v), "sketch", sketch._MAKERS),
+    (lambda v: randla.rsvd(A, 2, solver=v), "solver", svd.SOLVERS),
     (lambda v: randla.sketch.sketch(A, 2, method=v), "sketch", sketch._MAKERS),
     (lambda v: randla.adaptive_range_finder(A, 0.1, norm=v), "norm", _adaptive.NORMS),
     (lambda v: randla.rsvd(A, rtol=0.1, norm=v), "norm", _adaptive.NORMS),
@@ -53,7 +54,11 @@ def test_invalid_choice_lists_every_valid_one(call, name, table, bad):
 
 def test_every_valid_choice_is_accepted():
     for stabilizer in svd.STABILIZERS:
+        randla.rsvd(A, 2, q=1, stabilizer=stabilizer, rng=0)
+    for stabilizer in svd.RSI_STABILIZERS:
         randla.rsi(A, 2, q=1, stabilizer=stabilizer, rng=0)
+    with pytest.raises(ValueError, match="stabilizer must be one of 'cholqr', 'qr' .rsi re-orthonormalises"):
+        randla.rsi(A, 2, stabilizer="lu")
     for method in interpolative.SELECT_METHODS:
         randla.column_select(A, 2, method=method, rng=0)
 

@@ -360,3 +360,146 @@ def test_overflow_is_not_called_nan():
     big = np.full((6, 5), 3e38, dtype=np.float32)
     with np.errstate(over="ignore", invalid="ignore"), pytest.raises(ValueError, match="overflow"):
         randla.rsvd(big, 2, rng=0)
+
+
+# ----------------------------------------------------------------------------------
+# stacks (..., m, n)
+# ----------------------------------------------------------------------------------
+
+
+def _stack(shape, dtype, rng=0):
+    """A stack of test matrices with known, different spectra; returns (A, s)."""
+    lead, (m, n) = shape[:-2], shape[-2:]
+    count = int(np.prod(lead))
+    mats = [matrix(m, n, spectrum="exponential", decay=0.1 + 0.05 * i, dtype=dtype, rng=rng + i) for i in range(count)]
+    A = np.stack([a for a, _ in mats]).reshape(shape)
+    s = np.stack([s for _, s in mats]).reshape(*lead, min(m, n))
+    return A, s
+
+
+@pytest.mark.parametrize("func", ["rsvd", "rsi"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "complex128"])
+@pytest.mark.parametrize("shape", [(3, 50, 40), (2, 2, 30, 45)])
+def test_stack_matches_per_matrix_svd(backend, func, dtype, shape):
+    """Stacked factors: each matrix's against numpy.linalg.svd, and against an unbatched call."""
+    A0, s = _stack(shape, dtype)
+    A = backend.asarray(A0)
+    k = 6
+    if backend.name == "dask":
+        with pytest.raises(ValueError, match="Dask"):
+            getattr(randla, func)(A, k, q=1, rng=0)
+        return
+    res = getattr(randla, func)(A, k, q=1, rng=0, solver="randomized")
+    assert isinstance(res, randla.SVDResult)
+    U, S, Vh = (backend.to_numpy(x) for x in res)
+    lead = shape[:-2]
+    assert U.shape == (*lead, shape[-2], k) and S.shape == (*lead, k) and Vh.shape == (*lead, k, shape[-1])
+    assert U.dtype == A0.dtype and Vh.dtype == A0.dtype and S.dtype == np.finfo(A0.dtype).dtype
+    tol = _tol(A0.dtype)
+    flat = [x.reshape(-1, *x.shape[len(lead):]) for x in (A0, U, S, Vh, s)]
+    for i, (a, u, sv, vh, ex) in enumerate(zip(*flat, strict=True)):
+        np.testing.assert_allclose(sv, np.linalg.svd(a, compute_uv=False)[:k], rtol=1e-3 if dtype == "float32" else 1e-6)
+        assert np.abs(u.conj().T @ u - np.eye(k)).max() < tol * np.sqrt(k)
+        assert np.abs(vh @ vh.conj().T - np.eye(k)).max() < tol * np.sqrt(k)
+        assert np.linalg.norm(a - (u * sv) @ vh, 2) / ex[k] < 1.1
+        # one test matrix for the stack: matrix i is what a call of its own gets
+        if backend.name in ("numpy", "numpy_readonly", "torch", "jax"):
+            one = getattr(randla, func)(backend.asarray(a), k, q=1, rng=0, solver="randomized")
+            np.testing.assert_allclose(backend.to_numpy(one.S), sv, rtol=50 * np.finfo(a.dtype).eps ** 0.75)
+
+
+def test_stack_range_finder(backend):
+    A0, s = _stack((3, 60, 40), "float64")
+    A = backend.asarray(A0)
+    if backend.name == "dask":
+        with pytest.raises(ValueError, match="Dask"):
+            randla.range_finder(A, 8, rng=0)
+        return
+    Q = backend.to_numpy(randla.range_finder(A, 8, q=1, rng=0))
+    assert Q.shape == (3, 60, 18)
+    for a, qb, ex in zip(A0, Q, s, strict=True):
+        np.testing.assert_allclose(qb.T @ qb, np.eye(18), atol=1e-12)
+        assert np.linalg.norm(a - qb @ (qb.T @ a), 2) < 3 * ex[8]
+
+
+def test_stack_is_reproducible_and_sketched_once():
+    A0, _ = _stack((4, 40, 30), "float32")
+    a = randla.rsi(A0, 5, rng=3, solver="randomized")
+    b = randla.rsi(A0, 5, rng=np.random.default_rng(3), solver="randomized")
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    # the stack draws one n x l test matrix: the generator advances as for one matrix
+    g1, g2 = np.random.default_rng(5), np.random.default_rng(5)
+    randla.rsi(A0, 5, rng=g1, solver="randomized")
+    randla.rsi(A0[0], 5, rng=g2, solver="randomized")
+    assert g1.integers(1 << 30) == g2.integers(1 << 30)
+
+
+def test_stack_rejects_rtol_and_operators():
+    A0, _ = _stack((2, 20, 15), "float64")
+    with pytest.raises(ValueError, match="2-D"):
+        randla.rsvd(A0, rtol=0.1)
+    with pytest.raises(ValueError, match="2-D"):
+        randla.adaptive_range_finder(A0, 0.1)
+
+
+# ----------------------------------------------------------------------------------
+# size-aware dispatch and the randomized path's degenerate cases
+# ----------------------------------------------------------------------------------
+
+
+def test_full_solver_is_exact_and_draws_like_the_sketch(backend):
+    A0, s = matrix(40, 30, spectrum="polynomial", decay=1.0, rng=0)
+    A = backend.asarray(A0)
+    U, S, Vh = (backend.to_numpy(x) for x in randla.rsi(A, 20, rng=0, solver="full"))
+    np.testing.assert_allclose(S, s[:20], rtol=1e-10)
+    np.testing.assert_allclose(np.linalg.norm(A0 - (U * S) @ Vh, 2), s[20], rtol=1e-8)
+    # "auto" takes the exact path for a sketch of 30 of 30 columns: identical result
+    auto = [backend.to_numpy(x) for x in randla.rsi(A, 20, rng=0)]
+    for x, y in zip(auto, (U, S, Vh), strict=True):
+        np.testing.assert_array_equal(x, y)
+    # rng advances exactly as the randomized path's sketch advances it
+    g1, g2 = np.random.default_rng(9), np.random.default_rng(9)
+    randla.rsi(A, 20, rng=g1, solver="full")
+    randla.rsi(A, 20, rng=g2, solver="randomized")
+    assert g1.integers(1 << 30) == g2.integers(1 << 30)
+
+
+def test_auto_solver_keeps_compression_ranks_randomized(monkeypatch):
+    """alpha = 0.4 on a square matrix (sketch 42 % of it at q = 2) stays randomized."""
+    import randla.svd as svd_module
+
+    called = []
+    monkeypatch.setattr(svd_module, "_full_svd", lambda *a, **k: called.append(1))
+    A0, _ = matrix(100, 100, rng=0)
+    randla.rsi(A0, 32, rng=0)
+    assert not called
+    randla.rsi(A0, 40, rng=0)  # 50 % at q = 2: exact
+    assert called
+
+
+def test_bad_solver():
+    with pytest.raises(ValueError, match="solver must be one of"):
+        randla.rsi(np.ones((5, 4)), 2, solver="lapack")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_randomized_path_degenerate_input(backend, dtype):
+    """Zero matrix, rank below k and extreme scales on the randomized path itself
+    (the size-aware dispatch would send these small cases to the exact SVD)."""
+    tol = 1e-5 if dtype == "float32" else 1e-10
+    A = backend.asarray(np.zeros((30, 20), dtype=dtype))
+    U, S, Vh = (backend.to_numpy(x) for x in randla.rsi(A, 6, rng=0, solver="randomized"))
+    np.testing.assert_array_equal(S, 0)
+    np.testing.assert_allclose(U.T @ U, np.eye(6), atol=tol)
+    A0, s = matrix(40, 30, spectrum="low_rank", rank=3, dtype=dtype, rng=0)
+    U, S, Vh = (backend.to_numpy(x) for x in randla.rsi(backend.asarray(A0), 6, rng=0, solver="randomized"))
+    np.testing.assert_allclose(S[:3], s[:3], rtol=tol)
+    assert np.all(S[3:] < tol * s[0])
+    np.testing.assert_allclose(U.T @ U, np.eye(6), atol=tol)
+    np.testing.assert_allclose((U * S) @ Vh, A0, atol=tol * s[0])
+    A0, s = matrix(40, 30, spectrum="exponential", decay=0.3, dtype=dtype, rng=0)
+    for scale in ((1e-18, 1e18) if dtype == "float32" else (1e-150, 1e150)):
+        A = backend.asarray(A0 * np.asarray(scale, dtype=dtype))
+        S = backend.to_numpy(randla.rsi(A, 4, rng=0, solver="randomized").S)
+        np.testing.assert_allclose(S, s[:4] * scale, rtol=1e-4 if dtype == "float32" else 1e-8)

