@@ -742,25 +742,24 @@ def _srrqr_scaled(A, xp, k, f, max_swaps):
 
 
 def _continue_pivots(A, xp, Qr, Rt, perm, r, k):
-    """Pivots ``r .. k-1`` after the first ``r`` (``A[:, perm] ~= Qr Rt``, ``Rt`` host):
-    by native pivoted QR of the projected remainder where the backend has one (the
-    left-looking loop would read ``A`` once per pivot), else by the CPQR loop."""
+    """Pivots ``r .. k-1`` after the first ``r`` (``A[:, perm] ~= Qr Rt``, ``Rt`` host),
+    where the numerical rank is ``r``: the remaining columns are rounding noise, so any
+    of them will do. Native backends keep CPQR's order (``perm[r:k]``) and take their
+    directions inside the exact orthogonal complement of ``range(Qr)`` (complete QR of
+    ``Qr``): the remainder of noise-sized columns, projected against ``Qr``, would not
+    be orthogonal to it. The other backends continue the CPQR loop."""
     if not B.has_pivoted_qr(xp):
         Rorig = np.empty_like(Rt)
         Rorig[:, perm] = Rt
         Rd = xp.astype(B.from_numpy(Rorig, like=A), A.dtype)
         Q2, R2, perm2 = _cpqr_loop(A, xp, k, None, Q=Qr, R=Rd, selected=list(perm[:r]))
         return PivotedQR(Q2, xp.astype(R2, A.dtype), perm2)
-    rest = perm[r:]
-    E = _cgs2(xp, Qr, B.take(A, rest, axis=1))[0]  # the remainder, orthogonal to Qr
-    Qe, _, pe = B.qr_pivoted(E)
-    pe = np.asarray(B.to_numpy(pe), dtype=np.int64)
-    Qn = B.qr(_cgs2(xp, Qr, Qe[:, : k - r])[0])[0]  # re-orthogonalised after rounding
-    Q = xp.concat([Qr, Qn], axis=1)
-    new_perm = np.concatenate([perm[:r], rest[pe]])
-    R = B.take(B.mH(Q) @ A, new_perm, axis=1)
+    C = xp.linalg.qr(Qr, mode="complete")[0][:, r:]  # orthonormal, orthogonal to Qr
+    Qy = B.qr(B.mH(C) @ B.take(A, perm[r:k], axis=1))[0]
+    Q = xp.concat([Qr, C @ Qy], axis=1)
+    R = B.take(B.mH(Q) @ A, perm, axis=1)
     R = xp.concat([_triu(xp, R[:, :k]), R[:, k:]], axis=1)
-    return PivotedQR(Q, R, _perm_array(new_perm, A))
+    return PivotedQR(Q, R, _perm_array(perm, A))
 
 
 class _SwapState:
