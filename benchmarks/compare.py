@@ -6,9 +6,10 @@ From the repository root::
     python -m benchmarks.compare svd --quick     # one section, sizes CI can afford
     python -m benchmarks.compare svd qr --threads 1
 
-Sections: ``svd`` (:mod:`benchmarks.compare_svd`), ``qr``
-(:mod:`benchmarks.compare_qr`), ``adjoints`` (:mod:`benchmarks.compare_adjoints`),
-``dask`` (:mod:`benchmarks.compare_dask`).
+Sections: ``svd`` (:mod:`benchmarks.compare_svd`), ``small``
+(:mod:`benchmarks.compare_small`: compression-sized matrices, one call each and
+stacked), ``qr`` (:mod:`benchmarks.compare_qr`), ``adjoints``
+(:mod:`benchmarks.compare_adjoints`), ``dask`` (:mod:`benchmarks.compare_dask`).
 A section whose module is not there (yet) is skipped with a message. Each section
 prints its own tables; see the module docstrings for what they measure.
 """
@@ -24,6 +25,7 @@ from ._common import limit_threads
 
 SECTIONS = {
     "svd": "benchmarks.compare_svd",
+    "small": "benchmarks.compare_small",
     "qr": "benchmarks.compare_qr",
     "adjoints": "benchmarks.compare_adjoints",
     "dask": "benchmarks.compare_dask",
