@@ -1,0 +1,1 @@
+"""Framework-free model compression."""
