@@ -41,10 +41,6 @@ def _tensors(rng):
     }
 
 
-def _specs(tensors):
-    return {n: TensorSpec(t.shape, t.dtype) for n, t in tensors.items()}
-
-
 def _files(folder):
     return sorted(p.name for p in folder.iterdir())
 
@@ -53,7 +49,7 @@ def _files(folder):
 def test_round_trip_bit_identical(tmp_path, max_shard_size):
     T = _tensors(np.random.default_rng(0))
     out = tmp_path / ("m.safetensors" if max_shard_size is None else "folder")
-    files = write_checkpoint(out, _specs(T), T.items(), metadata={"format": "pt", "randla": {"v": 1}},
+    files = write_checkpoint(out, T.items(), metadata={"format": "pt", "randla": {"v": 1}},
                              max_shard_size=max_shard_size)
     if max_shard_size is not None:
         assert len(files) > 2 and files[-1].name == INDEX_NAME
@@ -73,10 +69,10 @@ def test_round_trip_bit_identical(tmp_path, max_shard_size):
 
 def test_index_file_and_single_model_folder(tmp_path):
     T = _tensors(np.random.default_rng(1))
-    write_checkpoint(tmp_path / "sh", _specs(T), T.items(), max_shard_size=1500)
+    write_checkpoint(tmp_path / "sh", T.items(), max_shard_size=1500)
     with open_checkpoint(tmp_path / "sh" / INDEX_NAME) as ckpt:
         assert ckpt.sharded and len(ckpt.files) > 1
-    write_checkpoint(tmp_path / "one", _specs(T), T.items())  # fits in one shard: model.safetensors, no index
+    write_checkpoint(tmp_path / "one", T.items())  # fits in one shard: model.safetensors, no index
     assert _files(tmp_path / "one") == ["model.safetensors"]
     with open_checkpoint(tmp_path / "one") as ckpt:
         assert not ckpt.sharded and set(ckpt.specs) == set(T)
@@ -94,14 +90,14 @@ def test_plan_shards_uses_sizes_only():
 def test_bad_shard_size(tmp_path, bad):
     T = _tensors(np.random.default_rng(0))
     with pytest.raises(CheckpointError, match="shard size"):
-        write_checkpoint(tmp_path / "o", _specs(T), T.items(), max_shard_size=bad)
+        write_checkpoint(tmp_path / "o", T.items(), max_shard_size=bad)
     assert not (tmp_path / "o").exists()
 
 
 def test_single_file_cannot_be_sharded(tmp_path):
     T = _tensors(np.random.default_rng(0))
     with pytest.raises(CheckpointError, match="single"):
-        write_checkpoint(tmp_path / "o.safetensors", _specs(T), T.items(), max_shard_size="1MB")
+        write_checkpoint(tmp_path / "o.safetensors", T.items(), max_shard_size="1MB")
     assert _files(tmp_path) == []
 
 
@@ -115,21 +111,53 @@ def test_failed_write_leaves_nothing(tmp_path):
             yield item
 
     with pytest.raises(RuntimeError, match="boom"):
-        write_checkpoint(tmp_path / "deep" / "o", _specs(T), produce(), max_shard_size=1000)
+        write_checkpoint(tmp_path / "deep" / "o", produce(), max_shard_size=1000)
     assert _files(tmp_path) == []  # shards already written were temporary; created folders removed
     (tmp_path / "x.safetensors").write_bytes(b"old")
     with pytest.raises(RuntimeError, match="boom"):
-        write_checkpoint(tmp_path / "x.safetensors", _specs(T), produce())
+        write_checkpoint(tmp_path / "x.safetensors", produce())
     assert _files(tmp_path) == ["x.safetensors"] and (tmp_path / "x.safetensors").read_bytes() == b"old"
 
 
-def test_plan_mismatch_is_caught(tmp_path):
+def test_duplicate_names_are_caught(tmp_path):
     T = _tensors(np.random.default_rng(0))
-    wrong = dict(T.items())
-    wrong["a.bias"] = wrong["a.bias"].astype(np.float64)
-    with pytest.raises(RuntimeError, match="does not match the plan"):
-        write_checkpoint(tmp_path / "o.safetensors", _specs(T), wrong.items())
+    with pytest.raises(RuntimeError, match="produced twice"):
+        write_checkpoint(tmp_path / "o", list(T.items()) * 2, max_shard_size=1000)
     assert _files(tmp_path) == []
+
+
+def test_streaming_follows_the_hugging_face_plan(tmp_path):
+    """Shards are written while tensors arrive, yet match the plan of all sizes (oversized ones alone)."""
+    rng = np.random.default_rng(0)
+    sizes = [300, 300, 5000, 300, 300, 300, 4000, 100]
+    T = {f"t{i}": rng.standard_normal(n).astype(np.float32) for i, n in enumerate(sizes)}
+    seen = []
+
+    def produce():
+        for item in T.items():
+            seen.append(sorted(p.name for p in (tmp_path / "o").glob(".shard-*")) if (tmp_path / "o").exists() else [])
+            yield item
+
+    files = write_checkpoint(tmp_path / "o", produce(), max_shard_size=2400)
+    plan = plan_shards({n: TensorSpec(t.shape, t.dtype) for n, t in T.items()}, 2400)
+    index = json.loads(files[-1].read_text())
+    assert index["weight_map"] == {n: f for f, names in plan.items() for n in names}
+    assert [f.name for f in files[:-1]] == list(plan)
+    assert len(seen[-1]) >= 3  # earlier shards were on disk before the last tensor was produced
+    with open_checkpoint(tmp_path / "o") as ckpt:
+        for n, t in T.items():
+            assert ckpt.load(n).tobytes() == t.tobytes()
+
+
+def test_metadata_per_file(tmp_path):
+    T = _tensors(np.random.default_rng(0))
+    files = write_checkpoint(tmp_path / "o", T.items(), max_shard_size=1500,
+                             metadata=lambda names: {"randla": {"tensors": sorted(names)}})
+    index = json.loads(files[-1].read_text())
+    assert index["metadata"]["randla"] == {"tensors": sorted(T)}
+    for f in files[:-1]:
+        with open_checkpoint(f) as ckpt:
+            assert json.loads(ckpt.metadata["randla"]) == {"tensors": sorted(ckpt.specs)}
 
 
 @pytest.fixture
@@ -170,7 +198,7 @@ def test_unsupported_dtype(tmp_path):
 
 def test_index_must_match_shards(tmp_path):
     T = _tensors(np.random.default_rng(0))
-    write_checkpoint(tmp_path / "sh", _specs(T), T.items(), max_shard_size=1500)
+    write_checkpoint(tmp_path / "sh", T.items(), max_shard_size=1500)
     index_path = tmp_path / "sh" / INDEX_NAME
     index = json.loads(index_path.read_text())
     index["weight_map"]["ghost"] = next(iter(index["weight_map"].values()))
@@ -195,7 +223,7 @@ def test_check_output(tmp_path, good):
     with pytest.raises(CheckpointError, match="overwrite the input"):
         check_output(tmp_path, [good.parent])
     T = _tensors(np.random.default_rng(0))
-    write_checkpoint(tmp_path / "sh", _specs(T), T.items(), max_shard_size=1500)
+    write_checkpoint(tmp_path / "sh", T.items(), max_shard_size=1500)
     with pytest.raises(CheckpointError, match="overwrite the input"):
         check_output(tmp_path / "sh", [tmp_path / "sh"])
     with pytest.raises(CheckpointError, match="already holds a checkpoint"):
@@ -204,6 +232,7 @@ def test_check_output(tmp_path, good):
         check_output(tmp_path / "nowhere" / "o.safetensors", [good])
     assert check_output(tmp_path / "new" / "deeper", [good]) == tmp_path / "new" / "deeper"
     assert not (tmp_path / "new").exists()  # validation creates nothing
+    assert _files(tmp_path) == ["good.safetensors", "sh"]  # nor leaves its probe
 
 
 @pytest.fixture

@@ -67,13 +67,20 @@ class TensorSpec(NamedTuple):
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 
+def _safe_open(safe_open, path):
+    try:
+        return safe_open(str(path), framework="numpy", backend="pread")
+    except TypeError:  # safetensors < 0.8 has no backend option
+        return safe_open(str(path), framework="numpy")
+
+
 def _open_file(path: Path, stack: ExitStack):
     from safetensors import SafetensorError, safe_open
 
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:
-        return stack.enter_context(safe_open(str(path), framework="numpy"))
+        return stack.enter_context(_safe_open(safe_open, path))
     except SafetensorError as exc:
         raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from None
     except OSError as exc:
@@ -106,13 +113,20 @@ class Checkpoint:
         return len(self.files) > 1 or self.path.is_dir() and (self.path / INDEX_NAME).is_file()
 
     def load(self, name: str) -> np.ndarray:
-        """The tensor ``name`` as a NumPy array (read from the mapped file)."""
-        from safetensors import SafetensorError
+        """The tensor ``name`` as a NumPy array of its own (the file is not kept mapped).
 
+        Each call opens the file afresh (``pread`` where safetensors offers it, else a
+        memory map released with the handle), so pages read for one tensor do not stay
+        resident while the next is processed: memory follows the tensor, not the file.
+        """
+        from safetensors import SafetensorError, safe_open
+
+        f = self.files[self._owner[name]]
         try:
-            return self._handles[self._owner[name]].get_tensor(name)
-        except SafetensorError as exc:
-            raise CheckpointError(f"{self.files[self._owner[name]]}: tensor {name!r} cannot be read ({exc})") from None
+            with _safe_open(safe_open, f) as h:
+                return h.get_tensor(name)
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{f}: tensor {name!r} cannot be read ({exc})") from None
 
     def close(self) -> None:
         self._stack.close()
@@ -317,33 +331,32 @@ def _existing_parent(p: Path) -> Path:
     return p
 
 
-def _randla_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str] | None:
-    if metadata is None:
+def _file_metadata(metadata, names) -> dict[str, str] | None:
+    meta = metadata(names) if callable(metadata) else metadata
+    if meta is None:
         return None
-    out = {}
-    for k, v in metadata.items():
-        out[str(k)] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
-    return out
+    return {str(k): v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in meta.items()}
 
 
-def write_checkpoint(path, specs: Mapping[str, TensorSpec], tensors: Iterable, *, metadata=None,
-                     max_shard_size=None) -> list[Path]:
-    """Write tensors, shard by shard, to a ``.safetensors`` file or a sharded folder.
+def write_checkpoint(path, tensors: Iterable, *, metadata=None, max_shard_size=None) -> list[Path]:
+    """Write tensors to a ``.safetensors`` file or a sharded folder, shard by shard.
 
     Parameters
     ----------
     path : str or Path
-        Ending in ``.safetensors``: one file. Otherwise a folder (created if needed):
-        ``model.safetensors`` when everything fits in one shard, else
-        ``model-0000i-of-0000N.safetensors`` plus ``model.safetensors.index.json``.
-    specs : mapping
-        ``name -> TensorSpec`` of every tensor, in the order ``tensors`` yields them;
-        the shard plan is made from these sizes before any data exists.
+        Ending in ``.safetensors``: one file (everything is held until it is
+        written). Otherwise a folder (created if needed): ``model.safetensors`` when
+        everything fits in one shard, else ``model-0000i-of-0000N.safetensors`` plus
+        ``model.safetensors.index.json``.
     tensors : iterable of (name, numpy.ndarray)
-        Produced lazily (a generator): each shard is written as soon as its tensors
-        have arrived, so at most one shard's tensors are held at a time.
-    metadata : dict, optional
-        String metadata for every file's header (non-string values are stored as JSON).
+        Best a generator producing the tensors one at a time: a shard is written as
+        soon as it is complete, so at most one shard (plus one tensor larger than a
+        shard) is held, and sizes need not be known in advance (ranks found from a
+        tolerance).
+    metadata : dict or callable, optional
+        String metadata for the files' headers (non-string values are stored as
+        JSON), or ``metadata(names) -> dict`` to describe the tensors of each file;
+        the index's ``metadata`` gets ``metadata(all names)`` beside ``total_size``.
     max_shard_size : int or str, optional
         ``"5GB"``, ``"500MB"`` or bytes; folders only (default ``"5GB"``, as Hugging Face).
 
@@ -354,18 +367,20 @@ def write_checkpoint(path, specs: Mapping[str, TensorSpec], tensors: Iterable, *
 
     Notes
     -----
-    Every file is written under a temporary name beside its target and renamed only
-    when all files are complete; on any error the temporary files (and a folder this
-    call created) are removed, so a failed write leaves nothing behind.
+    The shards are Hugging Face's plan (``split_state_dict_into_shards_factory`` on the
+    sizes in order): the plan of the tensors seen so far is recomputed as each arrives;
+    all its shards but the last are final (a greedy plan only ever appends), so they
+    are written then. Every file is written under a temporary name beside its target
+    and renamed only when all are complete; on any error the temporary files (and the
+    folders this call created) are removed, so a failed write leaves nothing behind.
 
     Examples
     --------
     >>> import numpy as np, tempfile, os
-    >>> from randla.compress.checkpoint import TensorSpec, write_checkpoint, open_checkpoint
+    >>> from randla.compress.checkpoint import write_checkpoint, open_checkpoint
     >>> W = {f"layer{i}.weight": np.full((100, 100), i, np.float32) for i in range(3)}
-    >>> specs = {n: TensorSpec(w.shape, w.dtype) for n, w in W.items()}
     >>> out = os.path.join(tempfile.mkdtemp(), "sharded")
-    >>> files = write_checkpoint(out, specs, W.items(), max_shard_size=50_000)
+    >>> files = write_checkpoint(out, W.items(), max_shard_size=50_000)
     >>> [p.name for p in files][::3]
     ['model-00001-of-00003.safetensors', 'model.safetensors.index.json']
     >>> with open_checkpoint(out) as ckpt:
@@ -379,9 +394,8 @@ def write_checkpoint(path, specs: Mapping[str, TensorSpec], tensors: Iterable, *
     if single and max_shard_size is not None:
         raise CheckpointError(f"{path}: a single .safetensors file cannot be sharded; give a folder as output "
                               f"to use a maximum shard size")
-    plan = {path.name: list(specs)} if single else plan_shards(specs, "5GB" if max_shard_size is None else max_shard_size)
+    limit = None if single else parse_size("5GB" if max_shard_size is None else max_shard_size)
     folder = path.parent if single else path
-    meta = _randla_metadata(metadata)
     created = None
     if not folder.exists():
         created = _existing_parent(folder)
@@ -389,38 +403,48 @@ def write_checkpoint(path, specs: Mapping[str, TensorSpec], tensors: Iterable, *
             folder.mkdir(parents=True)
         except OSError as exc:
             raise CheckpointError(f"{folder}: cannot create ({exc.strerror or exc})") from None
-    done: list[tuple[Path, Path]] = []  # (temporary, final)
+    specs: dict[str, TensorSpec] = {}
+    pending: dict[str, np.ndarray] = {}
+    written: list[tuple[Path, list[str]]] = []  # (temporary file, its tensors), in shard order
+    temps: list[Path] = []
+
+    def temp(name):
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+        os.close(fd)
+        temps.append(Path(tmp))
+        return temps[-1]
+
+    def flush(names):
+        tmp = temp(path.name if single else f"shard-{len(written) + 1}")
+        written.append((tmp, list(names)))
+        save_file({n: pending.pop(n) for n in names}, str(tmp), metadata=_file_metadata(metadata, names))
+
     try:
-        # Hugging Face's plan may put an oversized tensor in a shard of its own ahead of the
-        # shard being filled: write each shard as soon as all its tensors have arrived.
-        where = {n: f for f, names in plan.items() for n in names}
-        pending: dict[str, dict[str, np.ndarray]] = {f: {} for f in plan}
         for name, arr in tensors:
-            spec = specs.get(name)
-            if spec is None or name not in where or name in pending[where[name]] or \
-                    tuple(arr.shape) != spec.shape or arr.dtype != spec.dtype:
-                raise RuntimeError(f"tensor {name!r} {arr.dtype}{tuple(arr.shape)} does not match the plan "
-                                   f"({f'{spec.dtype}{spec.shape}' if spec else 'absent'})")
-            fname = where[name]
-            pending[fname][name] = np.ascontiguousarray(arr)
-            if len(pending[fname]) == len(plan[fname]):
-                tmp = _temp_path(folder, fname)
-                done.append((tmp, folder / fname))
-                save_file({n: pending[fname][n] for n in plan[fname]}, str(tmp), metadata=meta)
-                pending[fname] = None
-        if any(p is not None for p in pending.values()):
-            missing = [n for f, p in pending.items() if p is not None for n in plan[f] if n not in p]
-            raise RuntimeError(f"tensor {missing[0]!r} was planned but never produced")
+            if name in specs:
+                raise RuntimeError(f"tensor {name!r} produced twice")
+            arr = np.ascontiguousarray(arr)
+            specs[name], pending[name] = TensorSpec(tuple(arr.shape), arr.dtype), arr
+            if not single:
+                for names in list(plan_shards(specs, limit).values())[len(written):-1]:
+                    flush(names)
+        plan = {path.name: list(specs)} if single else plan_shards(specs, limit)
+        for names in list(plan.values())[len(written):]:
+            flush(names)
+        if [names for _, names in written] != list(plan.values()):
+            raise RuntimeError("shards written do not follow the final plan")
+        done = [(tmp, folder / fname) for (tmp, _), fname in zip(written, plan)]
         if len(plan) > 1:
-            index = {"metadata": {"total_size": sum(s.nbytes for s in specs.values())},
+            index_meta = metadata(list(specs)) if callable(metadata) else dict(metadata or {})
+            index = {"metadata": {**index_meta, "total_size": sum(s.nbytes for s in specs.values())},
                      "weight_map": {n: f for f, names in plan.items() for n in names}}
-            tmp = _temp_path(folder, INDEX_NAME)
+            tmp = temp(INDEX_NAME)
             done.append((tmp, folder / INDEX_NAME))
             tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         for tmp, final in done:
             os.replace(tmp, final)
     except BaseException as exc:
-        for tmp, _ in done:
+        for tmp in temps:
             tmp.unlink(missing_ok=True)
         if created is not None:
             _remove_created(folder, created)
@@ -428,12 +452,6 @@ def write_checkpoint(path, specs: Mapping[str, TensorSpec], tensors: Iterable, *
             raise CheckpointError(f"{folder}: cannot write ({exc.strerror or exc})") from None
         raise
     return [final for _, final in done]
-
-
-def _temp_path(folder: Path, name: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
 
 
 def _remove_created(folder: Path, top: Path) -> None:
@@ -483,8 +501,7 @@ def save_grams(grams: Mapping[str, Any], path) -> Path:
         if G.ndim != 2 or G.shape[0] != G.shape[1]:
             raise ValueError(f"grams[{name!r}] must be a square matrix, got shape {G.shape}")
         arrays[name] = G
-    specs = {n: TensorSpec(G.shape, G.dtype) for n, G in arrays.items()}
-    write_checkpoint(path, specs, arrays.items(), metadata={"randla": {"kind": _GRAM_KIND}})
+    write_checkpoint(path, arrays.items(), metadata={"randla": {"kind": _GRAM_KIND}})
     return path
 
 
