@@ -58,6 +58,9 @@ def test_round_trip_bit_identical(tmp_path, max_shard_size):
         assert set(index["weight_map"]) == set(T)
         assert all(f.parent == out for f in files)
         assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all(f.stat().st_mode & 0o777 == 0o666 & ~umask for f in files)  # as any new file, not mkstemp's 0600
     with open_checkpoint(out) as ckpt:
         assert set(ckpt.specs) == set(T)  # (safetensors orders a file by dtype alignment, then name)
         assert ckpt.metadata["format"] == "pt" and json.loads(ckpt.metadata["randla"]) == {"v": 1}

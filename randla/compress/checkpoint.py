@@ -403,6 +403,9 @@ def write_checkpoint(path, tensors: Iterable, *, metadata=None, max_shard_size=N
             folder.mkdir(parents=True)
         except OSError as exc:
             raise CheckpointError(f"{folder}: cannot create ({exc.strerror or exc})") from None
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = 0o666 & ~umask
     specs: dict[str, TensorSpec] = {}
     pending: dict[str, np.ndarray] = {}
     written: list[tuple[Path, list[str]]] = []  # (temporary file, its tensors), in shard order
@@ -442,6 +445,7 @@ def write_checkpoint(path, tensors: Iterable, *, metadata=None, max_shard_size=N
             done.append((tmp, folder / INDEX_NAME))
             tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         for tmp, final in done:
+            os.chmod(tmp, mode)  # mkstemp (and safetensors) make 0600; give the usual permissions
             os.replace(tmp, final)
     except BaseException as exc:
         for tmp in temps:
