@@ -6,8 +6,31 @@ and back; the mathematics lives in the framework-free modules.
 
 - :func:`qr`, :func:`lq`: differentiable factorisations whose backward and forward-mode
   rules are :func:`randla.qr_vjp` / :func:`randla.lq_vjp` (and the JVPs).
+- :func:`compress`: replace ``nn.Linear``/``nn.Conv2d`` layers by :class:`LowRankLinear` /
+  :class:`LowRankConv2d`, plain or whitened by :func:`calibrate`'s Gram matrices.
+- :func:`run_with_input_hooks`, :func:`call_model`, :func:`select_modules`: the one
+  place that feeds calibration batches to a model and watches named layers' inputs.
 """
 
+from ._calibration import calibrate, layer_inputs
+from ._compress import compress, from_array, to_array
+from ._hooks import call_model, run_with_input_hooks, select_modules
 from ._linalg import LQResult, QRResult, lq, qr
+from ._modules import LowRankConv2d, LowRankLinear
 
-__all__ = ["qr", "lq", "QRResult", "LQResult"]
+__all__ = [
+    "qr",
+    "lq",
+    "QRResult",
+    "LQResult",
+    "LowRankLinear",
+    "LowRankConv2d",
+    "calibrate",
+    "layer_inputs",
+    "compress",
+    "to_array",
+    "from_array",
+    "call_model",
+    "run_with_input_hooks",
+    "select_modules",
+]

@@ -1,0 +1,183 @@
+"""Run calibration batches through a model and see the inputs of named submodules.
+
+The one home for feeding data to a model for compression: :func:`calibrate` uses it
+for input Gram matrices, neuron pruning uses it to capture activations. A batch is a
+tensor (``model(batch)``), a tuple or list of positional arguments
+(``model(*batch)``), or a mapping of keyword arguments such as a tokenizer's output
+(``model(**batch)``); tensors in it are moved to the model's device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+
+__all__ = ["select_modules", "call_model", "run_with_input_hooks"]
+
+
+def _compile(pattern, name):
+    if pattern is None:
+        return None
+    if not isinstance(pattern, (str, re.Pattern)):
+        raise TypeError(f"{name} must be a regular expression (str), got {type(pattern).__name__}")
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{name} is not a valid regular expression: {exc}") from None
+
+
+def select_modules(model, types, *, include=None, exclude=None):
+    """``[(name, module)]`` of the submodules of ``model`` of the given types, in order.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    types : type or tuple of types
+        E.g. ``torch.nn.Linear`` or ``(torch.nn.Linear, torch.nn.Conv2d)``.
+    include, exclude : str, optional
+        Regular expressions searched (``re.search``) in the module names: keep the
+        names that match ``include`` and do not match ``exclude``.
+
+    Returns
+    -------
+    list of (str, torch.nn.Module)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from randla.torch import select_modules
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> [name for name, _ in select_modules(net, torch.nn.Linear, exclude="^2$")]
+    ['0']
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    inc, exc = _compile(include, "include"), _compile(exclude, "exclude")
+    return [(name, mod) for name, mod in model.named_modules()
+            if isinstance(mod, types) and name
+            and (inc is None or inc.search(name)) and (exc is None or not exc.search(name))]
+
+
+def _device(model):
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return None
+
+
+def _to(x, device):
+    if device is not None and isinstance(x, torch.Tensor):
+        return x.to(device)
+    return x
+
+
+def call_model(model, batch):
+    """``model(batch)``, ``model(*batch)`` or ``model(**batch)`` by the batch's type.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    batch : torch.Tensor, tuple, list or mapping
+        Tensors inside are moved to the device of the model's first parameter.
+
+    Returns
+    -------
+    The model's output.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from randla.torch import call_model
+    >>> net = torch.nn.Linear(3, 2)
+    >>> call_model(net, torch.ones(5, 3)).shape, call_model(net, {"input": torch.ones(1, 3)}).shape
+    (torch.Size([5, 2]), torch.Size([1, 2]))
+    """
+    device = _device(model)
+    if isinstance(batch, torch.Tensor):
+        return model(_to(batch, device))
+    if isinstance(batch, Mapping):
+        return model(**{k: _to(v, device) for k, v in batch.items()})
+    if isinstance(batch, (tuple, list)):
+        return model(*[_to(v, device) for v in batch])
+    raise TypeError(f"a batch must be a tensor, a tuple/list of positional arguments or a mapping of keyword "
+                    f"arguments, got {type(batch).__name__}")
+
+
+def run_with_input_hooks(model, batches: Iterable, names, callback: Callable, *, grad=False):
+    """Feed ``batches`` to ``model``; call ``callback(name, module, x)`` on every call of a
+    named submodule, ``x`` its (first) input tensor.
+
+    Forward-pre-hooks are registered on the named submodules for the duration of the
+    call and always removed; the model runs in evaluation mode (its previous mode is
+    restored) and under ``torch.no_grad()`` unless ``grad``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    batches : iterable of batches
+        Each a tensor, a tuple/list of positional arguments or a mapping of keyword
+        arguments (see :func:`call_model`).
+    names : iterable of str
+        Submodule names as in ``model.named_modules()``.
+    callback : callable
+        ``callback(name, module, x)``; ``x`` is detached unless ``grad``. A submodule
+        called several times per batch (weight sharing) calls it each time.
+    grad : bool, default False
+
+    Returns
+    -------
+    int
+        The number of batches fed.
+
+    Raises
+    ------
+    ValueError
+        A name that is not a submodule of ``model``; no batches.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from randla.torch import run_with_input_hooks
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> seen = []
+    >>> run_with_input_hooks(net, [torch.randn(5, 4), torch.randn(3, 4)], ["2"],
+    ...                      lambda name, mod, x: seen.append((name, tuple(x.shape))))
+    2
+    >>> seen
+    [('2', (5, 8)), ('2', (3, 8))]
+    """
+    modules = dict(model.named_modules())
+    names = list(names)
+    for n in names:
+        if n not in modules or not n:
+            raise ValueError(f"{n!r} is not a submodule of the model")
+
+    def make_hook(name):
+        def hook(module, args, kwargs):
+            x = args[0] if args else next(iter(kwargs.values()))
+            callback(name, module, x if grad else x.detach())
+
+        return hook
+
+    handles = []
+    training = model.training
+    count = 0
+    try:
+        for n in names:
+            handles.append(modules[n].register_forward_pre_hook(make_hook(n), with_kwargs=True))
+        model.eval()
+        with torch.no_grad() if not grad else contextlib.nullcontext():
+            for batch in batches:
+                call_model(model, batch)
+                count += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(training)
+    if count == 0:
+        raise ValueError("batches is empty")
+    return count
