@@ -537,3 +537,13 @@ def test_compress_and_inspect_never_import_torch(tmp_path, checkpoint):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stderr
+
+
+def test_nan_weight_is_named(tmp_path):
+    T, _ = _model()
+    T["enc.fc2.weight"][3, 4] = np.nan
+    save_file(T, str(tmp_path / "nan.safetensors"))
+    r = _run("compress", str(tmp_path / "nan.safetensors"), "-o", str(tmp_path / "o.safetensors"), "--rank", "4")
+    _assert_clean_failure(r)
+    assert "enc.fc2.weight" in r.stderr and not (tmp_path / "o.safetensors").exists()
+    assert _outputs(tmp_path) == ["nan.safetensors"]

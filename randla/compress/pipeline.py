@@ -132,6 +132,14 @@ def _grams_for(calibration, ckpt, targets):
     return {m: grams[m] for m in modules}
 
 
+def _named(tensor, fn, /, *args, **kwargs):
+    """``fn(*args, **kwargs)``; a ValueError/TypeError (a NaN weight, a bad Gram matrix) names the tensor."""
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{tensor}: {exc}") from None
+
+
 def _rank_options(rank, rank_fraction, param_fraction, rtol, budget):
     from . import check_rank_mode
 
@@ -237,7 +245,8 @@ def compress_checkpoint(src, out, *, rank=None, rank_fraction=None, param_fracti
             summaries = []
             for n in targets:
                 m = _module(n)
-                summaries.append(summarize(ckpt.load(n), gram=grams.get(m), method=method, q=q, rng=gen, name=m))
+                summaries.append(_named(n, summarize, ckpt.load(n), gram=grams.get(m), method=method, q=q, rng=gen,
+                                        name=m))
                 if progress is not None:
                     progress(f"spectrum of {m}")
             try:
@@ -252,12 +261,12 @@ def compress_checkpoint(src, out, *, rank=None, rank_fraction=None, param_fracti
         target_set = set(targets)
 
         def produce():
-            for name, spec in ckpt.specs.items():
+            for name in ckpt.specs:
                 W = ckpt.load(name)
                 if name in target_set:
                     m = _module(name)
                     kw = {"rank": ranks[m]} if mode == "budget" else {mode: value}
-                    f = factor(W, gram=grams.get(m), method=method, q=q, rng=gen, name=m, **kw)
+                    f = _named(name, factor, W, gram=grams.get(m), method=method, q=q, rng=gen, name=m, **kw)
                     layer_reports[m] = f.report
                     if f.B is not None:
                         spectra.setdefault(m, f.S)
