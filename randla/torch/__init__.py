@@ -12,9 +12,9 @@ and back; the mathematics lives in the framework-free modules.
   place that feeds calibration batches to a model and watches named layers' inputs.
 """
 
-from ._calibration import calibrate, layer_inputs
+from ._calibration import Calibration, calibrate, layer_inputs
 from ._compress import compress, from_array, to_array
-from ._hooks import call_model, run_with_input_hooks, select_modules
+from ._hooks import call_model, run_with_hooks, run_with_input_hooks, select_modules
 from ._linalg import LQResult, QRResult, lq, qr
 from ._modules import LowRankConv2d, LowRankLinear
 
@@ -25,12 +25,14 @@ __all__ = [
     "LQResult",
     "LowRankLinear",
     "LowRankConv2d",
+    "Calibration",
     "calibrate",
     "layer_inputs",
     "compress",
     "to_array",
     "from_array",
     "call_model",
+    "run_with_hooks",
     "run_with_input_hooks",
     "select_modules",
 ]
