@@ -14,7 +14,7 @@ and back; the mathematics lives in the framework-free modules.
 
 from ._calibration import Calibration, calibrate, layer_inputs
 from ._compress import compress, from_array, to_array
-from ._hooks import call_model, run_with_hooks, run_with_input_hooks, select_modules
+from ._hooks import call_model, eligible_layers, run_with_hooks, run_with_input_hooks, select_modules
 from ._linalg import LQResult, QRResult, lq, qr
 from ._modules import LowRankConv2d, LowRankLinear
 
@@ -29,6 +29,7 @@ __all__ = [
     "calibrate",
     "layer_inputs",
     "compress",
+    "eligible_layers",
     "to_array",
     "from_array",
     "call_model",

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _backend as _B
-from ._hooks import run_with_hooks, select_modules
+from ._hooks import eligible_layers, run_with_hooks
 
 __all__ = ["Calibration", "calibrate", "layer_inputs"]
 
@@ -78,8 +78,8 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
               rng=None):
     """Per-layer input Gram matrices ``G = X^H X`` on calibration batches (float64).
 
-    Feeds every batch to ``model`` (evaluation mode) and accumulates, for each selected
-    ``nn.Linear`` and ``nn.Conv2d`` (``groups == 1``), the Gram matrix of the inputs it
+    Feeds every batch to ``model`` (evaluation mode) and accumulates, for each layer
+    :func:`compress` can factor (:func:`eligible_layers`), the Gram matrix of the inputs it
     multiplies by its weight (:func:`layer_inputs`), in float64 on the model's device,
     one batch at a time. With ``output``, also the Gram matrices of the output's
     gradients with respect to each layer's output, which let :func:`compress` factor
@@ -96,7 +96,8 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
     ignore_padding : bool, default True
         When a batch is a mapping with an ``attention_mask`` of shape ``(batch, seq)``
         and a layer's input has those leading dimensions, positions with a zero mask
-        (padding tokens) are left out of the input Gram matrices.
+        (padding tokens) are left out of the input Gram matrices (and of the output-
+        gradient ones).
     output : callable, optional
         ``output(model_output, batch) -> tensor (..., d)``: what the compressed model
         must preserve (e.g. normalised sentence embeddings, or logits). Each batch is
@@ -150,8 +151,7 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
         raise ValueError(f"probes must be >= 1, got {probes}")
     if output is not None and not callable(output):
         raise TypeError(f"output must be a callable (model_output, batch) -> tensor, got {type(output).__name__}")
-    layers = [(n, m) for n, m in select_modules(model, (nn.Linear, nn.Conv2d), include=include, exclude=exclude)
-              if not (isinstance(m, nn.Conv2d) and m.groups != 1)]
+    layers = eligible_layers(model, include=include, exclude=exclude)
     parts = [{} for _ in range(folds)]
     seen = {}
     H = {}

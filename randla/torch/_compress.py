@@ -16,7 +16,7 @@ from torch import nn
 
 from ..compress import check_rank_mode, compress_weights
 from ..compress.factor import DEFAULT_RIDGE
-from ._hooks import select_modules
+from ._hooks import eligible_layers
 from ._modules import LowRankConv2d, LowRankLinear
 
 __all__ = ["compress", "to_array", "from_array"]
@@ -151,7 +151,9 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
     Weights are read through DLPack (zero-copy on the CPU) after ``detach()`` and
     ``resolve_conj()``; float16 and bfloat16 weights are upcast to float32 for the math
     and the factors are cast back; factors live on the layer's device. Grouped
-    convolutions are not selected.
+    convolutions and the ``nn.Linear`` children of ``nn.MultiheadAttention`` and of
+    torch's transformer layers are not selected (see :func:`eligible_layers`). A module reached by several names (shared) is
+    replaced everywhere.
 
     Examples
     --------
@@ -171,8 +173,7 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
         raise TypeError(f"calibration must be a dict of Gram matrices, got {type(calibration).__name__}")
     if not isinstance(inplace, bool):
         raise TypeError(f"inplace must be a bool, got {type(inplace).__name__}")
-    layers = [(n, m) for n, m in select_modules(model, (nn.Linear, nn.Conv2d), include=include, exclude=exclude)
-              if not (isinstance(m, nn.Conv2d) and m.groups != 1)]
+    layers = eligible_layers(model, include=include, exclude=exclude)
     if not layers:
         raise ValueError("no nn.Linear or nn.Conv2d layer matches include/exclude")
     weights = {n: to_array(_flat_weight(m)) for n, m in layers}

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
-__all__ = ["select_modules", "call_model", "run_with_hooks", "run_with_input_hooks"]
+__all__ = ["select_modules", "eligible_layers", "call_model", "run_with_hooks", "run_with_input_hooks"]
 
 
 def _compile(pattern, name):
@@ -58,6 +58,29 @@ def select_modules(model, types, *, include=None, exclude=None):
     return [(name, mod) for name, mod in model.named_modules()
             if isinstance(mod, types) and name
             and (inc is None or inc.search(name)) and (exc is None or not exc.search(name))]
+
+
+def eligible_layers(model, *, include=None, exclude=None):
+    """``[(name, module)]`` that :func:`compress` and :func:`calibrate` consider.
+
+    ``nn.Linear`` and ``nn.Conv2d`` modules matching ``include``/``exclude``, except
+    grouped convolutions and the ``nn.Linear`` children of ``nn.MultiheadAttention``
+    and of torch's transformer layers, which read their children's ``weight``
+    directly and so cannot take a low-rank pair.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from randla.torch import eligible_layers
+    >>> model = torch.nn.Sequential(torch.nn.TransformerEncoderLayer(16, 2, 32), torch.nn.Linear(16, 4))
+    >>> [n for n, _ in eligible_layers(model)]
+    ['1']
+    """
+    owners = (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)
+    fixed = {id(c) for m in model.modules() if isinstance(m, owners) for c in m.modules() if c is not m}
+    return [(n, m) for n, m in select_modules(model, (torch.nn.Linear, torch.nn.Conv2d), include=include,
+                                              exclude=exclude)
+            if not (isinstance(m, torch.nn.Conv2d) and m.groups != 1) and id(m) not in fixed]
 
 
 def _device(model):
