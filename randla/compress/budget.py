@@ -87,6 +87,21 @@ class LayerSummary(NamedTuple):
     units: str
     folds: int = 1
 
+    @property
+    def S(self):
+        """``sqrt(gains)``: the singular values of ``M`` (effective ones when cross-validated)."""
+        return np.sqrt(self.gains)
+
+    @property
+    def energy(self):
+        """``total``, ``||M||_F^2``."""
+        return self.total
+
+    @property
+    def whitened(self):
+        """True when calibration data shaped the summary (``units != "weight"``)."""
+        return self.units != "weight"
+
     def squared_tail(self, rank):
         """Estimated squared error at ``rank``: exact up to the cap, then the remainder
         spread evenly over the ranks beyond it (a flat tail, which errs high)."""

@@ -194,9 +194,16 @@ def _svd_rtol(M, rtol, rmax, method, q, rng):
 
 
 def _energy(M):
+    """``||M||_F^2`` accumulated in float64 over blocks of rows: never a float64 copy of
+    the whole ``M`` (which would double the memory of a checkpoint's largest tensor)."""
     xp = B.namespace(M)
-    Mw = xp.astype(M, xp.complex128 if xp.isdtype(M.dtype, "complex floating") else xp.float64)
-    return B.scalar(xp.real(xp.sum(Mw * xp.conj(Mw))))
+    wide = xp.complex128 if xp.isdtype(M.dtype, "complex floating") else xp.float64
+    step = max(1, (1 << 22) // max(int(M.shape[1]), 1))  # about 4M entries (32 MB) per block
+    total = 0.0
+    for i in range(0, int(M.shape[0]), step):
+        Mw = xp.astype(M[i:i + step, :], wide)
+        total += B.scalar(xp.real(xp.sum(Mw * xp.conj(Mw))))
+    return total
 
 
 def _normalized_error(M, U, S, Vh, r, rng):
