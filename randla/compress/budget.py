@@ -1,17 +1,30 @@
 """Budgeted rank allocation over many layers, from per-layer summaries.
 
 A two-pass design that never needs the whole model in memory: a first pass turns each
-weight into a small :class:`LayerSummary` (shape, leading singular values of ``W`` or of
-the whitened ``W L``, and ``||.||_F^2``) with :func:`summarize`; :func:`allocate` spends a
-total parameter budget over the summaries (cost ``out + in`` per rank, a layer left
-dense costs ``out in``); a second pass factors each weight at its rank.
+weight into a small :class:`LayerSummary` (its squared error as a function of the rank)
+with :func:`summarize`; :func:`allocate` spends a total parameter budget over the
+summaries (cost ``out + in`` per rank, a layer left dense costs ``out in``); a second
+pass factors each weight at its rank.
 
 Greedy on the largest gain per parameter is optimal for any separable objective whose
 per-layer gains decrease with the rank (a concave knapsack: the greedy threshold solves
-its continuous relaxation exactly). :func:`allocate` is that greedy with per-layer
-weights on the squared singular values. Which weights are right is the whole question:
-on a real model, unweighted spectra lose to a uniform rank fraction, because layers
-differ in how their error reaches the model's output.
+its continuous relaxation exactly). Which objective is right is the whole question. On
+a real model, spectra of the weights or of the input-whitened weights lose to a uniform
+rank fraction (their units differ from layer to layer, and none of them says how a
+layer's error reaches the model's output). What works is to put every layer in the same
+units, the model's output: weighting each layer by the Gram matrix of the output's
+gradients with respect to the layer's output (the Kronecker-factored Gauss-Newton
+approximation, K-FAC [MG2015]; used for pruning by the LLM Surgeon [vdO2023]) makes
+``sum_l ||R_l^H (W_l - B_l A_l) L_l||_F^2`` a second-order estimate of the change of the
+output, so the greedy on those spectra is principled; cross-validated (held-out) gains
+correct for calibration data that covers some layers' inputs thinly.
+
+References
+----------
+.. [MG2015] J. Martens, R. Grosse, "Optimizing neural networks with Kronecker-factored
+   approximate curvature", ICML 2015.
+.. [vdO2023] T. van der Ouderaa, M. Nagel, M. van Baalen, Y. Asano, T. Blankevoort,
+   "The LLM Surgeon", ICLR 2024.
 """
 
 from __future__ import annotations
@@ -23,7 +36,19 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import _backend as B
-from .factor import DEFAULT_RIDGE, _check_method, _energy, _svd_at, whitener, working_matrix
+from .. import _validate as V
+from .factor import (
+    DEFAULT_RIDGE,
+    _check_method,
+    _energy,
+    _resolve_metric,
+    _svd_at,
+    metric,
+    metric_units,
+    whiten,
+    whitener,
+    working_matrix,
+)
 from .ranks import check_rank_mode, max_saving_rank
 
 __all__ = ["LayerSummary", "summarize", "resolve_budget", "allocate", "uniform_ranks", "allocation_params",
@@ -33,64 +58,106 @@ DEFAULT_CAP = 256
 
 
 class LayerSummary(NamedTuple):
-    """What the allocator knows about one layer.
+    """What the allocator knows about one layer: its error as a function of the rank.
 
     Attributes
     ----------
     name : str
     shape : (int, int)
         ``(out, in)``.
-    S : numpy.ndarray
-        float64, descending: estimates of the leading singular values of ``M`` (``W``,
-        or ``W L`` when whitened), up to a cap.
-    energy : float
-        ``||M||_F^2``; ``energy - sum(S**2)`` is the remainder beyond the cap.
-    whitened : bool
+    gains : numpy.ndarray
+        float64, non-increasing: ``gains[i]`` is the decrease of the squared error
+        from rank ``i`` to ``i + 1`` (``sigma_{i+1}^2`` of ``M``), up to a cap.
+    total : float
+        The squared error at rank 0 (``||M||_F^2``); ``total - sum(gains)`` is the
+        remainder beyond the cap.
+    units : str
+        ``"weight"`` (``M = W``), ``"output"`` (``M = W L``: the layer's output error
+        on calibration inputs) or ``"loss"`` (``M = R^H W L``: the K-FAC estimate of
+        the model's output change, comparable across layers).
+    folds : int
+        1, or the number of cross-validation folds the gains were estimated on (held-
+        out errors; see :func:`summarize`).
     """
 
     name: str
     shape: tuple
-    S: Any
-    energy: float
-    whitened: bool
+    gains: Any
+    total: float
+    units: str
+    folds: int = 1
+
+    @property
+    def S(self):
+        """``sqrt(gains)``: the singular values of ``M`` (effective ones when cross-validated)."""
+        return np.sqrt(self.gains)
+
+    @property
+    def energy(self):
+        """``total``, ``||M||_F^2``."""
+        return self.total
+
+    @property
+    def whitened(self):
+        """True when calibration data shaped the summary (``units != "weight"``)."""
+        return self.units != "weight"
 
     def squared_tail(self, rank):
-        """Estimated ``||M - M_rank||_F^2``: exact up to the cap, then the remainder
+        """Estimated squared error at ``rank``: exact up to the cap, then the remainder
         spread evenly over the ranks beyond it (a flat tail, which errs high)."""
-        s2 = self.S ** 2
-        k = s2.shape[0]
+        k = self.gains.shape[0]
         if rank <= k:
-            return max(self.energy - float(np.sum(s2[:rank])), 0.0)
-        rest = max(self.energy - float(np.sum(s2)), 0.0)
+            return max(self.total - float(np.sum(self.gains[:rank])), 0.0)
+        rest = max(self.total - float(np.sum(self.gains)), 0.0)
         n_tail = max(min(self.shape) - k, 1)
         return rest * max(1.0 - (rank - k) / n_tail, 0.0)
 
-    def gains(self, upto):
-        """``g[i]`` = decrease of ``||M - M_r||_F^2`` from rank ``i`` to ``i + 1``, for
-        ``i < upto`` (the flat-tail model beyond the cap)."""
-        s2 = self.S ** 2
-        k = s2.shape[0]
+    def gains_upto(self, upto):
+        """The first ``upto`` gains, the flat-tail model beyond the cap."""
+        k = self.gains.shape[0]
         if upto <= k:
-            return s2[:upto].copy()
-        rest = max(self.energy - float(np.sum(s2)), 0.0)
+            return self.gains[:upto].copy()
+        rest = max(self.total - float(np.sum(self.gains)), 0.0)
         n_tail = max(min(self.shape) - k, 1)
-        return np.concatenate([s2, np.full(upto - k, rest / n_tail)])
+        return np.concatenate([self.gains, np.full(upto - k, rest / n_tail)])
 
 
-def summarize(W, *, gram=None, cap=DEFAULT_CAP, method="rsi", q=2, p=10, ridge=DEFAULT_RIDGE, rng=None, name="",
-              check_finite=True):
-    """Summary of one weight for :func:`allocate`: leading singular values and energy.
+def summarize(W, *, gram=None, output_gram=None, folds=None, whitening=None, cap=DEFAULT_CAP, method="rsi", q=2, p=10,
+              ridge=DEFAULT_RIDGE, rng=None, name="", check_finite=True):
+    """Summary of one weight for :func:`allocate`: its squared error against the rank.
+
+    Without ``folds``: the leading singular values of ``M`` (``W``, ``W L`` with
+    ``gram``, ``R^H W L`` with ``output_gram`` too; see :func:`~randla.compress.factor`),
+    ``gains = sigma_i^2``. With ``folds`` (input Gram matrices of disjoint parts of the
+    calibration data, summing to ``gram``): cross-validated gains. For each fold ``k``
+    the factorisation is fitted on the other folds (``L_k L_k^H = G - G_k``,
+    ``R^H W L_k = sum_i u_i s_i v_i^H``) and scored on fold ``k``: dropping component
+    ``i`` costs ``s_i^2 w_i^H G_k w_i`` with ``w_i = L_k^{-H} v_i`` (exact, the ``u_i``
+    are orthonormal). The held-out error curves are summed over the folds and replaced
+    by their concave majorant, so the gains do not increase. Held-out errors see what
+    in-sample errors cannot: inputs that the calibration data covers thinly make a
+    layer need a higher rank than its in-sample spectrum suggests.
 
     Parameters
     ----------
     W : array (out, in)
         As in :func:`~randla.compress.factor`.
     gram : array (in, in), optional
-        Input Gram matrix: summarise the whitened ``W L`` instead of ``W``.
+        Input Gram matrix (the sum of ``folds`` when both are given; computed from
+        ``folds`` when omitted).
+    output_gram : array (out, out), optional
+        Output-gradient Gram matrix: gains in ``"loss"`` units, comparable across
+        layers. An all-zero one (the output does not depend on the layer) gives zero
+        gains.
+    folds : sequence of arrays (in, in), optional
+        At least 2 per-fold input Gram matrices. ``gram`` is then needed (or is
+        computed as their sum).
+    whitening : Metric, optional
+        Factored ``gram``/``output_gram`` from :func:`~randla.compress.metric` instead
+        (with ``folds``, ``gram`` must be given as well).
     cap : int, default 256
-        Singular values computed: ``min(cap, max_saving_rank(shape))``; ``None`` for
-        all the useful ones. Beyond the cap the allocator models the remainder
-        ``||M||_F^2 - sum(S^2)`` as a flat tail.
+        Gains computed: ``min(cap, max_saving_rank(shape))``; ``None`` for all the
+        useful ones. Beyond the cap the allocator models the remainder as a flat tail.
     method, q, p, ridge, rng, check_finite
         As in :func:`~randla.compress.factor`.
     name : str
@@ -101,8 +168,9 @@ def summarize(W, *, gram=None, cap=DEFAULT_CAP, method="rsi", q=2, p=10, ridge=D
 
     Notes
     -----
-    Cost: one rank-``cap`` factorisation of ``W`` (or ``W L``); memory: the weight and
-    its sketch, so a checkpoint can be summarised tensor by tensor.
+    Cost: one rank-``cap`` factorisation of ``M`` (one per fold with ``folds``); memory:
+    the weight, its Gram matrices and a sketch, so a checkpoint can be summarised tensor
+    by tensor.
 
     Examples
     --------
@@ -110,28 +178,66 @@ def summarize(W, *, gram=None, cap=DEFAULT_CAP, method="rsi", q=2, p=10, ridge=D
     >>> from randla.compress import summarize
     >>> W = np.random.default_rng(0).standard_normal((60, 40))
     >>> s = summarize(W, cap=5, rng=0, name="fc")
-    >>> s.shape, s.S.shape
-    ((60, 40), (5,))
-    >>> bool(np.isclose(s.energy, np.sum(W**2)))
+    >>> s.shape, s.gains.shape, s.units
+    ((60, 40), (5,), 'weight')
+    >>> bool(np.isclose(s.total, np.sum(W**2)))
     True
     """
     Ww, xp, _ = working_matrix(W, "W", check_finite=check_finite)
     q, p = _check_method(method, "left", q, p)
     shape = tuple(int(s) for s in Ww.shape)
     rmax = max_saving_rank(shape)
-    k = rmax if cap is None else min(int(cap), rmax)
-    M = Ww
-    if gram is not None:
-        if tuple(gram.shape) != (shape[1], shape[1]):
-            raise ValueError(f"gram must be in x in = {shape[1]} x {shape[1]} for W of shape {shape}, "
-                             f"got {tuple(gram.shape)}")
-        M = Ww @ xp.astype(whitener(gram, ridge=ridge), Ww.dtype)
-    energy = _energy(M)
-    if k < 1:
-        S = np.zeros(0)
-    else:
-        S = B.to_numpy(_svd_at(M, k, method, q, p, B.as_generator(rng))[1]).astype(np.float64)[:k]
-    return LayerSummary(name, shape, S, energy, gram is not None)
+    k = rmax if cap is None else min(V.check_count(cap, "cap", minimum=1), rmax)
+    gen = B.as_generator(rng)
+    if folds is not None:
+        folds = list(folds)
+        if len(folds) < 2:
+            raise ValueError(f"folds must hold at least 2 Gram matrices, got {len(folds)}")
+        if gram is None:
+            gram = sum(folds[1:], folds[0])
+    if whitening is not None:
+        m = _resolve_metric(shape, None, None, whitening, ridge)
+    else:  # with folds only the output side is used whole; the input side is refitted per fold
+        m = metric(shape, gram=gram if folds is None else None, output_gram=output_gram, ridge=ridge)
+    units = metric_units(m) if folds is None else ("loss" if m.R is not None else "output")
+    if m.zero_output or k < 1:
+        total = 0.0 if m.zero_output or folds is not None else _energy(whiten(Ww, m))
+        return LayerSummary(name, shape, np.zeros(0 if k < 1 else k), total, units, 1 if folds is None else len(folds))
+    if folds is None:
+        M = whiten(Ww, m)
+        S = B.to_numpy(_svd_at(M, k, method, q, p, gen)[1]).astype(np.float64)[:k]
+        return LayerSummary(name, shape, S**2, _energy(M), units)
+    loss = np.zeros(k + 1)
+    RW = Ww if m.R is None else xp.astype(B.mH(m.R), Ww.dtype) @ Ww
+    for i, Gk in enumerate(folds):
+        if tuple(Gk.shape) != (shape[1], shape[1]):
+            raise ValueError(f"folds[{i}] must be in x in = {shape[1]} x {shape[1]}, got {tuple(Gk.shape)}")
+        Lk = whitener(gram - Gk, ridge=ridge, name=f"gram - folds[{i}]")
+        _, S, Vh = _svd_at(RW @ xp.astype(Lk, Ww.dtype), k, method, q, p, gen)
+        Wk = B.solve_triangular(B.mH(Lk), B.mH(xp.astype(Vh[:k, :], Lk.dtype)), lower=False)  # w_i = L^{-H} v_i
+        Gw = xp.astype(Gk, Ww.dtype)  # the held-out quadratic forms in the weight's precision (GEMM-bound)
+        Wk = xp.astype(Wk, Ww.dtype)
+        rho = xp.astype(xp.real(xp.sum(xp.conj(Wk) * (Gw @ Wk), axis=0)), xp.float64)
+        held = B.to_numpy(xp.astype(xp.real(S[:k]), xp.float64) ** 2 * rho)
+        total_k = B.scalar(xp.real(xp.sum(xp.conj(RW) * (RW @ Gw))))
+        loss += total_k - np.concatenate([[0.0], np.cumsum(held)])
+    return LayerSummary(name, shape, _concave_gains(loss), float(loss[0]), units, len(folds))
+
+
+def _concave_gains(loss):
+    """Non-increasing gains from a decreasing error curve: the slopes of the concave
+    majorant (upper hull) of the cumulative gain ``loss[0] - loss[r]``."""
+    cum = loss[0] - loss
+    hull = [0]
+    for r in range(1, cum.shape[0]):
+        while len(hull) >= 2 and ((cum[hull[-1]] - cum[hull[-2]]) * (r - hull[-1])
+                                  <= (cum[r] - cum[hull[-1]]) * (hull[-1] - hull[-2])):
+            hull.pop()
+        hull.append(r)
+    gains = np.zeros(cum.shape[0] - 1)
+    for a, b in zip(hull[:-1], hull[1:]):
+        gains[a:b] = (cum[b] - cum[a]) / (b - a)
+    return np.maximum(gains, 0.0)
 
 
 def _shapes(summaries):
@@ -204,21 +310,23 @@ def uniform_ranks(shapes, rank_fraction):
 def allocate(summaries, budget, *, weights=None):
     """Greedy ranks: spend ``budget`` on the largest weighted gains per parameter.
 
-    Each layer starts at rank 1; then ranks are added where ``w_l s_{l,i}^2 / (out_l +
+    Each layer starts at rank 1; then ranks are added where ``w_l gain_{l,i} / (out_l +
     in_l)`` is largest until the budget is spent (a layer whose useful ranks are
     exhausted may go dense, at the price ``out in - r (out + in)`` for its remaining
-    error). This minimises ``sum_l w_l ||M_l - (M_l)_{r_l}||_F^2`` over allocations
-    within the budget, up to the last incomplete step [concave knapsack].
+    error). This minimises ``sum_l w_l err_l(r_l)`` over allocations within the budget,
+    up to the last incomplete step [concave knapsack]. Steps that gain nothing are not
+    taken, so less than the budget may be spent.
 
     Parameters
     ----------
     summaries : sequence of LayerSummary
     budget : int or float
         Parameter count, or fraction of the layers' dense parameters.
-    weights : {"relative", "absolute"} or mapping name -> float, default "relative"
-        ``w_l``: ``1 / ||M_l||_F^2`` (sum of relative squared errors), 1 (sum of squared
-        errors; with whitened summaries, of squared output errors), or given weights
-        (e.g. sensitivities of the model's output to each layer).
+    weights : {"relative", "absolute"} or mapping name -> float, optional
+        ``w_l``: ``1 / total_l`` (sum of relative squared errors), 1 (sum of squared
+        errors), or given weights. Default: ``"absolute"`` when every summary is in
+        ``"loss"`` units (they are comparable: the sum estimates the model's output
+        change), else ``"relative"``.
 
     Returns
     -------
@@ -236,8 +344,8 @@ def allocate(summaries, budget, *, weights=None):
     --------
     >>> import numpy as np
     >>> from randla.compress import LayerSummary, allocate
-    >>> fast = LayerSummary("fast", (100, 100), 0.5 ** np.arange(49), 4 / 3, False)
-    >>> flat = LayerSummary("flat", (100, 100), np.ones(49), 100.0, False)
+    >>> fast = LayerSummary("fast", (100, 100), 0.25 ** np.arange(49), 4 / 3, "weight")
+    >>> flat = LayerSummary("flat", (100, 100), np.ones(49), 100.0, "weight")
     >>> allocate([fast, flat], 20 * 200)  # relative: the fast-decaying layer gains more per rank at first
     {'fast': 4, 'flat': 16}
     >>> allocate([fast, flat], 20 * 200, weights="absolute")  # absolute: the flat layer holds most energy
@@ -248,7 +356,9 @@ def allocate(summaries, budget, *, weights=None):
     if len(shapes) != len(summaries):
         raise ValueError("summaries must have distinct names")
     total = resolve_budget(budget, shapes)
-    w = _weights(summaries, "relative" if weights is None else weights)
+    if weights is None:
+        weights = "absolute" if all(s.units == "loss" for s in summaries) else "relative"
+    w = _weights(summaries, weights)
     ranks, spent, items = {}, 0, []
     for idx, s in enumerate(summaries):
         out, inp = s.shape
@@ -259,15 +369,15 @@ def allocate(summaries, budget, *, weights=None):
             continue
         ranks[s.name] = 1
         spent += out + inp
-        g = s.gains(rmax) * w[s.name]
+        g = s.gains_upto(rmax) * w[s.name]
         ratio = g[1:] / (out + inp)  # rank i -> i + 1 for i = 1 .. rmax - 1
         jump_cost = out * inp - rmax * (out + inp)
         jump_gain = w[s.name] * s.squared_tail(rmax)
         last = ratio[-1] if ratio.size else np.inf
         jump_ratio = min(jump_gain / jump_cost, last) if jump_cost > 0 else 0.0
-        for i, rt in enumerate(ratio):
-            items.append((-rt, idx, i + 2, out + inp))
-        items.append((-jump_ratio, idx, -1, jump_cost))
+        items += [(-rt, idx, i + 2, out + inp) for i, rt in enumerate(ratio) if rt > 0]
+        if jump_ratio > 0:
+            items.append((-jump_ratio, idx, -1, jump_cost))
     # items of one layer have non-increasing ratios, so a stable sort keeps their order
     items.sort(key=lambda t: (t[0], t[1], t[2] if t[2] > 0 else 1 << 60))
     left = total - spent
@@ -287,7 +397,7 @@ def allocate(summaries, budget, *, weights=None):
 def _weights(summaries, weights):
     if isinstance(weights, str):
         if weights == "relative":
-            return {s.name: (1.0 / s.energy if s.energy > 0 else 0.0) for s in summaries}
+            return {s.name: (1.0 / s.total if s.total > 0 else 0.0) for s in summaries}
         if weights == "absolute":
             return {s.name: 1.0 for s in summaries}
         raise ValueError(f"weights must be 'relative', 'absolute' or a mapping; got {weights!r}")

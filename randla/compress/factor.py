@@ -29,12 +29,13 @@ import numpy as np
 
 from .. import _backend as B
 from .. import _validate as V
-from ..estimate import _lanczos_norm, _residual_operand
+from ..estimate import _lanczos_norm
 from ..svd import adaptive_range_finder, block_krylov_svd, rsi, rsvd
 from .ranks import check_rank_mode, max_saving_rank, parameter_count, rank_for_rtol, saves_parameters, select_rank
 from .report import LayerReport
 
-__all__ = ["Factors", "METHODS", "SPLITS", "factor", "truncate", "whitener", "working_matrix", "DEFAULT_RIDGE"]
+__all__ = ["Factors", "Metric", "METHODS", "SPLITS", "factor", "truncate", "whitener", "metric", "metric_units",
+           "whiten", "working_matrix", "DEFAULT_RIDGE"]
 
 METHODS = ("rsi", "rsvd", "krylov", "exact")
 SPLITS = ("left", "balanced")
@@ -148,7 +149,7 @@ def whitener(gram, *, ridge=DEFAULT_RIDGE, name="gram"):
         if trace == 0.0:
             return eye
         raise ValueError(f"{name} is not positive semidefinite (negative trace)")
-    shift = ridge * trace / n + np.finfo(np.float64).tiny
+    shift = float(ridge * trace / n + np.finfo(np.float64).tiny)
     try:
         L = B.cholesky(G + shift * eye, upper=False)
     except Exception as exc:  # LinAlgError (NumPy/SciPy), torch's _LinAlgError, ...
@@ -212,10 +213,20 @@ def _normalized_error(M, U, S, Vh, r, rng):
     if S_host.shape[0] <= r:
         return None
     sigma = float(S_host[r])
-    op = _residual_operand(M, U[:, :r], S[:r], Vh[:r, :])
+    xp = B.namespace(M)
+    if B.prefers_whole_matrix_kernels(xp):  # a loop of small operations: run it on the host
+        M, U, S, Vh = (B.to_numpy(x) for x in (M, U, S, Vh))
+        xp = B.namespace(M)
+    US, Vr = U[:, :r] * xp.astype(S[:r], M.dtype)[None, :], Vh[:r, :]
+    USH, VrH = B.mH(US), B.mH(Vr)
+    MH = B.mH(M)
+    # the residual seen through its products; "dense" marks M as the array that gives
+    # the namespace, device and dtype of the Lanczos vectors
+    op = V.Operand(M, xp, tuple(M.shape), M.dtype, lambda X: M @ X - US @ (Vr @ X),
+                   lambda X: MH @ X - VrH @ (USH @ X), True)
     res = B.scalar(_lanczos_norm(op, 20, rng))
     if sigma <= 0.0:
-        return 1.0 if res <= 1e3 * B.eps(B.namespace(M), M.dtype) * max(float(S_host[0]), 1e-300) else math.inf
+        return 1.0 if res <= 1e3 * B.eps(xp, M.dtype) * max(float(S_host[0]), 1e-300) else math.inf
     return res / sigma
 
 
@@ -227,10 +238,102 @@ def _split(xp, U, S, Vh, split):
     return U * root[None, :], root[:, None] * Vh
 
 
-def _unwhiten(xp, A, L, dtype):
-    """``A L^{-1}`` by a triangular solve in the precision of ``L`` (float64)."""
-    X = B.solve_triangular(L, xp.astype(A, L.dtype), lower=True, left=False)
-    return xp.astype(X, dtype)
+class Metric(NamedTuple):
+    """The norm a factorisation minimises: ``||R^H (W - B A) L||_F``.
+
+    ``L`` (in x in, lower) from the input Gram matrix, ``R`` (out x out, lower) from
+    the output-gradient Gram matrix; ``None`` stands for the identity. Both float64
+    (complex128) in the namespace of the Gram matrices. ``zero_output``: the output
+    Gram matrix was all zero (the layer does not reach the model's output).
+    """
+
+    L: Any
+    R: Any
+    zero_output: bool
+
+
+def metric(shape, *, gram=None, output_gram=None, ridge=DEFAULT_RIDGE):
+    """Check ``gram`` (in x in) and ``output_gram`` (out x out) against ``shape``; factor them.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        ``(out, in)`` of the weight.
+    gram, output_gram : array, optional
+    ridge : float
+
+    Returns
+    -------
+    Metric
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from randla.compress.factor import metric
+    >>> m = metric((3, 2), gram=np.eye(2))
+    >>> m.L.shape, m.R
+    ((2, 2), None)
+    """
+    out, inp = shape
+    L = R = None
+    zero = False
+    if gram is not None:
+        if tuple(gram.shape) != (inp, inp):
+            raise ValueError(f"gram must be in x in = {inp} x {inp} for a weight of shape {tuple(shape)}, "
+                             f"got {tuple(gram.shape)}")
+        L = whitener(gram, ridge=ridge)
+    if output_gram is not None:
+        if tuple(output_gram.shape) != (out, out):
+            raise ValueError(f"output_gram must be out x out = {out} x {out} for a weight of shape "
+                             f"{tuple(shape)}, got {tuple(output_gram.shape)}")
+        R = whitener(output_gram, ridge=ridge, name="output_gram")
+        xp = B.namespace(output_gram)
+        zero = B.scalar(xp.real(xp.linalg.trace(output_gram))) == 0.0
+    return Metric(L, R, zero)
+
+
+def metric_units(m):
+    """``"weight"``, ``"output"`` or ``"loss"``: what ``||R^H (W - B A) L||`` measures."""
+    return "weight" if m.L is None and m.R is None else "output" if m.R is None else "loss"
+
+
+def _resolve_metric(shape, gram, output_gram, whitening, ridge):
+    if whitening is None:
+        return metric(shape, gram=gram, output_gram=output_gram, ridge=ridge)
+    if gram is not None or output_gram is not None:
+        raise TypeError("give gram/output_gram or whitening, not both")
+    if not isinstance(whitening, Metric):
+        raise TypeError(f"whitening must be a Metric from randla.compress.metric, got {type(whitening).__name__}")
+    for side, dim in ((whitening.L, shape[1]), (whitening.R, shape[0])):
+        if side is not None and tuple(side.shape) != (dim, dim):
+            raise ValueError(f"whitening does not match a weight of shape {tuple(shape)}")
+    return whitening
+
+
+def whiten(W, m):
+    """``M = R^H W L`` in ``W``'s dtype (``W`` itself for the identity metric).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from randla.compress.factor import metric, whiten
+    >>> whiten(np.ones((2, 2)), metric((2, 2), gram=4 * np.eye(2), ridge=0.0))
+    array([[2., 2.],
+           [2., 2.]])
+    """
+    xp = B.namespace(W)
+    M = W if m.L is None else W @ xp.astype(m.L, W.dtype)
+    return M if m.R is None else xp.astype(B.mH(m.R), W.dtype) @ M
+
+
+def _unwhiten(xp, Bf, Af, m, dtype):
+    """``(R^{-H} B, A L^{-1})`` by triangular solves in the precision of the metric's
+    factors (float64)."""
+    if m.L is not None:
+        Af = xp.astype(B.solve_triangular(m.L, xp.astype(Af, m.L.dtype), lower=True, left=False), dtype)
+    if m.R is not None:
+        Bf = xp.astype(B.solve_triangular(B.mH(m.R), xp.astype(Bf, m.R.dtype), lower=False), dtype)
+    return Bf, Af
 
 
 def _check_method(method, split, q, p):
@@ -239,16 +342,21 @@ def _check_method(method, split, q, p):
     return V.check_count(q, "q"), V.check_count(p, "p")
 
 
-def factor(W, rank=None, *, rank_fraction=None, param_fraction=None, rtol=None, gram=None, method="rsi", q=2,
-           p=10, split="left", ridge=DEFAULT_RIDGE, estimate_error=True, rng=None, name="", check_finite=True):
+def factor(W, rank=None, *, rank_fraction=None, param_fraction=None, rtol=None, gram=None, output_gram=None,
+           whitening=None, method="rsi", q=2, p=10, split="left", ridge=DEFAULT_RIDGE, estimate_error=True, rng=None,
+           name="", check_finite=True):
     """Factor one weight ``W (out x in) ~= B (out x r) @ A (r x in)``, plain or whitened.
 
     Plain: ``B = U_r S_r``, ``A = V_r^H`` from a truncated SVD of ``W``. With ``gram``
     (the layer's input Gram matrix ``G = X^H X``): the truncated SVD of ``M = W L``,
     ``L L^H = G + ridge tr(G)/in I``, and ``A = V_r^H L^{-1}`` by a triangular solve,
     which minimises the layer's output error ``||(W - B A) X^T||_F`` on the calibration
-    inputs (see the module docstring). The layer stays dense (``B = A = None``) unless
-    ``r (out + in) < out in``.
+    inputs (see the module docstring). With ``output_gram`` too (``H = sum g g^H`` of the
+    gradients ``g`` of the model's output with respect to this layer's output, ``H =
+    R R^H``): the truncated SVD of ``M = R^H W L`` and ``B = R^{-H} U_r S_r``, which
+    minimises ``tr(R^H (W - B A) G (W - B A)^H R)``, the Kronecker-factored (K-FAC)
+    Gauss-Newton estimate of the change of the model's output. The layer stays dense
+    (``B = A = None``) unless ``r (out + in) < out in``.
 
     Parameters
     ----------
@@ -264,6 +372,10 @@ def factor(W, rank=None, *, rank_fraction=None, param_fraction=None, rtol=None, 
     gram : array (in, in), optional
         Input Gram matrix ``X^H X`` of the layer on calibration data, in ``W``'s
         namespace (float64 recommended). Switches to the whitened factorisation.
+    output_gram : array (out, out), optional
+        Gram matrix of the output gradients (see above), e.g. from
+        ``randla.torch.calibrate(..., output=...)``. An all-zero ``output_gram`` (a
+        layer the output does not depend on) leaves the factors one-sided.
     method : {"rsi", "rsvd", "krylov", "exact"}, default "rsi"
         :func:`randla.rsi` with ``q`` iterations, :func:`randla.rsvd` without power
         iterations (Halko's plain RSVD; ``q`` is not used), :func:`randla.block_krylov_svd`
@@ -275,12 +387,13 @@ def factor(W, rank=None, *, rank_fraction=None, param_fraction=None, rtol=None, 
         ``B = U_r S_r, A = V_r^H`` (seed 004, as LoRA's ``B @ A``) or
         ``B = U_r S_r^{1/2}, A = S_r^{1/2} V_r^H`` (equal norms, friendlier to
         fine-tuning and to low-precision storage). Whitened: ``A`` is then multiplied
-        by ``L^{-1}`` on the right.
+        by ``L^{-1}`` on the right (and ``B`` by ``R^{-H}`` on the left).
     ridge : float, default 1e-6
-        Relative ridge of the Gram matrix (see :func:`whitener`).
+        Relative ridge of the Gram matrices (see :func:`whitener`).
     estimate_error : bool, default True
-        Estimate the normalized spectral error (20 Lanczos steps on the residual);
-        ``False`` skips it (``report.normalized_error`` is ``None``).
+        Estimate the normalized spectral error (20 Lanczos steps on the residual, on
+        the host for JAX arrays); ``False`` skips it, and so do lazy (Dask) arrays
+        (``report.normalized_error`` is ``None``).
     rng : None, int or numpy.random.Generator
     name : str
         Recorded in the report.
@@ -298,15 +411,16 @@ def factor(W, rank=None, *, rank_fraction=None, param_fraction=None, rtol=None, 
     TypeError
         No rank option or more than one; a wrong type.
     ValueError
-        ``W`` not 2-D, empty, or not finite; an option out of range; ``gram`` of the
-        wrong shape or not positive semidefinite.
+        ``W`` not 2-D, empty, or not finite; an option out of range; ``gram`` or
+        ``output_gram`` of the wrong shape or not positive semidefinite.
 
     Notes
     -----
     Cost: that of the chosen SVD of an ``out x in`` matrix at rank ``r`` (``2q + 2``
     passes for ``rsi``), plus, whitened, a Cholesky factorisation of ``G``
     (``in^3 / 3``), the product ``W L`` (``out in^2``) and a triangular solve
-    (``r in^2``). The error estimate adds 40 matrix-vector products.
+    (``r in^2``); the same on the output side with ``output_gram``. The error estimate
+    adds 40 matrix-vector products.
 
     Examples
     --------
@@ -337,35 +451,43 @@ def factor(W, rank=None, *, rank_fraction=None, param_fraction=None, rtol=None, 
     gen = B.as_generator(rng)
     rmax = max_saving_rank(shape)
     r = None if mode == "rtol" else select_rank(shape, **{mode: value})
+    m = _resolve_metric(shape, gram, output_gram, whitening, ridge)
+    if m.zero_output:
+        m = m._replace(R=None)
+    units = metric_units(m)
     if r is not None and not saves_parameters(shape, r):
-        return _dense(shape, name, gram is not None, t0)
-    L = None
-    if gram is not None:
-        if tuple(gram.shape) != (shape[1], shape[1]):
-            raise ValueError(f"gram must be in x in = {shape[1]} x {shape[1]} for W of shape {shape}, "
-                             f"got {tuple(gram.shape)}")
-        L = whitener(gram, ridge=ridge)
-    M = Ww if L is None else Ww @ xp.astype(L, Ww.dtype)
+        return _dense(shape, name, units, t0)
+    M = whiten(Ww, m)
     energy = _energy(M)
     if r is None:
         if rmax < 1:
-            return _dense(shape, name, L is not None, t0)
+            return _dense(shape, name, units, t0)
         U, S, Vh, r = _svd_rtol(M, value, rmax, method, q, gen)
         if r is None:
-            return _dense(shape, name, L is not None, t0)
+            return _dense(shape, name, units, t0)
     else:
         U, S, Vh = _svd_at(M, r, method, q, p, gen)
     S_host = B.to_numpy(S).astype(np.float64)
     nerr = None
-    if estimate_error and mode != "rtol":
+    if estimate_error and mode != "rtol" and not B.is_lazy(M):
         nerr = 1.0 if method == "exact" else _normalized_error(M, U, S, Vh, r, gen)
-    Bf, Af = _split(xp, U[:, :r], S[:r], Vh[:r, :], split)
-    if L is not None:
-        Af = _unwhiten(xp, Af, L, Ww.dtype)
     rel = _tail_error(S_host, r, energy)
-    report = LayerReport(name, shape, r, shape[0] * shape[1], parameter_count(shape, r), nerr, rel,
-                         rel if L is not None else None, time.perf_counter() - t0, method, L is not None)
+    out_err = None
+    if m.L is not None:
+        out_err = rel if m.R is None else _output_error(xp, Ww, m, U[:, :r], S[:r], Vh[:r, :])
+    Bf, Af = _split(xp, U[:, :r], S[:r], Vh[:r, :], split)
+    Bf, Af = _unwhiten(xp, Bf, Af, m, Ww.dtype)
+    report = LayerReport(name, shape, r, shape[0] * shape[1], parameter_count(shape, r), nerr, rel, out_err,
+                         time.perf_counter() - t0, method, units)
     return Factors(_cast_back(Bf, xp, out_dtype), _cast_back(Af, xp, out_dtype), S_host, energy, report)
+
+
+def _output_error(xp, W, m, U, S, Vh):
+    """``||(W - B A) L||_F / ||W L||_F`` for two-sided factors: ``(B A) L = R^{-H} U S Vh``."""
+    WL = whiten(W, m._replace(R=None))
+    US = _unwhiten(xp, U * xp.astype(S, U.dtype)[None, :], Vh, m._replace(L=None), W.dtype)[0]
+    den = _energy(WL)
+    return math.sqrt(_energy(WL - US @ Vh) / den) if den > 0 else 0.0
 
 
 def _tail_error(S, r, energy):
@@ -375,10 +497,11 @@ def _tail_error(S, r, energy):
     return math.sqrt(max(energy - float(np.sum(S[:r] ** 2)), 0.0) / energy)
 
 
-def _dense(shape, name, whitened, t0):
+def _dense(shape, name, units, t0, calibrated=None):
     n = shape[0] * shape[1]
-    report = LayerReport(name, shape, None, n, n, None, 0.0, 0.0 if whitened else None, time.perf_counter() - t0,
-                         "dense", whitened)
+    calibrated = units != "weight" if calibrated is None else calibrated
+    report = LayerReport(name, shape, None, n, n, None, 0.0, 0.0 if calibrated else None, time.perf_counter() - t0,
+                         "dense", units)
     return Factors(None, None, np.zeros(0), float("nan"), report)
 
 
@@ -400,7 +523,8 @@ def truncate(factors, rank):
     -------
     Factors
         With the report's errors updated (``normalized_error`` is ``None``: it is not
-        re-estimated).
+        re-estimated; so is ``output_error`` of factors weighted by output gradients,
+        which needs ``W``).
 
     Examples
     --------
@@ -418,8 +542,8 @@ def truncate(factors, rank):
     if rank > rep.rank:
         raise ValueError(f"rank must be <= the factors' rank {rep.rank}, got {rank}")
     if not saves_parameters(rep.shape, rank):
-        return _dense(rep.shape, rep.name, rep.whitened, time.perf_counter())
+        return _dense(rep.shape, rep.name, rep.units, time.perf_counter(), rep.output_error is not None)
     rel = _tail_error(factors.S, rank, factors.energy)
     report = rep._replace(rank=rank, params_after=parameter_count(rep.shape, rank), normalized_error=None,
-                          relative_error=rel, output_error=rel if rep.whitened else None)
+                          relative_error=rel, output_error=rel if rep.units == "output" else None)
     return factors._replace(B=factors.B[:, :rank], A=factors.A[:rank, :], report=report)

@@ -30,7 +30,8 @@ class LayerReport(NamedTuple):
         Numbers in the weight before and after (``out in`` and ``rank (out + in)``).
     normalized_error : float or None
         Estimated ``||M - B A'||_2 / sigma_{rank+1}(M)`` (1 is optimal), ``M`` the
-        matrix that was truncated: ``W``, or ``W L`` when whitened (``A' = A L``).
+        matrix that was truncated: ``W``, ``W L`` when whitened by input statistics, or
+        ``R^H W L`` when also weighted by output gradients (see ``units``).
         ``None`` when dense or when the rank was found from ``rtol`` (no
         ``sigma_{rank+1}`` is computed then).
     relative_error : float
@@ -44,8 +45,10 @@ class LayerReport(NamedTuple):
         Wall time of this layer's factorisation (spectrum, whitening, error estimate).
     method : str
         ``"rsi"``, ``"rsvd"``, ``"krylov"``, ``"exact"``, or ``"dense"``.
-    whitened : bool
-        True when the factorisation minimised the output error on calibration data.
+    units : str
+        What the factorisation minimised: ``"weight"`` (plain, ``M = W``),
+        ``"output"`` (the layer's output error on calibration inputs, ``M = W L``) or
+        ``"loss"`` (the K-FAC estimate of the model's output change, ``M = R^H W L``).
     """
 
     name: str
@@ -58,7 +61,12 @@ class LayerReport(NamedTuple):
     output_error: float | None
     seconds: float
     method: str
-    whitened: bool
+    units: str
+
+    @property
+    def whitened(self) -> bool:
+        """True when calibration data shaped the factors (``units != "weight"``)."""
+        return self.units != "weight"
 
     @property
     def factored(self) -> bool:

@@ -15,10 +15,10 @@ and back; the mathematics lives in the framework-free modules.
   place that feeds calibration batches to a model and watches named layers' inputs.
 """
 
-from ._calibration import calibrate, layer_inputs
+from ._calibration import Calibration, calibrate, layer_inputs
 from ._checkpoint import load_lowrank, save_lowrank
 from ._compress import compress, from_array, to_array
-from ._hooks import call_model, run_with_input_hooks, select_modules
+from ._hooks import call_model, eligible_layers, run_with_hooks, run_with_input_hooks, select_modules
 from ._linalg import LQResult, QRResult, lq, qr
 from ._modules import LowRankConv2d, LowRankLinear
 
@@ -29,12 +29,15 @@ __all__ = [
     "LQResult",
     "LowRankLinear",
     "LowRankConv2d",
+    "Calibration",
     "calibrate",
     "layer_inputs",
     "compress",
+    "eligible_layers",
     "to_array",
     "from_array",
     "call_model",
+    "run_with_hooks",
     "run_with_input_hooks",
     "select_modules",
     "save_lowrank",

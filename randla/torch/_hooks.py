@@ -9,13 +9,12 @@ tensor (``model(batch)``), a tuple or list of positional arguments
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
-__all__ = ["select_modules", "call_model", "run_with_input_hooks"]
+__all__ = ["select_modules", "eligible_layers", "call_model", "run_with_hooks", "run_with_input_hooks"]
 
 
 def _compile(pattern, name):
@@ -59,6 +58,29 @@ def select_modules(model, types, *, include=None, exclude=None):
     return [(name, mod) for name, mod in model.named_modules()
             if isinstance(mod, types) and name
             and (inc is None or inc.search(name)) and (exc is None or not exc.search(name))]
+
+
+def eligible_layers(model, *, include=None, exclude=None):
+    """``[(name, module)]`` that :func:`compress` and :func:`calibrate` consider.
+
+    ``nn.Linear`` and ``nn.Conv2d`` modules matching ``include``/``exclude``, except
+    grouped convolutions and the ``nn.Linear`` children of ``nn.MultiheadAttention``
+    and of torch's transformer layers, which read their children's ``weight``
+    directly and so cannot take a low-rank pair.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from randla.torch import eligible_layers
+    >>> model = torch.nn.Sequential(torch.nn.TransformerEncoderLayer(16, 2, 32), torch.nn.Linear(16, 4))
+    >>> [n for n, _ in eligible_layers(model)]
+    ['1']
+    """
+    owners = (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)
+    fixed = {id(c) for m in model.modules() if isinstance(m, owners) for c in m.modules() if c is not m}
+    return [(n, m) for n, m in select_modules(model, (torch.nn.Linear, torch.nn.Conv2d), include=include,
+                                              exclude=exclude)
+            if not (isinstance(m, torch.nn.Conv2d) and m.groups != 1) and id(m) not in fixed]
 
 
 def _device(model):
@@ -107,6 +129,88 @@ def call_model(model, batch):
                     f"arguments, got {type(batch).__name__}")
 
 
+def run_with_hooks(model, batches: Iterable, names, *, on_input: Callable | None = None,
+                   on_output: Callable | None = None, on_batch: Callable | None = None, grad=False):
+    """Feed ``batches`` to ``model`` with hooks on named submodules; the general form of
+    :func:`run_with_input_hooks`.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    batches : iterable of batches (see :func:`call_model`)
+    names : iterable of str
+    on_input : callable, optional
+        ``on_input(name, module, x)`` before each call of a named submodule, ``x`` its
+        first input (detached unless ``grad``).
+    on_output : callable, optional
+        ``on_output(name, module, y)`` after each call, ``y`` its output as is (part of
+        the autograd graph when ``grad``).
+    on_batch : callable, optional
+        ``on_batch(batch, output)`` after each forward pass, e.g. to differentiate the
+        output with respect to outputs collected by ``on_output``.
+    grad : bool, default False
+        Run under ``torch.enable_grad()`` instead of ``torch.no_grad()``.
+
+    Returns
+    -------
+    int
+        The number of batches fed.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from randla.torch import run_with_hooks
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> shapes = []
+    >>> run_with_hooks(net, [torch.randn(5, 4)], ["0"], on_output=lambda n, m, y: shapes.append(tuple(y.shape)))
+    1
+    >>> shapes
+    [(5, 8)]
+    """
+    modules = dict(model.named_modules())
+    names = list(names)
+    for n in names:
+        if n not in modules or not n:
+            raise ValueError(f"{n!r} is not a submodule of the model")
+
+    def pre_hook(name):
+        def hook(module, args, kwargs):
+            x = args[0] if args else next(iter(kwargs.values()))
+            on_input(name, module, x if grad else x.detach())
+
+        return hook
+
+    def post_hook(name):
+        def hook(module, args, output):
+            on_output(name, module, output)
+
+        return hook
+
+    handles = []
+    training = model.training
+    count = 0
+    try:
+        for n in names:
+            if on_input is not None:
+                handles.append(modules[n].register_forward_pre_hook(pre_hook(n), with_kwargs=True))
+            if on_output is not None:
+                handles.append(modules[n].register_forward_hook(post_hook(n)))
+        model.eval()
+        with torch.enable_grad() if grad else torch.no_grad():
+            for batch in batches:
+                output = call_model(model, batch)
+                if on_batch is not None:
+                    on_batch(batch, output)
+                count += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(training)
+    if count == 0:
+        raise ValueError("batches is empty")
+    return count
+
+
 def run_with_input_hooks(model, batches: Iterable, names, callback: Callable, *, grad=False):
     """Feed ``batches`` to ``model``; call ``callback(name, module, x)`` on every call of a
     named submodule, ``x`` its (first) input tensor.
@@ -150,34 +254,4 @@ def run_with_input_hooks(model, batches: Iterable, names, callback: Callable, *,
     >>> seen
     [('2', (5, 8)), ('2', (3, 8))]
     """
-    modules = dict(model.named_modules())
-    names = list(names)
-    for n in names:
-        if n not in modules or not n:
-            raise ValueError(f"{n!r} is not a submodule of the model")
-
-    def make_hook(name):
-        def hook(module, args, kwargs):
-            x = args[0] if args else next(iter(kwargs.values()))
-            callback(name, module, x if grad else x.detach())
-
-        return hook
-
-    handles = []
-    training = model.training
-    count = 0
-    try:
-        for n in names:
-            handles.append(modules[n].register_forward_pre_hook(make_hook(n), with_kwargs=True))
-        model.eval()
-        with torch.no_grad() if not grad else contextlib.nullcontext():
-            for batch in batches:
-                call_model(model, batch)
-                count += 1
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(training)
-    if count == 0:
-        raise ValueError("batches is empty")
-    return count
+    return run_with_hooks(model, batches, names, on_input=callback, grad=grad)
