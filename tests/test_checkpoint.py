@@ -283,3 +283,25 @@ def test_grams_from_torch(tmp_path):
     G = torch.eye(4, dtype=torch.float64) * 2
     back = load_grams(save_grams({"fc": G}, tmp_path / "g.safetensors"))
     np.testing.assert_array_equal(back["fc"], 2 * np.eye(4))
+
+
+def test_full_calibration_round_trip(tmp_path):
+    """Output-gradient and per-fold Gram matrices of randla.torch.calibrate survive the file."""
+    torch = pytest.importorskip("torch")
+    from randla.torch import calibrate
+
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    cal = calibrate(net, [torch.randn(20, 6), torch.randn(20, 6)], output=lambda y, batch: y, folds=2, rng=0)
+    assert cal.output_grams is not None and len(cal.folds) == 2
+    back = load_grams(save_grams(cal, tmp_path / "cal.safetensors"))
+    assert set(back) == set(cal) == {"0", "2"}
+    for n in cal:
+        np.testing.assert_array_equal(back[n], cal[n].detach().numpy())
+        np.testing.assert_array_equal(back.output_grams[n], cal.output_grams[n].detach().numpy())
+        for k in range(2):
+            np.testing.assert_array_equal(back.folds[k][n], cal.folds[k][n].detach().numpy())
+    with pytest.raises(ValueError, match="must not contain '@'"):
+        save_grams({"a@b": np.eye(2)}, tmp_path / "bad.safetensors")
+    save_file({"fc@weird": np.eye(2)}, str(tmp_path / "weird.safetensors"))
+    with pytest.raises(CheckpointError, match="not a Gram matrix name"):
+        load_grams(tmp_path / "weird.safetensors")

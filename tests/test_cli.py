@@ -584,3 +584,36 @@ def test_minilm_through_the_command_line(tmp_path):
     assert abs(cosine(fresh) - library) < 0.02 and cosine(fresh) > plain + 0.2, (cosine(fresh), library, plain)
     with torch.no_grad():
         assert torch.equal(fresh.embeddings.word_embeddings.weight, model.embeddings.word_embeddings.weight)
+
+
+def test_calibration_with_output_grams_and_folds(tmp_path):
+    """A full calibration file (output-gradient and per-fold Gram matrices) drives the factors and the budget."""
+    torch = pytest.importorskip("torch")
+    from randla.torch import calibrate, compress
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 8))
+    X = torch.randn(256, 32) * torch.logspace(0, -2, 32)
+    cal = calibrate(net, [X[:128], X[128:]], output=lambda y, batch: y, folds=2, rng=0)
+    save_grams(cal, tmp_path / "cal.safetensors")
+    save_grams(dict(cal), tmp_path / "inputs.safetensors")  # input Gram matrices only
+    save_file({k: v.detach().numpy() for k, v in net.state_dict().items()}, str(tmp_path / "net.safetensors"))
+    for name in ("cal", "inputs"):
+        assert main(["compress", str(tmp_path / "net.safetensors"), "-o", str(tmp_path / f"{name}-out.safetensors"),
+                     "--rank", "4", "--exclude", "", "--calibration", str(tmp_path / f"{name}.safetensors"),
+                     "--quiet"]) == 0
+    full, meta = _load_all(tmp_path / "cal-out.safetensors")
+    inputs_only, _ = _load_all(tmp_path / "inputs-out.safetensors")
+    options = json.loads(meta["randla"])["options"]
+    assert options["output_grams"] is True and options["folds"] == 2
+    assert not np.allclose(full["0.lowrank_B"], inputs_only["0.lowrank_B"])  # output-weighted factors differ
+    # the file gives what the library gives from the same calibration (same rng order: module order)
+    small, _ = compress(net, rank=4, calibration=cal, rng=0)
+    W = small[0].lowrank_B.detach().numpy() @ small[0].lowrank_A.detach().numpy()
+    np.testing.assert_allclose(full["0.lowrank_B"] @ full["0.lowrank_A"], W, rtol=1e-4, atol=1e-5)
+    assert main(["compress", str(tmp_path / "net.safetensors"), "-o", str(tmp_path / "b.safetensors"),
+                 "--budget", "0.4", "--exclude", "", "--calibration", str(tmp_path / "cal.safetensors"),
+                 "--quiet"]) == 0
+    got, _ = _load_all(tmp_path / "b.safetensors")
+    kept = sum(v.size for k, v in got.items() if "lowrank" in k or k.endswith("weight"))
+    assert kept <= 0.4 * (32 * 64 + 64 * 8)

@@ -40,6 +40,7 @@ __all__ = [
     "check_output",
     "save_grams",
     "load_grams",
+    "Grams",
     "randla_metadata",
     "FLOAT_DTYPES",
     "INDEX_NAME",
@@ -485,15 +486,55 @@ def _to_numpy(x) -> np.ndarray:
     return to_numpy(x)
 
 
-_GRAM_KIND = "input-gram"
+_GRAM_KIND = "calibration"
+_OUTPUT, _FOLD = "@output", "@fold"  # module names never hold "@"
+
+
+class Grams(dict):
+    """``{module_name: G}`` input Gram matrices (float64 NumPy), with what else was measured.
+
+    Attributes
+    ----------
+    output_grams : dict or None
+        ``{module_name: H}``, output-gradient Gram matrices (``out x out``), as
+        ``randla.torch.calibrate(..., output=...)`` measures them.
+    folds : list of dict or None
+        Per-fold input Gram matrices (summing to the main ones), for cross-validated
+        budgets.
+    """
+
+    output_grams: dict | None = None
+    folds: list | None = None
+
+
+def _square64(G, what):
+    G = np.asarray(_to_numpy(G), dtype=np.float64)
+    if G.ndim != 2 or G.shape[0] != G.shape[1]:
+        raise ValueError(f"{what} must be a square matrix, got shape {G.shape}")
+    return G
 
 
 def save_grams(grams: Mapping[str, Any], path) -> Path:
-    """Write per-layer input Gram matrices (``{module_name: G}``, ``in x in``) to a safetensors file.
+    """Write a calibration: per-layer Gram matrices, to a safetensors file.
 
-    ``G`` may be any array-API array (torch tensors from ``randla.torch.calibrate``
-    included); it is stored as float64 under the module's name. The file's ``randla``
-    metadata marks it as a calibration file. Written to a temporary file and renamed.
+    Parameters
+    ----------
+    grams : mapping
+        ``{module_name: G}`` input Gram matrices (``in x in``), any array-API arrays:
+        the result of ``randla.torch.calibrate`` is stored whole, its
+        ``output_grams`` (as ``NAME@output``) and ``folds`` (as ``NAME@fold0``, ...)
+        included when present.
+    path : str or Path
+        A ``.safetensors`` file (written to a temporary file and renamed).
+
+    Returns
+    -------
+    Path
+
+    Notes
+    -----
+    Everything is stored in float64; the file's ``randla`` metadata marks it as a
+    calibration file. ``randla compress --calibration FILE`` and :func:`load_grams` read it.
 
     Examples
     --------
@@ -501,36 +542,66 @@ def save_grams(grams: Mapping[str, Any], path) -> Path:
     >>> from randla.compress.checkpoint import save_grams, load_grams
     >>> X = np.random.default_rng(0).standard_normal((50, 4))
     >>> path = save_grams({"fc": X.T @ X}, os.path.join(tempfile.mkdtemp(), "grams.safetensors"))
-    >>> bool(np.allclose(load_grams(path)["fc"], X.T @ X))
-    True
+    >>> grams = load_grams(path)
+    >>> bool(np.allclose(grams["fc"], X.T @ X)), grams.output_grams, grams.folds
+    (True, None, None)
     """
     path = Path(path)
     if not _is_single_file(path):
         raise CheckpointError(f"{path}: a calibration file must end in .safetensors")
     arrays = {}
     for name, G in grams.items():
-        G = np.asarray(_to_numpy(G), dtype=np.float64)
-        if G.ndim != 2 or G.shape[0] != G.shape[1]:
-            raise ValueError(f"grams[{name!r}] must be a square matrix, got shape {G.shape}")
-        arrays[name] = G
-    write_checkpoint(path, arrays.items(), metadata={"randla": {"kind": _GRAM_KIND}})
+        if "@" in name:
+            raise ValueError(f"grams: layer name {name!r} must not contain '@'")
+        arrays[name] = _square64(G, f"grams[{name!r}]")
+    output_grams = getattr(grams, "output_grams", None) or {}
+    for name, H in output_grams.items():
+        arrays[name + _OUTPUT] = _square64(H, f"output_grams[{name!r}]")
+    folds = getattr(grams, "folds", None) or []
+    for i, fold in enumerate(folds):
+        for name, G in fold.items():
+            arrays[f"{name}{_FOLD}{i}"] = _square64(G, f"folds[{i}][{name!r}]")
+    meta = {"kind": _GRAM_KIND, "output_grams": bool(output_grams), "folds": len(folds)}
+    write_checkpoint(path, arrays.items(), metadata={"randla": meta})
     return path
 
 
-def load_grams(path) -> dict[str, np.ndarray]:
-    """Read a calibration file written by :func:`save_grams`: ``{module_name: G}`` (float64).
+def load_grams(path) -> Grams:
+    """Read a calibration file written by :func:`save_grams`.
 
-    Raises :class:`CheckpointError` for a file that is not a Gram file (every tensor
-    must be square and floating).
+    Returns
+    -------
+    Grams
+        ``{module_name: G}`` (float64), with ``output_grams`` and ``folds`` when the
+        file holds them.
+
+    Raises
+    ------
+    CheckpointError
+        The file cannot be read or is not a calibration file (every tensor must be a
+        square floating matrix).
     """
-    grams = {}
+    out, outputs, folds = Grams(), {}, {}
     with open_checkpoint(path) as ckpt:
         for name, spec in ckpt.specs.items():
             if len(spec.shape) != 2 or spec.shape[0] != spec.shape[1] or spec.dtype.name not in FLOAT_DTYPES:
                 raise CheckpointError(f"{path}: {name!r} is not a square Gram matrix ({spec.dtype}{spec.shape}); "
                                       f"write calibration files with save_grams")
-            grams[name] = ckpt.load(name).astype(np.float64)
-    return grams
+            G = ckpt.load(name).astype(np.float64)
+            base, _, tag = name.partition("@")
+            if not tag:
+                out[name] = G
+            elif tag == _OUTPUT[1:]:
+                outputs[base] = G
+            elif tag.startswith(_FOLD[1:]) and tag[len(_FOLD) - 1:].isdigit():
+                folds.setdefault(int(tag[len(_FOLD) - 1:]), {})[base] = G
+            else:
+                raise CheckpointError(f"{path}: {name!r} is not a Gram matrix name (NAME, NAME@output, NAME@foldK)")
+    if sorted(folds) != list(range(len(folds))):
+        raise CheckpointError(f"{path}: fold Gram matrices are numbered {sorted(folds)}, not 0..{len(folds) - 1}")
+    out.output_grams = outputs or None
+    out.folds = [folds[i] for i in range(len(folds))] or None
+    return out
 
 
 def randla_metadata(ckpt: Checkpoint) -> dict | None:

@@ -117,19 +117,34 @@ class CompressResult(NamedTuple):
 
 
 def _grams_for(calibration, ckpt, targets):
-    """The Gram matrix of every selected weight (a missing one is an error, as in
-    :func:`randla.compress.check_grams`: plain factors are far worse on a model's output)."""
+    """The calibration of the selected weights (see :func:`randla.compress.check_grams`:
+    a missing Gram matrix is an error, plain factors being far worse on a model's output)."""
     from . import check_grams
+    from .checkpoint import Grams
 
     if calibration is None:
-        return {}
+        return Grams()
     grams = load_grams(calibration)
     modules = [_module(n) for n in targets]
+    shapes = {m: ckpt.specs[n].shape for m, n in zip(modules, targets)}
     try:
-        check_grams(grams, modules, {m: ckpt.specs[n].shape[1] for m, n in zip(modules, targets)})
+        check_grams(grams, modules, {m: s[1] for m, s in shapes.items()})
+        check_grams(grams.output_grams, modules, {m: s[0] for m, s in shapes.items()}, argument="output_grams")
+        for i, fold in enumerate(grams.folds or []):
+            check_grams(fold, modules, {m: s[1] for m, s in shapes.items()}, argument=f"fold {i}")
     except ValueError as exc:
         raise CheckpointError(f"{calibration}: {exc}; --exclude selects the layers to factor") from None
-    return {m: grams[m] for m in modules}
+    out = Grams({m: grams[m] for m in modules})
+    out.output_grams = None if grams.output_grams is None else {m: grams.output_grams[m] for m in modules}
+    out.folds = None if grams.folds is None else [{m: f[m] for m in modules} for f in grams.folds]
+    if out.folds is not None and len(out.folds) < 2:
+        out.folds = None  # one fold is the whole set: nothing to cross-validate
+    return out
+
+
+def _calibration_of(grams, m):
+    """``gram`` and ``output_gram`` keywords of :func:`randla.compress.factor` for module ``m``."""
+    return {"gram": grams.get(m), "output_gram": None if grams.output_grams is None else grams.output_grams[m]}
 
 
 def _named(tensor, fn, /, *args, **kwargs):
@@ -169,10 +184,13 @@ def compress_checkpoint(src, out, *, rank=None, rank_fraction=None, param_fracti
         count, or a fraction of the selected weights' parameters) is spread over the
         layers by :func:`randla.compress.allocate` from a first pass of spectra.
     calibration : str or Path, optional
-        Gram matrices from :func:`~randla.compress.checkpoint.save_grams` (e.g. of
+        A calibration file from :func:`~randla.compress.checkpoint.save_grams` (of
         ``randla.torch.calibrate``), keyed by module name (``NAME`` for ``NAME.weight``).
-        Every selected weight gets the whitened factorisation and needs its Gram
-        matrix (``--exclude`` the others).
+        Every selected weight gets the whitened factorisation and needs its input Gram
+        matrix (``--exclude`` the others); output-gradient Gram matrices, when the file
+        has them, weight the factors by their effect on the model's output, and
+        per-fold Gram matrices make a ``budget`` cross-validated (as in
+        :func:`randla.compress.compress_weights`).
     method, q
         As in :func:`randla.compress.factor`.
     include, exclude : str, optional
@@ -245,8 +263,9 @@ def compress_checkpoint(src, out, *, rank=None, rank_fraction=None, param_fracti
             summaries = []
             for n in targets:
                 m = _module(n)
-                summaries.append(_named(n, summarize, ckpt.load(n), gram=grams.get(m), method=method, q=q, rng=gen,
-                                        name=m))
+                folds = None if grams.folds is None else [f[m] for f in grams.folds]
+                summaries.append(_named(n, summarize, ckpt.load(n), folds=folds, method=method, q=q, rng=gen,
+                                        name=m, **_calibration_of(grams, m)))
                 if progress is not None:
                     progress(f"spectrum of {m}")
             try:
@@ -257,7 +276,8 @@ def compress_checkpoint(src, out, *, rank=None, rank_fraction=None, param_fracti
             spectra_seconds = time.perf_counter() - t0
         layer_reports = {}
         options = {"mode": mode, "value": value, "method": method, "q": int(q), "include": include,
-                   "exclude": exclude, "calibrated": sorted(grams)}
+                   "exclude": exclude, "calibrated": sorted(grams), "output_grams": grams.output_grams is not None,
+                   "folds": len(grams.folds or [])}
         target_set = set(targets)
 
         def produce():
@@ -266,7 +286,7 @@ def compress_checkpoint(src, out, *, rank=None, rank_fraction=None, param_fracti
                 if name in target_set:
                     m = _module(name)
                     kw = {"rank": ranks[m]} if mode == "budget" else {mode: value}
-                    f = _named(name, factor, W, gram=grams.get(m), method=method, q=q, rng=gen, name=m, **kw)
+                    f = _named(name, factor, W, method=method, q=q, rng=gen, name=m, **_calibration_of(grams, m), **kw)
                     layer_reports[m] = f.report
                     if f.B is not None:
                         spectra.setdefault(m, f.S)
@@ -403,7 +423,8 @@ def inspect_checkpoint(src, *, rtols=DEFAULT_RTOLS, calibration=None, include=No
         grams = _grams_for(calibration, ckpt, targets)
         for n in targets:
             m = _module(n)
-            s = summarize(ckpt.load(n), gram=grams.get(m), cap=cap, method=method, q=q, rng=gen, name=m)
+            s = _named(n, summarize, ckpt.load(n), cap=cap, method=method, q=q, rng=gen, name=m,
+                       **_calibration_of(grams, m))
             sug, est = {}, {}
             for t in rtols:
                 sug[t], est[t] = _suggest(s, t)
