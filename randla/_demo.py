@@ -161,9 +161,11 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
 
     Every ``nn.Linear`` (37 weights) is compressed at once at rank ``floor(alpha min(m, n))``
     for alpha in 0.8, 0.6, 0.4, 0.2, by the plain factorisations (RSVD, RSI with q = 1, 2,
-    3, block Krylov, the exact SVD) and by the activation-whitened RSI (q = 2) with input
-    Gram matrices from 128 calibration sentences, uniform and with a parameter budget
-    equal to the uniform one's. Each compressed model embeds 128 other sentences; the
+    3, block Krylov, the exact SVD), by the activation-whitened RSI (q = 2) with input Gram
+    matrices from 128 calibration sentences, by the two-sided (K-FAC) RSI that also
+    weights each layer by the sentence embedding's gradients, and with a parameter budget
+    equal to the uniform one's (:func:`randla.torch.compress` with ``budget``, gains
+    cross-validated over two folds). Each compressed model embeds 128 other sentences; the
     table gives the compression time, the share of linear parameters kept, the mean
     normalized spectral error of the truncated matrices (``W``, or ``W L`` whitened), the
     mean cosine of each sentence embedding to the original model's, and two retrieval
@@ -191,15 +193,19 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
     batches = [tok(cal[i:i + 32], padding=True, truncation=True, return_tensors="pt") for i in range(0, len(cal), 32)]
     E0 = embed(model, tok, ev)
     t0 = time.perf_counter()
-    grams = calibrate(model, batches)
+    # input Gram matrices of every layer, and the Gram matrices of the sentence embedding's
+    # gradients with respect to each layer's output (K-FAC), in two folds for the budget
+    calibration = calibrate(model, batches, output=_sentence_embedding, rng=seed)
     t_cal = time.perf_counter() - t0
+    grams = dict(calibration)  # the input Gram matrices alone
     n_linear = _linear_params(model)
     plain = [("rsvd (q=0)", {"method": "rsvd"})]
     plain += [(f"rsi q={q}", {"method": "rsi", "q": q}) for q in ((2,) if quick else (1, 2, 3))]
     plain += [] if quick else [("block Krylov q=2", {"method": "krylov", "q": 2}), ("exact SVD", {"method": "exact"})]
     print_(f"randla demo: every nn.Linear of MiniLM-L6 (all-MiniLM-L6-v2; {len(grams)} weights, {n_linear / 1e6:.1f}M "
            f"parameters) compressed at once, rank floor(alpha min(m, n)); {len(cal)} calibration and {len(ev)} "
-           f"evaluation sentences (disjoint); input Gram matrices of every layer in {t_cal:.1f} s\n")
+           f"evaluation sentences (disjoint); calibration (input and output-gradient Gram matrices of every "
+           f"layer) {t_cal:.1f} s\n")
     head = f"{'alpha':<7}{'method':<28}{'time':>8}{'kept':>8}{'error':>8}{'cosine':>9}{'NN@1':>7}{'Spearman':>10}"
     print_(head)
     rows = []
@@ -223,8 +229,10 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
             run(label, alpha, lambda kw=kw: compress(model, rank_fraction=alpha, rng=seed, **kw))
         _, uniform = run("whitened rsi q=2", alpha,
                          lambda: compress(model, rank_fraction=alpha, calibration=grams, rng=seed))
-        run("budgeted whitened rsi q=2", alpha,
-            lambda: compress(model, budget=uniform.params_after, calibration=grams, rng=seed))
+        run("two-sided rsi q=2 (K-FAC)", alpha,
+            lambda: compress(model, rank_fraction=alpha, calibration=calibration, rng=seed))
+        run("budgeted two-sided rsi q=2", alpha,
+            lambda: compress(model, budget=uniform.params_after, calibration=calibration, rng=seed))
         print_("")
     pairs = [(f"encoder.layer.{i}.intermediate.dense", f"encoder.layer.{i}.output.dense") for i in range(6)]
     pruned, _ = run("FFN pruning, half width (ID)", "-",
@@ -232,8 +240,12 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
     speed = _forward_speedup(model, pruned, tok, ev, repeat=2 if quick else 5)
     print_(f"\nFFN pruning keeps the model dense and smaller: forward pass {speed:.2f}x faster on the evaluation "
            f"sentences (best of {2 if quick else 5}, interleaved)")
-    print_("time: the compression call (calibration excluded); kept: share of the linear layers' weight parameters; "
-           "error: mean ||M - M_r||_2 / sigma_(r+1)(M) over the factored layers (M = W, or W L whitened; 1 is "
+    print_("whitened: factors minimise each layer's output error on the calibration inputs (SVD of W L, G = L L^T); "
+           "two-sided: weighted by each layer's effect on the sentence embedding as well (SVD of R^T W L, R R^T the "
+           "Gram matrix of the embedding's gradients at the layer's output); budgeted: the same total parameters as "
+           "the uniform rank, spread over the layers by cross-validated gains. time: the compression call "
+           "(calibration excluded); kept: share of the linear layers' weight parameters; "
+           "error: mean ||M - M_r||_2 / sigma_(r+1)(M) over the factored layers (M = W, W L or R^T W L; 1 is "
            "optimal); cosine: mean cosine of each evaluation embedding to the original model's; NN@1: share of "
            "sentences whose nearest neighbour is unchanged; Spearman: rank correlation of all pairwise "
            f"similarities. Total {time.perf_counter() - t_start:.0f} s, torch on {torch.get_num_threads()} threads.")
@@ -241,6 +253,16 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
         _plot_study(rows, plot)
         print_(f"plot: {plot}")
     return rows
+
+
+def _sentence_embedding(output, batch):
+    """What MiniLM must preserve: the mean-pooled, normalised sentence embedding (as
+    :func:`randla.testing.embed` computes it), differentiable."""
+    import torch
+
+    h = output.last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
+    return torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1).clamp(min=1.0), dim=-1)
 
 
 def _forward_speedup(model, pruned, tok, texts, *, repeat):

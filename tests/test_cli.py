@@ -515,13 +515,15 @@ def test_demo_quick(tmp_path, capsys):
         if parts and parts[0] in ("0.4", "-") and line.rstrip()[-1].isdigit():
             label = line[7:35].strip()
             rows[label] = [float(x.rstrip("s")) if x != "-" else math.nan for x in line[35:].split()]
+    assert len(rows) == 6, out  # rsvd, rsi, whitened, two-sided, budgeted at alpha 0.4; pruning
     plain, white = rows["rsi q=2"], rows["whitened rsi q=2"]
     # columns: time, kept, error, cosine, NN@1, Spearman
     assert plain[1] == pytest.approx(white[1]) and 0.55 < plain[1] < 0.65  # alpha 0.4 keeps 60%
     assert 1.0 <= plain[2] < 1.5  # normalized spectral error of rsi q=2
     assert white[3] > plain[3] + 0.2  # whitening is what keeps the model working
     assert white[5] > plain[5] and white[4] >= plain[4]  # and its retrieval figures
-    assert rows["budgeted whitened rsi q=2"][1] <= white[1] + 1e-3  # the same parameter count
+    assert rows["budgeted two-sided rsi q=2"][1] <= white[1] + 1e-3  # the same parameter count
+    assert rows["two-sided rsi q=2 (K-FAC)"][3] > plain[3] + 0.2
     pruned = rows["FFN pruning, half width (ID)"]
     assert pruned[3] > 0.95 and pruned[1] < 0.75
     assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
