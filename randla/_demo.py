@@ -195,7 +195,7 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
     t0 = time.perf_counter()
     # input Gram matrices of every layer, and the Gram matrices of the sentence embedding's
     # gradients with respect to each layer's output (K-FAC), in two folds for the budget
-    calibration = calibrate(model, batches, output=_sentence_embedding, rng=seed)
+    calibration = calibrate(model, batches, output=_sentence_embedding, probes=2 if quick else 8, rng=seed)
     t_cal = time.perf_counter() - t0
     grams = dict(calibration)  # the input Gram matrices alone
     n_linear = _linear_params(model)
