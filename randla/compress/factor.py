@@ -199,9 +199,9 @@ def _energy(M):
     xp = B.namespace(M)
     wide = xp.complex128 if xp.isdtype(M.dtype, "complex floating") else xp.float64
     step = max(1, (1 << 22) // max(int(M.shape[1]), 1))  # about 4M entries (32 MB) per block
-    total = 0.0
-    for i in range(0, int(M.shape[0]), step):
-        Mw = xp.astype(M[i:i + step, :], wide)
+    total, rows = 0.0, int(M.shape[0])
+    for i in range(0, rows, step):
+        Mw = xp.astype(M[i:min(i + step, rows), :], wide)  # in-bounds stop: the standard requires it
         total += B.scalar(xp.real(xp.sum(Mw * xp.conj(Mw))))
     return total
 
