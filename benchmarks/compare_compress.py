@@ -43,9 +43,7 @@ DEFAULT = "fidelity,time"
 
 
 def _setup(quick):
-    import torch
-
-    from randla.testing import embed, minilm, sentences
+    from randla.testing import embed, minilm, sentence_embedding, sentences
 
     model, tok = minilm()
     cal, ev = sentences("calibration"), sentences("evaluation")
@@ -58,12 +56,7 @@ def _setup(quick):
         E = embed(m, tok, ev if which == "ev" else cal)
         return float((E * ref[which]).sum(1).mean())
 
-    def output(out, batch):
-        h = out.last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
-        return torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1).clamp(min=1.0), dim=-1)
-
-    return model, batches, cosine, output
+    return model, batches, cosine, sentence_embedding
 
 
 def _shapes(model):

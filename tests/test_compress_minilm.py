@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def minilm_setup():
-    from randla.testing import embed, minilm, minilm_path, sentences
+    from randla.testing import embed, minilm, minilm_path, sentence_embedding, sentences
 
     try:
         minilm_path()
@@ -29,12 +29,7 @@ def minilm_setup():
     def cosine(m):
         return float((embed(m, tok, ev) * ref).sum(1).mean())
 
-    def output(out, batch):
-        h = out.last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
-        return torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1).clamp(min=1.0), dim=-1)
-
-    return model, batches, cosine, output
+    return model, batches, cosine, sentence_embedding
 
 
 def test_minilm_whitened_and_budgeted(minilm_setup):
