@@ -8,6 +8,8 @@ and back; the mathematics lives in the framework-free modules.
   rules are :func:`randla.qr_vjp` / :func:`randla.lq_vjp` (and the JVPs).
 - :func:`compress`: replace ``nn.Linear``/``nn.Conv2d`` layers by :class:`LowRankLinear` /
   :class:`LowRankConv2d`, plain or whitened by :func:`calibrate`'s Gram matrices.
+- :func:`prune_mlp`: neuron pruning of ``Linear -> act -> Linear`` pairs (and gated MLPs)
+  by an interpolative decomposition of the activations; the layers stay ``nn.Linear``.
 - :func:`run_with_input_hooks`, :func:`call_model`, :func:`select_modules`: the one
   place that feeds calibration batches to a model and watches named layers' inputs.
 """
@@ -17,6 +19,7 @@ from ._compress import compress, from_array, to_array
 from ._hooks import call_model, eligible_layers, run_with_hooks, run_with_input_hooks, select_modules
 from ._linalg import LQResult, QRResult, lq, qr
 from ._modules import LowRankConv2d, LowRankLinear
+from ._prune import prune_mlp
 
 __all__ = [
     "qr",
@@ -29,6 +32,7 @@ __all__ = [
     "calibrate",
     "layer_inputs",
     "compress",
+    "prune_mlp",
     "eligible_layers",
     "to_array",
     "from_array",
