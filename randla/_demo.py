@@ -181,7 +181,7 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
     _require()
     import torch
 
-    from .testing import embed, minilm, sentences
+    from .testing import embed, minilm, sentence_embedding, sentences
     from .torch import calibrate, compress, prune_mlp
 
     t_start = time.perf_counter()
@@ -195,7 +195,7 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
     t0 = time.perf_counter()
     # input Gram matrices of every layer, and the Gram matrices of the sentence embedding's
     # gradients with respect to each layer's output (K-FAC), in two folds for the budget
-    calibration = calibrate(model, batches, output=_sentence_embedding, probes=2 if quick else 8, rng=seed)
+    calibration = calibrate(model, batches, output=sentence_embedding, probes=2 if quick else 8, rng=seed)
     t_cal = time.perf_counter() - t0
     grams = dict(calibration)  # the input Gram matrices alone
     n_linear = _linear_params(model)
@@ -206,7 +206,7 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
            f"parameters) compressed at once, rank floor(alpha min(m, n)); {len(cal)} calibration and {len(ev)} "
            f"evaluation sentences (disjoint); calibration (input and output-gradient Gram matrices of every "
            f"layer) {t_cal:.1f} s\n")
-    head = f"{'alpha':<7}{'method':<28}{'time':>8}{'kept':>8}{'error':>8}{'cosine':>9}{'NN@1':>7}{'Spearman':>10}"
+    head = f"{'alpha':<7}{'method':<30}{'time':>8}{'kept':>8}{'error':>8}{'cosine':>9}{'NN@1':>7}{'Spearman':>10}"
     print_(head)
     rows = []
 
@@ -221,7 +221,7 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
                        error=float(np.mean(errs)) if errs else float("nan"), cosine=cos, nn=nn, spearman=rho)
         rows.append(row)
         err = "-" if math.isnan(row["error"]) else f"{row['error']:.3f}"
-        print_(f"{alpha:<7}{label:<28}{seconds:>7.2f}s{row['kept']:>8.3f}{err:>8}{cos:>9.4f}{nn:>7.3f}{rho:>10.4f}")
+        print_(f"{alpha:<7}{label:<30}{seconds:>7.2f}s{row['kept']:>8.3f}{err:>8}{cos:>9.4f}{nn:>7.3f}{rho:>10.4f}")
         return small, report
 
     for alpha in alphas:
@@ -253,16 +253,6 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
         _plot_study(rows, plot)
         print_(f"plot: {plot}")
     return rows
-
-
-def _sentence_embedding(output, batch):
-    """What MiniLM must preserve: the mean-pooled, normalised sentence embedding (as
-    :func:`randla.testing.embed` computes it), differentiable."""
-    import torch
-
-    h = output.last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
-    return torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1).clamp(min=1.0), dim=-1)
 
 
 def _forward_speedup(model, pruned, tok, texts, *, repeat):
