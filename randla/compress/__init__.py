@@ -1,0 +1,82 @@
+"""Framework-free model compression: factor weights, choose ranks, spend a budget.
+
+Never imports torch or JAX: arrays of any array-API library go in and come out in the
+same namespace, on the same device, in the same dtype. The adapters
+(:mod:`randla.torch`, :mod:`randla.jax`) move tensors in and out (DLPack) and do the
+module surgery; the mathematics is here.
+
+One weight at a time (memory bounded by one tensor):
+
+- :func:`factor` — ``W (out x in) ~= B (out x r) @ A (r x in)``, plain or whitened by
+  the layer's input Gram matrix (:func:`whitener`), method ``rsi``/``rsvd``/``krylov``/
+  ``exact``, split ``left``/``balanced``; a layer stays dense unless
+  ``r (out + in) < out in``. :func:`truncate` cuts factors to a lower rank.
+- rank rules (:mod:`randla.compress.ranks`): :func:`select_rank`, :func:`rank_for_rtol`,
+  :func:`check_rank_mode`, :func:`max_saving_rank`, :func:`saves_parameters`,
+  :func:`parameter_count`.
+- :class:`LayerReport` per layer, collected in a :class:`Report`.
+
+Many weights (:mod:`randla.compress.budget`): :func:`summarize` each weight in a first
+pass, :func:`allocate` a parameter budget over the summaries, then factor each at its
+rank. :func:`compress_weights` does all of it for a mapping of weights held in memory
+(the adapters call it).
+
+Examples
+--------
+>>> import numpy as np
+>>> from randla.compress import factor
+>>> W = np.random.default_rng(0).standard_normal((96, 64)).astype(np.float32)
+>>> f = factor(W, rank_fraction=0.25, rng=0)
+>>> f.B.dtype, f.B.shape, f.A.shape
+(dtype('float32'), (96, 16), (16, 64))
+"""
+
+from .budget import (
+    DEFAULT_CAP,
+    LayerSummary,
+    allocate,
+    allocation_params,
+    resolve_budget,
+    summarize,
+    uniform_ranks,
+)
+from .factor import DEFAULT_RIDGE, METHODS, SPLITS, Factors, factor, truncate, whitener
+from .ranks import (
+    RANK_MODES,
+    check_rank_mode,
+    max_saving_rank,
+    parameter_count,
+    rank_for_rtol,
+    saves_parameters,
+    select_rank,
+)
+from .report import LayerReport, Report
+from .weights import check_grams, compress_weights
+
+__all__ = [
+    "DEFAULT_CAP",
+    "DEFAULT_RIDGE",
+    "METHODS",
+    "RANK_MODES",
+    "SPLITS",
+    "Factors",
+    "LayerReport",
+    "LayerSummary",
+    "Report",
+    "allocate",
+    "allocation_params",
+    "check_grams",
+    "check_rank_mode",
+    "compress_weights",
+    "factor",
+    "max_saving_rank",
+    "parameter_count",
+    "rank_for_rtol",
+    "resolve_budget",
+    "saves_parameters",
+    "select_rank",
+    "summarize",
+    "truncate",
+    "uniform_ranks",
+    "whitener",
+]

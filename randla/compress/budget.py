@@ -1,0 +1,413 @@
+"""Budgeted rank allocation over many layers, from per-layer summaries.
+
+A two-pass design that never needs the whole model in memory: a first pass turns each
+weight into a small :class:`LayerSummary` (its squared error as a function of the rank)
+with :func:`summarize`; :func:`allocate` spends a total parameter budget over the
+summaries (cost ``out + in`` per rank, a layer left dense costs ``out in``); a second
+pass factors each weight at its rank.
+
+Greedy on the largest gain per parameter is optimal for any separable objective whose
+per-layer gains decrease with the rank (a concave knapsack: the greedy threshold solves
+its continuous relaxation exactly). Which objective is right is the whole question. On
+a real model, spectra of the weights or of the input-whitened weights lose to a uniform
+rank fraction (their units differ from layer to layer, and none of them says how a
+layer's error reaches the model's output). What works is to put every layer in the same
+units, the model's output: weighting each layer by the Gram matrix of the output's
+gradients with respect to the layer's output (the Kronecker-factored Gauss-Newton
+approximation, K-FAC [MG2015]; used for pruning by the LLM Surgeon [vdO2023]) makes
+``sum_l ||R_l^H (W_l - B_l A_l) L_l||_F^2`` a second-order estimate of the change of the
+output, so the greedy on those spectra is principled; cross-validated (held-out) gains
+correct for calibration data that covers some layers' inputs thinly.
+
+References
+----------
+.. [MG2015] J. Martens, R. Grosse, "Optimizing neural networks with Kronecker-factored
+   approximate curvature", ICML 2015.
+.. [vdO2023] T. van der Ouderaa, M. Nagel, M. van Baalen, Y. Asano, T. Blankevoort,
+   "The LLM Surgeon", ICLR 2024.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .. import _backend as B
+from .. import _validate as V
+from .factor import (
+    DEFAULT_RIDGE,
+    _check_method,
+    _energy,
+    _resolve_metric,
+    _svd_at,
+    metric,
+    metric_units,
+    whiten,
+    whitener,
+    working_matrix,
+)
+from .ranks import check_rank_mode, max_saving_rank
+
+__all__ = ["LayerSummary", "summarize", "resolve_budget", "allocate", "uniform_ranks", "allocation_params",
+           "DEFAULT_CAP"]
+
+DEFAULT_CAP = 256
+
+
+class LayerSummary(NamedTuple):
+    """What the allocator knows about one layer: its error as a function of the rank.
+
+    Attributes
+    ----------
+    name : str
+    shape : (int, int)
+        ``(out, in)``.
+    gains : numpy.ndarray
+        float64, non-increasing: ``gains[i]`` is the decrease of the squared error
+        from rank ``i`` to ``i + 1`` (``sigma_{i+1}^2`` of ``M``), up to a cap.
+    total : float
+        The squared error at rank 0 (``||M||_F^2``); ``total - sum(gains)`` is the
+        remainder beyond the cap.
+    units : str
+        ``"weight"`` (``M = W``), ``"output"`` (``M = W L``: the layer's output error
+        on calibration inputs) or ``"loss"`` (``M = R^H W L``: the K-FAC estimate of
+        the model's output change, comparable across layers).
+    folds : int
+        1, or the number of cross-validation folds the gains were estimated on (held-
+        out errors; see :func:`summarize`).
+    """
+
+    name: str
+    shape: tuple
+    gains: Any
+    total: float
+    units: str
+    folds: int = 1
+
+    @property
+    def S(self):
+        """``sqrt(gains)``: the singular values of ``M`` (effective ones when cross-validated)."""
+        return np.sqrt(self.gains)
+
+    @property
+    def energy(self):
+        """``total``, ``||M||_F^2``."""
+        return self.total
+
+    @property
+    def whitened(self):
+        """True when calibration data shaped the summary (``units != "weight"``)."""
+        return self.units != "weight"
+
+    def squared_tail(self, rank):
+        """Estimated squared error at ``rank``: exact up to the cap, then the remainder
+        spread evenly over the ranks beyond it (a flat tail, which errs high)."""
+        k = self.gains.shape[0]
+        if rank <= k:
+            return max(self.total - float(np.sum(self.gains[:rank])), 0.0)
+        rest = max(self.total - float(np.sum(self.gains)), 0.0)
+        n_tail = max(min(self.shape) - k, 1)
+        return rest * max(1.0 - (rank - k) / n_tail, 0.0)
+
+    def gains_upto(self, upto):
+        """The first ``upto`` gains, the flat-tail model beyond the cap."""
+        k = self.gains.shape[0]
+        if upto <= k:
+            return self.gains[:upto].copy()
+        rest = max(self.total - float(np.sum(self.gains)), 0.0)
+        n_tail = max(min(self.shape) - k, 1)
+        return np.concatenate([self.gains, np.full(upto - k, rest / n_tail)])
+
+
+def summarize(W, *, gram=None, output_gram=None, folds=None, whitening=None, cap=DEFAULT_CAP, method="rsi", q=2, p=10,
+              ridge=DEFAULT_RIDGE, rng=None, name="", check_finite=True):
+    """Summary of one weight for :func:`allocate`: its squared error against the rank.
+
+    Without ``folds``: the leading singular values of ``M`` (``W``, ``W L`` with
+    ``gram``, ``R^H W L`` with ``output_gram`` too; see :func:`~randla.compress.factor`),
+    ``gains = sigma_i^2``. With ``folds`` (input Gram matrices of disjoint parts of the
+    calibration data, summing to ``gram``): cross-validated gains. For each fold ``k``
+    the factorisation is fitted on the other folds (``L_k L_k^H = G - G_k``,
+    ``R^H W L_k = sum_i u_i s_i v_i^H``) and scored on fold ``k``: dropping component
+    ``i`` costs ``s_i^2 w_i^H G_k w_i`` with ``w_i = L_k^{-H} v_i`` (exact, the ``u_i``
+    are orthonormal). The held-out error curves are summed over the folds and replaced
+    by their concave majorant, so the gains do not increase. Held-out errors see what
+    in-sample errors cannot: inputs that the calibration data covers thinly make a
+    layer need a higher rank than its in-sample spectrum suggests.
+
+    Parameters
+    ----------
+    W : array (out, in)
+        As in :func:`~randla.compress.factor`.
+    gram : array (in, in), optional
+        Input Gram matrix (the sum of ``folds`` when both are given; computed from
+        ``folds`` when omitted).
+    output_gram : array (out, out), optional
+        Output-gradient Gram matrix: gains in ``"loss"`` units, comparable across
+        layers. An all-zero one (the output does not depend on the layer) gives zero
+        gains.
+    folds : sequence of arrays (in, in), optional
+        At least 2 per-fold input Gram matrices. ``gram`` is then needed (or is
+        computed as their sum).
+    whitening : Metric, optional
+        Factored ``gram``/``output_gram`` from :func:`~randla.compress.metric` instead
+        (with ``folds``, ``gram`` must be given as well).
+    cap : int, default 256
+        Gains computed: ``min(cap, max_saving_rank(shape))``; ``None`` for all the
+        useful ones. Beyond the cap the allocator models the remainder as a flat tail.
+    method, q, p, ridge, rng, check_finite
+        As in :func:`~randla.compress.factor`.
+    name : str
+
+    Returns
+    -------
+    LayerSummary
+
+    Notes
+    -----
+    Cost: one rank-``cap`` factorisation of ``M`` (one per fold with ``folds``); memory:
+    the weight, its Gram matrices and a sketch, so a checkpoint can be summarised tensor
+    by tensor.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from randla.compress import summarize
+    >>> W = np.random.default_rng(0).standard_normal((60, 40))
+    >>> s = summarize(W, cap=5, rng=0, name="fc")
+    >>> s.shape, s.gains.shape, s.units
+    ((60, 40), (5,), 'weight')
+    >>> bool(np.isclose(s.total, np.sum(W**2)))
+    True
+    """
+    Ww, xp, _ = working_matrix(W, "W", check_finite=check_finite)
+    q, p = _check_method(method, "left", q, p)
+    shape = tuple(int(s) for s in Ww.shape)
+    rmax = max_saving_rank(shape)
+    k = rmax if cap is None else min(V.check_count(cap, "cap", minimum=1), rmax)
+    gen = B.as_generator(rng)
+    if folds is not None:
+        folds = list(folds)
+        if len(folds) < 2:
+            raise ValueError(f"folds must hold at least 2 Gram matrices, got {len(folds)}")
+        if gram is None:
+            gram = sum(folds[1:], folds[0])
+    if whitening is not None:
+        m = _resolve_metric(shape, None, None, whitening, ridge)
+    else:  # with folds only the output side is used whole; the input side is refitted per fold
+        m = metric(shape, gram=gram if folds is None else None, output_gram=output_gram, ridge=ridge)
+    units = metric_units(m) if folds is None else ("loss" if m.R is not None else "output")
+    if m.zero_output or k < 1:
+        total = 0.0 if m.zero_output or folds is not None else _energy(whiten(Ww, m))
+        return LayerSummary(name, shape, np.zeros(0 if k < 1 else k), total, units, 1 if folds is None else len(folds))
+    if folds is None:
+        M = whiten(Ww, m)
+        S = B.to_numpy(_svd_at(M, k, method, q, p, gen)[1]).astype(np.float64)[:k]
+        return LayerSummary(name, shape, S**2, _energy(M), units)
+    loss = np.zeros(k + 1)
+    RW = Ww if m.R is None else xp.astype(B.mH(m.R), Ww.dtype) @ Ww
+    for i, Gk in enumerate(folds):
+        if tuple(Gk.shape) != (shape[1], shape[1]):
+            raise ValueError(f"folds[{i}] must be in x in = {shape[1]} x {shape[1]}, got {tuple(Gk.shape)}")
+        Lk = whitener(gram - Gk, ridge=ridge, name=f"gram - folds[{i}]")
+        _, S, Vh = _svd_at(RW @ xp.astype(Lk, Ww.dtype), k, method, q, p, gen)
+        Wk = B.solve_triangular(B.mH(Lk), B.mH(xp.astype(Vh[:k, :], Lk.dtype)), lower=False)  # w_i = L^{-H} v_i
+        Gw = xp.astype(Gk, Ww.dtype)  # the held-out quadratic forms in the weight's precision (GEMM-bound)
+        Wk = xp.astype(Wk, Ww.dtype)
+        rho = xp.astype(xp.real(xp.sum(xp.conj(Wk) * (Gw @ Wk), axis=0)), xp.float64)
+        held = B.to_numpy(xp.astype(xp.real(S[:k]), xp.float64) ** 2 * rho)
+        total_k = B.scalar(xp.real(xp.sum(xp.conj(RW) * (RW @ Gw))))
+        loss += total_k - np.concatenate([[0.0], np.cumsum(held)])
+    return LayerSummary(name, shape, _concave_gains(loss), float(loss[0]), units, len(folds))
+
+
+def _concave_gains(loss):
+    """Non-increasing gains from a decreasing error curve: the slopes of the concave
+    majorant (upper hull) of the cumulative gain ``loss[0] - loss[r]``."""
+    cum = loss[0] - loss
+    hull = [0]
+    for r in range(1, cum.shape[0]):
+        while len(hull) >= 2 and ((cum[hull[-1]] - cum[hull[-2]]) * (r - hull[-1])
+                                  <= (cum[r] - cum[hull[-1]]) * (hull[-1] - hull[-2])):
+            hull.pop()
+        hull.append(r)
+    gains = np.zeros(cum.shape[0] - 1)
+    for a, b in zip(hull[:-1], hull[1:]):
+        gains[a:b] = (cum[b] - cum[a]) / (b - a)
+    return np.maximum(gains, 0.0)
+
+
+def _shapes(summaries):
+    return {s.name: tuple(s.shape) for s in summaries}
+
+
+def resolve_budget(budget, shapes):
+    """A parameter count from ``budget`` (an int count, or a float fraction of the
+    eligible layers' parameters), checked against one rank per factorable layer.
+
+    Parameters
+    ----------
+    budget : int or float
+    shapes : mapping name -> (out, in)
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ValueError
+        ``budget`` below ``sum(out + in)`` over the layers that can be factored (one
+        rank each) plus the layers that cannot (dense).
+
+    Examples
+    --------
+    >>> from randla.compress import resolve_budget
+    >>> resolve_budget(0.5, {"a": (100, 100), "b": (50, 200)})
+    10000
+    """
+    _, v = check_rank_mode(budget=budget)
+    total = sum(o * i for o, i in shapes.values())
+    count = int(math.floor(v * total)) if isinstance(v, float) else v
+    floor = sum((o + i) if max_saving_rank((o, i)) >= 1 else o * i for o, i in shapes.values())
+    if count < floor:
+        raise ValueError(f"budget of {count} parameters is smaller than one rank per layer ({floor} parameters "
+                         f"for {len(shapes)} layers)")
+    return count
+
+
+def allocation_params(ranks, shapes):
+    """Parameters of an allocation: ``r (out + in)`` per factored layer, ``out in`` per dense one.
+
+    Examples
+    --------
+    >>> from randla.compress import allocation_params
+    >>> allocation_params({"a": 10, "b": 400}, {"a": (100, 100), "b": (50, 200)})
+    12000
+    """
+    from .ranks import parameter_count
+
+    return sum(parameter_count(shapes[n], r) for n, r in ranks.items())
+
+
+def uniform_ranks(shapes, rank_fraction):
+    """``{name: floor(alpha min(out, in))}``: the uniform allocation budgets are compared with.
+
+    Examples
+    --------
+    >>> from randla.compress import uniform_ranks
+    >>> uniform_ranks({"a": (1536, 384)}, 0.4)
+    {'a': 153}
+    """
+    from .ranks import select_rank
+
+    return {n: select_rank(s, rank_fraction=rank_fraction) for n, s in shapes.items()}
+
+
+def allocate(summaries, budget, *, weights=None):
+    """Greedy ranks: spend ``budget`` on the largest weighted gains per parameter.
+
+    Each layer starts at rank 1; then ranks are added where ``w_l gain_{l,i} / (out_l +
+    in_l)`` is largest until the budget is spent (a layer whose useful ranks are
+    exhausted may go dense, at the price ``out in - r (out + in)`` for its remaining
+    error). This minimises ``sum_l w_l err_l(r_l)`` over allocations within the budget,
+    up to the last incomplete step [concave knapsack]. Steps that gain nothing are not
+    taken, so less than the budget may be spent.
+
+    Parameters
+    ----------
+    summaries : sequence of LayerSummary
+    budget : int or float
+        Parameter count, or fraction of the layers' dense parameters.
+    weights : {"relative", "absolute"} or mapping name -> float, optional
+        ``w_l``: ``1 / total_l`` (sum of relative squared errors), 1 (sum of squared
+        errors), or given weights. Default: ``"absolute"`` when every summary is in
+        ``"loss"`` units (they are comparable: the sum estimates the model's output
+        change), else ``"relative"``.
+
+    Returns
+    -------
+    dict
+        ``{name: rank}``; a rank above :func:`~randla.compress.max_saving_rank` means
+        the layer stays dense.
+
+    Raises
+    ------
+    ValueError
+        A budget below one rank per layer; duplicate names; a mapping of weights
+        missing a layer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from randla.compress import LayerSummary, allocate
+    >>> fast = LayerSummary("fast", (100, 100), 0.25 ** np.arange(49), 4 / 3, "weight")
+    >>> flat = LayerSummary("flat", (100, 100), np.ones(49), 100.0, "weight")
+    >>> allocate([fast, flat], 20 * 200)  # relative: the fast-decaying layer gains more per rank at first
+    {'fast': 4, 'flat': 16}
+    >>> allocate([fast, flat], 20 * 200, weights="absolute")  # absolute: the flat layer holds most energy
+    {'fast': 1, 'flat': 19}
+    """
+    summaries = list(summaries)
+    shapes = _shapes(summaries)
+    if len(shapes) != len(summaries):
+        raise ValueError("summaries must have distinct names")
+    total = resolve_budget(budget, shapes)
+    if weights is None:
+        weights = "absolute" if all(s.units == "loss" for s in summaries) else "relative"
+    w = _weights(summaries, weights)
+    ranks, spent, items = {}, 0, []
+    for idx, s in enumerate(summaries):
+        out, inp = s.shape
+        rmax = max_saving_rank(s.shape)
+        if rmax < 1:
+            ranks[s.name] = min(s.shape)
+            spent += out * inp
+            continue
+        ranks[s.name] = 1
+        spent += out + inp
+        g = s.gains_upto(rmax) * w[s.name]
+        ratio = g[1:] / (out + inp)  # rank i -> i + 1 for i = 1 .. rmax - 1
+        jump_cost = out * inp - rmax * (out + inp)
+        jump_gain = w[s.name] * s.squared_tail(rmax)
+        last = ratio[-1] if ratio.size else np.inf
+        jump_ratio = min(jump_gain / jump_cost, last) if jump_cost > 0 else 0.0
+        items += [(-rt, idx, i + 2, out + inp) for i, rt in enumerate(ratio) if rt > 0]
+        if jump_ratio > 0:
+            items.append((-jump_ratio, idx, -1, jump_cost))
+    # items of one layer have non-increasing ratios, so a stable sort keeps their order
+    items.sort(key=lambda t: (t[0], t[1], t[2] if t[2] > 0 else 1 << 60))
+    left = total - spent
+    blocked = set()
+    for _, idx, r, cost in items:
+        if idx in blocked:
+            continue
+        if cost > left:
+            blocked.add(idx)  # the layer's next step does not fit; later ones need it first
+            continue
+        name = summaries[idx].name
+        ranks[name] = min(summaries[idx].shape) if r == -1 else r
+        left -= cost
+    return ranks
+
+
+def _weights(summaries, weights):
+    if isinstance(weights, str):
+        if weights == "relative":
+            return {s.name: (1.0 / s.total if s.total > 0 else 0.0) for s in summaries}
+        if weights == "absolute":
+            return {s.name: 1.0 for s in summaries}
+        raise ValueError(f"weights must be 'relative', 'absolute' or a mapping; got {weights!r}")
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"weights must be 'relative', 'absolute' or a mapping, got {type(weights).__name__}")
+    missing = [s.name for s in summaries if s.name not in weights]
+    if missing:
+        raise ValueError(f"weights has no entry for layer {missing[0]!r}")
+    out = {s.name: float(weights[s.name]) for s in summaries}
+    bad = [n for n, v in out.items() if not (v >= 0.0 and math.isfinite(v))]
+    if bad:
+        raise ValueError(f"weights must be finite and >= 0; got {out[bad[0]]!r} for layer {bad[0]!r}")
+    return out

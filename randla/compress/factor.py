@@ -1,0 +1,549 @@
+"""Factor one weight ``W (out x in) ~= B (out x r) @ A (r x in)``, plain or data-whitened.
+
+Plain (seeds 003, 004): the truncated (randomized) SVD ``W ~= U_r S_r V_r^H`` gives
+``B = U_r S_r``, ``A = V_r^H`` (``split="left"``) or ``B = U_r S_r^{1/2}``,
+``A = S_r^{1/2} V_r^H`` (``split="balanced"``). It minimises ``||W - B A||`` in the weight
+space.
+
+Whitened (activation-aware; SVD-LLM's truncation-aware whitening, Wang et al. 2024):
+what matters is the error on the inputs the layer sees, ``||(W - B A) X^T||_F`` over
+calibration inputs ``X (N x in)``. With the input Gram matrix ``G = X^T X`` and its
+Cholesky factor ``L L^T = G + lambda tr(G)/in I`` (the ridge keeps a rank-deficient
+``G`` factorable), ``||(W - B A) X^T||_F^2 = ||(W - B A) L||_F^2`` up to the ridge, so the
+optimum is the truncated SVD of ``M = W L = U S V^H``: ``B = U_r S_r``,
+``A = V_r^H L^{-1}`` — a triangular solve, never an inverse. ``M`` is just another
+matrix for ``rsi``; whitening adds one Cholesky factorisation of ``G``, one product
+``W L`` and one triangular solve with ``r`` right-hand sides.
+
+Everything here works on one weight at a time, so a checkpoint can be compressed
+tensor by tensor in memory bounded by one tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .. import _backend as B
+from .. import _validate as V
+from ..estimate import _lanczos_norm
+from ..svd import adaptive_range_finder, block_krylov_svd, rsi, rsvd
+from .ranks import check_rank_mode, max_saving_rank, parameter_count, rank_for_rtol, saves_parameters, select_rank
+from .report import LayerReport
+
+__all__ = ["Factors", "Metric", "METHODS", "SPLITS", "factor", "truncate", "whitener", "metric", "metric_units",
+           "whiten", "working_matrix", "DEFAULT_RIDGE"]
+
+METHODS = ("rsi", "rsvd", "krylov", "exact")
+SPLITS = ("left", "balanced")
+DEFAULT_RIDGE = 1e-6
+
+
+class Factors(NamedTuple):
+    """Result of :func:`factor`.
+
+    Attributes
+    ----------
+    B : array (out, r) or None
+        ``None`` when the layer stays dense.
+    A : array (r, in) or None
+        ``W ~= B @ A``; dtype, namespace and device of ``W``.
+    S : numpy.ndarray
+        float64, descending: the singular values of ``M`` (``W`` or ``W L``) that the
+        factorisation computed (``r`` plus the oversampling), for rank decisions.
+    energy : float
+        ``||M||_F^2``.
+    report : LayerReport
+    """
+
+    B: Any
+    A: Any
+    S: Any
+    energy: float
+    report: LayerReport
+
+
+_LOW_PRECISION = ("float16", "bfloat16")
+
+
+def working_matrix(W, name="W", *, check_finite=True):
+    """``(W_work, xp, out_dtype)``: ``W`` in the dtype the math runs in.
+
+    float32/float64/complex stay as they are; float16 and bfloat16 (torch, or NumPy
+    with ``ml_dtypes``) are upcast to float32 and ``out_dtype`` remembers the original
+    so that factors can be cast back; integers and bools are promoted to float64 as
+    everywhere in randla. The upcast is a copy; nothing else is.
+    """
+    try:
+        xp = B.namespace(W)
+    except TypeError:
+        raise TypeError(f"{name} must be an array of an array-API library, got {type(W).__name__}") from None
+    dtype_name = str(W.dtype).removeprefix("torch.")
+    out_dtype = None
+    if dtype_name in _LOW_PRECISION:
+        out_dtype = W.dtype
+        W = W.astype(np.float32) if isinstance(W, np.ndarray) else xp.astype(W, xp.float32)
+    W, xp = V.as_matrix(W, name, check_finite=check_finite)
+    return W, xp, out_dtype if out_dtype is not None else W.dtype
+
+
+def _cast_back(X, xp, dtype):
+    if X.dtype == dtype:
+        return X
+    return X.astype(dtype) if isinstance(X, np.ndarray) else xp.astype(X, dtype)
+
+
+def whitener(gram, *, ridge=DEFAULT_RIDGE, name="gram"):
+    """Lower Cholesky factor ``L`` of ``G + ridge tr(G)/n I`` (float64 or complex128).
+
+    Parameters
+    ----------
+    gram : array (n, n)
+        Hermitian positive semidefinite input Gram matrix ``X^H X`` (any float dtype;
+        the factor is computed in float64/complex128).
+    ridge : float, default 1e-6
+        Relative ridge ``lambda``: ``lambda tr(G)/n`` is added to the diagonal, which
+        makes a rank-deficient ``G`` (fewer calibration tokens than inputs, dead
+        inputs) factorable and barely changes a well-conditioned one. ``0`` only for a
+        ``G`` known to be definite.
+    name : str
+        Argument name used in error messages.
+
+    Returns
+    -------
+    L : array (n, n)
+        Lower triangular. A zero ``G`` (all calibration inputs zero: any factors give
+        zero output error) gets the identity, so the factorisation falls back to
+        plain.
+
+    Raises
+    ------
+    ValueError
+        ``G`` not square, not finite, or not positive semidefinite.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from randla.compress import whitener
+    >>> X = np.random.default_rng(0).standard_normal((100, 5))
+    >>> L = whitener(X.T @ X, ridge=0.0)
+    >>> bool(np.allclose(L @ L.T, X.T @ X))
+    True
+    """
+    G, xp = V.as_matrix(gram, name)
+    n = G.shape[0]
+    if G.shape[1] != n:
+        raise ValueError(f"{name} must be square (in x in), got shape {tuple(G.shape)}")
+    ridge = float(ridge)
+    if not (ridge >= 0.0 and math.isfinite(ridge)):
+        raise ValueError(f"ridge must be a finite float >= 0, got {ridge!r}")
+    wide = xp.complex128 if xp.isdtype(G.dtype, "complex floating") else xp.float64
+    G = xp.astype(G, wide)
+    G = (G + B.mH(G)) / 2  # Cholesky reads one triangle; symmetrise accumulated round-off
+    eye = xp.eye(n, dtype=wide, device=B.device(G))
+    trace = B.scalar(xp.real(xp.linalg.trace(G)))
+    if trace <= 0.0:
+        if trace == 0.0:
+            return eye
+        raise ValueError(f"{name} is not positive semidefinite (negative trace)")
+    shift = float(ridge * trace / n + np.finfo(np.float64).tiny)
+    try:
+        L = B.cholesky(G + shift * eye, upper=False)
+    except Exception as exc:  # LinAlgError (NumPy/SciPy), torch's _LinAlgError, ...
+        raise ValueError(f"{name} is not positive semidefinite (Cholesky failed even with ridge {ridge:g}); "
+                         f"pass a Gram matrix X^H X or a larger ridge") from exc
+    if not bool(xp.all(xp.isfinite(L))):
+        raise ValueError(f"{name} is not positive semidefinite (Cholesky gave NaN); pass a Gram matrix X^H X")
+    return L
+
+
+def _svd_at(M, r, method, q, p, rng):
+    """Truncated SVD of ``M`` with the singular values of the whole sketch (``r`` + oversampling)."""
+    m, n = M.shape
+    if method == "exact":
+        return B.svd(M)
+    l = min(r + p, m, n)
+    # rank l with no oversampling draws the same l-column sketch as rank r with p
+    if method == "rsi":
+        return rsi(M, l, p=0, q=q, rng=rng, check_finite=False)
+    if method == "rsvd":
+        return rsvd(M, l, p=0, q=0, rng=rng, check_finite=False)
+    return block_krylov_svd(M, l, p=0, q=q, rng=rng, check_finite=False)
+
+
+def _svd_rtol(M, rtol, rmax, method, q, rng):
+    """``(U, S, Vh, r)`` for the smallest rank meeting ``rtol``; ``r = None`` if above ``rmax``."""
+    energy = _energy(M)
+    if energy == 0.0:  # a zero matrix: rank 1 meets any tolerance
+        U, S, Vh = _svd_at(M, 1, "rsvd", 0, 0, rng)
+        return U, S, Vh, 1
+    if method == "exact":
+        U, S, Vh = B.svd(M)
+        r = rank_for_rtol(B.to_numpy(S), energy, rtol)
+        return U, S, Vh, (r if r <= rmax else None)
+    Q = adaptive_range_finder(M, rtol, q=max(q, 1), max_rank=min(rmax + 1, *M.shape), rng=rng,
+                              check_finite=False)
+    Ub, S, Vh = B.svd(B.mH(Q) @ M)
+    r = rank_for_rtol(B.to_numpy(S), energy, rtol)
+    if r > rmax or r > S.shape[0]:
+        return None, None, None, None
+    return Q @ Ub, S, Vh, r
+
+
+def _energy(M):
+    """``||M||_F^2`` accumulated in float64 over blocks of rows: never a float64 copy of
+    the whole ``M`` (which would double the memory of a checkpoint's largest tensor)."""
+    xp = B.namespace(M)
+    wide = xp.complex128 if xp.isdtype(M.dtype, "complex floating") else xp.float64
+    step = max(1, (1 << 22) // max(int(M.shape[1]), 1))  # about 4M entries (32 MB) per block
+    total, rows = 0.0, int(M.shape[0])
+    for i in range(0, rows, step):
+        Mw = xp.astype(M[i:min(i + step, rows), :], wide)  # in-bounds stop: the standard requires it
+        total += B.scalar(xp.real(xp.sum(Mw * xp.conj(Mw))))
+    return total
+
+
+def _normalized_error(M, U, S, Vh, r, rng):
+    """``||M - U_r S_r Vh_r||_2 / s_{r+1}``: 20 Lanczos steps on the residual operator and
+    the sketch's ``s_{r+1}`` (a lower bound of ``sigma_{r+1}``, so the estimate errs high)."""
+    S_host = B.to_numpy(S)
+    if S_host.shape[0] <= r:
+        return None
+    sigma = float(S_host[r])
+    xp = B.namespace(M)
+    if B.prefers_whole_matrix_kernels(xp):  # a loop of small operations: run it on the host
+        M, U, S, Vh = (B.to_numpy(x) for x in (M, U, S, Vh))
+        xp = B.namespace(M)
+    US, Vr = U[:, :r] * xp.astype(S[:r], M.dtype)[None, :], Vh[:r, :]
+    USH, VrH = B.mH(US), B.mH(Vr)
+    MH = B.mH(M)
+    # the residual seen through its products; "dense" marks M as the array that gives
+    # the namespace, device and dtype of the Lanczos vectors
+    op = V.Operand(M, xp, tuple(M.shape), M.dtype, lambda X: M @ X - US @ (Vr @ X),
+                   lambda X: MH @ X - VrH @ (USH @ X), True)
+    res = B.scalar(_lanczos_norm(op, 20, rng))
+    if sigma <= 0.0:
+        return 1.0 if res <= 1e3 * B.eps(xp, M.dtype) * max(float(S_host[0]), 1e-300) else math.inf
+    return res / sigma
+
+
+def _split(xp, U, S, Vh, split):
+    S = xp.astype(S, U.dtype)
+    if split == "left":
+        return U * S[None, :], Vh
+    root = xp.sqrt(S)
+    return U * root[None, :], root[:, None] * Vh
+
+
+class Metric(NamedTuple):
+    """The norm a factorisation minimises: ``||R^H (W - B A) L||_F``.
+
+    ``L`` (in x in, lower) from the input Gram matrix, ``R`` (out x out, lower) from
+    the output-gradient Gram matrix; ``None`` stands for the identity. Both float64
+    (complex128) in the namespace of the Gram matrices. ``zero_output``: the output
+    Gram matrix was all zero (the layer does not reach the model's output).
+    """
+
+    L: Any
+    R: Any
+    zero_output: bool
+
+
+def metric(shape, *, gram=None, output_gram=None, ridge=DEFAULT_RIDGE):
+    """Check ``gram`` (in x in) and ``output_gram`` (out x out) against ``shape``; factor them.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        ``(out, in)`` of the weight.
+    gram, output_gram : array, optional
+    ridge : float
+
+    Returns
+    -------
+    Metric
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from randla.compress.factor import metric
+    >>> m = metric((3, 2), gram=np.eye(2))
+    >>> m.L.shape, m.R
+    ((2, 2), None)
+    """
+    out, inp = shape
+    L = R = None
+    zero = False
+    if gram is not None:
+        if tuple(gram.shape) != (inp, inp):
+            raise ValueError(f"gram must be in x in = {inp} x {inp} for a weight of shape {tuple(shape)}, "
+                             f"got {tuple(gram.shape)}")
+        L = whitener(gram, ridge=ridge)
+    if output_gram is not None:
+        if tuple(output_gram.shape) != (out, out):
+            raise ValueError(f"output_gram must be out x out = {out} x {out} for a weight of shape "
+                             f"{tuple(shape)}, got {tuple(output_gram.shape)}")
+        R = whitener(output_gram, ridge=ridge, name="output_gram")
+        xp = B.namespace(output_gram)
+        zero = B.scalar(xp.real(xp.linalg.trace(output_gram))) == 0.0
+    return Metric(L, R, zero)
+
+
+def metric_units(m):
+    """``"weight"``, ``"output"`` or ``"loss"``: what ``||R^H (W - B A) L||`` measures."""
+    return "weight" if m.L is None and m.R is None else "output" if m.R is None else "loss"
+
+
+def _resolve_metric(shape, gram, output_gram, whitening, ridge):
+    if whitening is None:
+        return metric(shape, gram=gram, output_gram=output_gram, ridge=ridge)
+    if gram is not None or output_gram is not None:
+        raise TypeError("give gram/output_gram or whitening, not both")
+    if not isinstance(whitening, Metric):
+        raise TypeError(f"whitening must be a Metric from randla.compress.metric, got {type(whitening).__name__}")
+    for side, dim in ((whitening.L, shape[1]), (whitening.R, shape[0])):
+        if side is not None and tuple(side.shape) != (dim, dim):
+            raise ValueError(f"whitening does not match a weight of shape {tuple(shape)}")
+    return whitening
+
+
+def whiten(W, m):
+    """``M = R^H W L`` in ``W``'s dtype (``W`` itself for the identity metric).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from randla.compress.factor import metric, whiten
+    >>> whiten(np.ones((2, 2)), metric((2, 2), gram=4 * np.eye(2), ridge=0.0))
+    array([[2., 2.],
+           [2., 2.]])
+    """
+    xp = B.namespace(W)
+    M = W if m.L is None else W @ xp.astype(m.L, W.dtype)
+    return M if m.R is None else xp.astype(B.mH(m.R), W.dtype) @ M
+
+
+def _unwhiten(xp, Bf, Af, m, dtype):
+    """``(R^{-H} B, A L^{-1})`` by triangular solves in the precision of the metric's
+    factors (float64)."""
+    if m.L is not None:
+        Af = xp.astype(B.solve_triangular(m.L, xp.astype(Af, m.L.dtype), lower=True, left=False), dtype)
+    if m.R is not None:
+        Bf = xp.astype(B.solve_triangular(B.mH(m.R), xp.astype(Bf, m.R.dtype), lower=False), dtype)
+    return Bf, Af
+
+
+def _check_method(method, split, q, p):
+    V.check_choice(method, "method", METHODS)
+    V.check_choice(split, "split", SPLITS)
+    return V.check_count(q, "q"), V.check_count(p, "p")
+
+
+def factor(W, rank=None, *, rank_fraction=None, param_fraction=None, rtol=None, gram=None, output_gram=None,
+           whitening=None, method="rsi", q=2, p=10, split="left", ridge=DEFAULT_RIDGE, estimate_error=True, rng=None,
+           name="", check_finite=True):
+    """Factor one weight ``W (out x in) ~= B (out x r) @ A (r x in)``, plain or whitened.
+
+    Plain: ``B = U_r S_r``, ``A = V_r^H`` from a truncated SVD of ``W``. With ``gram``
+    (the layer's input Gram matrix ``G = X^H X``): the truncated SVD of ``M = W L``,
+    ``L L^H = G + ridge tr(G)/in I``, and ``A = V_r^H L^{-1}`` by a triangular solve,
+    which minimises the layer's output error ``||(W - B A) X^T||_F`` on the calibration
+    inputs (see the module docstring). With ``output_gram`` too (``H = sum g g^H`` of the
+    gradients ``g`` of the model's output with respect to this layer's output, ``H =
+    R R^H``): the truncated SVD of ``M = R^H W L`` and ``B = R^{-H} U_r S_r``, which
+    minimises ``tr(R^H (W - B A) G (W - B A)^H R)``, the Kronecker-factored (K-FAC)
+    Gauss-Newton estimate of the change of the model's output. The layer stays dense
+    (``B = A = None``) unless ``r (out + in) < out in``.
+
+    Parameters
+    ----------
+    W : array (out, in)
+        Any array-API array (NumPy, torch, JAX, CuPy, ...). float32/float64/complex
+        are used as they are; float16 and bfloat16 are upcast to float32 for the
+        math and the factors are cast back; integers are promoted to float64.
+    rank, rank_fraction, param_fraction, rtol : optional
+        Exactly one (see :mod:`randla.compress.ranks`). ``rtol`` is the relative
+        Frobenius error of ``W``, or of the layer's output on the calibration data
+        when ``gram`` is given; its rank is found by :func:`randla.adaptive_range_finder`
+        (``method="exact"``: from the exact spectrum).
+    gram : array (in, in), optional
+        Input Gram matrix ``X^H X`` of the layer on calibration data, in ``W``'s
+        namespace (float64 recommended). Switches to the whitened factorisation.
+    output_gram : array (out, out), optional
+        Gram matrix of the output gradients (see above), e.g. from
+        ``randla.torch.calibrate(..., output=...)``. An all-zero ``output_gram`` (a
+        layer the output does not depend on) leaves the factors one-sided.
+    method : {"rsi", "rsvd", "krylov", "exact"}, default "rsi"
+        :func:`randla.rsi` with ``q`` iterations, :func:`randla.rsvd` without power
+        iterations (Halko's plain RSVD; ``q`` is not used), :func:`randla.block_krylov_svd`
+        of depth ``q``, or the exact SVD.
+    q : int, default 2
+    p : int, default 10
+        Oversampling.
+    split : {"left", "balanced"}, default "left"
+        ``B = U_r S_r, A = V_r^H`` (seed 004, as LoRA's ``B @ A``) or
+        ``B = U_r S_r^{1/2}, A = S_r^{1/2} V_r^H`` (equal norms, friendlier to
+        fine-tuning and to low-precision storage). Whitened: ``A`` is then multiplied
+        by ``L^{-1}`` on the right (and ``B`` by ``R^{-H}`` on the left).
+    ridge : float, default 1e-6
+        Relative ridge of the Gram matrices (see :func:`whitener`).
+    estimate_error : bool, default True
+        Estimate the normalized spectral error (20 Lanczos steps on the residual, on
+        the host for JAX arrays); ``False`` skips it, and so do lazy (Dask) arrays
+        (``report.normalized_error`` is ``None``).
+    rng : None, int or numpy.random.Generator
+    name : str
+        Recorded in the report.
+    check_finite : bool, default True
+
+    Returns
+    -------
+    Factors
+        ``(B, A, S, energy, report)``; ``B`` and ``A`` in ``W``'s namespace, device
+        and dtype, or ``None`` when the layer stays dense (nothing is computed then
+        unless the rank comes from ``rtol``).
+
+    Raises
+    ------
+    TypeError
+        No rank option or more than one; a wrong type.
+    ValueError
+        ``W`` not 2-D, empty, or not finite; an option out of range; ``gram`` or
+        ``output_gram`` of the wrong shape or not positive semidefinite.
+
+    Notes
+    -----
+    Cost: that of the chosen SVD of an ``out x in`` matrix at rank ``r`` (``2q + 2``
+    passes for ``rsi``), plus, whitened, a Cholesky factorisation of ``G``
+    (``in^3 / 3``), the product ``W L`` (``out in^2``) and a triangular solve
+    (``r in^2``); the same on the output side with ``output_gram``. The error estimate
+    adds 40 matrix-vector products.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from randla.compress import factor
+    >>> rng = np.random.default_rng(0)
+    >>> W = rng.standard_normal((256, 64)) @ np.diag(0.8 ** np.arange(64)) @ rng.standard_normal((64, 128))
+    >>> f = factor(W, rank=16, rng=0)
+    >>> f.B.shape, f.A.shape, f.report.params_after
+    ((256, 16), (16, 128), 6144)
+    >>> bool(np.linalg.norm(W - f.B @ f.A, 2) <= 1.1 * np.linalg.svd(W, compute_uv=False)[16])
+    True
+
+    Whitened by calibration inputs whose scales differ a lot:
+
+    >>> X = rng.standard_normal((1000, 128)) * np.logspace(0, -3, 128)
+    >>> fw = factor(W, rank=16, gram=X.T @ X, rng=0)
+    >>> out_err = lambda g: np.linalg.norm((W - g.B @ g.A) @ X.T)
+    >>> bool(out_err(fw) < out_err(f))
+    True
+    """
+    t0 = time.perf_counter()
+    Ww, xp, out_dtype = working_matrix(W, "W", check_finite=check_finite)
+    shape = tuple(int(s) for s in Ww.shape)
+    mode, value = check_rank_mode(rank=rank, rank_fraction=rank_fraction, param_fraction=param_fraction, rtol=rtol,
+                                  allow_budget=False)
+    q, p = _check_method(method, split, q, p)
+    gen = B.as_generator(rng)
+    rmax = max_saving_rank(shape)
+    r = None if mode == "rtol" else select_rank(shape, **{mode: value})
+    m = _resolve_metric(shape, gram, output_gram, whitening, ridge)
+    if m.zero_output:
+        m = m._replace(R=None)
+    units = metric_units(m)
+    if r is not None and not saves_parameters(shape, r):
+        return _dense(shape, name, units, t0)
+    M = whiten(Ww, m)
+    energy = _energy(M)
+    if r is None:
+        if rmax < 1:
+            return _dense(shape, name, units, t0)
+        U, S, Vh, r = _svd_rtol(M, value, rmax, method, q, gen)
+        if r is None:
+            return _dense(shape, name, units, t0)
+    else:
+        U, S, Vh = _svd_at(M, r, method, q, p, gen)
+    S_host = B.to_numpy(S).astype(np.float64)
+    nerr = None
+    if estimate_error and mode != "rtol" and not B.is_lazy(M):
+        nerr = 1.0 if method == "exact" else _normalized_error(M, U, S, Vh, r, gen)
+    rel = _tail_error(S_host, r, energy)
+    out_err = None
+    if m.L is not None:
+        out_err = rel if m.R is None else _output_error(xp, Ww, m, U[:, :r], S[:r], Vh[:r, :])
+    Bf, Af = _split(xp, U[:, :r], S[:r], Vh[:r, :], split)
+    Bf, Af = _unwhiten(xp, Bf, Af, m, Ww.dtype)
+    report = LayerReport(name, shape, r, shape[0] * shape[1], parameter_count(shape, r), nerr, rel, out_err,
+                         time.perf_counter() - t0, method, units)
+    return Factors(_cast_back(Bf, xp, out_dtype), _cast_back(Af, xp, out_dtype), S_host, energy, report)
+
+
+def _output_error(xp, W, m, U, S, Vh):
+    """``||(W - B A) L||_F / ||W L||_F`` for two-sided factors: ``(B A) L = R^{-H} U S Vh``."""
+    WL = whiten(W, m._replace(R=None))
+    US = _unwhiten(xp, U * xp.astype(S, U.dtype)[None, :], Vh, m._replace(L=None), W.dtype)[0]
+    den = _energy(WL)
+    return math.sqrt(_energy(WL - US @ Vh) / den) if den > 0 else 0.0
+
+
+def _tail_error(S, r, energy):
+    """``sqrt(energy - sum_{i<=r} s_i^2) / sqrt(energy)`` (0 for a zero matrix)."""
+    if energy <= 0.0:
+        return 0.0
+    return math.sqrt(max(energy - float(np.sum(S[:r] ** 2)), 0.0) / energy)
+
+
+def _dense(shape, name, units, t0, calibrated=None):
+    n = shape[0] * shape[1]
+    calibrated = units != "weight" if calibrated is None else calibrated
+    report = LayerReport(name, shape, None, n, n, None, 0.0, 0.0 if calibrated else None, time.perf_counter() - t0,
+                         "dense", units)
+    return Factors(None, None, np.zeros(0), float("nan"), report)
+
+
+def truncate(factors, rank):
+    """The same factorisation cut to a lower rank: ``B[:, :rank]``, ``A[:rank]``.
+
+    Exact for both splits (``S`` is diagonal): truncating a rank-``r`` factorisation
+    gives the one :func:`factor` computes at the lower rank from the same subspace.
+    A ``rank`` that does not save parameters returns a dense record (``B = A = None``).
+
+    Parameters
+    ----------
+    factors : Factors
+        From :func:`factor` (not dense).
+    rank : int
+        ``1 <= rank <= factors.report.rank``.
+
+    Returns
+    -------
+    Factors
+        With the report's errors updated (``normalized_error`` is ``None``: it is not
+        re-estimated; so is ``output_error`` of factors weighted by output gradients,
+        which needs ``W``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from randla.compress import factor, truncate
+    >>> W = np.random.default_rng(0).standard_normal((64, 48))
+    >>> f = truncate(factor(W, rank=20, rng=0), 5)
+    >>> f.B.shape, f.A.shape, f.report.rank
+    ((64, 5), (5, 48), 5)
+    """
+    rep = factors.report
+    if rep.rank is None:
+        raise ValueError("truncate needs factors, got a dense layer")
+    rank = V.check_count(rank, "rank", minimum=1)
+    if rank > rep.rank:
+        raise ValueError(f"rank must be <= the factors' rank {rep.rank}, got {rank}")
+    if not saves_parameters(rep.shape, rank):
+        return _dense(rep.shape, rep.name, rep.units, time.perf_counter(), rep.output_error is not None)
+    rel = _tail_error(factors.S, rank, factors.energy)
+    report = rep._replace(rank=rank, params_after=parameter_count(rep.shape, rank), normalized_error=None,
+                          relative_error=rel, output_error=rel if rep.units == "output" else None)
+    return factors._replace(B=factors.B[:, :rank], A=factors.A[:rank, :], report=report)

@@ -1,0 +1,193 @@
+"""Compress many weights at once: the driver the framework adapters call.
+
+:func:`compress_weights` takes a mapping ``name -> W (out x in)`` (arrays of any
+array-API library, e.g. zero-copy DLPack views of a model's parameters) and returns
+the factors of each and one :class:`~randla.compress.Report`. The adapters only move
+tensors in and out and swap modules.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+from .. import _backend as B
+from .budget import LayerSummary, allocate, resolve_budget, summarize
+from .factor import DEFAULT_RIDGE, _check_method, _dense, factor, metric, truncate
+from .ranks import check_rank_mode, max_saving_rank
+from .report import Report
+
+__all__ = ["compress_weights", "check_grams"]
+
+
+def check_grams(grams, names, dims, *, argument="calibration"):
+    """Check a mapping of Gram matrices against the layers to factor.
+
+    Every layer needs a Gram matrix of shape ``(d, d)``: a missing one is an error,
+    never a silent fall-back to the plain factorisation (which is far worse on a
+    model's output); exclude such layers or calibrate them.
+
+    Parameters
+    ----------
+    grams : mapping or None
+    names : sequence of str
+    dims : mapping name -> int
+        ``in`` for input Gram matrices, ``out`` for output-gradient ones.
+    argument : str
+        Name used in the messages.
+
+    Raises
+    ------
+    TypeError, ValueError
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from randla.compress import check_grams
+    >>> check_grams({"a": np.eye(3)}, ["a", "b"], {"a": 3, "b": 4})
+    Traceback (most recent call last):
+    ...
+    ValueError: calibration has no Gram matrix for layer 'b' (layers without one are not factored plain: calibrate it or exclude it)
+    """
+    if grams is None:
+        return
+    if not isinstance(grams, Mapping):
+        raise TypeError(f"{argument} must be a mapping of layer name to Gram matrix, got {type(grams).__name__}")
+    for n in names:
+        if n not in grams:
+            raise ValueError(f"{argument} has no Gram matrix for layer {n!r} (layers without one are not "
+                             f"factored plain: calibrate it or exclude it)")
+        shape = tuple(grams[n].shape)
+        if shape != (dims[n], dims[n]):
+            raise ValueError(f"{argument}[{n!r}] must be {dims[n]} x {dims[n]}, got {shape}")
+
+
+def compress_weights(weights, *, rank=None, rank_fraction=None, param_fraction=None, rtol=None, budget=None,
+                     grams=None, output_grams=None, folds=None, method="rsi", q=2, p=10, split="left",
+                     ridge=DEFAULT_RIDGE, allocation="greedy", estimate_error=True, rng=None):
+    """Factor every weight of a mapping by one rank rule or one parameter budget.
+
+    Parameters
+    ----------
+    weights : mapping name -> array (out, in)
+    rank, rank_fraction, param_fraction, rtol, budget : optional
+        Exactly one. ``budget``: total parameters of these weights after compression
+        (an int), or a fraction of their dense parameters (a float in (0, 1]).
+    grams : mapping name -> array (in, in), optional
+        Input Gram matrices: whitened factorisation for every layer (all must be
+        present, see :func:`check_grams`).
+    output_grams : mapping name -> array (out, out), optional
+        Output-gradient Gram matrices (all present): factors and budget in the units
+        of the model's output change (see :func:`~randla.compress.factor`).
+    folds : sequence of mappings name -> array (in, in), optional
+        Per-fold input Gram matrices (summing to ``grams``): a ``budget`` is then
+        spent on cross-validated gains (see :func:`~randla.compress.summarize`).
+        Ignored by the other rank modes.
+    method, q, p, split, ridge, estimate_error
+        As in :func:`~randla.compress.factor`.
+    allocation : "greedy" or callable, default "greedy"
+        How a ``budget`` is spent: :func:`~randla.compress.allocate` on the layers'
+        summaries (default weights: absolute with ``output_grams``, relative without),
+        or a callable ``allocation(summaries, budget) -> {name: rank}``.
+    rng : None, int or numpy.random.Generator
+        One generator serves all layers, in the mapping's order.
+
+    Returns
+    -------
+    factors : dict name -> Factors
+        Dense layers have ``B = A = None``.
+    report : Report
+
+    Notes
+    -----
+    With a ``budget`` every layer is factored once at its largest useful rank
+    (``max_saving_rank``) and then truncated to its allocated rank: the leading
+    singular vectors do not depend on where the cut falls.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from randla.compress import compress_weights
+    >>> rng = np.random.default_rng(0)
+    >>> W = {"a": rng.standard_normal((64, 32)), "b": rng.standard_normal((32, 32))}
+    >>> factors, report = compress_weights(W, rank_fraction=0.25, rng=0)
+    >>> [f.report.rank for f in factors.values()], report.params_after
+    ([8, 8], 1280)
+    >>> factors, report = compress_weights(W, budget=0.5, rng=0)
+    >>> report.params_after <= 0.5 * report.params_before
+    True
+    """
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"weights must be a mapping of name to array, got {type(weights).__name__}")
+    mode, value = check_rank_mode(rank=rank, rank_fraction=rank_fraction, param_fraction=param_fraction, rtol=rtol,
+                                  budget=budget)
+    _check_method(method, split, q, p)
+    names = list(weights)
+    shapes = {}
+    for n in names:
+        if getattr(weights[n], "ndim", None) != 2:
+            raise ValueError(f"weights[{n!r}] must be 2-D (out x in), got shape {tuple(getattr(weights[n], 'shape', ()))}")
+        shapes[n] = tuple(int(s) for s in weights[n].shape)
+    check_grams(grams, names, {n: s[1] for n, s in shapes.items()})
+    check_grams(output_grams, names, {n: s[0] for n, s in shapes.items()}, argument="output_grams")
+    if folds is not None:
+        folds = list(folds)
+        if len(folds) < 2:
+            raise ValueError(f"folds must hold at least 2 mappings of Gram matrices, got {len(folds)}")
+        for i, f in enumerate(folds):
+            check_grams(f, names, {n: s[1] for n, s in shapes.items()}, argument=f"folds[{i}]")
+    gen = B.as_generator(rng)
+    kw = {"method": method, "q": q, "p": p, "ridge": ridge, "rng": gen}
+
+    def grams_of(n):
+        return {"gram": None if grams is None else grams[n],
+                "output_gram": None if output_grams is None else output_grams[n]}
+
+    def metric_of(n):
+        return metric(shapes[n], ridge=ridge, **grams_of(n))
+
+    if mode != "budget":
+        out = {n: factor(weights[n], estimate_error=estimate_error, name=n, split=split, **grams_of(n),
+                         **{mode: value}, **kw) for n in names}
+        return out, Report(f.report for f in out.values())
+    total = resolve_budget(value, shapes)
+    full, summaries = {}, []
+    for n in names:
+        rmax = max_saving_rank(shapes[n])
+        if rmax < 1:
+            summaries.append(summarize(weights[n], name=n, cap=1, whitening=metric_of(n), **kw))
+            full[n] = _dense(shapes[n], n, summaries[-1].units, time.perf_counter())
+            continue
+        m = metric_of(n)
+        full[n] = factor(weights[n], rank=rmax, estimate_error=False, name=n, split=split, whitening=m, **kw)
+        t0 = time.perf_counter()
+        if folds is not None:
+            summ = summarize(weights[n], folds=[f[n] for f in folds], gram=grams_of(n)["gram"],
+                             whitening=m._replace(L=None), cap=None, name=n, **kw)
+        else:
+            rep = full[n].report
+            zero = output_grams is not None and rep.units != "loss"  # an all-zero output Gram matrix
+            summ = LayerSummary(n, shapes[n], np.zeros(rmax) if zero else full[n].S[:rmax] ** 2,
+                                0.0 if zero else full[n].energy, "loss" if zero else rep.units)
+        summaries.append(summ)
+        full[n] = full[n]._replace(report=full[n].report._replace(
+            seconds=full[n].report.seconds + time.perf_counter() - t0))
+    t0 = time.perf_counter()
+    if allocation == "greedy":
+        ranks = allocate(summaries, total)
+    elif callable(allocation):
+        ranks = allocation(summaries, total)
+    else:
+        raise ValueError(f"allocation must be 'greedy' or a callable, got {allocation!r}")
+    share = (time.perf_counter() - t0) / max(len(names), 1)
+    out = {}
+    for n in names:
+        f = full[n]
+        if f.report.rank is None or ranks[n] > f.report.rank:
+            out[n] = _dense(shapes[n], n, f.report.units, time.perf_counter())
+        else:
+            out[n] = truncate(f, ranks[n])
+        out[n] = out[n]._replace(report=out[n].report._replace(seconds=f.report.seconds + share))
+    return out, Report(f.report for f in out.values())

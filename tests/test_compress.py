@@ -1,0 +1,379 @@
+"""randla.compress: factor one weight, rank rules, budgets, reports (framework-free).
+
+References: NumPy's exact SVD (Eckart-Young), the closed-form optimum of the whitened
+problem, exact greedy optimality on separable objectives, and brute force.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from randla.compress import (
+    LayerSummary,
+    Report,
+    allocate,
+    allocation_params,
+    check_rank_mode,
+    compress_weights,
+    factor,
+    max_saving_rank,
+    parameter_count,
+    rank_for_rtol,
+    resolve_budget,
+    saves_parameters,
+    select_rank,
+    summarize,
+    truncate,
+    uniform_ranks,
+    whitener,
+)
+from randla.testing import matrix
+
+
+def _weight(out=60, inp=40, dtype="float64", decay=1.0, seed=0):
+    return matrix(out, inp, spectrum="polynomial", decay=decay, dtype=dtype, rng=seed)
+
+
+def _anisotropic_inputs(n, inp, seed=1):
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((inp, inp)))
+    return (rng.standard_normal((n, inp)) * np.logspace(0, -3, inp)) @ Q.T
+
+
+# ----------------------------------------------------------------------------------
+# rank rules
+# ----------------------------------------------------------------------------------
+
+
+def test_rank_rules():
+    assert max_saving_rank((384, 384)) == 191 and saves_parameters((384, 384), 191)
+    assert not saves_parameters((384, 384), 192) and not saves_parameters((10, 10), 0)
+    for out, inp in [(7, 3), (100, 1), (64, 64), (1536, 384)]:
+        r = max_saving_rank((out, inp))
+        assert r * (out + inp) < out * inp and (r + 1) * (out + inp) >= out * inp
+    assert parameter_count((10, 20), 3) == 90 and parameter_count((10, 20), 7) == 200
+    assert select_rank((1536, 384), rank_fraction=0.4) == 153
+    assert select_rank((30, 30), rank_fraction=0.01) == 1  # at least rank 1
+    assert select_rank((100, 100), param_fraction=0.5) == 25
+    assert select_rank((100, 100), rank=7) == 7
+
+
+def test_rank_for_rtol_matches_exact_tails():
+    s = np.array([5.0, 3.0, 2.0, 1.0, 0.5])
+    total = float(np.sum(s**2))
+    for rtol in (0.05, 0.2, 0.5, 0.9):
+        r = rank_for_rtol(s, total, rtol)
+        tails = [np.sqrt(np.sum(s[k:] ** 2) / total) for k in range(6)]
+        assert tails[r] <= rtol and (r == 1 or tails[r - 1] > rtol)
+
+
+@pytest.mark.parametrize("kwargs, exc, words", [
+    ({"rank": 3, "rank_fraction": 0.5}, TypeError, "exactly one"),
+    ({}, TypeError, "exactly one"),
+    ({"rank_fraction": 0.0}, ValueError, "rank_fraction"),
+    ({"rank_fraction": 1.5}, ValueError, "rank_fraction"),
+    ({"param_fraction": -0.1}, ValueError, "param_fraction"),
+    ({"rtol": 1.0}, ValueError, "rtol"),
+    ({"rank": 0}, ValueError, "rank"),
+    ({"rank": 2.5}, TypeError, "rank"),
+    ({"budget": 0}, ValueError, "budget"),
+    ({"budget": 1.5}, ValueError, "budget"),
+    ({"budget": "all"}, TypeError, "budget"),
+])
+def test_bad_rank_options_name_the_argument(kwargs, exc, words):
+    with pytest.raises(exc, match=words):
+        check_rank_mode(**kwargs)
+
+
+def test_factor_rejects_bad_input():
+    W, _ = _weight()
+    with pytest.raises(TypeError, match="exactly one"):
+        factor(W, rank=3, rtol=0.1)
+    with pytest.raises(TypeError, match="budget"):
+        factor(W, budget=100)
+    with pytest.raises(ValueError, match="2-D"):
+        factor(W[0], rank=3)
+    with pytest.raises(ValueError, match="gram"):
+        factor(W, rank=3, gram=np.eye(5))
+    with pytest.raises(ValueError, match="output_gram"):
+        factor(W, rank=3, output_gram=np.eye(5))
+    with pytest.raises(ValueError, match="positive semidefinite"):
+        factor(W, rank=3, gram=-np.eye(W.shape[1]))
+    with pytest.raises(ValueError, match="method"):
+        factor(W, rank=3, method="lanczos")
+    with pytest.raises(ValueError, match="split"):
+        factor(W, rank=3, split="right")
+    bad = W.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        factor(bad, rank=3)
+
+
+# ----------------------------------------------------------------------------------
+# one weight, every backend
+# ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["rsi", "exact"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_factor_on_every_backend(backend, method, dtype):
+    _check_factor(backend, method, dtype)
+
+
+@pytest.mark.parametrize("method", ["rsvd", "krylov"])
+def test_factor_methods(method):
+    from conftest import _make
+
+    _check_factor(_make("numpy"), method, "float64")
+
+
+def _check_factor(backend, method, dtype):
+    W0, s = _weight(dtype=dtype)
+    W = backend.asarray(W0)
+    k = 8
+    f = factor(W, rank=k, method=method, rng=0)
+    assert type(f.B) is type(W) and f.B.dtype == W.dtype and f.A.dtype == W.dtype
+    assert f.B.shape == (60, k) and f.A.shape == (k, 40)
+    Bn, An = backend.to_numpy(f.B), backend.to_numpy(f.A)
+    err = np.linalg.norm(W0 - Bn @ An, 2) / s[k]
+    bound = {"rsvd": 6.0, "krylov": 1.15}.get(method, 1.1 if method == "rsi" else 1.0 + 1e-3)
+    assert err <= bound
+    rep = f.report
+    assert rep.rank == k and rep.params_after == k * 100 and rep.params_before == 2400 and rep.factored
+    assert np.isclose(rep.relative_error, np.linalg.norm(W0 - Bn @ An) / np.linalg.norm(W0), rtol=1e-3, atol=1e-5)
+    if not backend.lazy:  # the estimate reads values: skipped on lazy arrays
+        assert rep.normalized_error is not None and 0.95 <= rep.normalized_error <= 1.2 * bound
+    np.testing.assert_array_equal(backend.to_numpy(W), W0)  # input untouched
+
+
+def test_whitened_factor_is_the_closed_form_optimum(backend):
+    W0, _ = _weight(decay=0.3)
+    X = _anisotropic_inputs(500, 40)
+    G0 = X.T @ X
+    k = 6
+    f = factor(backend.asarray(W0), rank=k, gram=backend.asarray(G0), method="exact", ridge=0.0)
+    Bn, An = backend.to_numpy(f.B), backend.to_numpy(f.A)
+    # reference: min ||(W - M) X^T||_F over rank-k M is the rank-k truncation of W X^T
+    # projected back: M = P_k W with P_k the projector on the top-k left singular
+    # vectors of W X^T
+    U, S, _ = np.linalg.svd(W0 @ X.T, full_matrices=False)
+    best = np.linalg.norm(W0 @ X.T - U[:, :k] @ (U[:, :k].T @ W0 @ X.T))
+    got = np.linalg.norm((W0 - Bn @ An) @ X.T)
+    assert got <= best * (1 + 1e-8)
+    assert np.isclose(f.report.output_error, got / np.linalg.norm(W0 @ X.T), rtol=1e-6)
+    assert f.report.units == "output" and f.report.whitened
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_whitened_beats_plain_on_output_error_when_inputs_are_anisotropic(seed):
+    W, _ = _weight(80, 50, decay=0.5, seed=seed)
+    X = _anisotropic_inputs(400, 50, seed=seed + 10)
+    plain = factor(W, rank=10, rng=seed)
+    white = factor(W, rank=10, gram=X.T @ X, rng=seed)
+
+    def err(f, Z):
+        return np.linalg.norm((W - f.B @ f.A) @ Z.T)
+
+    assert err(white, X) < 0.5 * err(plain, X)
+    rng = np.random.default_rng(seed + 100)  # fresh inputs with the same covariance
+    Q = np.linalg.qr(np.random.default_rng(seed + 10).standard_normal((50, 50)))[0]
+    fresh = (rng.standard_normal((400, 50)) * np.logspace(0, -3, 50)) @ Q.T
+    assert err(white, fresh) < 0.5 * err(plain, fresh)
+
+
+def test_two_sided_factor_minimises_the_weighted_error():
+    W, _ = _weight(50, 40, decay=0.3)
+    X = _anisotropic_inputs(300, 40)
+    Y = _anisotropic_inputs(300, 50, seed=7)  # output gradients
+    G, H = X.T @ X, Y.T @ Y
+    k = 5
+    f = factor(W, rank=k, gram=G, output_gram=H, method="exact", ridge=0.0)
+    # the optimum of ||Y (W - M) X^T||_F: truncated SVD of Y W X^T mapped back
+    M = Y @ W @ X.T
+    U, S, Vh = np.linalg.svd(M, full_matrices=False)
+    best = np.sqrt(np.sum(S[k:] ** 2))
+    got = np.linalg.norm(Y @ (W - f.B @ f.A) @ X.T)
+    assert got <= best * (1 + 1e-7)
+    one = factor(W, rank=k, gram=G, method="exact")
+    assert got < np.linalg.norm(Y @ (W - one.B @ one.A) @ X.T)
+    assert f.report.units == "loss"
+    out_err = np.linalg.norm((W - f.B @ f.A) @ X.T) / np.linalg.norm(W @ X.T)
+    assert np.isclose(f.report.output_error, out_err, rtol=1e-6)
+    # an all-zero output Gram matrix is ignored for the factors
+    z = factor(W, rank=k, gram=G, output_gram=np.zeros((50, 50)), method="exact")
+    np.testing.assert_allclose(z.B @ z.A, one.B @ one.A, atol=1e-10)
+
+
+def test_exact_rank_weights_are_reproduced_exactly():
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((40, 5)) @ rng.standard_normal((5, 30))
+    for kw in ({}, {"gram": _anisotropic_inputs(100, 30).T @ _anisotropic_inputs(100, 30)}):
+        f = factor(W, rank=5, rng=0, **kw)
+        np.testing.assert_allclose(f.B @ f.A, W, atol=1e-10 * np.abs(W).max())
+
+
+def test_balanced_split_and_truncate():
+    W, s = _weight()
+    left = factor(W, rank=10, method="exact")
+    bal = factor(W, rank=10, method="exact", split="balanced")
+    np.testing.assert_allclose(bal.B @ bal.A, left.B @ left.A, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(bal.B, axis=0), np.linalg.norm(bal.A, axis=1), rtol=1e-10)
+    t = truncate(left, 4)
+    direct = factor(W, rank=4, method="exact")
+    np.testing.assert_allclose(t.B @ t.A, direct.B @ direct.A, atol=1e-12)
+    assert t.report.rank == 4 and np.isclose(t.report.relative_error, direct.report.relative_error)
+    with pytest.raises(ValueError, match="rank"):
+        truncate(left, 11)
+
+
+def test_rtol_mode_meets_the_tolerance(backend):
+    if backend.lazy:
+        pytest.skip("rtol is eager")
+    W0, _ = _weight(decay=1.0)
+    for method in ("rsi", "exact"):
+        f = factor(backend.asarray(W0), rtol=0.3, method=method, rng=0)
+        Bn, An = backend.to_numpy(f.B), backend.to_numpy(f.A)
+        assert np.linalg.norm(W0 - Bn @ An) <= 0.3 * np.linalg.norm(W0) * (1 + 1e-5)
+        r = f.report.rank
+        assert np.sqrt(np.sum(np.linalg.svd(W0, compute_uv=False)[r - 1:] ** 2)) > 0.3 * np.linalg.norm(W0) * 0.99
+    flat = np.eye(40)  # every rank leaves a large error: stays dense
+    assert factor(flat, rtol=0.01).B is None
+
+
+def test_layer_that_would_not_save_stays_dense():
+    W, _ = _weight(10, 10)
+    f = factor(W, rank=5)  # 5 * 20 = 100 = 10 * 10: no saving
+    assert f.B is None and f.A is None and f.report.rank is None and f.report.params_after == 100
+    assert not f.report.factored and f.report.method == "dense"
+    assert factor(W, rank_fraction=1.0).B is None
+
+
+def test_low_precision_weights_are_upcast_and_cast_back():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    W, s = _weight(dtype="float32")
+    for dt in (np.float16, ml_dtypes.bfloat16):
+        f = factor(W.astype(dt), rank=8, rng=0)
+        assert f.B.dtype == dt and f.A.dtype == dt
+        err = np.linalg.norm(W - f.B.astype(np.float32) @ f.A.astype(np.float32), 2)
+        assert err <= 1.2 * s[8] + 0.02 * s[0]  # half-precision rounding of W and of the factors
+
+
+def test_degenerate_weights():
+    f = factor(np.zeros((30, 20)), rank=3, rng=0)
+    np.testing.assert_array_equal(f.B @ f.A, np.zeros((30, 20)))
+    assert f.report.relative_error == 0.0
+    z = factor(np.zeros((30, 20)), rtol=0.1, rng=0)
+    assert z.report.rank == 1 and np.all(z.B @ z.A == 0)
+    W, s = _weight()
+    g = factor(W, rank=5, gram=np.zeros((40, 40)), rng=0)  # zero inputs: identity metric, plain
+    assert np.linalg.norm(W - g.B @ g.A, 2) <= 1.1 * s[5]
+    for scale in (1e-150, 1e150):
+        h = factor(W * scale, rank=5, rng=0)
+        assert np.linalg.norm(W * scale - h.B @ h.A, 2) <= 1.1 * s[5] * scale
+
+
+def test_whitener_ridge_makes_rank_deficient_gram_factorable():
+    X = np.random.default_rng(0).standard_normal((3, 10))
+    G = X.T @ X  # rank 3
+    L = whitener(G)
+    np.testing.assert_allclose(L @ L.T, G + 1e-6 * np.trace(G) / 10 * np.eye(10), rtol=1e-10, atol=1e-12)
+    assert np.all(np.tril(L) == L)
+
+
+# ----------------------------------------------------------------------------------
+# many weights: budgets and reports
+# ----------------------------------------------------------------------------------
+
+
+def _summary(name, shape, s):
+    return LayerSummary(name, shape, np.asarray(s, dtype=float) ** 2, float(np.sum(np.asarray(s) ** 2)), "weight")
+
+
+def test_greedy_allocation_is_optimal_on_separable_objectives():
+    rng = np.random.default_rng(3)
+    shapes = [(12, 8), (10, 10), (16, 6)]
+    sums = [_summary(f"l{i}", sh, np.sort(rng.random(min(sh)))[::-1] * (i + 1)) for i, sh in enumerate(shapes)]
+    budget = 150
+    ranks = allocate(sums, budget, weights="absolute")
+    spent = allocation_params(ranks, {s.name: s.shape for s in sums})
+    assert spent <= budget
+
+    def err(rs):
+        return sum(s.squared_tail(r) if saves_parameters(s.shape, r) else 0.0 for s, r in zip(sums, rs))
+
+    best = min((err(rs), rs) for rs in itertools.product(*[range(1, min(s.shape) + 1) for s in sums])
+               if sum(parameter_count(s.shape, r) for s, r in zip(sums, rs)) <= budget)
+    got = err([ranks[s.name] for s in sums])
+    step = max(float(s.gains[0]) for s in sums)  # greedy is optimal up to the last incomplete step
+    assert got <= best[0] + step
+
+
+def test_budget_beats_uniform_on_summed_error_at_equal_parameters():
+    rng = np.random.default_rng(0)
+    weights = {}
+    for i, (shape, decay) in enumerate([((64, 48), 2.0), ((48, 48), 0.2), ((80, 40), 1.0), ((40, 64), 0.5)]):
+        weights[f"l{i}"] = matrix(*shape, spectrum="polynomial", decay=decay, rng=i)[0] * rng.uniform(0.5, 2)
+    shapes = {n: w.shape for n, w in weights.items()}
+    for alpha in (0.2, 0.4):
+        uni = uniform_ranks(shapes, alpha)
+        budget = allocation_params(uni, shapes)
+        _, rep_u = compress_weights(weights, rank_fraction=alpha, method="exact")
+        _, rep_b = compress_weights(weights, budget=budget, method="exact")
+        assert rep_b.params_after <= budget
+        rel = lambda rep: sum(r.relative_error ** 2 for r in rep)  # noqa: E731 - the objective greedy minimises
+        assert rel(rep_b) < rel(rep_u)
+
+
+def test_budget_errors_and_fractions():
+    shapes = {"a": (100, 100), "b": (50, 200)}
+    assert resolve_budget(0.5, shapes) == 10000
+    assert resolve_budget(1000, shapes) == 1000
+    with pytest.raises(ValueError, match="one rank per layer"):
+        resolve_budget(300, shapes)
+    W = {n: np.random.default_rng(0).standard_normal(s) for n, s in shapes.items()}
+    with pytest.raises(ValueError, match="one rank per layer"):
+        compress_weights(W, budget=100)
+    _, rep = compress_weights(W, budget=0.3, rng=0)
+    assert rep.params_after <= 0.3 * rep.params_before
+
+
+def test_missing_gram_is_an_error_not_a_silent_plain_fallback():
+    W = {"a": np.ones((4, 3)), "b": np.ones((5, 3))}
+    with pytest.raises(ValueError, match="'b'.*not factored plain"):
+        compress_weights(W, rank=1, grams={"a": np.eye(3)})
+    with pytest.raises(ValueError, match="output_grams"):
+        compress_weights(W, rank=1, grams={"a": np.eye(3), "b": np.eye(3)}, output_grams={"a": np.eye(4)})
+
+
+def test_summaries_and_cross_validated_gains():
+    W, s = _weight(60, 40, decay=0.5)
+    summ = summarize(W, cap=10, method="exact")
+    np.testing.assert_allclose(summ.gains, s[:10] ** 2, rtol=1e-10)
+    assert np.isclose(summ.total, np.sum(s**2)) and summ.squared_tail(10) == pytest.approx(np.sum(s[10:] ** 2))
+    X1, X2 = _anisotropic_inputs(200, 40, seed=1), _anisotropic_inputs(200, 40, seed=2)
+    folds = [X1.T @ X1, X2.T @ X2]
+    cv = summarize(W, folds=folds, cap=None, method="exact")
+    assert cv.folds == 2 and cv.units == "output"
+    assert np.all(np.diff(cv.gains) <= 1e-12 * cv.gains[0])  # concave
+    # held-out reference for fold 0 at rank 5: fit on fold 1, score on fold 0
+    f = factor(W, rank=5, gram=folds[1], method="exact")
+    held0 = np.linalg.norm((W - f.B @ f.A) @ X1.T) ** 2
+    g = factor(W, rank=5, gram=folds[0], method="exact")
+    held1 = np.linalg.norm((W - g.B @ g.A) @ X2.T) ** 2
+    # the concave majorant lies on or below the curve of held-out errors
+    assert cv.squared_tail(5) <= (held0 + held1) * (1 + 1e-6)
+
+
+def test_report_renderings():
+    W, _ = _weight()
+    factors, rep = compress_weights({"a": W, "b": W[:6, :6]}, rank=4, rng=0)
+    assert isinstance(rep, Report) and rep.ranks() == {"a": 4, "b": None} and factors["b"].B is None
+    data = json.loads(rep.to_json())
+    assert data["params_after"] == 400 + 36 and data["layers"][1]["factored"] is False
+    md = rep.to_markdown().splitlines()
+    assert len(md) == 2 + 2 + 1 and md[-1].startswith("| total")
+    assert "a" in str(rep) and "Report(2 layers" in repr(rep)

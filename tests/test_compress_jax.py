@@ -1,0 +1,63 @@
+"""randla.jax.compress: factors of the kernels of a parameter pytree (Flax layout, in x out)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+jax.config.update("jax_enable_x64", True)  # as the backend fixture does: float64 kernels stay float64
+jnp = jax.numpy
+
+import randla.jax as rj  # noqa: E402
+
+
+def _params(seed=0, dtype=jnp.float32):
+    rng = np.random.default_rng(seed)
+    k0 = rng.standard_normal((48, 64)) @ np.diag(0.9 ** np.arange(64))
+    k1 = rng.standard_normal((64, 16))
+    return {"params": {"Dense_0": {"kernel": jnp.asarray(k0, dtype=dtype), "bias": jnp.zeros(64, dtype=dtype)},
+                       "Dense_1": {"kernel": jnp.asarray(k1, dtype=dtype), "bias": jnp.zeros(16, dtype=dtype)}},
+            "batch_stats": {"scale": jnp.ones((4, 4), dtype=dtype)}}
+
+
+def test_kernels_become_pairs_within_the_spectral_error():
+    params = _params(dtype=jnp.float64)
+    small, rep = rj.compress(params, rank=8, rng=0)
+    K1, K2 = small["params"]["Dense_0"]["kernel"]
+    assert K1.shape == (48, 8) and K2.shape == (8, 64) and K1.dtype == jnp.float64
+    K = np.asarray(params["params"]["Dense_0"]["kernel"])
+    s = np.linalg.svd(K, compute_uv=False)
+    assert np.linalg.norm(K - np.asarray(K1 @ K2), 2) <= 1.1 * s[8]
+    assert small["batch_stats"]["scale"] is params["batch_stats"]["scale"]  # not a kernel: untouched
+    assert small["params"]["Dense_0"]["bias"] is params["params"]["Dense_0"]["bias"]
+    assert [r.name for r in rep] == ["params/Dense_0/kernel", "params/Dense_1/kernel"]
+    assert rep.params_after == 8 * 112 + 8 * 80
+
+
+def test_whitened_by_calibration_and_low_precision():
+    params = _params(dtype=jnp.float64)
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((300, 48)) * np.logspace(0, -3, 48)
+    H = rng.standard_normal((300, 64))
+    K = np.asarray(params["params"]["Dense_0"]["kernel"])
+    plain, _ = rj.compress(params, rank=6, include="Dense_0", rng=0)
+    white, _ = rj.compress(params, rank=6, include="Dense_0", calibration={"params/Dense_0/kernel": X.T @ X}, rng=0)
+    err = lambda p: np.linalg.norm(X @ (K - np.asarray(p[0] @ p[1])))  # noqa: E731
+    assert err(white["params"]["Dense_0"]["kernel"]) < 0.7 * err(plain["params"]["Dense_0"]["kernel"])
+    two, rep = rj.compress(params, rank=6, include="Dense_0", calibration={"params/Dense_0/kernel": X.T @ X},
+                           output_grams={"params/Dense_0/kernel": jnp.asarray(H.T @ H)}, rng=0)
+    assert rep[0].units == "loss"
+    for dt in (jnp.bfloat16, jnp.float16):
+        low, _ = rj.compress(_params(dtype=dt), rank_fraction=0.5, rng=0)
+        assert all(k.dtype == dt for k in low["params"]["Dense_1"]["kernel"])
+
+
+def test_errors():
+    params = _params()
+    with pytest.raises(TypeError, match="exactly one"):
+        rj.compress(params, rank=2, rtol=0.1)
+    with pytest.raises(ValueError, match="no 2-D kernel"):
+        rj.compress(params, rank=2, include="nothing")
+    with pytest.raises(ValueError, match="Dense_1.*not factored plain"):
+        rj.compress(params, rank=2, calibration={"params/Dense_0/kernel": np.eye(48)})

@@ -1,0 +1,320 @@
+"""randla.torch compression: LowRankLinear/LowRankConv2d, calibrate, compress.
+
+Small models built here (an MLP, a conv net, a BERT-like transformer block); references
+are exact SVDs, autograd, explicit unfolding and the bounds that follow from the
+spectral error (Lipschitz composition, the softmax bound of seed 003, Thm 3.2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+import randla.torch as rt  # noqa: E402
+from randla.compress import allocation_params, uniform_ranks  # noqa: E402
+
+
+def _mlp(seed=0, widths=(32, 64, 48, 10)):
+    torch.manual_seed(seed)
+    layers = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1]).double().eval()
+
+
+class Block(nn.Module):
+    """A BERT-like encoder block: separate q/k/v/o projections, GELU FFN, post-LayerNorm."""
+
+    def __init__(self, d=32, heads=4, ffn=64):
+        super().__init__()
+        self.heads = heads
+        self.query, self.key, self.value, self.out = (nn.Linear(d, d) for _ in range(4))
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.up, self.down = nn.Linear(d, ffn), nn.Linear(ffn, d)
+        self.unused = nn.Linear(d, d)  # like BERT's pooler under mean pooling: never reaches the output
+
+    def forward(self, x, attention_mask=None):
+        b, t, d = x.shape
+        split = lambda y: y.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()
+        a = F.scaled_dot_product_attention(split(self.query(x)), split(self.key(x)), split(self.value(x)),
+                                           attn_mask=mask)
+        h = self.ln1(x + self.out(a.transpose(1, 2).reshape(b, t, d)))
+        y = self.ln2(h + self.down(F.gelu(self.up(h))))
+        self.unused(y[:, 0])
+        return y
+
+
+def _anisotropic(n, d, seed=0, dims=None):
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.logspace(0, -2, d, dtype=torch.float64)
+    return (x @ Q.T).reshape(*(dims or (n,)), d)
+
+
+# ----------------------------------------------------------------------------------
+# modules
+# ----------------------------------------------------------------------------------
+
+
+def test_low_rank_linear_is_B_at_A_and_round_trips():
+    B, A, b = torch.randn(8, 3), torch.randn(3, 5), torch.randn(8)
+    layer = rt.LowRankLinear.from_factors(B, A, b)
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(layer(x), x @ (B @ A).T + b)
+    assert set(layer.state_dict()) == {"lowrank_A", "lowrank_B", "bias"}
+    dense = layer.to_dense()
+    torch.testing.assert_close(dense(x), layer(x))
+    fresh = rt.LowRankLinear(5, 8, 3)
+    fresh.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(fresh(x), layer(x))
+    # a fresh module has nn.Linear's scale: Var(W_ij) = 1 / (3 in)
+    big = rt.LowRankLinear(400, 300, 100, bias=False)
+    assert abs(big.weight_product().var().item() * 3 * 400 - 1) < 0.1
+    with pytest.raises(ValueError, match="agree"):
+        rt.LowRankLinear.from_factors(torch.ones(4, 2), torch.ones(3, 5))
+
+
+@pytest.mark.parametrize("kw", [{}, {"stride": 2, "padding": 1}, {"dilation": 2, "padding": 2},
+                                {"padding": 1, "padding_mode": "reflect"}, {"padding": "same"}])
+def test_low_rank_conv_matches_the_composed_kernel(kw):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 6, 3, **kw).double()
+    B, A = torch.randn(6, 2, dtype=torch.float64), torch.randn(2, 27, dtype=torch.float64)
+    low = rt.LowRankConv2d.from_conv(conv, B, A)
+    ref = nn.Conv2d(3, 6, 3, **kw).double()
+    with torch.no_grad():
+        ref.weight.copy_((B @ A).reshape(6, 3, 3, 3))
+        ref.bias.copy_(conv.bias)
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    torch.testing.assert_close(low(x), ref(x))
+    torch.testing.assert_close(low.to_dense()(x), ref(x))
+    # the calibration rows reproduce the convolution: W X^T
+    X = rt.layer_inputs(conv, x)
+    y = (X @ conv.weight.reshape(6, -1).T + conv.bias).reshape(2, -1, 6)
+    torch.testing.assert_close(y, conv(x).flatten(2).transpose(1, 2))
+
+
+# ----------------------------------------------------------------------------------
+# calibrate
+# ----------------------------------------------------------------------------------
+
+
+def test_calibrate_grams_folds_and_padding():
+    block = Block().double().eval()
+    x = _anisotropic(5 * 7, 32, dims=(5, 7))
+    mask = torch.ones(5, 7, dtype=torch.long)
+    mask[1, 4:] = 0
+    mask[3, 2:] = 0
+    cal = rt.calibrate(block, [{"x": x[:3], "attention_mask": mask[:3]}, {"x": x[3:], "attention_mask": mask[3:]}],
+                       folds=2)
+    rows = x[mask.bool()]
+    torch.testing.assert_close(cal["query"], rows.T @ rows)
+    # samples are dealt to the folds in turn across batches: 0, 2, 4 and 1, 3
+    for f, idx in ((0, [0, 2, 4]), (1, [1, 3])):
+        r = x[idx][mask[idx].bool()]
+        torch.testing.assert_close(cal.folds[f]["query"], r.T @ r)
+    assert cal["up"].shape == (32, 32) and cal["down"].shape == (64, 64)
+    plain = rt.calibrate(block, [x], ignore_padding=False, folds=1)
+    torch.testing.assert_close(plain["query"], x.reshape(-1, 32).T @ x.reshape(-1, 32))
+    assert plain.folds is None and plain.output_grams is None
+
+
+def test_calibrate_conv_gram_is_the_unfolded_gram():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2)).double()
+    x = torch.randn(4, 3, 6, 6, dtype=torch.float64)
+    cal = rt.calibrate(net, [x], folds=1)
+    assert sorted(cal) == ["0"]  # the grouped convolution is not eligible
+    X = F.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 27)
+    torch.testing.assert_close(cal["0"], X.T @ X)
+
+
+def test_output_grams_are_gauss_newton_curvature():
+    net = _mlp(widths=(6, 5, 3))
+    x = torch.randn(40, 6, dtype=torch.float64)
+    cal = rt.calibrate(net, [x], output=lambda y, batch: y, probes=2000, rng=0, folds=1)
+    H = cal.output_grams
+    # the last layer's output is the output: E[z z^T] summed over 40 rows = 40 I
+    torch.testing.assert_close(H["2"], 40 * torch.eye(3, dtype=torch.float64), atol=4.0, rtol=0)
+    # first layer: sum over rows of D W2^T W2 D, D = diag(relu'(W1 x + b1))
+    W2 = net[2].weight.detach()
+    D = (net[0](x) > 0).double()
+    ref = sum((W2 * d).T @ (W2 * d) for d in D)
+    assert torch.linalg.matrix_norm(H["0"] - ref) < 0.1 * torch.linalg.matrix_norm(ref)
+    with pytest.raises(TypeError, match="output"):
+        rt.calibrate(net, [x], output="logits")
+
+
+# ----------------------------------------------------------------------------------
+# compress
+# ----------------------------------------------------------------------------------
+
+
+def test_compress_mlp_parameter_counts_copy_and_inplace():
+    net = _mlp()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    small, rep = rt.compress(net, rank_fraction=0.25, rng=0)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # untouched
+    assert [type(m).__name__ for m in net] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    ranks = [small[i].rank for i in (0, 2)]
+    assert ranks == [8, 12] and type(small[4]).__name__ == "LowRankLinear" and small[4].rank == 2
+    assert rep.params_before == 32 * 64 + 64 * 48 + 48 * 10
+    assert rep.params_after == 8 * 96 + 12 * 112 + 2 * 58
+    n_params = sum(p.numel() for p in small.parameters())
+    assert n_params == rep.params_after + 64 + 48 + 10  # biases unchanged
+    same, _ = rt.compress(net, rank_fraction=0.25, rng=0, inplace=True)
+    assert same is net and type(net[0]).__name__ == "LowRankLinear"
+
+
+def test_exact_rank_model_is_reproduced():
+    net = _mlp()
+    with torch.no_grad():
+        for i in (0, 2):
+            U, S, Vh = torch.linalg.svd(net[i].weight)
+            net[i].weight.copy_((U[:, :5] * S[:5]) @ Vh[:5])
+    small, rep = rt.compress(net, rank=5, include=r"^(0|2)$", rng=0)
+    x = torch.randn(20, 32, dtype=torch.float64)
+    torch.testing.assert_close(small(x), net(x), atol=1e-10, rtol=1e-10)
+
+
+def test_output_within_the_spectral_error_bound():
+    net = _mlp()
+    small, rep = rt.compress(net, rank=6, rng=0)
+    x = torch.randn(50, 32, dtype=torch.float64)
+    W = [net[i].weight.detach() for i in (0, 2, 4)]
+    Wh = [small[i].weight_product() for i in (0, 2, 4)]
+    d = [torch.linalg.matrix_norm(a - b, 2) for a, b in zip(W, Wh)]
+    n = [torch.linalg.matrix_norm(b, 2) for b in Wh]
+    # ReLU is 1-Lipschitz: ||f - fh|| <= ||dW3|| ||h2|| + ||W3h|| (||dW2|| ||h1|| + ||W2h|| ||dW1|| ||x||)
+    h1 = torch.relu(net[0](x))
+    h2 = torch.relu(net[2](h1))
+    bound = (d[2] * h2.norm(dim=1) + n[2] * (d[1] * h1.norm(dim=1) + n[1] * d[0] * x.norm(dim=1)))
+    assert torch.all((small(x) - net(x)).norm(dim=1) <= bound * (1 + 1e-9))
+    for r in rep:  # and the estimated normalized error is an honest estimate
+        s = torch.linalg.svdvals(net.get_submodule(r.name).weight.detach())
+        true = torch.linalg.matrix_norm(net.get_submodule(r.name).weight.detach()
+                                        - small.get_submodule(r.name).weight_product(), 2) / s[r.rank]
+        assert abs(r.normalized_error - float(true)) < 0.05 * float(true) + 0.02
+
+
+def test_softmax_bound_on_a_classifier_head():
+    torch.manual_seed(1)
+    head = nn.Sequential(nn.Linear(64, 20)).double()
+    small, _ = rt.compress(head, rank=4, rng=0)
+    h = torch.randn(100, 64, dtype=torch.float64)
+    dW = torch.linalg.matrix_norm(head[0].weight.detach() - small[0].weight_product(), 2)
+    gap = (F.softmax(head(h), -1) - F.softmax(small(h), -1)).abs().amax(-1)
+    assert torch.all(gap <= 0.5 * dW * h.norm(dim=1))
+
+
+def test_calibrated_compression_beats_plain_on_anisotropic_inputs():
+    net = _mlp(widths=(32, 64, 32))
+    x = _anisotropic(400, 32, seed=3)
+    cal = rt.calibrate(net, [x[:200], x[200:]])
+    plain, _ = rt.compress(net, rank=6, rng=0)
+    white, rep = rt.compress(net, rank=6, calibration=cal, rng=0)
+    fresh = _anisotropic(400, 32, seed=3)  # same covariance, other draws
+    fresh = fresh[torch.randperm(400, generator=torch.Generator().manual_seed(5))]
+    err = lambda m: (m(fresh) - net(fresh)).norm()  # noqa: E731
+    assert err(white) < 0.5 * err(plain)
+    assert all(r.output_error is not None and r.units == "output" for r in rep)
+
+
+def test_budget_with_output_calibration_beats_uniform():
+    torch.manual_seed(0)
+    block = Block().double().eval()
+    x = _anisotropic(16 * 8, 32, seed=1, dims=(16, 8))
+    batches = [{"x": x[:8]}, {"x": x[8:]}]
+    cal = rt.calibrate(block, batches, output=lambda y, batch: y.mean(1), probes=16, rng=0)
+    shapes = {n: tuple(m.weight.shape) for n, m in rt.eligible_layers(block)}
+    budget = allocation_params(uniform_ranks(shapes, 0.25), shapes)
+    uni, rep_u = rt.compress(block, rank_fraction=0.25, calibration=cal, rng=0)
+    bud, rep_b = rt.compress(block, budget=budget, calibration=cal, rng=0)
+    assert rep_b.params_after <= budget == rep_u.params_after
+    assert rep_b.ranks()["unused"] == 1  # its output never reaches the model's output
+    xe = _anisotropic(16 * 8, 32, seed=1, dims=(16, 8))[torch.randperm(16)]
+    err = lambda m: (m(xe).mean(1) - block(xe).mean(1)).norm()  # noqa: E731
+    assert err(bud) < err(uni)
+
+
+def test_low_precision_models_stay_in_their_dtype():
+    for dtype in (torch.float16, torch.bfloat16):
+        net = _mlp().to(dtype)
+        small, rep = rt.compress(net, rank_fraction=0.5, rng=0)
+        assert all(p.dtype == dtype for p in small.parameters())
+        x = torch.randn(10, 32).to(dtype)
+        ref = _mlp()
+        ref_small, _ = rt.compress(ref, rank_fraction=0.5, rng=0)
+        y, y_ref = small(x).double(), ref_small(x.double())
+        assert (y - y_ref).norm() < 0.15 * y_ref.norm()  # half-precision weights, factors and arithmetic
+
+
+def test_zero_copy_in_and_out():
+    t = torch.randn(6, 4)
+    a = rt.to_array(t)
+    assert isinstance(a, np.ndarray) and np.shares_memory(a, t.numpy())
+    back = rt.from_array(a, like=t)
+    assert back.data_ptr() == t.data_ptr()
+    c = torch.randn(3, 3, dtype=torch.complex64).conj()
+    np.testing.assert_array_equal(rt.to_array(c), c.resolve_conj().numpy())
+
+
+def test_shared_modules_are_replaced_everywhere():
+    shared = nn.Linear(32, 32).double()
+    net = nn.Sequential(shared, nn.ReLU(), shared)
+    small, rep = rt.compress(net, rank=4, rng=0)
+    assert small[0] is small[2] and type(small[0]).__name__ == "LowRankLinear" and len(rep) == 1
+
+
+def test_torch_transformer_layers_are_left_alone():
+    # nn.MultiheadAttention and nn.TransformerEncoderLayer read their Linear children's
+    # weights directly: those children are not eligible, the rest of the model is
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.0).double().eval()
+    model = nn.Sequential(layer, nn.Linear(32, 32).double()).eval()
+    small, rep = rt.compress(model, rank_fraction=0.25, rng=0)
+    assert [r.name for r in rep] == ["1"]
+    x = torch.randn(2, 5, 32, dtype=torch.float64)
+    assert small(x).shape == x.shape
+
+
+def test_conv_net_compression():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2),
+                        nn.ReLU(), nn.Conv2d(32, 32, 3, groups=4), nn.Flatten(), nn.Linear(32 * 9, 10)).double()
+    x = torch.randn(8, 3, 12, 12, dtype=torch.float64)
+    cal = rt.calibrate(net, [x])
+    small, rep = rt.compress(net, rank_fraction=0.5, calibration=cal, rng=0)
+    assert [r.name for r in rep] == ["0", "2", "6"]
+    assert type(small[2]).__name__ == "LowRankConv2d" and type(small[4]).__name__ == "Conv2d"
+    assert small(x).shape == (8, 10)
+    W = net[2].weight.detach().reshape(32, -1)
+    Wh = small[2].weight_product().reshape(32, -1)
+    X = rt.layer_inputs(net[2], torch.relu(net[0](x))).detach()
+    rel = float(torch.linalg.matrix_norm((W - Wh) @ X.T) / torch.linalg.matrix_norm(W @ X.T))
+    assert math.isclose(rel, rep[1].output_error, rel_tol=1e-6)
+
+
+def test_bad_options_get_one_clear_error():
+    net = _mlp()
+    with pytest.raises(TypeError, match="exactly one"):
+        rt.compress(net, rank=4, rank_fraction=0.5)
+    with pytest.raises(ValueError, match="rank_fraction"):
+        rt.compress(net, rank_fraction=1.2)
+    with pytest.raises(ValueError, match="one rank per layer"):
+        rt.compress(net, budget=10)
+    cal = rt.calibrate(net, [torch.randn(10, 32, dtype=torch.float64)], include="^0$")
+    with pytest.raises(ValueError, match="'2'.*not factored plain"):
+        rt.compress(net, rank=4, calibration=cal)
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        rt.compress(net, rank=4, include="nothing")
+    with pytest.raises(ValueError, match="include"):
+        rt.compress(net, rank=4, include="(")
+    with pytest.raises(TypeError, match="calibration"):
+        rt.compress(net, rank=4, calibration=[1, 2])
