@@ -40,7 +40,18 @@ from .budget import (
     summarize,
     uniform_ranks,
 )
-from .factor import DEFAULT_RIDGE, METHODS, SPLITS, Factors, factor, truncate, whitener
+from .factor import (
+    DEFAULT_RIDGE,
+    METHODS,
+    SPLITS,
+    Factors,
+    Metric,
+    estimate_normalized_error,
+    factor,
+    metric,
+    truncate,
+    whitener,
+)
 from .ranks import (
     RANK_MODES,
     check_rank_mode,
@@ -60,6 +71,7 @@ __all__ = [
     "RANK_MODES",
     "SPLITS",
     "Factors",
+    "Metric",
     "LayerReport",
     "LayerSummary",
     "Report",
@@ -68,8 +80,10 @@ __all__ = [
     "check_grams",
     "check_rank_mode",
     "compress_weights",
+    "estimate_normalized_error",
     "factor",
     "max_saving_rank",
+    "metric",
     "parameter_count",
     "rank_for_rtol",
     "resolve_budget",
