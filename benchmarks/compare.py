@@ -7,7 +7,8 @@ From the repository root::
     python -m benchmarks.compare svd qr --threads 1
 
 Sections: ``svd`` (:mod:`benchmarks.compare_svd`), ``qr``
-(:mod:`benchmarks.compare_qr`), ``adjoints`` (:mod:`benchmarks.compare_adjoints`).
+(:mod:`benchmarks.compare_qr`), ``adjoints`` (:mod:`benchmarks.compare_adjoints`),
+``prune`` (:mod:`benchmarks.compare_prune`).
 A section whose module is not there (yet) is skipped with a message. Each section
 prints its own tables; see the module docstrings for what they measure.
 """
@@ -25,6 +26,7 @@ SECTIONS = {
     "svd": "benchmarks.compare_svd",
     "qr": "benchmarks.compare_qr",
     "adjoints": "benchmarks.compare_adjoints",
+    "prune": "benchmarks.compare_prune",
 }
 
 
