@@ -21,6 +21,7 @@ import numpy as np
 __all__ = [
     "Timing",
     "timeit",
+    "interleaved_rounds",
     "limit_threads",
     "gemm_floor",
     "minilm_weights",
@@ -79,6 +80,30 @@ def timeit(fn, *, repeat=5, warmup=1, budget=None):
         if gc_was_enabled:
             gc.enable()
     return Timing(statistics.median(times), min(times), len(times))
+
+
+def interleaved_rounds(fns, *, repeat, warmup=1):
+    """``rounds[r][i]``: seconds of ``fns[i]`` in round ``r``, the functions called in
+    turn (A, B, A, B, ...) so that a drifting load hits all of them alike; ``warmup``
+    untimed calls of each first; the garbage collector off while timing."""
+    for f in fns:
+        for _ in range(warmup):
+            f()
+    rounds = []
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            row = []
+            for f in fns:
+                t0 = time.perf_counter()
+                f()
+                row.append(time.perf_counter() - t0)
+            rounds.append(row)
+    finally:
+        if enabled:
+            gc.enable()
+    return rounds
 
 
 @contextlib.contextmanager

@@ -28,13 +28,11 @@ on a shared machine; the times are medians too.
 
 from __future__ import annotations
 
-import gc
 import statistics
-import time
 
 import numpy as np
 
-from ._common import fmt_ratio, fmt_time, limit_threads, parse_sections, print_table
+from ._common import fmt_ratio, fmt_time, interleaved_rounds, limit_threads, parse_sections, print_table
 
 SECTIONS = ("eq", "torch", "jax")
 
@@ -62,23 +60,7 @@ def interleaved(fns, *, repeat, warmup=1):
     One round calls every function once in turn; the garbage collector is off while
     timing. Returns ``(medians, ratios)`` with ``ratios[0] == 1``.
     """
-    for f in fns:
-        for _ in range(warmup):
-            f()
-    rounds = []
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for _ in range(repeat):
-            row = []
-            for f in fns:
-                t0 = time.perf_counter()
-                f()
-                row.append(time.perf_counter() - t0)
-            rounds.append(row)
-    finally:
-        if enabled:
-            gc.enable()
+    rounds = interleaved_rounds(fns, repeat=repeat, warmup=warmup)
     medians = [statistics.median(r[i] for r in rounds) for i in range(len(fns))]
     ratios = [statistics.median(r[i] / r[0] for r in rounds) for i in range(len(fns))]
     return medians, ratios

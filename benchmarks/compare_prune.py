@@ -34,13 +34,12 @@ speed
 from __future__ import annotations
 
 import copy
-import gc
 import statistics
 import time
 
 import numpy as np
 
-from ._common import fmt_ratio, fmt_time, minilm_available, parse_sections, print_table
+from ._common import fmt_ratio, fmt_time, interleaved_rounds, minilm_available, parse_sections, print_table
 
 SECTIONS = ("fidelity", "speed")
 
@@ -151,27 +150,6 @@ def section_fidelity(cfg):
                         title=f"references at keep {kf:g} (skeleton of cpqr, plain ID)")
 
 
-def _rounds(fns, repeat):
-    """Interleaved timings: ``rounds[r][i]`` seconds of ``fns[i]`` in round ``r``."""
-    for f in fns:
-        f()
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        rounds = []
-        for _ in range(repeat):
-            row = []
-            for f in fns:
-                t0 = time.perf_counter()
-                f()
-                row.append(time.perf_counter() - t0)
-            rounds.append(row)
-    finally:
-        if enabled:
-            gc.enable()
-    return rounds
-
-
 def section_speed(cfg):
     import torch
 
@@ -189,7 +167,7 @@ def section_speed(cfg):
                 m(**batch)
         return run
 
-    rounds = _rounds([forward(m) for m in models], cfg["rounds"])
+    rounds = interleaved_rounds([forward(m) for m in models], repeat=cfg["rounds"])
     best = [min(r[i] for r in rounds) for i in range(len(models))]
     med = [statistics.median(r[i] for r in rounds) for i in range(len(models))]
     ratio = [statistics.median(r[0] / r[i] for r in rounds) for i in range(len(models))]

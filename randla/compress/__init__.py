@@ -45,15 +45,6 @@ from .budget import (
     uniform_ranks,
 )
 from .factor import DEFAULT_RIDGE, METHODS, SPLITS, Factors, factor, truncate, whitener
-from .ranks import (
-    RANK_MODES,
-    check_rank_mode,
-    max_saving_rank,
-    parameter_count,
-    rank_for_rtol,
-    saves_parameters,
-    select_rank,
-)
 from .prune import (
     Activations,
     NeuronSelection,
@@ -63,6 +54,15 @@ from .prune import (
     accumulate,
     prune_neurons,
     select_neurons,
+)
+from .ranks import (
+    RANK_MODES,
+    check_rank_mode,
+    max_saving_rank,
+    parameter_count,
+    rank_for_rtol,
+    saves_parameters,
+    select_rank,
 )
 from .report import LayerReport, Report
 from .weights import check_grams, compress_weights
