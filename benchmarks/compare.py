@@ -8,7 +8,7 @@ From the repository root::
 
 Sections: ``svd`` (:mod:`benchmarks.compare_svd`), ``qr``
 (:mod:`benchmarks.compare_qr`), ``adjoints`` (:mod:`benchmarks.compare_adjoints`),
-``prune`` (:mod:`benchmarks.compare_prune`).
+``compress`` (:mod:`benchmarks.compare_compress`), ``prune`` (:mod:`benchmarks.compare_prune`).
 A section whose module is not there (yet) is skipped with a message. Each section
 prints its own tables; see the module docstrings for what they measure.
 """
@@ -26,6 +26,7 @@ SECTIONS = {
     "svd": "benchmarks.compare_svd",
     "qr": "benchmarks.compare_qr",
     "adjoints": "benchmarks.compare_adjoints",
+    "compress": "benchmarks.compare_compress",
     "prune": "benchmarks.compare_prune",
 }
 

@@ -30,7 +30,7 @@ from . import _backend as B
 from . import _validate as V
 
 __all__ = ["TestMatrix", "matrix", "spectrum", "kahan", "pretrained_weights", "minilm_path", "SPECTRA", "sentences",
-           "minilm", "embed"]
+           "minilm", "embed", "sentence_embedding"]
 
 SPECTRA = ("polynomial", "exponential", "pretrained", "step", "low_rank", "kahan")
 
@@ -316,8 +316,40 @@ def embed(model, tokenizer, texts, *, batch_size=32):
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
             batch = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, return_tensors="pt")
-            hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            out.append(torch.nn.functional.normalize(pooled.float(), dim=-1))
+            out.append(sentence_embedding(model(**batch), batch).float())
     return torch.cat(out)
+
+
+def sentence_embedding(output, batch):
+    """Unit sentence embeddings from a model's output: the mean of ``last_hidden_state``
+    over the positions where ``batch["attention_mask"]`` is non-zero, normalised.
+
+    The pooling of :func:`embed`, in the form ``randla.torch.calibrate(..., output=...)``
+    takes (differentiable; no ``torch.no_grad``).
+
+    Parameters
+    ----------
+    output
+        A model output with ``last_hidden_state`` (batch, seq, hidden).
+    batch : mapping
+        The tokenizer output the model was called with.
+
+    Returns
+    -------
+    torch.Tensor, shape (batch, hidden)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> from randla.testing import sentence_embedding
+    >>> out = SimpleNamespace(last_hidden_state=torch.tensor([[[3.0, 0.0], [0.0, 4.0]]]))
+    >>> sentence_embedding(out, {"attention_mask": torch.tensor([[1, 0]])})
+    tensor([[1., 0.]])
+    """
+    import torch
+
+    hidden = output.last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    return torch.nn.functional.normalize(pooled, dim=-1)

@@ -337,8 +337,12 @@ def test_budget_errors_and_fractions():
     W = {n: np.random.default_rng(0).standard_normal(s) for n, s in shapes.items()}
     with pytest.raises(ValueError, match="one rank per layer"):
         compress_weights(W, budget=100)
-    _, rep = compress_weights(W, budget=0.3, rng=0)
+    factors, rep = compress_weights(W, budget=0.3, rng=0)
     assert rep.params_after <= 0.3 * rep.params_before
+    for r in rep:  # the truncated factors' normalized error is estimated too
+        true = np.linalg.norm(W[r.name] - factors[r.name].B @ factors[r.name].A, 2) / \
+            np.linalg.svd(W[r.name], compute_uv=False)[r.rank]
+        assert r.normalized_error == pytest.approx(true, rel=0.05)
 
 
 def test_missing_gram_is_an_error_not_a_silent_plain_fallback():

