@@ -22,6 +22,7 @@ __all__ = [
     "Timing",
     "timeit",
     "interleaved",
+    "interleaved_rounds",
     "limit_threads",
     "gemm_floor",
     "minilm_weights",
@@ -82,12 +83,10 @@ def timeit(fn, *, repeat=5, warmup=1, budget=None):
     return Timing(statistics.median(times), min(times), len(times))
 
 
-def interleaved(fns, *, repeat, warmup=1):
-    """Median seconds of each of ``fns`` and the median per-round ratio to ``fns[0]``.
-
-    One round calls every function once in turn; the garbage collector is off while
-    timing. Returns ``(medians, ratios)`` with ``ratios[0] == 1``.
-    """
+def interleaved_rounds(fns, *, repeat, warmup=1):
+    """``rounds[r][i]``: seconds of ``fns[i]`` in round ``r``, the functions called in
+    turn (A, B, A, B, ...) so that a drifting load hits all of them alike; ``warmup``
+    untimed calls of each first; the garbage collector off while timing."""
     for f in fns:
         for _ in range(warmup):
             f()
@@ -105,10 +104,17 @@ def interleaved(fns, *, repeat, warmup=1):
     finally:
         if enabled:
             gc.enable()
+    return rounds
+
+
+def interleaved(fns, *, repeat, warmup=1):
+    """Median seconds of each of ``fns`` and the median per-round ratio to ``fns[0]``
+    (rounds from :func:`interleaved_rounds`). Returns ``(medians, ratios)`` with
+    ``ratios[0] == 1``."""
+    rounds = interleaved_rounds(fns, repeat=repeat, warmup=warmup)
     medians = [statistics.median(r[i] for r in rounds) for i in range(len(fns))]
     ratios = [statistics.median(r[i] / r[0] for r in rounds) for i in range(len(fns))]
     return medians, ratios
-
 
 
 @contextlib.contextmanager

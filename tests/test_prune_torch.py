@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")

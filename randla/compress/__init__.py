@@ -16,6 +16,10 @@ One weight at a time (memory bounded by one tensor):
   :func:`parameter_count`.
 - :class:`LayerReport` per layer, collected in a :class:`Report`.
 
+Neurons (:mod:`randla.compress.prune`): :func:`select_neurons` and :func:`prune_neurons`
+shrink ``Linear -> act -> Linear`` (and gated) pairs by an interpolative decomposition
+of the hidden activations, which :func:`accumulate` streams.
+
 Many weights (:mod:`randla.compress.budget`): :func:`summarize` each weight in a first
 pass, :func:`allocate` a parameter budget over the summaries, then factor each at its
 rank. :func:`compress_weights` does all of it for a mapping of weights held in memory
@@ -52,6 +56,16 @@ from .factor import (
     truncate,
     whitener,
 )
+from .prune import (
+    Activations,
+    NeuronSelection,
+    PairReport,
+    PrunedNeurons,
+    PruneReport,
+    accumulate,
+    prune_neurons,
+    select_neurons,
+)
 from .ranks import (
     RANK_MODES,
     check_rank_mode,
@@ -65,6 +79,14 @@ from .report import LayerReport, Report
 from .weights import check_grams, compress_weights
 
 __all__ = [
+    "Activations",
+    "NeuronSelection",
+    "PairReport",
+    "PrunedNeurons",
+    "PruneReport",
+    "accumulate",
+    "prune_neurons",
+    "select_neurons",
     "DEFAULT_CAP",
     "DEFAULT_RIDGE",
     "METHODS",

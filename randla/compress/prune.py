@@ -212,7 +212,7 @@ class PruneReport(list):
         rows = [list(_PAIR_COLUMNS)] + [[fmt(v) for v in r] for r in self]
         rows.append(["total", str(self.width_before), str(self.width_after), "", "", "", f"{self.seconds:.4g}"])
         widths = [max(len(row[i]) for row in rows) for i in range(len(_PAIR_COLUMNS))]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
     def __repr__(self) -> str:
         return (f"PruneReport({len(self)} pairs, width {self.width_before} -> {self.width_after}, "
@@ -518,16 +518,26 @@ def select_neurons(Z, k=None, *, keep_fraction=None, rtol=None, W2=None, method=
     >>> bool(sel.error < 0.1)  # relative ID error on the calibration rows
     True
     """
+    M, _, count, xp, mode, value, ridge, W2w, _ = _prepare(Z, W2, k, keep_fraction, rtol, method, ridge)
+    return _selection(M, count, xp, mode, value, W2w, method, ridge, rng)[0]
+
+
+def _prepare(Z, W2, k, keep_fraction, rtol, method, ridge):
+    """Validated ``(M, total, count, xp, mode, value, ridge, W2, W2's dtype)``; ``W2``
+    (optional) in its working dtype (float16/bfloat16 upcast to float32)."""
     M, total, count, xp = _activations(Z)
     h = M.shape[1]
     mode, value = neuron_count(h, k=k, keep_fraction=keep_fraction, rtol=rtol)
     V.check_choice(method, "method", ID_METHODS)
     ridge = _check_ridge(ridge)
-    if W2 is not None:
-        W2, _ = V.as_matrix(W2, "W2")
-        if W2.shape[1] != h:
-            raise ValueError(f"W2 must have h = {h} columns (out x h), got shape {tuple(W2.shape)}")
-    return _selection(M, count, xp, mode, value, W2, method, ridge, rng)[0]
+    if W2 is None:
+        return M, total, count, xp, mode, value, ridge, None, None
+    W2, _, out_dtype = working_matrix(W2, "W2")
+    _same_library(W2, xp, "W2")
+    if W2.shape[1] != h:
+        raise ValueError(f"W2 must have h = {h} columns (out x h) like the activations, got shape "
+                         f"{tuple(W2.shape)}: the pair is not Linear -> elementwise -> Linear")
+    return M, total, count, xp, mode, value, ridge, W2, out_dtype
 
 
 def _output_norm2(xp, M, total, count, W2, b2):
@@ -599,17 +609,10 @@ def prune_neurons(Z, first, W2, *, b2=None, k=None, keep_fraction=None, rtol=Non
     >>> bool(np.allclose(np.maximum(X @ W1p.T + b1p, 0) @ p.W2.T, Z @ W2.T))
     True
     """
-    M, total, count, xp = _activations(Z)
+    if W2 is None:
+        raise TypeError("W2 (the second layer's weight, out x h) is required")
+    M, total, count, xp, mode, value, ridge, W2w, out_dtype = _prepare(Z, W2, k, keep_fraction, rtol, method, ridge)
     h = M.shape[1]
-    mode, value = neuron_count(h, k=k, keep_fraction=keep_fraction, rtol=rtol)
-    V.check_choice(method, "method", ID_METHODS)
-    ridge = _check_ridge(ridge)
-
-    W2w, _, out_dtype = working_matrix(W2, "W2")
-    _same_library(W2w, xp, "W2")
-    if W2w.shape[1] != h:
-        raise ValueError(f"W2 has {W2w.shape[1]} inputs but the activations have {h} columns: the pair is not "
-                         f"Linear -> elementwise -> Linear")
     first = list(first)
     if not first:
         raise ValueError("first must hold at least one (W, b) pair")
