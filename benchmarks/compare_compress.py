@@ -16,9 +16,9 @@ Sections:
     (K-FAC) spectra with cross-validated gains (randla's budget with
     ``calibrate(..., output=...)``). One BLAS/torch thread.
 ``time``
-    Whole-model compress time at alpha = 0.4: plain, whitened, two-sided, budget;
-    calibration time with and without output gradients. Interleaved runs, best of
-    ``--repeat``, with the threads the machine gives.
+    Whole-model compress time at alpha = 0.4: plain, whitened, two-sided, budget
+    (interleaved runs, best of ``--repeat``); calibration time with and without output
+    gradients (once). Threads as the machine gives, or ``--threads``.
 ``search``
     The reference the budget has to beat: a coordinate search over per-layer-type rank
     multipliers (query, key, value, attention output, FFN in, FFN out, pooler), each
@@ -116,11 +116,11 @@ def section_time(args):
         times.setdefault(label, []).append(time.perf_counter() - t0)
         return out
 
-    cal = None
-    for _ in range(args.repeat):  # interleaved: A, B, C, ... A, B, C, ...
-        one = clock("calibrate (inputs)", lambda: rt.calibrate(model, batches, folds=1))
-        cal = clock("calibrate (inputs + output gradients)",
-                    lambda: rt.calibrate(model, batches, output=output, probes=args.probes, rng=0))
+    # calibration is forward (and backward) passes of the model: timed once
+    one = clock("calibrate (inputs)", lambda: rt.calibrate(model, batches, folds=1))
+    cal = clock("calibrate (inputs + output gradients)",
+                lambda: rt.calibrate(model, batches, output=output, probes=args.probes, rng=0))
+    for _ in range(args.repeat):  # interleaved: A, B, C, D, A, B, C, D, ...
         clock("compress plain", lambda: rt.compress(model, rank_fraction=0.4, rng=0))
         clock("compress whitened", lambda: rt.compress(model, rank_fraction=0.4, calibration=one, rng=0))
         clock("compress two-sided", lambda: rt.compress(model, rank_fraction=0.4, calibration=cal, rng=0))
@@ -128,7 +128,9 @@ def section_time(args):
     base = min(times["compress plain"])
     rows = [{"step": k, "best": fmt_time(min(v)), "ratio to plain compress": f"{min(v) / base:.2f}x"}
             for k, v in times.items()]
-    print_table(rows, title=f"whole-model time, alpha = 0.4 ({len(shapes)} layers), best of {args.repeat}")
+    threads = "as the machine gives" if args.threads is None else str(args.threads)
+    print_table(rows, title=f"whole-model time, alpha = 0.4 ({len(shapes)} layers), compress best of {args.repeat}, "
+                            f"threads: {threads}")
 
 
 def section_search(args):
@@ -194,6 +196,8 @@ def main(argv=None):
     def extra(ap):
         ap.add_argument("--probes", type=int, default=8, help="output-gradient probes per batch")
         ap.add_argument("--repeat", type=int, default=3, help="interleaved repeats of the time section")
+        ap.add_argument("--threads", type=int, default=None,
+                        help="BLAS/torch threads for the time section (default: unchanged)")
 
     args, wanted = parse_sections("python -m benchmarks.compare_compress", __doc__, SECTIONS, argv, extra=extra)
     if args.sections == ",".join(SECTIONS):  # not given: the slow search only on request
@@ -203,7 +207,8 @@ def main(argv=None):
     for name in wanted:
         print(f"\n-- {name}", flush=True)
         if name == "time":
-            section_time(args)
+            with limit_threads(args.threads):
+                section_time(args)
         else:
             torch.set_num_threads(1)
             with limit_threads(1):
