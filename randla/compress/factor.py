@@ -161,8 +161,9 @@ def whitener(gram, *, ridge=DEFAULT_RIDGE, name="gram"):
 
 
 def _svd_at(M, r, method, q, p, rng):
-    """Truncated SVD of ``M`` with the singular values of the whole sketch (``r`` + oversampling)."""
-    m, n = M.shape
+    """Truncated SVD of ``M`` (or a stack ``(c, m, n)``) with the singular values of the whole
+    sketch (``r`` + oversampling)."""
+    m, n = M.shape[-2:]
     if method == "exact":
         return B.svd(M)
     l = min(r + p, m, n)
@@ -493,43 +494,78 @@ def factor(W, rank=None, *, rank_fraction=None, param_fraction=None, rtol=None, 
     True
     """
     t0 = time.perf_counter()
+    job = _job(W, {"rank": rank, "rank_fraction": rank_fraction, "param_fraction": param_fraction, "rtol": rtol},
+               gram=gram, output_gram=output_gram, whitening=whitening, ridge=ridge, name=name,
+               check_finite=check_finite)
+    q, p = _check_method(method, split, q, p)
+    return _factor_job(job, method=method, q=q, p=p, split=split, estimate_error=estimate_error,
+                       rng=B.as_generator(rng), t0=t0)
+
+
+def _factor_job(job, *, method, q, p, split, estimate_error, rng, t0):
+    """:func:`factor` of a checked weight (``rng`` a Generator)."""
+    if job.r is not None and not saves_parameters(job.shape, job.r):
+        return _dense(job.shape, job.name, job.units, t0)
+    M = whiten(job.W, job.m)
+    if job.r is None:
+        rmax = max_saving_rank(job.shape)
+        if rmax < 1:
+            return _dense(job.shape, job.name, job.units, t0)
+        U, S, Vh, r = _svd_rtol(M, job.value, rmax, method, q, rng)
+        if r is None:
+            return _dense(job.shape, job.name, job.units, t0)
+        job = job._replace(r=r)
+    else:
+        U, S, Vh = _svd_at(M, job.r, method, q, p, rng)
+    return _finish(job, M, U, S, Vh, method=method, split=split, estimate_error=estimate_error, rng=rng, t0=t0)
+
+
+class _Job(NamedTuple):
+    """One weight ready to factor: its working matrix, rank (``None``: from ``rtol``),
+    metric and what the factors must be cast back to."""
+
+    W: Any
+    xp: Any
+    out_dtype: Any
+    shape: tuple
+    mode: str
+    value: Any
+    r: Any
+    m: Metric
+    units: str
+    name: str
+
+
+def _job(W, rank_options, *, gram, output_gram, whitening, ridge, name, check_finite):
+    """Validate one weight and its options for :func:`factor` (and its batched form)."""
     Ww, xp, out_dtype = working_matrix(W, "W", check_finite=check_finite)
     shape = tuple(int(s) for s in Ww.shape)
-    mode, value = check_rank_mode(rank=rank, rank_fraction=rank_fraction, param_fraction=param_fraction, rtol=rtol,
-                                  allow_budget=False)
-    q, p = _check_method(method, split, q, p)
-    gen = B.as_generator(rng)
-    rmax = max_saving_rank(shape)
+    mode, value = check_rank_mode(**rank_options, allow_budget=False)
     r = None if mode == "rtol" else select_rank(shape, **{mode: value})
     m = _resolve_metric(shape, gram, output_gram, whitening, ridge)
     if m.zero_output:
         m = m._replace(R=None)
-    units = metric_units(m)
-    if r is not None and not saves_parameters(shape, r):
-        return _dense(shape, name, units, t0)
-    M = whiten(Ww, m)
-    energy = _energy(M)
-    if r is None:
-        if rmax < 1:
-            return _dense(shape, name, units, t0)
-        U, S, Vh, r = _svd_rtol(M, value, rmax, method, q, gen)
-        if r is None:
-            return _dense(shape, name, units, t0)
-    else:
-        U, S, Vh = _svd_at(M, r, method, q, p, gen)
+    return _Job(Ww, xp, out_dtype, shape, mode, value, r, m, metric_units(m), name)
+
+
+def _finish(job, M, U, S, Vh, *, method, split, estimate_error, rng, t0, shared_seconds=0.0):
+    """Factors and report of ``job`` from a truncated SVD ``(U, S, Vh)`` of ``M = R^H W L``
+    (at least ``job.r`` columns; the rest, the oversampling, only informs ``S``)."""
+    xp, r, m, shape = job.xp, job.r, job.m, job.shape
     S_host = B.to_numpy(S).astype(np.float64)
+    energy = _energy(M)
     nerr = None
-    if estimate_error and mode != "rtol" and not B.is_lazy(M):
-        nerr = 1.0 if method == "exact" else _normalized_error(M, U, S, Vh, r, gen)
+    if estimate_error and job.mode != "rtol" and not B.is_lazy(M):
+        nerr = 1.0 if method == "exact" else _normalized_error(M, U, S, Vh, r, rng)
     rel = _tail_error(S_host, r, energy)
     out_err = None
     if m.L is not None:
-        out_err = rel if m.R is None else _output_error(xp, Ww, m, U[:, :r], S[:r], Vh[:r, :])
+        out_err = rel if m.R is None else _output_error(xp, job.W, m, U[:, :r], S[:r], Vh[:r, :])
     Bf, Af = _split(xp, U[:, :r], S[:r], Vh[:r, :], split)
-    Bf, Af = _unwhiten(xp, Bf, Af, m, Ww.dtype)
-    report = LayerReport(name, shape, r, shape[0] * shape[1], parameter_count(shape, r), nerr, rel, out_err,
-                         time.perf_counter() - t0, method, units)
-    return Factors(_cast_back(Bf, xp, out_dtype), _cast_back(Af, xp, out_dtype), S_host, energy, report)
+    Bf, Af = _unwhiten(xp, Bf, Af, m, job.W.dtype)
+    report = LayerReport(job.name, shape, r, shape[0] * shape[1], parameter_count(shape, r), nerr, rel, out_err,
+                         time.perf_counter() - t0 + shared_seconds, method, job.units)
+    return Factors(_cast_back(Bf, xp, job.out_dtype), _cast_back(Af, xp, job.out_dtype), S_host, energy, report)
 
 
 def _output_error(xp, W, m, U, S, Vh):

@@ -15,7 +15,8 @@ import numpy as np
 
 from .. import _backend as B
 from .budget import LayerSummary, allocate, resolve_budget, summarize
-from .factor import DEFAULT_RIDGE, _check_method, _dense, estimate_normalized_error, factor, metric, truncate
+from .factor import DEFAULT_RIDGE, _check_method, _dense, estimate_normalized_error, metric, truncate
+from .group import factor_many
 from .ranks import check_rank_mode, max_saving_rank
 from .report import Report
 
@@ -66,7 +67,7 @@ def check_grams(grams, names, dims, *, argument="calibration"):
 
 def compress_weights(weights, *, rank=None, rank_fraction=None, param_fraction=None, rtol=None, budget=None,
                      grams=None, output_grams=None, folds=None, method="rsi", q=2, p=10, split="left",
-                     ridge=DEFAULT_RIDGE, allocation="greedy", estimate_error=True, rng=None):
+                     ridge=DEFAULT_RIDGE, allocation="greedy", estimate_error=True, batch=True, rng=None):
     """Factor every weight of a mapping by one rank rule or one parameter budget.
 
     Parameters
@@ -91,8 +92,14 @@ def compress_weights(weights, *, rank=None, rank_fraction=None, param_fraction=N
         How a ``budget`` is spent: :func:`~randla.compress.allocate` on the layers'
         summaries (default weights: absolute with ``output_grams``, relative without),
         or a callable ``allocation(summaries, budget) -> {name: rank}``.
+    batch : bool, default True
+        Factor same-shaped layers (equal shape, dtype, device and rank) by stacked
+        calls (:func:`~randla.compress.group.factor_many`); ``False``: one call per
+        layer. ``rtol`` ranks are found one layer at a time either way.
     rng : None, int or numpy.random.Generator
-        One generator serves all layers, in the mapping's order.
+        One generator serves all layers, in the mapping's order (with ``batch``: one
+        draw per stacked call, so the factors differ from ``batch=False`` within the
+        error bounds).
 
     Returns
     -------
@@ -103,8 +110,9 @@ def compress_weights(weights, *, rank=None, rank_fraction=None, param_fraction=N
     Notes
     -----
     With a ``budget`` every layer is factored once at its largest useful rank
-    (``max_saving_rank``) and then truncated to its allocated rank: the leading
-    singular vectors do not depend on where the cut falls.
+    (``max_saving_rank``, batched as the fixed-rank modes are) and then truncated to its
+    allocated rank: the leading singular vectors do not depend on where the cut falls.
+    A layer's ``report.seconds`` includes an even share of its stacked call.
 
     Examples
     --------
@@ -149,19 +157,21 @@ def compress_weights(weights, *, rank=None, rank_fraction=None, param_fraction=N
         return metric(shapes[n], ridge=ridge, **grams_of(n))
 
     if mode != "budget":
-        out = {n: factor(weights[n], estimate_error=estimate_error, name=n, split=split, **grams_of(n),
-                         **{mode: value}, **kw) for n in names}
+        out = factor_many(weights, **{mode: value}, grams=grams, output_grams=output_grams, split=split,
+                          estimate_error=estimate_error, batch=batch, **kw)
         return out, Report(f.report for f in out.values())
     total = resolve_budget(value, shapes)
-    full, summaries, metrics = {}, [], {}
+    rmax = {n: max_saving_rank(shapes[n]) for n in names}
+    metrics = {n: metric_of(n) for n in names if rmax[n] >= 1}
+    full = factor_many({n: weights[n] for n in metrics}, rank={n: rmax[n] for n in metrics}, whitenings=metrics,
+                       split=split, estimate_error=False, batch=batch, **kw)
+    summaries = []
     for n in names:
-        rmax = max_saving_rank(shapes[n])
-        if rmax < 1:
+        if rmax[n] < 1:
             summaries.append(summarize(weights[n], name=n, cap=1, whitening=metric_of(n), **kw))
             full[n] = _dense(shapes[n], n, summaries[-1].units, time.perf_counter())
             continue
-        m = metrics[n] = metric_of(n)
-        full[n] = factor(weights[n], rank=rmax, estimate_error=False, name=n, split=split, whitening=m, **kw)
+        m = metrics[n]
         t0 = time.perf_counter()
         if folds is not None:
             summ = summarize(weights[n], folds=[f[n] for f in folds], gram=grams_of(n)["gram"],
@@ -169,7 +179,7 @@ def compress_weights(weights, *, rank=None, rank_fraction=None, param_fraction=N
         else:
             rep = full[n].report
             zero = output_grams is not None and rep.units != "loss"  # an all-zero output Gram matrix
-            summ = LayerSummary(n, shapes[n], np.zeros(rmax) if zero else full[n].S[:rmax] ** 2,
+            summ = LayerSummary(n, shapes[n], np.zeros(rmax[n]) if zero else full[n].S[:rmax[n]] ** 2,
                                 0.0 if zero else full[n].energy, "loss" if zero else rep.units)
         summaries.append(summ)
         full[n] = full[n]._replace(report=full[n].report._replace(
