@@ -20,6 +20,7 @@ from randla.compress import (
     check_rank_mode,
     compress_weights,
     factor,
+    factor_many,
     max_saving_rank,
     parameter_count,
     rank_for_rtol,
@@ -381,3 +382,140 @@ def test_report_renderings():
     md = rep.to_markdown().splitlines()
     assert len(md) == 2 + 2 + 1 and md[-1].startswith("| total")
     assert "a" in str(rep) and "Report(2 layers" in repr(rep)
+
+
+# ----------------------------------------------------------------------------------
+# many weights: same-shaped layers in stacked calls
+# ----------------------------------------------------------------------------------
+
+
+def _layers(dtype="float64"):
+    """Mixed shapes and dtypes, same-shaped layers interleaved (as in a transformer)."""
+    W = {}
+    for i in range(3):
+        W[f"b{i}.q"] = _weight(48, 40, decay=0.7, seed=10 * i)[0].astype(dtype)
+        W[f"b{i}.up"] = _weight(40, 48, decay=0.7, seed=10 * i + 1)[0].astype(dtype)
+        W[f"b{i}.k"] = _weight(48, 40, decay=0.7, seed=10 * i + 2)[0].astype(dtype)
+    W["b0.k"] = W["b0.k"].astype("float32")  # same shape, other dtype: a group of its own
+    W["head"] = _weight(10, 40, seed=99)[0].astype(dtype)
+    return W
+
+
+def _stacked_calls(monkeypatch):
+    """Record the batch sizes of factor_many's stacked calls."""
+    import randla.compress.group as group
+
+    sizes, real = [], group._svd_at
+
+    def spy(M, *args):
+        sizes.append(M.shape[0])
+        return real(M, *args)
+
+    monkeypatch.setattr(group, "_svd_at", spy)
+    return sizes
+
+
+def test_factor_many_groups_same_shaped_layers_within_the_bound(backend, monkeypatch):
+    W0 = _layers()
+    sizes = _stacked_calls(monkeypatch)
+    W = {n: backend.asarray(w) for n, w in W0.items()}
+    grouped = factor_many(W, rank_fraction=0.25, rng=0)
+    assert sorted(sizes) == ([] if backend.lazy else [3, 5])  # up; q and the float64 k (b0.k and head alone)
+    single = factor_many(W, rank_fraction=0.25, rng=0, batch=False)
+    assert list(grouped) == list(W0)
+    for n, w in W0.items():
+        g, o = grouped[n], single[n]
+        assert g.report.rank == o.report.rank == select_rank(w.shape, rank_fraction=0.25)
+        assert g.report.params_after == o.report.params_after
+        assert type(g.B) is type(W[n]) and g.B.dtype == W[n].dtype and g.A.dtype == W[n].dtype
+        s = np.linalg.svd(w.astype(np.float64), compute_uv=False)
+        k = g.report.rank
+        for f in (g, o):
+            err = np.linalg.norm(w - backend.to_numpy(f.B) @ backend.to_numpy(f.A), 2) / s[k]
+            assert err <= 1.1
+            if not backend.lazy:
+                assert 0.95 <= f.report.normalized_error <= 1.25
+        # both sketches see the same spectrum: equal singular values up to the bound's slack
+        np.testing.assert_allclose(g.S[:k], s[:k], rtol=0.05)
+        np.testing.assert_array_equal(backend.to_numpy(W[n]), w)  # input untouched
+
+
+def test_factor_many_is_reproducible_and_exact_at_full_rank(monkeypatch):
+    W = _layers()
+    a = factor_many(W, rank=6, rng=0)
+    b = factor_many(W, rank=6, rng=np.random.default_rng(0))
+    for n in W:
+        np.testing.assert_array_equal(a[n].B, b[n].B)
+        np.testing.assert_array_equal(a[n].A, b[n].A)
+    # exact SVD on stacks: the same truncation as layer by layer
+    ex, one = factor_many(W, rank=6, method="exact"), factor_many(W, rank=6, method="exact", batch=False)
+    for n, w in W.items():
+        tol = 1e-4 if w.dtype == np.float32 else 1e-10
+        np.testing.assert_allclose(ex[n].B @ ex[n].A, one[n].B @ one[n].A, atol=tol * np.linalg.norm(w))
+        assert ex[n].report.relative_error == pytest.approx(one[n].report.relative_error, rel=1e-4)
+    # weights of exact rank 4 are reproduced by the stacked randomized call
+    rng = np.random.default_rng(1)
+    low = {f"l{i}": rng.standard_normal((30, 4)) @ rng.standard_normal((4, 20)) for i in range(4)}
+    sizes = _stacked_calls(monkeypatch)
+    for n, f in factor_many(low, rank=4, rng=0).items():
+        np.testing.assert_allclose(f.B @ f.A, low[n], atol=1e-10 * np.linalg.norm(low[n]))
+    assert sizes == [4]
+
+
+def test_factor_many_chunks_big_groups(monkeypatch):
+    import randla.compress.group as group
+
+    W = {f"l{i}": _weight(48, 40, seed=i)[0] for i in range(7)}
+    sizes = _stacked_calls(monkeypatch)
+    monkeypatch.setattr(group, "STACK_ENTRIES", 3 * 48 * 40)
+    fs = factor_many(W, rank=8, rng=0)
+    assert sizes == [3, 3]  # the seventh alone, by the per-layer path
+    for n, w in W.items():
+        assert np.linalg.norm(w - fs[n].B @ fs[n].A, 2) <= 1.1 * np.linalg.svd(w, compute_uv=False)[8]
+
+
+def test_factor_many_whitened_matches_per_layer_within_the_bound(backend, monkeypatch):
+    W0 = {n: w for n, w in _layers().items() if w.dtype == np.float64}
+    grams0 = {n: (lambda X: X.T @ X)(_anisotropic_inputs(300, w.shape[1], seed=i)) for i, (n, w) in enumerate(W0.items())}
+    W = {n: backend.asarray(w) for n, w in W0.items()}
+    grams = {n: backend.asarray(g) for n, g in grams0.items()}
+    sizes = _stacked_calls(monkeypatch)
+    grouped = factor_many(W, rank=5, grams=grams, rng=0)
+    single = factor_many(W, rank=5, grams=grams, rng=0, batch=False)
+    assert sorted(sizes) == ([] if backend.lazy else [3, 5])
+    for n, w in W0.items():
+        L = np.linalg.cholesky(grams0[n] + 1e-6 * np.trace(grams0[n]) / w.shape[1] * np.eye(w.shape[1]))
+        s = np.linalg.svd(w @ L, compute_uv=False)
+        errs = []
+        for f in (grouped[n], single[n]):
+            assert f.report.units == "output" and f.report.rank == 5
+            D = (w - backend.to_numpy(f.B) @ backend.to_numpy(f.A)) @ L
+            errs.append(np.linalg.norm(D, 2) / s[5])
+            assert f.report.output_error == pytest.approx(np.linalg.norm(D) / np.linalg.norm(w @ L), rel=1e-6)
+        assert max(errs) <= 1.1
+
+
+def test_factor_many_rtol_and_budget_ranks():
+    W = _layers()
+    a, b = factor_many(W, rtol=0.3, rng=0), factor_many(W, rtol=0.3, rng=0, batch=False)
+    for n in W:  # rtol: one adaptive call per layer either way
+        np.testing.assert_array_equal(a[n].B, b[n].B)
+    # a budget factors every layer at its largest useful rank, stacked; exact spectra give equal ranks
+    fa, ra = compress_weights(W, budget=0.4, method="exact")
+    fb, rb = compress_weights(W, budget=0.4, method="exact", batch=False)
+    assert ra.ranks() == rb.ranks() and ra.params_after <= 0.4 * ra.params_before
+    for n in W:
+        if fa[n].B is not None:
+            assert fa[n].report.relative_error == pytest.approx(fb[n].report.relative_error, rel=1e-4)
+
+
+def test_factor_many_errors_name_the_layer():
+    W = {"a": np.ones((8, 6)), "b": np.full((8, 6), np.nan)}
+    with pytest.raises(ValueError, match="layer 'b'.*finite"):
+        factor_many(W, rank=2)
+    with pytest.raises(ValueError, match="rank has no entry for layer 'b'"):
+        factor_many({"a": np.ones((8, 6)), "b": np.ones((8, 6))}, rank={"a": 2})
+    with pytest.raises(TypeError, match="batch must be a bool"):
+        factor_many({"a": np.ones((8, 6))}, rank=2, batch=1)
+    with pytest.raises(ValueError, match="grams has no entry for layer 'a'"):
+        factor_many({"a": np.ones((8, 6))}, rank=2, grams={})

@@ -53,6 +53,20 @@ def test_whitened_by_calibration_and_low_precision():
         assert all(k.dtype == dt for k in low["params"]["Dense_1"]["kernel"])
 
 
+def test_same_shaped_kernels_are_batched_within_the_bound():
+    rng = np.random.default_rng(2)
+    ks = {f"Dense_{i}": rng.standard_normal((40, 24)) @ np.diag(0.8 ** np.arange(24)) for i in range(4)}
+    params = {"params": {n: {"kernel": jnp.asarray(k)} for n, k in ks.items()}}
+    grouped, rep = rj.compress(params, rank=5, rng=0)
+    single, rep1 = rj.compress(params, rank=5, rng=0, batch=False)
+    assert rep.ranks() == rep1.ranks()
+    for n, k in ks.items():
+        s = np.linalg.svd(k, compute_uv=False)
+        for p in (grouped, single):
+            K1, K2 = p["params"][n]["kernel"]
+            assert K1.dtype == jnp.float64 and np.linalg.norm(k - np.asarray(K1 @ K2), 2) <= 1.1 * s[5]
+
+
 def test_errors():
     params = _params()
     with pytest.raises(TypeError, match="exactly one"):

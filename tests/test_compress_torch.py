@@ -7,6 +7,7 @@ spectral error (Lipschitz composition, the softmax bound of seed 003, Thm 3.2).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -242,6 +243,40 @@ def test_budget_with_output_calibration_beats_uniform():
     xe = _anisotropic(16 * 8, 32, seed=1, dims=(16, 8))[torch.randperm(16)]
     err = lambda m: (m(xe).mean(1) - block(xe).mean(1)).norm()  # noqa: E731
     assert err(bud) < err(uni)
+
+
+def test_grouped_compress_matches_per_layer_plain_and_whitened():
+    """Block's five 32 x 32 projections share one stacked call; the FFN pair do not."""
+    torch.manual_seed(0)
+    block = Block().double().eval()
+    x = _anisotropic(16 * 8, 32, seed=1, dims=(16, 8))
+    cal = rt.calibrate(block, [{"x": x[:8]}, {"x": x[8:]}])
+    mixed = copy.deepcopy(block)
+    mixed.key.to(torch.float32)  # same shape, other dtype: factored apart, kept in its dtype
+    for calibration in (None, cal):
+        runs = {b: rt.compress(mixed, rank_fraction=0.25, calibration=calibration, rng=0, batch=b)
+                for b in (True, False)}
+        again, _ = rt.compress(mixed, rank_fraction=0.25, calibration=calibration, rng=0)
+        assert runs[True][1].ranks() == runs[False][1].ranks()
+        for name, m in rt.eligible_layers(mixed):
+            W = m.weight.detach().double()
+            k = runs[True][1].ranks()[name]
+            L = torch.eye(W.shape[1], dtype=torch.float64)
+            if calibration is not None:
+                G = cal[name].double()
+                L = torch.linalg.cholesky(G + 1e-6 * torch.trace(G) / G.shape[0] * torch.eye(G.shape[0]))
+            s = torch.linalg.svdvals(W @ L)
+            for small, _ in runs.values():
+                Wh = small.get_submodule(name).weight_product()
+                assert Wh.dtype == m.weight.dtype
+                assert torch.linalg.matrix_norm((W - Wh.double()) @ L, 2) <= 1.1 * s[k] * (1 + 1e-4)
+            torch.testing.assert_close(again.get_submodule(name).weight_product(),
+                                       runs[True][0].get_submodule(name).weight_product(), rtol=0, atol=0)
+    # whitened, both paths: the block's output error is the same up to the slack of the bound
+    ref = block(x)
+    e = [(rt.compress(block, rank_fraction=0.25, calibration=cal, rng=0, batch=b)[0](x) - ref).norm() / ref.norm()
+         for b in (True, False)]
+    assert abs(e[0] - e[1]) <= 0.1 * max(e)
 
 
 def test_low_precision_models_stay_in_their_dtype():

@@ -20,10 +20,12 @@ Neurons (:mod:`randla.compress.prune`): :func:`select_neurons` and :func:`prune_
 shrink ``Linear -> act -> Linear`` (and gated) pairs by an interpolative decomposition
 of the hidden activations, which :func:`accumulate` streams.
 
-Many weights (:mod:`randla.compress.budget`): :func:`summarize` each weight in a first
-pass, :func:`allocate` a parameter budget over the summaries, then factor each at its
-rank. :func:`compress_weights` does all of it for a mapping of weights held in memory
-(the adapters call it).
+Many weights: :func:`factor_many` factors a mapping of weights, layers of equal shape,
+dtype and rank in one stacked call (:mod:`randla.compress.group`). Budgets
+(:mod:`randla.compress.budget`): :func:`summarize` each weight in a first pass,
+:func:`allocate` a parameter budget over the summaries, then factor each at its rank.
+:func:`compress_weights` does all of it for a mapping of weights held in memory (the
+adapters call it).
 
 Examples
 --------
@@ -56,6 +58,7 @@ from .factor import (
     truncate,
     whitener,
 )
+from .group import STACK_ENTRIES, factor_many
 from .prune import (
     Activations,
     NeuronSelection,
@@ -89,6 +92,7 @@ __all__ = [
     "select_neurons",
     "DEFAULT_CAP",
     "DEFAULT_RIDGE",
+    "STACK_ENTRIES",
     "METHODS",
     "RANK_MODES",
     "SPLITS",
@@ -104,6 +108,7 @@ __all__ = [
     "compress_weights",
     "estimate_normalized_error",
     "factor",
+    "factor_many",
     "max_saving_rank",
     "metric",
     "parameter_count",

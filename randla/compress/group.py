@@ -136,7 +136,7 @@ def factor_many(weights, rank=None, *, rank_fraction=None, param_fraction=None, 
     Examples
     --------
     >>> import numpy as np
-    >>> from randla.compress.group import factor_many
+    >>> from randla.compress import factor_many
     >>> rng = np.random.default_rng(0)
     >>> W = {f"layer{i}.q": rng.standard_normal((64, 64)) for i in range(3)} | {"head": rng.standard_normal((10, 64))}
     >>> fs = factor_many(W, rank_fraction=0.25, rng=0)

@@ -94,7 +94,7 @@ def compress_weights(weights, *, rank=None, rank_fraction=None, param_fraction=N
         or a callable ``allocation(summaries, budget) -> {name: rank}``.
     batch : bool, default True
         Factor same-shaped layers (equal shape, dtype, device and rank) by stacked
-        calls (:func:`~randla.compress.group.factor_many`); ``False``: one call per
+        calls (:func:`~randla.compress.factor_many`); ``False``: one call per
         layer. ``rtol`` ranks are found one layer at a time either way.
     rng : None, int or numpy.random.Generator
         One generator serves all layers, in the mapping's order (with ``batch``: one

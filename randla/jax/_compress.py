@@ -71,7 +71,7 @@ def _back(a, like):
 
 def compress(params, *, rank=None, rank_fraction=None, param_fraction=None, rtol=None, budget=None,
              calibration=None, output_grams=None, method="rsi", q=2, include=None, exclude=None, rng=None, p=10,
-             split="left", ridge=DEFAULT_RIDGE):
+             split="left", ridge=DEFAULT_RIDGE, batch=True):
     """Factor the 2-D kernels of a parameter pytree: ``K (in x out) ~= K1 (in x r) @ K2 (r x out)``.
 
     Selected leaves are 2-D floating arrays whose last path component is ``kernel``
@@ -97,6 +97,8 @@ def compress(params, *, rank=None, rank_fraction=None, param_fraction=None, rtol
         change (see :func:`randla.compress.factor`).
     method, q, rng, p, split, ridge
         As in :func:`randla.compress.factor`.
+    batch : bool, default True
+        Same-shaped kernels in stacked calls, as in :func:`randla.torch.compress`.
     include, exclude : str, optional
         Regular expressions on the paths (``re.search``).
 
@@ -149,7 +151,7 @@ def compress(params, *, rank=None, rank_fraction=None, param_fraction=None, rtol
     factors, report = compress_weights(weights, rank=rank, rank_fraction=rank_fraction, param_fraction=param_fraction,
                                        rtol=rtol, budget=budget, grams=convert(calibration, "calibration"),
                                        output_grams=convert(output_grams, "output_grams"), method=method, q=q, p=p,
-                                       split=split, ridge=ridge, rng=rng)
+                                       split=split, ridge=ridge, batch=batch, rng=rng)
     leaves = [leaf for _, leaf in flat]
     for n, i in chosen.items():
         f = factors[n]

@@ -92,7 +92,7 @@ def _low_rank_module(module, B, A):
 
 def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=None, budget=None, calibration=None,
              method="rsi", q=2, include=None, exclude=None, rng=None, inplace=False, p=10, split="left",
-             ridge=DEFAULT_RIDGE):
+             ridge=DEFAULT_RIDGE, batch=True):
     """Replace ``nn.Linear`` (and ``nn.Conv2d``) layers by low-rank pairs.
 
     Each selected layer's weight ``W (out x in)`` (a convolution's kernel flattened to
@@ -136,6 +136,12 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
     split : {"left", "balanced"}, default "left"
     ridge : float, default 1e-6
         Relative ridge of the Gram matrices (see :func:`randla.compress.whitener`).
+    batch : bool, default True
+        Factor layers of equal shape, dtype, device and rank (the attention
+        projections, the FFN matrices of a transformer) by stacked calls, in chunks of
+        at most 32 MB of float32 (see :func:`randla.compress.factor_many`); ``False``:
+        one call per layer. Seeded results are reproducible either way and agree
+        within the error bounds, not bit for bit (one random draw per stacked call).
 
     Returns
     -------
@@ -186,7 +192,7 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
             folds = [_arrays(f, weights) for f in calibration.folds]
     factors, report = compress_weights(weights, rank=rank, rank_fraction=rank_fraction, param_fraction=param_fraction,
                                        rtol=rtol, budget=budget, grams=grams, output_grams=output_grams, folds=folds,
-                                       method=method, q=q, p=p, split=split, ridge=ridge, rng=rng)
+                                       method=method, q=q, p=p, split=split, ridge=ridge, batch=batch, rng=rng)
     if not inplace:
         memo = {}
         target = copy.deepcopy(model, memo)
