@@ -19,6 +19,14 @@ Sections:
     Whole-model compress time at alpha = 0.4: plain, whitened, two-sided, budget
     (interleaved runs, best of ``--repeat``); calibration time with and without output
     gradients (once). Threads as the machine gives, or ``--threads``.
+``grouped``
+    Same-shaped layers in stacked calls (``batch=True``, the default: MiniLM's 37
+    layers are 25 x 384 x 384, 6 x 1536 x 384 and 6 x 384 x 1536) against one call per
+    layer (``batch=False``), plain and whitened at alpha = 0.4: whole-model
+    ``compress`` time (interleaved, best of ``--repeat``), the ratio, and the mean
+    embedding cosine of each compressed model (the two paths draw differently, so the
+    difference is to be read against the per-layer path's own spread over seeds, shown
+    beside it). Threads as ``time``.
 ``search``
     The reference the budget has to beat: a coordinate search over per-layer-type rank
     multipliers (query, key, value, attention output, FFN in, FFN out, pooler), each
@@ -38,8 +46,8 @@ import numpy as np
 
 from ._common import fmt_time, limit_threads, parse_sections, print_table
 
-SECTIONS = ["fidelity", "time", "search"]
-DEFAULT = "fidelity,time"
+SECTIONS = ["fidelity", "time", "grouped", "search"]
+DEFAULT = "fidelity,time,grouped"
 
 
 def _setup(quick):
@@ -133,6 +141,36 @@ def section_time(args):
                             f"threads: {threads}")
 
 
+def section_grouped(args):
+    import randla.torch as rt
+
+    model, batches, cosine, _ = _setup(args.quick)
+    cal = rt.calibrate(model, batches)
+    runs = {(kind, batch): dict(rank_fraction=0.4, rng=0, batch=batch, calibration=cal if kind == "whitened" else None)
+            for kind in ("plain", "whitened") for batch in (True, False)}
+    times, models = {}, {}
+    for key, kw in runs.items():  # warm-up (and the models whose cosines are reported)
+        models[key] = rt.compress(model, **kw)[0]
+    for _ in range(args.repeat):  # interleaved: grouped, per-layer, grouped, per-layer, ...
+        for key, kw in runs.items():
+            t0 = time.perf_counter()
+            rt.compress(model, **kw)
+            times.setdefault(key, []).append(time.perf_counter() - t0)
+    rows = []
+    for kind in ("plain", "whitened"):
+        g, s = min(times[kind, True]), min(times[kind, False])
+        cg, cs = cosine(models[kind, True]), cosine(models[kind, False])
+        # the spread of the cosine over seeds of one path, for scale
+        other = cosine(rt.compress(model, **dict(runs[kind, False], rng=1))[0])
+        rows.append({"compress": kind, "grouped (batch=True)": fmt_time(g), "per layer (batch=False)": fmt_time(s),
+                     "per layer / grouped": f"{s / g:.2f}x", "cosine grouped": f"{cg:.4f}",
+                     "cosine per layer": f"{cs:.4f}", "difference": f"{cg - cs:+.4f}",
+                     "per layer, rng=1 vs rng=0": f"{other - cs:+.4f}"})
+    threads = "as the machine gives" if args.threads is None else str(args.threads)
+    print_table(rows, title=f"grouped vs per-layer whole-model compress, alpha = 0.4, best of {args.repeat} "
+                            f"interleaved, threads: {threads}")
+
+
 def section_search(args):
     """The per-layer-type coordinate search (PERF-NOTES' reference allocation)."""
     import randla.torch as rt
@@ -206,9 +244,9 @@ def main(argv=None):
 
     for name in wanted:
         print(f"\n-- {name}", flush=True)
-        if name == "time":
+        if name in ("time", "grouped"):
             with limit_threads(args.threads):
-                section_time(args)
+                {"time": section_time, "grouped": section_grouped}[name](args)
         else:
             torch.set_num_threads(1)
             with limit_threads(1):
