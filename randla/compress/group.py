@@ -77,20 +77,18 @@ def _group_key(job):
     return B.backend_name(xp), str(B.device(job.W)), str(job.W.dtype), job.shape, job.r
 
 
-def _chunks(keys):
-    """Names grouped by key in order of first appearance, cut to :data:`STACK_ENTRIES`."""
-    groups, alone = {}, []
+def _chunks(keys, shapes):
+    """Names grouped by key in the order of each group's first layer, groups cut to at
+    most :data:`STACK_ENTRIES` entries (a layer with key ``None`` alone)."""
+    groups = {}
     for n, key in keys.items():
-        if key is None:
-            alone.append([n])
-        else:
-            groups.setdefault(key, []).append(n)
+        groups.setdefault(("alone", n) if key is None else key, []).append(n)
     out = []
-    for key, members in groups.items():
-        out_dim, in_dim = key[3]
+    for members in groups.values():
+        out_dim, in_dim = shapes[members[0]]
         size = max(1, STACK_ENTRIES // (out_dim * in_dim))
         out += [members[i:i + size] for i in range(0, len(members), size)]
-    return out + alone
+    return out
 
 
 def factor_many(weights, rank=None, *, rank_fraction=None, param_fraction=None, rtol=None, grams=None,
@@ -185,7 +183,7 @@ def factor_many(weights, rank=None, *, rank_fraction=None, param_fraction=None, 
             jobs[n] = job
         prep[n] = time.perf_counter() - t0
     keys = {n: _group_key(job) if batch else None for n, job in jobs.items()}
-    for chunk in _chunks(keys):
+    for chunk in _chunks(keys, {n: job.shape for n, job in jobs.items()}):
         if len(chunk) == 1:
             n = chunk[0]
             out[n] = _factor_job(jobs[n], q=q, p=p, t0=time.perf_counter() - prep[n], **kw)

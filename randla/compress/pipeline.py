@@ -5,7 +5,11 @@ factors the selected 2-D weights with :func:`randla.compress.factor` (whitened w
 calibration Gram matrix is given), and writes each factored ``NAME.weight`` as
 ``NAME.lowrank_A`` (r x in) and ``NAME.lowrank_B`` (out x r), ``W ~= B @ A``; every other
 tensor, and every weight that factoring would not make smaller, is copied bit for bit.
-Memory follows one tensor and one output shard, never the model.
+Memory follows one tensor and one output shard, never the model. (Weights are factored
+one call each, not stacked by shape as :func:`randla.compress.factor_many` does for a
+model in memory: in a checkpoint's order the same-shaped weights of different blocks
+lie far apart, so stacking them would mean holding them, and the stacked call saves
+little at these sizes.)
 
 :func:`inspect_checkpoint` estimates each weight's spectrum and suggests ranks for a few
 tolerances. Both are what ``randla compress`` and ``randla inspect`` run.
