@@ -543,7 +543,7 @@ def rsi(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr", rng=None, ch
 
 
 def block_krylov_svd(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr", rng=None,
-                     check_finite=True):
+                     check_finite=True, solver="auto"):
     """Randomized block Krylov SVD [MM2015, Alg. 2].
 
     ``K = [A Omega, (A A^H) A Omega, ..., (A A^H)^q A Omega]`` (m x (q+1) l), each
@@ -564,6 +564,13 @@ def block_krylov_svd(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr",
         Krylov depth; ``2q + 2`` passes, the last one with ``(q + 1) l`` vectors.
     sketch, stabilizer, rng, check_finite
         As in :func:`range_finder`.
+    solver : {"auto", "randomized", "full"}, default "auto"
+        ``"full"``: the exact SVD of the dense ``A``, truncated to ``k``. ``"auto"``
+        takes it where the Krylov space would have ``(q + 1) l >= min(m, n)``
+        columns: it then spans the whole range of ``A`` and the exact SVD is both
+        the answer and the cheaper way to it (on such a basis the orthonormalisation
+        works on a rank-deficient panel: 1536 x 384 at k = 307, q = 2 took 100 times
+        as long as the exact SVD). ``rng`` is advanced as by the sketch it replaces.
 
     Returns
     -------
@@ -584,8 +591,11 @@ def block_krylov_svd(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr",
     >>> bool(normalized_error(A, U, S, Vh, s=s) < 1.2)
     True
     """
+    V.check_choice(solver, "solver", SOLVERS)
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
     with B.scipy_blas_single_threaded():
+        if op.dense and (solver == "full" or solver == "auto" and (q + 1) * l >= min(op.shape[-2:])):
+            return _full_svd(op, k, l, sketch, rng, check_finite)
         return _block_krylov(op, k, l, q, stabilizer, sketch, rng, check_finite)
 
 

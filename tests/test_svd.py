@@ -479,6 +479,25 @@ def test_auto_solver_keeps_compression_ranks_randomized(monkeypatch):
     assert called
 
 
+def test_block_krylov_takes_the_exact_svd_once_its_space_fills_the_range(monkeypatch, backend):
+    """(q + 1) l >= min(m, n): the Krylov space is the range of A, the answer the exact SVD."""
+    import randla.svd as svd_module
+
+    A0, s = matrix(60, 40, spectrum="polynomial", decay=1.0, rng=0)
+    A = backend.asarray(A0)
+    U, S, Vh = (backend.to_numpy(x) for x in randla.block_krylov_svd(A, 10, p=4, q=2, rng=0))  # 3 * 14 >= 40
+    np.testing.assert_allclose(S, s[:10], rtol=1e-10)
+    np.testing.assert_allclose(np.linalg.norm(A0 - (U * S) @ Vh, 2), s[10], rtol=1e-8)
+    R = [backend.to_numpy(x) for x in randla.block_krylov_svd(A, 10, p=4, q=2, rng=0, solver="randomized")]
+    np.testing.assert_allclose(R[1], s[:10], rtol=1e-6)
+    called = []
+    monkeypatch.setattr(svd_module, "_full_svd", lambda *a, **k: called.append(1))
+    randla.block_krylov_svd(A0, 10, p=2, q=2, rng=0)  # 3 * 12 < 40: randomized
+    assert not called
+    with pytest.raises(ValueError, match="solver must be one of"):
+        randla.block_krylov_svd(A0, 10, solver="lapack")
+
+
 def test_bad_solver():
     with pytest.raises(ValueError, match="solver must be one of"):
         randla.rsi(np.ones((5, 4)), 2, solver="lapack")
