@@ -476,7 +476,8 @@ def test_factor_many_chunks_big_groups(monkeypatch):
 
 def test_factor_many_whitened_matches_per_layer_within_the_bound(backend, monkeypatch):
     W0 = {n: w for n, w in _layers().items() if w.dtype == np.float64}
-    grams0 = {n: (lambda X: X.T @ X)(_anisotropic_inputs(300, w.shape[1], seed=i)) for i, (n, w) in enumerate(W0.items())}
+    X = {n: _anisotropic_inputs(300, w.shape[1], seed=i) for i, (n, w) in enumerate(W0.items())}
+    grams0 = {n: x.T @ x for n, x in X.items()}
     W = {n: backend.asarray(w) for n, w in W0.items()}
     grams = {n: backend.asarray(g) for n, g in grams0.items()}
     sizes = _stacked_calls(monkeypatch)
