@@ -246,7 +246,8 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
            "the uniform rank, spread over the layers by cross-validated gains. time: the compression call "
            "(calibration excluded); kept: share of the linear layers' weight parameters; "
            "error: mean ||M - M_r||_2 / sigma_(r+1)(M) over the factored layers (M = W, W L or R^T W L; 1 is "
-           "optimal); cosine: mean cosine of each evaluation embedding to the original model's; NN@1: share of "
+           "optimal; rows identical to the exact SVD's: solver='auto' took the exact SVD, which is faster once the "
+           "sketch is that large a share of the matrix); cosine: mean cosine of each evaluation embedding to the original model's; NN@1: share of "
            "sentences whose nearest neighbour is unchanged; Spearman: rank correlation of all pairwise "
            f"similarities. Total {time.perf_counter() - t_start:.0f} s, torch on {torch.get_num_threads()} threads.")
     if plot is not None:
