@@ -120,11 +120,15 @@ def _solve_chunk(a, b, *, lower, left, unit_diagonal):
 
 def svd(x):
     """Thin SVD: TSQR and the SVD of its small ``R`` where ``x`` is chunked along its
-    long axis only (the factor keeps those chunks), else one task (stacks too)."""
+    long axis (the factor keeps those chunks; a short axis in several chunks is first
+    rechunked to one, so ``x`` is streamed, never gathered), else one task (a single
+    chunk, or stacks)."""
     import dask.array as da
 
     *batch, m, n = x.shape
     r, b, real = min(m, n), tuple(batch), _real(x.dtype)
+    if x.ndim == 2 and len(x.chunks[0]) > 1 and len(x.chunks[1]) > 1:
+        x = x.rechunk({1: -1} if m >= n else {0: -1})
     if x.ndim == 2 and len(x.chunks[1]) == 1 < len(x.chunks[0]) and m >= n:
         # not tsqr(compute_svd=True): it warns on complex input (casts a complex meta to real)
         q, rr = da.linalg.tsqr(x)

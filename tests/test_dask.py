@@ -95,6 +95,23 @@ def test_one_read_of_A_per_pass(name, passes):
     assert src.reads == passes * A.numblocks[0]
 
 
+def test_exact_svd_path_streams_a_matrix_chunked_both_ways():
+    """A sketch this large a share of the matrix takes the exact SVD (solver="auto"); on
+    a matrix chunked along both axes that is TSQR over row blocks, never one task
+    holding all of A."""
+    A0, s = matrix(400, 60, spectrum="exponential", decay=0.1, rng=0)
+    A = da.from_array(A0, chunks=(50, 20))
+    U, S, Vh = randla.rsi(A, 30, rng=0)  # l = 40 >= 0.45 * 60
+    assert U.chunks[0] == A.chunks[0]
+    names = {str(k[0] if isinstance(k, tuple) else k).rsplit("-", 1)[0] for k in dict(U.__dask_graph__())}
+    assert any(n.startswith("qr") for n in names)  # TSQR over the row blocks, not an SVD of all of A
+    U, S, Vh = dask.compute(U, S, Vh)
+    np.testing.assert_allclose(S, s[:30], rtol=1e-10)
+    np.testing.assert_allclose(np.linalg.norm(A0 - (U * S) @ Vh, 2), s[30], rtol=1e-8)
+    W, T, Zh = dask.compute(*randla.rsi(A.T, 30, rng=0))
+    np.testing.assert_allclose(T, s[:30], rtol=1e-10)
+
+
 def test_fixed_rank_calls_compute_nothing():
     A0, _ = matrix(200, 60, rng=0)
     src, A = _counted(A0, 50)
