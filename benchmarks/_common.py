@@ -20,6 +20,7 @@ import numpy as np
 
 __all__ = [
     "Timing",
+    "gc_off",
     "timeit",
     "interleaved",
     "interleaved_rounds",
@@ -55,6 +56,18 @@ class Timing:
         return f"{fmt_time(self.median)} (min {fmt_time(self.min)}, n={self.repeats})"
 
 
+@contextlib.contextmanager
+def gc_off():
+    """The garbage collector off for the timed block (restored as it was)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def timeit(fn, *, repeat=5, warmup=1, budget=None):
     """Time ``fn()``: ``warmup`` untimed calls, then up to ``repeat`` timed ones.
 
@@ -67,9 +80,7 @@ def timeit(fn, *, repeat=5, warmup=1, budget=None):
     for _ in range(warmup):
         fn()
     times = []
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_off():
         start = time.perf_counter()
         for _ in range(max(repeat, 1)):
             t0 = time.perf_counter()
@@ -77,33 +88,29 @@ def timeit(fn, *, repeat=5, warmup=1, budget=None):
             times.append(time.perf_counter() - t0)
             if budget is not None and time.perf_counter() - start > budget:
                 break
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     return Timing(statistics.median(times), min(times), len(times))
 
 
-def interleaved_rounds(fns, *, repeat, warmup=1):
+def interleaved_rounds(fns, *, repeat, warmup=1, budget=None):
     """``rounds[r][i]``: seconds of ``fns[i]`` in round ``r``, the functions called in
     turn (A, B, A, B, ...) so that a drifting load hits all of them alike; ``warmup``
-    untimed calls of each first; the garbage collector off while timing."""
+    untimed calls of each first; the garbage collector off while timing. ``budget``
+    (seconds) stops after the first round from the second on that ends past it."""
     for f in fns:
         for _ in range(warmup):
             f()
     rounds = []
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for _ in range(repeat):
+    with gc_off():
+        start = time.perf_counter()
+        for r in range(repeat):
             row = []
             for f in fns:
                 t0 = time.perf_counter()
                 f()
                 row.append(time.perf_counter() - t0)
             rounds.append(row)
-    finally:
-        if enabled:
-            gc.enable()
+            if budget is not None and r >= 1 and time.perf_counter() - start > budget:
+                break
     return rounds
 
 

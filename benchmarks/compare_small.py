@@ -50,7 +50,16 @@ import time
 
 import numpy as np
 
-from ._common import fmt_err, fmt_ratio, fmt_time, limit_threads, minilm_available, parse_sections, print_table
+from ._common import (
+    fmt_err,
+    fmt_ratio,
+    fmt_time,
+    interleaved_rounds,
+    limit_threads,
+    minilm_available,
+    parse_sections,
+    print_table,
+)
 
 SECTIONS = ("one", "minilm", "batched", "big", "ablation")
 P, Q, ALPHA = 10, 2, 0.4
@@ -69,22 +78,13 @@ def race(methods, rounds, *, budget=None):
     """Time ``methods`` (name -> zero-argument callable) interleaved.
 
     Each method runs once untimed, then ``rounds`` times in turn with the others (A,
-    B, C, A, B, C, ...), so load from other jobs hits all of them alike. Returns
-    ``{name: (best, median)}`` in seconds. ``budget`` (seconds) stops after the round
-    that exceeds it (at least two rounds).
+    B, C, A, B, C, ...; :func:`benchmarks._common.interleaved_rounds`), so load from
+    other jobs hits all of them alike. Returns ``{name: (best, median)}`` in seconds.
+    ``budget`` (seconds) stops after the round that exceeds it (at least two rounds).
     """
-    for fn in methods.values():
-        fn()
-    times = {name: [] for name in methods}
-    start = time.perf_counter()
-    for r in range(rounds):
-        for name, fn in methods.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-        if budget is not None and r >= 1 and time.perf_counter() - start > budget:
-            break
-    return {name: (min(ts), statistics.median(ts)) for name, ts in times.items()}
+    names = list(methods)
+    rows = interleaved_rounds([methods[n] for n in names], repeat=rounds, budget=budget)
+    return {n: (min(r[i] for r in rows), statistics.median(r[i] for r in rows)) for i, n in enumerate(names)}
 
 
 def _floor_fn(A, l, q):
