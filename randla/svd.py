@@ -444,7 +444,7 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
         return _rsvd_rtol(A, rtol, q=q, block_size=block_size, norm=norm, rng=rng, check_finite=check_finite)
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
     with B.scipy_blas_single_threaded():
-        if op.dense and (solver == "full" or solver == "auto" and _full_is_faster(op.shape, l, q)):
+        if _takes_full(op, solver, _full_is_faster(op.shape, l, q)):
             return _full_svd(op, k, l, sketch, rng, check_finite)
         Q = _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
         return _svd_of_projection(op, Q, k)
@@ -459,6 +459,12 @@ _FULL_SHARE = 0.9
 
 def _full_is_faster(shape, l, q):
     return l >= _FULL_SHARE * min(shape[-2:]) / (1 + q / 2)
+
+
+def _takes_full(op, solver, faster):
+    """``solver="full"``, or ``"auto"`` where the shape rule ``faster`` holds: the exact
+    SVD of a dense ``A`` (matrix-free input is always randomized)."""
+    return op.dense and (solver == "full" or solver == "auto" and faster)
 
 
 def _full_svd(op, k, l, sketch, rng, check_finite):
@@ -594,7 +600,7 @@ def block_krylov_svd(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr",
     V.check_choice(solver, "solver", SOLVERS)
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
     with B.scipy_blas_single_threaded():
-        if op.dense and (solver == "full" or solver == "auto" and (q + 1) * l >= min(op.shape[-2:])):
+        if _takes_full(op, solver, (q + 1) * l >= min(op.shape[-2:])):  # the Krylov space fills the range
             return _full_svd(op, k, l, sketch, rng, check_finite)
         return _block_krylov(op, k, l, q, stabilizer, sketch, rng, check_finite)
 
