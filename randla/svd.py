@@ -33,8 +33,8 @@ from typing import Any, NamedTuple
 
 from . import _backend as B
 from . import _validate as V
-from ._scale import pow2_scale
 from ._adaptive import adaptive_qb
+from ._scale import pow2_scale
 from .sketch import _apply as _sketch_apply
 
 __all__ = ["SVDResult", "range_finder", "rsvd", "rsi", "block_krylov_svd", "adaptive_range_finder"]
