@@ -8,6 +8,7 @@ does); every other dtype (float16, bfloat16, strings, objects) is a ``TypeError`
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -235,6 +236,36 @@ def check_choice(value, name: str, choices, *, note: str | None = None) -> str:
         why = f" ({note})" if note else ""
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}{why}; got {value!r}")
     return value
+
+
+def name_filter(include, exclude, *, options=("include", "exclude"), error=ValueError) -> Callable[[str], bool]:
+    r"""``keep(name)``: whether ``include`` (a regular expression, or ``None`` for all) is
+    found in ``name`` (``re.search``) and ``exclude`` is not.
+
+    ``options`` name the two arguments in messages. A pattern that is neither a str
+    nor a compiled pattern is a ``TypeError``; one that does not compile raises
+    ``error`` (the command line passes its own one-line error type).
+
+    Examples
+    --------
+    >>> from randla._validate import name_filter
+    >>> keep = name_filter(r"layer\.\d", "bias")
+    >>> keep("layer.0.weight"), keep("layer.0.bias"), keep("head.weight")
+    (True, False, False)
+    """
+
+    def compiled(pattern, option):
+        if pattern is None:
+            return None
+        if not isinstance(pattern, (str, re.Pattern)):
+            raise TypeError(f"{option} must be a regular expression (str), got {type(pattern).__name__}")
+        try:
+            return re.compile(pattern)
+        except re.error as exc:
+            raise error(f"{option} {pattern!r} is not a valid regular expression ({exc})") from None
+
+    inc, exc = compiled(include, options[0]), compiled(exclude, options[1])
+    return lambda name: (inc is None or inc.search(name) is not None) and (exc is None or exc.search(name) is None)
 
 
 def quiet_nonfinite(enabled: bool = True):

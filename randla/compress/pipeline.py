@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .._validate import name_filter
 from .checkpoint import FLOAT_DTYPES, CheckpointError, check_output, load_grams, open_checkpoint, write_checkpoint
 
 __all__ = ["CompressResult", "compress_checkpoint", "inspect_checkpoint", "select_weights", "DEFAULT_EXCLUDE",
@@ -35,15 +36,6 @@ FORMAT_VERSION = 1
 DEFAULT_EXCLUDE = r"embed"  # embedding tables are lookups, not linear maps
 DEFAULT_RTOLS = (0.5, 0.4, 0.3, 0.2, 0.1)
 _WEIGHT = ".weight"
-
-
-def _compile(pattern, option):
-    if pattern is None:
-        return None
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise CheckpointError(f"{option} {pattern!r} is not a valid regular expression ({exc})") from None
 
 
 def select_weights(specs, *, include=None, exclude=DEFAULT_EXCLUDE) -> list[str]:
@@ -68,10 +60,10 @@ def select_weights(specs, *, include=None, exclude=DEFAULT_EXCLUDE) -> list[str]
     >>> select_weights(specs), select_weights(specs, include="head", exclude=None)
     (['fc.weight', 'head.weight'], ['head.weight'])
     """
-    inc, exc = _compile(include, "--include"), _compile(exclude, "--exclude")
+    keep = name_filter(include, exclude, options=("--include", "--exclude"), error=CheckpointError)
     return [n for n, s in specs.items()
             if len(s.shape) == 2 and s.dtype.name in FLOAT_DTYPES and n.endswith(_WEIGHT) and min(s.shape) > 0
-            and (inc is None or inc.search(n)) and not (exc is not None and exc.search(n))]
+            and keep(n)]
 
 
 def _module(name):

@@ -8,12 +8,11 @@ transpose of the ``out x in`` weight that :mod:`randla.compress` factors: ``K = 
 
 from __future__ import annotations
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._validate import name_filter
 from ..compress import check_rank_mode, compress_weights
 from ..compress.factor import DEFAULT_RIDGE
 
@@ -39,17 +38,6 @@ def leaf_paths(params):
     """
     flat, _ = jax.tree_util.tree_flatten_with_path(params)
     return {"/".join(_key_name(k) for k in path): leaf for path, leaf in flat}
-
-
-def _compile(pattern, name):
-    if pattern is None:
-        return None
-    if not isinstance(pattern, str):
-        raise TypeError(f"{name} must be a regular expression (str), got {type(pattern).__name__}")
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"{name} is not a valid regular expression: {exc}") from None
 
 
 def _host(x):
@@ -127,14 +115,13 @@ def compress(params, *, rank=None, rank_fraction=None, param_fraction=None, rtol
     ((64, 8), (8, 32), 768)
     """
     check_rank_mode(rank=rank, rank_fraction=rank_fraction, param_fraction=param_fraction, rtol=rtol, budget=budget)
-    inc, exc = _compile(include, "include"), _compile(exclude, "exclude")
+    keep = name_filter(include, exclude)
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     paths = ["/".join(_key_name(k) for k in path) for path, _ in flat]
     chosen = {}
     for i, ((path, leaf), name) in enumerate(zip(flat, paths)):
         if (getattr(leaf, "ndim", None) == 2 and jnp.issubdtype(leaf.dtype, jnp.floating)
-                and _key_name(path[-1]) == "kernel" and (inc is None or inc.search(name))
-                and (exc is None or not exc.search(name))):
+                and _key_name(path[-1]) == "kernel" and keep(name)):
             chosen[name] = i
     if not chosen:
         raise ValueError("no 2-D kernel leaf matches include/exclude")

@@ -9,23 +9,13 @@ tensor (``model(batch)``), a tuple or list of positional arguments
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
+from .._validate import name_filter
+
 __all__ = ["select_modules", "eligible_layers", "call_model", "run_with_hooks", "run_with_input_hooks"]
-
-
-def _compile(pattern, name):
-    if pattern is None:
-        return None
-    if not isinstance(pattern, (str, re.Pattern)):
-        raise TypeError(f"{name} must be a regular expression (str), got {type(pattern).__name__}")
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"{name} is not a valid regular expression: {exc}") from None
 
 
 def select_modules(model, types, *, include=None, exclude=None):
@@ -54,10 +44,8 @@ def select_modules(model, types, *, include=None, exclude=None):
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    inc, exc = _compile(include, "include"), _compile(exclude, "exclude")
-    return [(name, mod) for name, mod in model.named_modules()
-            if isinstance(mod, types) and name
-            and (inc is None or inc.search(name)) and (exc is None or not exc.search(name))]
+    keep = name_filter(include, exclude)
+    return [(name, mod) for name, mod in model.named_modules() if isinstance(mod, types) and name and keep(name)]
 
 
 def eligible_layers(model, *, include=None, exclude=None):
