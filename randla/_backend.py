@@ -33,6 +33,7 @@ __all__ = [
     "svd",
     "eigh",
     "cholesky",
+    "try_cholesky",
     "inv",
     "fft_last",
     "solve_triangular",
@@ -251,6 +252,32 @@ def cholesky(x, *, upper=True):
     return xp.linalg.cholesky(x, upper=upper)
 
 
+def try_cholesky(x):
+    """Upper Cholesky factor ``R`` (``R^H R = x``) of a matrix or stack, or ``None`` where
+    any matrix is not numerically positive definite. Eager: the caller branches on it.
+
+    NumPy: LAPACK ``potrf`` through SciPy for a matrix (no exception, no transposed
+    copy); torch: ``cholesky_ex`` (no exception). Elsewhere :func:`cholesky`, with
+    ``None`` for a failure raised as an error or returned as NaN.
+    """
+    xp = namespace(x)
+    name = backend_name(xp)
+    if name == "numpy" and x.ndim == 2:
+        potrf = _blas_fn("potrf", x.dtype)
+        r, info = potrf(x, lower=0, clean=1)
+        return r if info == 0 else None
+    if name == "torch":
+        import torch
+
+        r, info = torch.linalg.cholesky_ex(x, upper=True)
+        return r if not bool(torch.any(info)) else None
+    try:
+        r = cholesky(x, upper=True)
+    except (np.linalg.LinAlgError, ValueError, RuntimeError):
+        return None
+    return r if bool(xp.all(xp.isfinite(r))) else None
+
+
 def inv(x):
     """Inverse of a small square matrix (Dask: one task)."""
     xp = namespace(x)
@@ -445,7 +472,7 @@ _blas_fns = {}
 
 
 def _blas_fn(name, dtype):
-    """SciPy's BLAS (``trsm``) or LAPACK (``trtri``) routine for ``dtype``, looked up once."""
+    """SciPy's BLAS (``trsm``) or LAPACK (``trtri``, ``potrf``) routine for ``dtype``, looked up once."""
     fn = _blas_fns.get((name, dtype))
     if fn is None:
         from scipy.linalg import blas, lapack

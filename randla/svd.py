@@ -110,8 +110,57 @@ def _cholqr_stabilize(Y):
     fused = B.gram_apply(Y, _shifted_factor)  # Dask: a few tasks per chunk
     if fused is not None:
         return fused
+    if Y.dtype in (B.namespace(Y).float32, B.namespace(Y).complex64) and not B.is_lazy(Y):
+        Q = _single_cholqr(Y)
+        if Q is not None:
+            return Q
     Y, G, _ = _normalized_gram(Y)
     return _cholqr_pass(Y, G, shifted=True)[0]
+
+
+# Pivot test of _single_cholqr: every squared pivot of R at least this many shifts.
+_PIVOT_SHIFTS = 4.0
+
+
+def _single_cholqr(Y):
+    """Shifted Cholesky-QR in ``Y``'s own single precision, or ``None`` where that is
+    not safe: the fast stabiliser between passes for float32/complex64 data.
+
+    ``G = Y^H Y`` in single precision, ``R^H R = G + s I`` with
+    ``s = l u tr(G)`` (above the rounding of ``G`` and of its Cholesky
+    factorisation, so ``R`` exists [FKNYY2020, Sec. 3]), ``Q = Y R^{-1}``. The
+    span of ``Q`` is that of ``Y`` for any invertible ``R``; what the precision
+    can spoil is the conditioning of ``Q``. The cheap test: ``tr(G)`` inside the
+    range where single precision holds ``G`` without overflow or gradual
+    underflow, and every squared pivot ``R_jj^2 >= 4 s`` (the shift and the
+    rounding move no pivot by more than a quarter, ``cond(R)^2 <= tr(G) / 4s``).
+    Graded bases, as the iterates of a power iteration are, reveal a weak
+    direction in the pivots. It fails on rank-deficient or strongly graded ``Y``
+    (fast-decaying spectra), where the float64 Gram route is taken instead.
+    Half the GEMM work of the float64 Gram matrix and no widened copy of ``Y``
+    (384 x 163 float32: 0.14 against 0.29 ms on one thread, torch 0.26 against
+    0.59 ms). Eager (reads the test).
+    """
+    xp = B.namespace(Y)
+    m, l = Y.shape[-2:]
+    if m < l:
+        return None
+    G = B.mH(Y) @ Y
+    tr = xp.real(xp.linalg.trace(G))
+    info = xp.finfo(B.real_dtype(xp, Y.dtype))
+    u = float(info.eps)
+    s = (l * u) * tr
+    eye = xp.eye(l, dtype=G.dtype, device=B.device(G))
+    with B.single_threaded_blas():
+        R = B.try_cholesky(G + xp.astype(s, G.dtype)[..., None, None] * eye)
+    if R is None:
+        return None
+    piv = xp.real(xp.linalg.diagonal(R))
+    ok = (tr >= float(info.smallest_normal) / u**2) & (tr <= float(info.max) * u) \
+        & (xp.min(piv * piv, axis=-1) >= _PIVOT_SHIFTS * s)
+    if not bool(xp.all(ok)):
+        return None
+    return B.rdiv_upper(Y, R)
 
 
 def _normalized_gram(Y):
