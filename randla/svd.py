@@ -265,11 +265,34 @@ _GRAM_TAU = 100 * 2.0**-52 / 2.0**-23
 _SINGLE_PRODUCT = 1.0 / 256
 
 
+# Above this eigenvalue ratio (S_k >= S_1 / 8) the eigenproblem of the float64 Gram
+# matrix is solved in single precision: eigenvalues move by about u32 S_1^2, S_k by
+# a relative u32 S_1^2 / S_k^2 <= 64 u32 (a few units of float32 rounding in the
+# singular values, as in LAPACK's own float32 SVD); the right factor stays
+# orthonormal to u32 and W to about 64 u32. Twice as fast as float64 (163 x 163,
+# one thread: NumPy/SciPy 1.2 against 1.9 ms, torch 1.2 against 2.2 ms).
+_SINGLE_EIGH = 1.0 / 64
+
+
+def _top_eigh(G, k):
+    """Top ``k`` eigenpairs of a Hermitian ``G`` (or stack), descending, and the ratio
+    of the ``k``-th eigenvalue to the largest (0 where that is not positive)."""
+    xp = B.namespace(G)
+    with B.single_threaded_blas():
+        w, X = B.eigh(G)
+    w = xp.flip(w, axis=-1)[..., :k]
+    X = xp.flip(X, axis=-1)[..., :k]
+    ratio = w[..., k - 1] / xp.where(w[..., 0] > 0, w[..., 0], xp.ones_like(w[..., 0]))
+    return w, X, ratio
+
+
 def _gram_svd(C, k):
     """Top-``k`` SVD of a single-precision ``C`` (n x l) through its float64 Gram matrix.
 
     ``C^H C = X diag(S^2) X^H`` (``eigh``: half the work of an SVD of an ``l x l``
-    factor, and no QR of ``C``), ``W = C X S^{-1}``. For float32 data this is as
+    factor, and no QR of ``C``), ``W = C X S^{-1}``; the eigenproblem is solved in
+    single precision where ``S_k >= S_1 / 8`` (see ``_SINGLE_EIGH``), else in double.
+    For float32 data this is as
     accurate as a float32 SVD as long as ``S_k^2 >= tau S_1^2`` (see ``_GRAM_TAU``);
     ``None`` otherwise (rank below ``k``, a zero matrix), and the caller takes the
     QR route. Eager: reads the check. Stacks are checked as a whole.
@@ -277,13 +300,11 @@ def _gram_svd(C, k):
     xp = B.namespace(C)
     Cw = xp.astype(C, _wide(xp, C.dtype))
     G = B.mH(Cw) @ Cw
-    with B.single_threaded_blas():
-        w, X = B.eigh(G)
-    w = xp.flip(w, axis=-1)[..., :k]
-    X = xp.flip(X, axis=-1)[..., :k]
-    ratio = w[..., k - 1] / xp.where(w[..., 0] > 0, w[..., 0], xp.ones_like(w[..., 0]))
-    if not bool(xp.all(ratio > _GRAM_TAU)):
-        return None
+    w, X, ratio = _top_eigh(xp.astype(G, C.dtype), k)  # single precision first
+    if not bool(xp.all(ratio >= _SINGLE_EIGH)):
+        w, X, ratio = _top_eigh(G, k)
+        if not bool(xp.all(ratio > _GRAM_TAU)):
+            return None
     S = xp.sqrt(w)
     XS = X / S[..., None, :]
     if bool(xp.all(ratio >= _SINGLE_PRODUCT)):
