@@ -70,6 +70,10 @@ def namespace(*arrays):
     Cached per array type (NumPy, torch, JAX, Dask, ... each map to one namespace),
     so repeated lookups on the small steps of a kernel cost a dictionary access.
     """
+    if len(arrays) == 1:  # the common case: one dictionary access
+        xp = _namespace_of_type.get(type(arrays[0]))
+        if xp is not None:
+            return xp
     arrays = [a for a in arrays if a is not None]
     kinds = {type(a) for a in arrays}
     if len(kinds) == 1:
@@ -88,8 +92,18 @@ def device(x):
     return _compat.device(x)
 
 
+_backend_names = {}  # namespace -> name, as namespace() is cached per array type
+
+
 def backend_name(xp) -> str:
     """One of ``numpy``, ``torch``, ``jax``, ``cupy``, ``dask`` or ``other``."""
+    name = _backend_names.get(xp)
+    if name is None:
+        name = _backend_names[xp] = _backend_name(xp)
+    return name
+
+
+def _backend_name(xp) -> str:
     if _compat.is_numpy_namespace(xp):
         return "numpy"
     if _compat.is_torch_namespace(xp):
@@ -127,6 +141,8 @@ def mH(x):
         xt = x.swapaxes(-1, -2)
         return xt.conj() if x.dtype.kind == "c" else xt
     xp = namespace(x)
+    if backend_name(xp) == "torch":
+        return x.mH
     xt = xp.matrix_transpose(x)
     return xp.conj(xt) if xp.isdtype(x.dtype, "complex floating") else xt
 
@@ -455,11 +471,16 @@ def rdiv_upper(y, r):
         if m * l * l <= _TRSM_MAX_FLOPS:
             trsm = _blas_fn("trsm", y.dtype)
             r_flat = r_flat.astype(y.dtype, copy=False)
-            out = np.empty(y_flat.shape, dtype=y.dtype)
+            out = y_flat.copy()  # the one copy: trsm overwrites it in place
             with single_threaded_blas():
                 for i in range(y_flat.shape[0]):
-                    # y r^{-1} = (r^{-T} y^T)^T: y^T is y's memory read in Fortran order
-                    out[i] = trsm(1.0, r_flat[i], y_flat[i].T, side=0, lower=0, trans_a=1).T
+                    # y r^{-1} = (r^{-T} y^T)^T: y^T is y's memory read in Fortran order;
+                    # r is passed as Fortran memory too (r, or r^T read as lower), never copied
+                    ri = r_flat[i]
+                    if ri.flags.f_contiguous:
+                        trsm(1.0, ri, out[i].T, side=0, lower=0, trans_a=1, overwrite_b=1)
+                    else:
+                        trsm(1.0, ri.T, out[i].T, side=0, lower=1, trans_a=0, overwrite_b=1)
             return out.reshape(y.shape)
         trtri = _blas_fn("trtri", r.dtype)
         r_inv = np.empty(r_flat.shape, dtype=r.dtype)
@@ -747,7 +768,7 @@ def prefers_whole_matrix_kernels(xp) -> bool:
 _blas_libs = None  # (threadpoolctl BLAS controllers, whether SciPy's BLAS was loaded when listed)
 
 
-def single_threaded_blas():
+def single_threaded_blas(like=None):
     """Context manager: BLAS/LAPACK on one thread for small host-side kernels.
 
     A QRCP of a ``(k + p) x n`` sketch or a Cholesky factorisation of a ``k x k``
@@ -758,12 +779,20 @@ def single_threaded_blas():
     once (and again once SciPy's BLAS has loaded); entering sets their thread
     counts directly, and only where they are not at one thread already, so a
     scope nested in another (or inside :func:`scipy_blas_single_threaded`) costs
-    about a microsecond per library.
+    about a microsecond per library. With ``like`` an array of a backend that runs
+    its own kernels (torch, JAX, CuPy), nothing is set: the OpenBLAS pools are not
+    the ones it uses, and setting them cost torch ~0.4 ms per ``rsi`` call.
     """
+    if like is not None and _own_kernels(like):
+        return contextlib.nullcontext()
     return _one_thread(_blas_controllers())
 
 
-def scipy_blas_single_threaded():
+def _own_kernels(x):
+    return backend_name(namespace(x)) in ("torch", "jax", "cupy")
+
+
+def scipy_blas_single_threaded(like=None):
     """Context manager: SciPy's own BLAS pool (where it has one) on one thread.
 
     NumPy and SciPy wheels each bundle an OpenBLAS with its own thread pool.
@@ -774,8 +803,11 @@ def scipy_blas_single_threaded():
     panels). A kernel holds SciPy's pool at one thread for its whole call (setting
     it costs about 12 us, too much for every small step), while NumPy's GEMMs keep
     their threads. Where SciPy shares NumPy's BLAS (one library), this does
-    nothing.
+    nothing; so it does for ``like`` of a backend with kernels of its own (see
+    :func:`single_threaded_blas`).
     """
+    if like is not None and _own_kernels(like):
+        return contextlib.nullcontext()
     return _one_thread(tuple(lib for lib in _blas_controllers() if _is_scipy_private(lib)))
 
 

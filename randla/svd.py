@@ -83,7 +83,7 @@ def _cholqr_factor(G, m, dtype, shifted):
     if shifted:
         trace = xp.real(xp.linalg.trace(G))[..., None, None]
         shift = 10.0 * m * B.eps(xp, xp.float64) * trace + shift
-    with B.single_threaded_blas():  # l x l: threads only add waiting on a busy machine
+    with B.single_threaded_blas(G):  # l x l: threads only add waiting on a busy machine
         return B.cholesky(G + shift * eye, upper=True)
 
 
@@ -151,7 +151,7 @@ def _single_cholqr(Y):
     u = float(info.eps)
     s = (l * u) * tr
     eye = xp.eye(l, dtype=G.dtype, device=B.device(G))
-    with B.single_threaded_blas():
+    with B.single_threaded_blas(G):
         R = B.try_cholesky(G + xp.astype(s, G.dtype)[..., None, None] * eye)
     if R is None:
         return None
@@ -278,7 +278,7 @@ def _top_eigh(G, k):
     """Top ``k`` eigenpairs of a Hermitian ``G`` (or stack), descending, and the ratio
     of the ``k``-th eigenvalue to the largest (0 where that is not positive)."""
     xp = B.namespace(G)
-    with B.single_threaded_blas():
+    with B.single_threaded_blas(G):
         w, X = B.eigh(G)
     w = xp.flip(w, axis=-1)[..., :k]
     X = xp.flip(X, axis=-1)[..., :k]
@@ -331,7 +331,7 @@ def _tall_svd(C, k):
     if qr is None:
         W, S, Xh = B.svd(C)
     else:
-        with B.single_threaded_blas():
+        with B.single_threaded_blas(qr[1]):
             Ur, S, Xh = B.svd(qr[1])
         W = qr[0] @ xp.astype(Ur, C.dtype)
         S, Xh = xp.astype(S, B.real_dtype(xp, C.dtype)), xp.astype(Xh, C.dtype)
@@ -436,7 +436,7 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
     True
     """
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
-    with B.scipy_blas_single_threaded():
+    with B.scipy_blas_single_threaded(op.A if op.dense else None):
         return _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
 
 
@@ -513,7 +513,7 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
     if rtol is not None:
         return _rsvd_rtol(A, rtol, q=q, block_size=block_size, norm=norm, rng=rng, check_finite=check_finite)
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
-    with B.scipy_blas_single_threaded():
+    with B.scipy_blas_single_threaded(op.A if op.dense else None):
         if _takes_full(op, solver, _full_is_faster(op.shape, l, q)):
             return _full_svd(op, k, l, sketch, rng, check_finite)
         Q = _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
@@ -669,7 +669,7 @@ def block_krylov_svd(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr",
     """
     V.check_choice(solver, "solver", SOLVERS)
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
-    with B.scipy_blas_single_threaded():
+    with B.scipy_blas_single_threaded(op.A if op.dense else None):
         if _takes_full(op, solver, (q + 1) * l >= min(op.shape[-2:])):  # the Krylov space fills the range
             return _full_svd(op, k, l, sketch, rng, check_finite)
         return _block_krylov(op, k, l, q, stabilizer, sketch, rng, check_finite)
