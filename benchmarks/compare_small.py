@@ -393,8 +393,31 @@ def _ablations():
 
         mp.setattr(S, "_normalized_gram", normalized)
 
+    def float64_stabilizer(mp):  # every stabiliser between passes through the float64 Gram matrix
+        mp.setattr(S, "_single_cholqr", lambda Y: None)
+
+    def float64_eigh(mp):  # the projection's eigenproblem in float64 only
+        top = S._top_eigh
+
+        def wide(G, k):
+            xp = B.namespace(G)
+            return top(xp.astype(G, S._wide(xp, G.dtype)), k)
+
+        mp.setattr(S, "_top_eigh", wide)
+
+    def numpy_eigh(mp):  # numpy.linalg.eigh (was: SciPy's syevd per matrix)
+        eigh = B.eigh
+        mp.setattr(B, "eigh", lambda x: np.linalg.eigh(x) if isinstance(x, np.ndarray) else eigh(x))
+
+    def torch_thread_scopes(mp):  # the OpenBLAS thread scopes entered for torch too
+        mp.setattr(B, "_own_kernels", lambda x: False)
+
     both = ("numpy", "torch")
     return {
+        "single-precision stabiliser between passes (was: float64 Gram)": (both, float64_stabilizer),
+        "single-precision eigh of the projection (was: float64)": (both, float64_eigh),
+        "SciPy syevd for NumPy's eigh (was: numpy.linalg.eigh)": (("numpy",), numpy_eigh),
+        "no OpenBLAS thread scopes on torch (was: set per step)": (("torch",), torch_thread_scopes),
         "triangular solve (was: LU inverse + GEMM)": (both, inverse),
         "Gram-eigh SVD of the projection (was: CholeskyQR2 + SVD of R)": (both, no_gram_svd),
         "SciPy pool single-threaded per call (was: left multi-threaded)": (("numpy",), no_pool_scope),
