@@ -33,8 +33,9 @@ big
     its GEMM floor (no regression on the large case).
 ablation
     What each choice of the small-matrix work buys: ``rsi``'s CPU time on one thread
-    (immune to other jobs on the machine) with one choice undone at a time, over the
-    time with all of them, on NumPy and torch.
+    (less exposed to other jobs on the machine) with one choice undone at a time, over
+    the time with all of them, on NumPy and torch; the variants run interleaved, round
+    by round, and the table shows the median per-round ratio and its range.
 
 The summary at the end states each target of the issue that asked for these numbers
 and whether this run met it.
@@ -373,13 +374,13 @@ def _ablations():
         mp.setattr(S, "_gram_svd", lambda C, k: None)
 
     def no_pool_scope(mp):  # SciPy's pool keeps its threads during the call
-        mp.setattr(B, "scipy_blas_single_threaded", contextlib.nullcontext)
+        mp.setattr(B, "scipy_blas_single_threaded", lambda like=None: contextlib.nullcontext())
 
     def threadpoolctl_limit(mp):  # every small step enters a threadpoolctl limit
         from threadpoolctl import ThreadpoolController
 
         ctl = ThreadpoolController()
-        mp.setattr(B, "single_threaded_blas", lambda: ctl.limit(limits=1, user_api="blas"))
+        mp.setattr(B, "single_threaded_blas", lambda like=None: ctl.limit(limits=1, user_api="blas"))
 
     def no_namespace_cache(mp):
         import array_api_compat
@@ -445,21 +446,16 @@ def section_ablation(cfg, summary):
                 for name, (backends, patch) in _ablations().items():
                     if backend in backends:
                         methods[name] = patch
-                cpu = {}
-                for name, patch in methods.items():
-                    with _Patches() as mp:
-                        if patch is not None:
-                            patch(mp)
-                        cpu[name] = (_cpu_time(_sweep(_rsi, single), cfg["rounds"]),
-                                     _cpu_time(_sweep(_rsi, allm), max(2, cfg["rounds"] // 2)))
-                base = cpu["all choices"]
-                for name, (t1, t37) in cpu.items():
-                    rows.append({"backend": backend, "undone": name, "384x384": fmt_time(t1),
-                                 "x": fmt_ratio(t1 / base[0]), f"{len(allm)} matrices": fmt_time(t37),
-                                 "x ": fmt_ratio(t37 / base[1])})
+                t1 = _cpu_times(methods, _sweep(_rsi, single), 3 * cfg["rounds"])
+                t37 = _cpu_times(methods, _sweep(_rsi, allm), max(3, cfg["rounds"] - 2))
+                for name in methods:
+                    rows.append({"backend": backend, "undone": name, "384x384": fmt_time(t1[name][0]),
+                                 "x": _spread(t1, name), f"{len(allm)} matrices": fmt_time(t37[name][0]),
+                                 "x ": _spread(t37, name)})
     finally:
         torch.set_num_threads(old_threads)
-    print_table(rows, title="(ablation) rsi CPU time on one thread with one choice undone (x: over all choices; "
+    print_table(rows, title="(ablation) rsi CPU time on one thread with one choice undone, variants interleaved "
+                            "(x: median over rounds of the ratio to all choices, in brackets its range; "
                             "384x384 = MiniLM L0 attention output, k=153)")
 
 
@@ -481,15 +477,28 @@ class _Patches:
         self._stack.close()
 
 
-def _cpu_time(fn, rounds):
-    """Best thread CPU time of ``fn()`` over ``rounds`` calls (after one warm-up)."""
-    fn()
-    best = math.inf
-    for _ in range(rounds):
-        t0 = time.thread_time()
-        fn()
-        best = min(best, time.thread_time() - t0)
-    return best
+def _cpu_times(variants, fn, rounds):
+    """Thread CPU times of ``fn()`` under each variant (name -> patch or None), interleaved:
+    every round runs every variant once, so load drifts hit all of them alike.
+    Returns ``{name: (best, [per-round ratio to the unpatched variant])}``."""
+    times = {name: [] for name in variants}
+    for warm in (True,) + (False,) * rounds:
+        for name, patch in variants.items():
+            with _Patches() as mp:
+                if patch is not None:
+                    patch(mp)
+                t0 = time.thread_time()
+                fn()
+                if not warm:
+                    times[name].append(time.thread_time() - t0)
+    base = times["all choices"]
+    return {name: (min(t), [a / b for a, b in zip(t, base, strict=True)]) for name, t in times.items()}
+
+
+def _spread(times, name):
+    """Median of the per-round ratios, and their range."""
+    ratios = times[name][1]
+    return f"{fmt_ratio(statistics.median(ratios))} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 FULL = dict(quick=False, rounds=7, budget=120.0, big_shape=(8192, 4096), big_rounds=5, seeds=5)
