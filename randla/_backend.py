@@ -142,7 +142,8 @@ def mH(x):
         return xt.conj() if x.dtype.kind == "c" else xt
     xp = namespace(x)
     if backend_name(xp) == "torch":
-        return x.mH
+        # materialised for complex: a lazily conjugated view cannot leave through .numpy()
+        return x.mH.resolve_conj() if x.is_complex() else x.mT
     xt = xp.matrix_transpose(x)
     return xp.conj(xt) if xp.isdtype(x.dtype, "complex floating") else xt
 
