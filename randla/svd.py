@@ -300,7 +300,11 @@ def _gram_svd(C, k):
     xp = B.namespace(C)
     Cw = xp.astype(C, _wide(xp, C.dtype))
     G = B.mH(Cw) @ Cw
-    w, X, ratio = _top_eigh(xp.astype(G, C.dtype), k)  # single precision first
+    # single precision first, on G / tr(G): C at any scale (1e-18, 1e18) keeps it in range
+    t = xp.real(xp.linalg.trace(G))
+    t = xp.where(t > 0, t, xp.ones_like(t))
+    w, X, ratio = _top_eigh(xp.astype(G / xp.astype(t, G.dtype)[..., None, None], C.dtype), k)
+    w = xp.astype(w, t.dtype) * t[..., None]
     if not bool(xp.all(ratio >= _SINGLE_EIGH)):
         w, X, ratio = _top_eigh(G, k)
         if not bool(xp.all(ratio > _GRAM_TAU)):
