@@ -200,8 +200,7 @@ def svd(x):
     if name == "numpy":
         import scipy.linalg
 
-        if not np.isfinite(x).all():
-            raise np.linalg.LinAlgError("SVD did not converge: the matrix has NaN or Inf entries")
+        check_svd_finite(x)
 
         def one(a):
             return scipy.linalg.svd(a, full_matrices=False, check_finite=False, lapack_driver="gesdd")
@@ -213,6 +212,13 @@ def svd(x):
     if name == "dask":
         return _dask.svd(x)
     return xp.linalg.svd(x, full_matrices=False)
+
+
+def check_svd_finite(x):
+    """Raise ``numpy.linalg.LinAlgError`` for a NumPy ``x`` with NaN or Inf entries, as
+    NumPy's SVD does (LAPACK's bidiagonal QR can loop forever on them)."""
+    if not np.isfinite(x).all():
+        raise np.linalg.LinAlgError("SVD did not converge: the matrix has NaN or Inf entries")
 
 
 def eigh(x):
