@@ -326,8 +326,8 @@ def gram_apply(Y, factor):
     triangular ``l x l`` matrix from the float64/complex128 Gram matrix ``G`` of
     ``Y / c`` (``factor`` is array-API code; ``m`` and ``dtype`` are ``Y``'s rows and
     dtype): one pass of a Cholesky-QR. Dask (tall ``Y`` in row chunks): one task per
-    chunk for its scaled Gram matrix, one task that sums them and runs ``factor``
-    on the chunk type, one triangular solve per chunk; composed of array
+    chunk for its scaled Gram matrix, one task that sums them, runs ``factor``
+    on the chunk type and inverts ``R``, one GEMM per chunk; composed of array
     operations the same pass is ~25 Dask operations whose graph takes longer to
     build than the products take to run. Elsewhere ``None``: the caller composes it.
     """

@@ -11,6 +11,11 @@ Three ideas keep randla's graphs small and its memory bounded on Dask:
 * **Tall-skinny work per row chunk.** The Gram matrix of a tall panel is summed
   from one task per chunk, products with a small matrix and triangular solves
   are blockwise; thin QR is Dask's TSQR [BDG2013].
+* **NumPy's own LAPACK and BLAS in every task**, as Dask's linalg: on NumPy chunks
+  the kernels call ``numpy.linalg`` and NumPy's GEMM, never SciPy, whose wheel
+  bundles a second OpenBLAS thread pool; under a threaded scheduler the two pools
+  fight over the cores (a 6 ms SVD task took 113 ms). Products are oriented the
+  way OpenBLAS runs fastest (:func:`pass_product`, :func:`_matmul`).
 * **One read of ``A`` per pass** (:func:`fresh`). Every product with ``A`` gets its
   own copy of the tasks that make ``A``'s chunks, started only once the block it
   multiplies is ready, so nothing ``A``-sized is held between passes and a matrix
