@@ -14,8 +14,7 @@ Three ideas keep randla's graphs small and its memory bounded on Dask:
 * **NumPy's own LAPACK and BLAS in every task**, as Dask's linalg: on NumPy chunks
   the kernels call ``numpy.linalg`` and NumPy's GEMM, never SciPy, whose wheel
   bundles a second OpenBLAS thread pool; under a threaded scheduler the two pools
-  fight over the cores (a 6 ms SVD task took 113 ms). Products are oriented the
-  way OpenBLAS runs fastest (:func:`pass_product`, :func:`_matmul`).
+  fight over the cores (a 6 ms SVD task took 113 ms).
 * **One read of ``A`` per pass** (:func:`fresh`). Every product with ``A`` gets its
   own copy of the tasks that make ``A``'s chunks, started only once the block it
   multiplies is ready, so nothing ``A``-sized is held between passes and a matrix
@@ -274,12 +273,6 @@ def pass_product(A, X, *, left=False, adjoint=False):
 
 
 def _matmul(a, b):
-    """``a @ b`` for a chunk ``a`` of ``A`` and the block's rows ``b``; NumPy float64 and
-    complex128 as ``(b^T a^T)^T`` (the block on the short side), which OpenBLAS runs
-    1.1-1.6x faster on these shapes (single precision is slower that way; measured,
-    one thread, chunks of 250-4000 x 1000-4096, 60 and 138 columns)."""
-    if type(a) is np.ndarray and a.dtype in (np.float64, np.complex128):
-        return (b.T @ a.T).T
     return a @ b
 
 
