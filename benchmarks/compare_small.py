@@ -33,11 +33,38 @@ big
     its GEMM floor (no regression on the large case).
 ablation
     What each choice of the small-matrix work buys: ``rsi``'s CPU time on one thread
-    (immune to other jobs on the machine) with one choice undone at a time, over the
-    time with all of them, on NumPy and torch.
+    (less exposed to other jobs on the machine) with one choice undone at a time, over
+    the time with all of them, on NumPy and torch; the variants run interleaved, round
+    by round, and the table shows the median per-round ratio and its range.
 
 The summary at the end states each target of the issue that asked for these numbers
 and whether this run met it.
+
+What each choice bought (2026-11-30, the ablation section: ``rsi`` CPU time on one
+thread with the choice undone, over the time with every choice; median of the
+per-round ratios of interleaved rounds and their range; machine load 5-10 on two
+cores, so single rounds swing by up to 0.3):
+
+=====================================================  ====================  ====================
+choice (what it replaced)                              NumPy 384 / 37 mats   torch 384 / 37 mats
+=====================================================  ====================  ====================
+single-precision stabiliser (float64 Gram, wide copy)  1.10 / 1.12           1.12 / 1.14
+single-precision eigh of the projection (float64)      1.08 / 1.06           1.07 / 0.98
+SciPy's syevd for NumPy's eigh (numpy.linalg.eigh)     1.07 / 1.05           -
+no OpenBLAS thread scopes on torch (set per step)      -                     1.03 / 0.94
+triangular solve (LU inverse + GEMM)                   1.33 / 1.20           1.35 / 1.13
+Gram-eigh SVD of the projection (CholeskyQR2 + SVD)    1.32 / 1.20           1.31 / 1.20
+SciPy pool single-threaded per call                    1.06 / 1.00           -
+direct thread-count setting (threadpoolctl per step)   1.06 / 1.03           -
+namespace lookup cached per type                       1.01 / 1.00           1.00 / 1.03
+scale from the Gram trace (norm pass over Y)           1.04 / 1.03           1.00 / 0.95
+=====================================================  ====================  ====================
+
+Ranges of the new rows: stabiliser NumPy 0.96-1.27 / 0.97-1.34, torch 0.90-1.22 /
+1.02-1.18; eigh NumPy 0.94-1.44 / 0.98-1.12, torch 0.86-1.20 / 0.93-1.31. The last
+four rows are within the spread of the rounds (0.7-1.4 under this load): they
+neither help nor hurt measurably, on either backend (an earlier, non-interleaved run
+had read 0.89 and 0.85 for two of them on torch).
 """
 
 from __future__ import annotations
@@ -373,13 +400,13 @@ def _ablations():
         mp.setattr(S, "_gram_svd", lambda C, k: None)
 
     def no_pool_scope(mp):  # SciPy's pool keeps its threads during the call
-        mp.setattr(B, "scipy_blas_single_threaded", contextlib.nullcontext)
+        mp.setattr(B, "scipy_blas_single_threaded", lambda like=None: contextlib.nullcontext())
 
     def threadpoolctl_limit(mp):  # every small step enters a threadpoolctl limit
         from threadpoolctl import ThreadpoolController
 
         ctl = ThreadpoolController()
-        mp.setattr(B, "single_threaded_blas", lambda: ctl.limit(limits=1, user_api="blas"))
+        mp.setattr(B, "single_threaded_blas", lambda like=None: ctl.limit(limits=1, user_api="blas"))
 
     def no_namespace_cache(mp):
         import array_api_compat
@@ -393,8 +420,31 @@ def _ablations():
 
         mp.setattr(S, "_normalized_gram", normalized)
 
+    def float64_stabilizer(mp):  # every stabiliser between passes through the float64 Gram matrix
+        mp.setattr(S, "_single_cholqr", lambda Y: None)
+
+    def float64_eigh(mp):  # the projection's eigenproblem in float64 only
+        top = S._top_eigh
+
+        def wide(G, k):
+            xp = B.namespace(G)
+            return top(xp.astype(G, S._wide(xp, G.dtype)), k)
+
+        mp.setattr(S, "_top_eigh", wide)
+
+    def numpy_eigh(mp):  # numpy.linalg.eigh (was: SciPy's syevd per matrix)
+        eigh = B.eigh
+        mp.setattr(B, "eigh", lambda x: np.linalg.eigh(x) if isinstance(x, np.ndarray) else eigh(x))
+
+    def torch_thread_scopes(mp):  # the OpenBLAS thread scopes entered for torch too
+        mp.setattr(B, "_own_kernels", lambda x: False)
+
     both = ("numpy", "torch")
     return {
+        "single-precision stabiliser between passes (was: float64 Gram)": (both, float64_stabilizer),
+        "single-precision eigh of the projection (was: float64)": (both, float64_eigh),
+        "SciPy syevd for NumPy's eigh (was: numpy.linalg.eigh)": (("numpy",), numpy_eigh),
+        "no OpenBLAS thread scopes on torch (was: set per step)": (("torch",), torch_thread_scopes),
         "triangular solve (was: LU inverse + GEMM)": (both, inverse),
         "Gram-eigh SVD of the projection (was: CholeskyQR2 + SVD of R)": (both, no_gram_svd),
         "SciPy pool single-threaded per call (was: left multi-threaded)": (("numpy",), no_pool_scope),
@@ -422,21 +472,16 @@ def section_ablation(cfg, summary):
                 for name, (backends, patch) in _ablations().items():
                     if backend in backends:
                         methods[name] = patch
-                cpu = {}
-                for name, patch in methods.items():
-                    with _Patches() as mp:
-                        if patch is not None:
-                            patch(mp)
-                        cpu[name] = (_cpu_time(_sweep(_rsi, single), cfg["rounds"]),
-                                     _cpu_time(_sweep(_rsi, allm), max(2, cfg["rounds"] // 2)))
-                base = cpu["all choices"]
-                for name, (t1, t37) in cpu.items():
-                    rows.append({"backend": backend, "undone": name, "384x384": fmt_time(t1),
-                                 "x": fmt_ratio(t1 / base[0]), f"{len(allm)} matrices": fmt_time(t37),
-                                 "x ": fmt_ratio(t37 / base[1])})
+                t1 = _cpu_times(methods, _sweep(_rsi, single), 3 * cfg["rounds"])
+                t37 = _cpu_times(methods, _sweep(_rsi, allm), max(3, cfg["rounds"] - 2))
+                for name in methods:
+                    rows.append({"backend": backend, "undone": name, "384x384": fmt_time(t1[name][0]),
+                                 "x": _spread(t1, name), f"{len(allm)} matrices": fmt_time(t37[name][0]),
+                                 "x ": _spread(t37, name)})
     finally:
         torch.set_num_threads(old_threads)
-    print_table(rows, title="(ablation) rsi CPU time on one thread with one choice undone (x: over all choices; "
+    print_table(rows, title="(ablation) rsi CPU time on one thread with one choice undone, variants interleaved "
+                            "(x: median over rounds of the ratio to all choices, in brackets its range; "
                             "384x384 = MiniLM L0 attention output, k=153)")
 
 
@@ -458,15 +503,28 @@ class _Patches:
         self._stack.close()
 
 
-def _cpu_time(fn, rounds):
-    """Best thread CPU time of ``fn()`` over ``rounds`` calls (after one warm-up)."""
-    fn()
-    best = math.inf
-    for _ in range(rounds):
-        t0 = time.thread_time()
-        fn()
-        best = min(best, time.thread_time() - t0)
-    return best
+def _cpu_times(variants, fn, rounds):
+    """Thread CPU times of ``fn()`` under each variant (name -> patch or None), interleaved:
+    every round runs every variant once, so load drifts hit all of them alike.
+    Returns ``{name: (best, [per-round ratio to the unpatched variant])}``."""
+    times = {name: [] for name in variants}
+    for warm in (True,) + (False,) * rounds:
+        for name, patch in variants.items():
+            with _Patches() as mp:
+                if patch is not None:
+                    patch(mp)
+                t0 = time.thread_time()
+                fn()
+                if not warm:
+                    times[name].append(time.thread_time() - t0)
+    base = times["all choices"]
+    return {name: (min(t), [a / b for a, b in zip(t, base, strict=True)]) for name, t in times.items()}
+
+
+def _spread(times, name):
+    """Median of the per-round ratios, and their range."""
+    ratios = times[name][1]
+    return f"{fmt_ratio(statistics.median(ratios))} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 FULL = dict(quick=False, rounds=7, budget=120.0, big_shape=(8192, 4096), big_rounds=5, seeds=5)

@@ -346,6 +346,44 @@ def test_torch_float32_stays_float32():
     np.testing.assert_allclose(S.numpy(), s[:5], rtol=1e-4)
 
 
+def test_torch_complex_factors_leave_through_numpy():
+    """No lazily conjugated views in the result: ``.numpy()`` works on every factor."""
+    torch = pytest.importorskip("torch")
+    A0, s = matrix(60, 40, spectrum="polynomial", decay=1.0, dtype="complex64", rng=0)
+    U, S, Vh = (x.numpy() for x in randla.rsi(torch.from_numpy(A0), 5, rng=0, solver="randomized"))
+    np.testing.assert_allclose(S, s[:5], rtol=1e-3)
+    assert np.linalg.norm(A0 - (U * S) @ Vh, 2) / s[5] < 1.5
+
+
+@pytest.mark.parametrize("dtype", ["float32", "complex64"])
+def test_single_precision_routes_agree_with_the_float64_routes(monkeypatch, backend, dtype):
+    """The single-precision stabiliser and eigensolver (taken where their tests pass)
+    give what the float64 Gram routes give; fast decay sends them to float64."""
+    import randla.svd as svd_module
+
+    taken = []
+    single = svd_module._single_cholqr
+    monkeypatch.setattr(svd_module, "_single_cholqr", lambda Y: taken.append(single(Y) is not None) or single(Y))
+    A0, s = matrix(200, 150, spectrum="polynomial", decay=0.5, dtype=dtype, rng=0)
+    A = backend.asarray(A0)
+    fast = [backend.to_numpy(x) for x in randla.rsi(A, 30, rng=0, solver="randomized")]
+    if not backend.lazy:
+        assert taken and all(taken)
+    taken.clear()
+    B0, _ = matrix(120, 100, spectrum="exponential", decay=0.5, dtype=dtype, rng=0)
+    randla.rsi(backend.asarray(B0), 10, rng=0, solver="randomized")
+    assert not any(taken)  # sigma_20 / sigma_1 = e^-10: the pivot test refuses single precision
+    monkeypatch.setattr(svd_module, "_single_cholqr", lambda Y: None)
+    monkeypatch.setattr(svd_module, "_SINGLE_EIGH", 2.0)  # no eigenvalue ratio reaches it: float64 eigh
+    wide = [backend.to_numpy(x) for x in randla.rsi(A, 30, rng=0, solver="randomized")]
+    np.testing.assert_allclose(fast[1], wide[1], rtol=1e-4)
+    for U, S, Vh in (fast, wide):
+        assert np.abs(U.conj().T @ U - np.eye(30)).max() < 1e-4
+        assert np.abs(Vh @ Vh.conj().T - np.eye(30)).max() < 1e-4
+    errs = [np.linalg.norm(A0 - (U * S) @ Vh, 2) / s[30] for U, S, Vh in (fast, wide)]
+    assert errs[0] < 1.2 and abs(errs[0] - errs[1]) < 1e-3
+
+
 def test_nan_found_through_the_sketch_for_every_sketch():
     bad = np.ones((8, 6))
     bad[3, 4] = np.nan
