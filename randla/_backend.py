@@ -218,8 +218,7 @@ def svd(x):
     if name == "numpy":
         import scipy.linalg
 
-        if not np.isfinite(x).all():
-            raise np.linalg.LinAlgError("SVD did not converge: the matrix has NaN or Inf entries")
+        check_svd_finite(x)
 
         def one(a):
             return scipy.linalg.svd(a, full_matrices=False, check_finite=False, lapack_driver="gesdd")
@@ -231,6 +230,13 @@ def svd(x):
     if name == "dask":
         return _dask.svd(x)
     return xp.linalg.svd(x, full_matrices=False)
+
+
+def check_svd_finite(x):
+    """Raise ``numpy.linalg.LinAlgError`` for a NumPy ``x`` with NaN or Inf entries, as
+    NumPy's SVD does (LAPACK's bidiagonal QR can loop forever on them)."""
+    if not np.isfinite(x).all():
+        raise np.linalg.LinAlgError("SVD did not converge: the matrix has NaN or Inf entries")
 
 
 def eigh(x):
@@ -376,8 +382,8 @@ def gram_apply(Y, factor):
     triangular ``l x l`` matrix from the float64/complex128 Gram matrix ``G`` of
     ``Y / c`` (``factor`` is array-API code; ``m`` and ``dtype`` are ``Y``'s rows and
     dtype): one pass of a Cholesky-QR. Dask (tall ``Y`` in row chunks): one task per
-    chunk for its scaled Gram matrix, one task that sums them and runs ``factor``
-    on the chunk type, one triangular solve per chunk; composed of array
+    chunk for its scaled Gram matrix, one task that sums them, runs ``factor``
+    on the chunk type and inverts ``R``, one GEMM per chunk; composed of array
     operations the same pass is ~25 Dask operations whose graph takes longer to
     build than the products take to run. Elsewhere ``None``: the caller composes it.
     """

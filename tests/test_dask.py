@@ -112,6 +112,35 @@ def test_exact_svd_path_streams_a_matrix_chunked_both_ways():
     np.testing.assert_allclose(T, s[:30], rtol=1e-10)
 
 
+@pytest.mark.parametrize("method", ["rsi", "block_krylov_svd"])
+@pytest.mark.parametrize("dtype", ["float64", "complex128"])
+def test_chunk_tasks_use_numpys_own_lapack(monkeypatch, method, dtype):
+    """Inside the graph every factorisation and product runs in NumPy's LAPACK and BLAS,
+    as Dask's own linalg does: SciPy bundles a second BLAS thread pool, and the two
+    fight over the cores under a threaded scheduler. Computed with SciPy's LAPACK and
+    BLAS entry points made to fail, the result matches the NumPy one."""
+    import scipy.linalg
+
+    from randla import _backend
+
+    A0, _ = matrix(240, 90, spectrum="exponential", decay=0.2, dtype=dtype, rng=0)
+    U0, S0, Vh0 = getattr(randla, method)(A0, K, q=1, rng=0)
+    res = getattr(randla, method)(da.from_array(A0, chunks=(60, 90)), K, q=1, rng=0)
+
+    def scipy_called(*args, **kwargs):
+        raise AssertionError("a SciPy LAPACK/BLAS call inside the Dask graph")
+
+    for name in ("svd", "lu", "qr", "cholesky", "inv", "eigh", "solve_triangular"):
+        monkeypatch.setattr(scipy.linalg, name, scipy_called)
+    monkeypatch.setattr(scipy.linalg.blas, "get_blas_funcs", scipy_called)
+    monkeypatch.setattr(scipy.linalg.lapack, "get_lapack_funcs", scipy_called)
+    monkeypatch.setattr(_backend, "_blas_fn", scipy_called)
+    U, S, Vh = dask.compute(*res, scheduler="threads")
+    np.testing.assert_allclose(S, S0, rtol=1e-10)
+    assert _projector_gap(U, U0) < 1e-6
+    assert _projector_gap(Vh.conj().T, Vh0.conj().T) < 1e-6
+
+
 def test_fixed_rank_calls_compute_nothing():
     A0, _ = matrix(200, 60, rng=0)
     src, A = _counted(A0, 50)
