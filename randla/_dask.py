@@ -1,6 +1,6 @@
 """Dask kernels behind :mod:`randla._backend` (Dask is imported only when called).
 
-Three ideas keep randla's graphs small and its memory bounded on Dask:
+Four ideas keep randla's graphs small and its memory bounded on Dask:
 
 * **Small factorisations in one task.** Cholesky, inverse, SVD, eigh and LU of an
   ``l x l`` (or thin) matrix run as one call in one task, on the chunk's own
@@ -340,8 +340,9 @@ def cholqr(Y, factor):
     Gram matrix of ``Y / c``, ``c = ||Y||_F``: one task per row chunk for the chunk's
     scaled Gram matrix, one task that sums them, calls ``factor`` on the chunk
     type and inverts the ``l x l`` factor, one GEMM per chunk (fused by Dask into
-    the next product with ``A``); all in the chunk library's own LAPACK and BLAS. ``factor`` returns an upper-triangular ``l x l`` matrix (for Cholesky-QR,
-    the Cholesky factor of ``G`` plus a shift)."""
+    the next product with ``A``); all in the chunk library's own LAPACK and BLAS.
+    ``factor`` returns an upper-triangular ``l x l`` matrix (for Cholesky-QR, the
+    Cholesky factor of ``G`` plus a shift)."""
     import dask.array as da
 
     m, l = Y.shape

@@ -440,7 +440,7 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
     True
     """
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
-    with B.scipy_blas_single_threaded(op.A if op.dense else None):
+    with _scipy_pool_scope(op):
         return _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
 
 
@@ -517,7 +517,7 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
     if rtol is not None:
         return _rsvd_rtol(A, rtol, q=q, block_size=block_size, norm=norm, rng=rng, check_finite=check_finite)
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
-    with B.scipy_blas_single_threaded(op.A if op.dense else None):
+    with _scipy_pool_scope(op):
         if _takes_full(op, solver, _full_is_faster(op.shape, l, q)):
             return _full_svd(op, k, l, sketch, rng, check_finite)
         Q = _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
@@ -529,6 +529,13 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
 # iterations (measured crossovers, float32, one thread, NumPy and torch: 384 x 384
 # and 1536 x 384 at q = 0 / 1 / 2 / 4: 0.6-0.8 / 0.6 / 0.40-0.48 / 0.33-0.36).
 _FULL_SHARE = 0.9
+
+
+def _scipy_pool_scope(op):
+    """SciPy's BLAS pool on one thread for a whole call on ``op`` (see
+    :func:`randla._backend.scipy_blas_single_threaded`; nothing for a dense ``A`` of a
+    backend that runs its own kernels)."""
+    return B.scipy_blas_single_threaded(op.A if op.dense else None)
 
 
 def _full_is_faster(shape, l, q):
@@ -673,7 +680,7 @@ def block_krylov_svd(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr",
     """
     V.check_choice(solver, "solver", SOLVERS)
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
-    with B.scipy_blas_single_threaded(op.A if op.dense else None):
+    with _scipy_pool_scope(op):
         if _takes_full(op, solver, (q + 1) * l >= min(op.shape[-2:])):  # the Krylov space fills the range
             return _full_svd(op, k, l, sketch, rng, check_finite)
         return _block_krylov(op, k, l, q, stabilizer, sketch, rng, check_finite)
