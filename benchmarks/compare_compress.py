@@ -65,6 +65,11 @@ SECTIONS = ["fidelity", "time", "grouped", "data", "search"]
 DEFAULT = "fidelity,time,grouped"
 
 
+def _batches(tok, texts):
+    """Tokenised batches of 32 sentences (padded, truncated), as calibration takes them."""
+    return [tok(texts[i:i + 32], padding=True, truncation=True, return_tensors="pt") for i in range(0, len(texts), 32)]
+
+
 def _setup(quick):
     from randla.testing import embed, minilm, sentence_embedding, sentences
 
@@ -72,7 +77,7 @@ def _setup(quick):
     cal, ev = sentences("calibration"), sentences("evaluation")
     if quick:
         cal, ev = cal[:32], ev[:32]
-    batches = [tok(cal[i:i + 32], padding=True, truncation=True, return_tensors="pt") for i in range(0, len(cal), 32)]
+    batches = _batches(tok, cal)
     ref = {"ev": embed(model, tok, ev), "cal": embed(model, tok, cal)}
 
     def cosine(m, which="ev"):
@@ -200,8 +205,7 @@ def section_data(args):
     rows = []
     for n in (128, 512, len(pool) + len(extra)):
         cal = (pool + extra)[:n]
-        batches = [tok(cal[i:i + 32], padding=True, truncation=True, return_tensors="pt")
-                   for i in range(0, len(cal), 32)]
+        batches = _batches(tok, cal)
         t0 = time.perf_counter()
         grams = rt.calibrate(model, batches, folds=1)
         row = {"calibration sentences": n, "tokens": sum(int(b["attention_mask"].sum()) for b in batches),
