@@ -43,6 +43,7 @@ __all__ = [
     "pass_product",
     "persist",
     "gram_apply",
+    "fused_projection",
     "qr_pivoted",
     "take",
     "to_numpy",
@@ -373,6 +374,17 @@ def persist(*arrays):
 
         return tuple(dask.persist(*arrays))
     return arrays
+
+
+def fused_projection(A):
+    """``(Z, k) -> (U, S, Vh)``, the rank-``k`` SVD of ``Q Q^H A`` for ``Q`` an orthonormal
+    basis of ``A Z``, made in one pass over ``A`` where the backend fuses the product
+    with the projection, else ``None``. Dask with all columns in one chunk: per row
+    chunk ``A_i Z = Q_i R_i`` and ``Q_i^H A_i`` from one read of ``A_i`` (see
+    :func:`randla._dask.project_svd`)."""
+    if _compat.is_dask_array(A) and _dask.fuses_projection(A):
+        return lambda Z, k: _dask.project_svd(A, Z, k)
+    return None
 
 
 def gram_apply(Y, factor):

@@ -353,3 +353,94 @@ def cholqr(Y, factor):
     (RC,) = small(_combine_grams, parts, factor, m, Y.dtype, out=[((l + 1, l), wide)])
     # map_blocks (RC broadcast to every row chunk) lets Dask fuse the solve into the next pass
     return da.map_blocks(_scaled_apply, Y, RC, dtype=Y.dtype, meta=Y._meta)
+
+
+# ----------------------------------------------------------------------------------
+# the last power product and the projection in one pass
+# ----------------------------------------------------------------------------------
+
+
+def _qr_chunk(y):
+    from . import _backend as B
+
+    if type(y) is np.ndarray:  # NumPy's own LAPACK (see the module notes)
+        return np.linalg.qr(y)
+    return B.qr(y)
+
+
+def _qr_project_chunk(a, z):
+    """``(Q_i, [R_i | Q_i^H A_i])`` for ``Y_i = A_i Z = Q_i R_i`` (Householder, reduced).
+
+    ``Q_i`` is ``m_i x l``: a chunk with fewer rows than ``l`` has ``m_i`` columns
+    and is padded with zero columns (its ``R_i`` has ``m_i`` rows, the stack
+    of the ``R_i`` no padding, so the combined basis stays orthonormal)."""
+    import array_api_compat
+
+    xp = array_api_compat.array_namespace(a)
+    y = a @ z
+    q, r = _qr_chunk(y)
+    p = _adjoint_chunk(q) @ a  # the l-row product, see pass_product
+    rp = xp.concat([r, p], axis=1)
+    l = y.shape[1]
+    if q.shape[1] < l:
+        q = xp.concat([q, xp.zeros((q.shape[0], l - q.shape[1]), dtype=q.dtype)], axis=1)
+    return q, rp
+
+
+def _combine_project(rp, l, k):
+    """``(M, S, Vh)`` from the stacked ``[R_i | P_i]``: ``[R_1; R_2; ...] = Q' R``
+    (Householder), ``B = Q'^H [P_1; P_2; ...] = Q^H A`` (``Q = diag(Q_i) Q'``),
+    ``B = Ub S Vh`` truncated to ``k``, ``M = Q' Ub`` (``U_i = Q_i M_i``)."""
+    qp, _ = _qr_chunk(rp[:, :l])
+    u, s, vh = _svd_chunk(_adjoint_chunk(qp) @ rp[:, l:])
+    return qp @ u[:, :k], s[:k], vh[:k, :]
+
+
+def _apply_rows(q, m, start):
+    r = min(q.shape[0], q.shape[1])  # the padded columns of a short chunk are zero
+    return q[:, :r] @ m[start:start + r, :]
+
+
+def fuses_projection(A):
+    """Whether :func:`project_svd` takes ``A``: 2-D, all columns in one chunk."""
+    return A.ndim == 2 and A.numblocks[1] == 1
+
+
+def project_svd(A, Z, k):
+    """Rank-``k`` SVD of ``Q Q^H A`` for ``Q`` an orthonormal basis of ``Y = A Z``, in one
+    pass over ``A`` (rows in chunks, all columns in one; see :func:`fuses_projection`).
+
+    Per row chunk, in one task on one read of ``A_i`` (:func:`fresh`): ``Y_i = A_i Z``,
+    its Householder QR ``Y_i = Q_i R_i`` and ``P_i = Q_i^H A_i`` (``l x n``). One task
+    then stacks the ``R_i`` and ``P_i``: the QR of the stacked ``R_i`` is TSQR's second
+    level [BDG2013] (``Q = diag(Q_i) Q'`` is orthonormal whatever ``Y``'s conditioning,
+    as in Dask's own TSQR), and ``Q^H A = Q'^H [P_1; P_2; ...]``, so the projection
+    needs no pass of its own. ``U = Q Ub`` stays lazy: one GEMM per row chunk. The
+    ``P_i`` are held from the pass to that task (``l / m_i`` of ``A``'s size).
+    Returns ``(U, S, Vh)``; ``U`` keeps ``A``'s row chunks.
+    """
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    m, n = A.shape
+    l = Z.shape[1]
+    dtype = np.result_type(A.dtype, Z.dtype)
+    Z = single_chunk(Z)
+    Af = fresh(A, Z)
+    rows = A.chunks[0]
+    r = tuple(min(c, l) for c in rows)
+    token = tokenize(A.name, Z.name, k)
+    fused, qname, rpname, uname = (f"{s}-{token}" for s in ("qr-project", "qr-project-q", "qr-project-rp", "qr-project-u"))
+    tasks = {(fused, i): (_qr_project_chunk, (Af.name, i, 0), (Z.name, 0, 0)) for i in range(len(rows))}
+    Q, RP = (
+        da.Array(HighLevelGraph.from_collections(
+            name, {**tasks, **{(name, i, 0): (operator.getitem, (fused, i), j) for i in range(len(rows))}},
+            dependencies=[Af, Z]), name, chunks, meta=_meta(A, 2, dtype))
+        for j, (name, chunks) in enumerate([(qname, (rows, (l,))), (rpname, (r, (l + n,)))]))
+    M, S, Vh = small(_combine_project, RP, l, k, out=[((sum(r), k), dtype), ((k,), _real(dtype)), ((k, n), dtype)])
+    starts = np.cumsum((0,) + r[:-1])
+    layer = {(uname, i, 0): (_apply_rows, (qname, i, 0), (M.name, 0, 0), int(starts[i])) for i in range(len(rows))}
+    graph = HighLevelGraph.from_collections(uname, layer, dependencies=[Q, M])
+    U = da.Array(graph, uname, (rows, (k,)), meta=_meta(A, 2, dtype))
+    return U, S, Vh

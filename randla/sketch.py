@@ -257,7 +257,13 @@ def _draw_only(op, l, method, rng):
     if method == "srtt" and op.dense:
         _srtt_plan(op.shape[-1], l, like=op.A, rng=rng)
     else:
-        _MAKERS[method](op.shape[-1], l, like=V.operand_like(op), rng=rng)
+        _draw(op, l, method, rng)
+
+
+def _draw(op, l, method, rng):
+    """The test matrix ``Omega`` (n x l) that :func:`_apply` multiplies by (``"srtt"`` on a
+    dense ``A`` is applied by an FFT instead: see there)."""
+    return _MAKERS[method](op.shape[-1], l, like=V.operand_like(op), rng=rng)
 
 
 def _apply(op, l, method, rng):
@@ -270,4 +276,4 @@ def _apply(op, l, method, rng):
     V.check_choice(method, "sketch", METHODS)
     if method == "srtt" and op.dense:
         return _srtt_apply(op.A, l, rng)
-    return op.matmat(_MAKERS[method](op.shape[-1], l, like=V.operand_like(op), rng=rng))
+    return op.matmat(_draw(op, l, method, rng))
