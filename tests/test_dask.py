@@ -63,11 +63,12 @@ def _check_against_numpy(A0, res, k):
 # ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("cols", [40, 80])  # 80: all columns in one chunk (the fused last pass)
 @pytest.mark.parametrize("dtype", ["float32", "complex128"])
 @pytest.mark.parametrize("method", ["rsi", "rsvd", "block_krylov_svd"])
-def test_factors_are_lazy_and_chunk_aligned(method, dtype):
+def test_factors_are_lazy_and_chunk_aligned(method, dtype, cols):
     A0, s = matrix(120, 80, spectrum="exponential", decay=0.3, dtype=dtype, rng=0)
-    A = da.from_array(A0, chunks=(30, 40))
+    A = da.from_array(A0, chunks=(30, cols))
     U, S, Vh = getattr(randla, method)(A, K, q=1, rng=0)
     assert all(isinstance(x, da.Array) for x in (U, S, Vh))
     assert U.chunks[0] == A.chunks[0] and Vh.chunks[1] == A.chunks[1]
@@ -146,6 +147,7 @@ def test_fixed_rank_calls_compute_nothing():
     A0, _ = matrix(200, 60, rng=0)
     src, A = _counted(A0, 50)
     randla.rsi(A, K, q=2, rng=0)
+    randla.rsvd(A, K, rng=0)
     randla.block_krylov_svd(A, K, q=2, rng=0)
     randla.range_finder(A, K, q=2, rng=0)
     assert src.reads == 0
@@ -170,6 +172,71 @@ def test_graph_grows_like_dasks_own():
     per_chunk, per_chunk_dask = (ours[16] - ours[4]) / 12, (theirs[16] - theirs[4]) / 12
     assert per_chunk <= 1.5 * per_chunk_dask
     assert ours[4] <= 1.5 * theirs[4]
+
+
+# the last power product and the projection in one pass (all columns in one chunk)
+
+FUSED_SPECTRA = {
+    # Y = A Z has condition ~1e7 (a Gram matrix of Y would square it past 1/eps)
+    "exponential": dict(spectrum="exponential", decay=0.5),
+    # sigma_(k+1) = 1e-9, Y numerically rank-deficient far below it (sigma_16 = 1e-22)
+    "fast_exponential": dict(spectrum="exponential", decay=1.5),
+    "low_rank": dict(spectrum="low_rank", rank=3),  # exact rank below k
+    "step": dict(spectrum="step", rank=K),
+    "polynomial": dict(spectrum="polynomial", decay=1.0),
+}
+# row chunks smaller than l = k + p = 16 first and last: the stacked R has no padding
+SHORT_CHUNKS = ((10, 60, 60, 60, 10), (40,))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "complex128", "complex64"])
+@pytest.mark.parametrize("spectrum", list(FUSED_SPECTRA))
+@pytest.mark.parametrize("q", [0, 1, 2])
+def test_fused_last_pass_against_exact_svd(spectrum, dtype, q):
+    """One read of ``A_i`` gives ``A_i Z = Q_i R_i`` and ``Q_i^H A_i``: against NumPy's
+    exact SVD, ``U`` is orthonormal to working precision, ``S`` and the error
+    ``||A - U S Vh||_2`` are those of an explicit ``Q`` (within rounding of
+    ``sigma_1``) on spectra where a Gram matrix of ``Y`` would square the condition."""
+    A0, s = matrix(200, 40, dtype=dtype, rng=3, **FUSED_SPECTRA[spectrum])
+    A = da.from_array(A0, chunks=SHORT_CHUNKS)
+    U, S, Vh = dask.compute(*randla.rsvd(A, K, q=q, rng=0))
+    eps = np.finfo(A0.dtype).eps
+    assert U.dtype == A0.dtype and Vh.dtype == A0.dtype and S.dtype == np.finfo(A0.dtype).dtype
+    U64, Vh64 = U.astype(np.complex128), Vh.astype(np.complex128)
+    assert np.abs(U64.conj().T @ U64 - np.eye(K)).max() < 20 * eps
+    assert np.abs(Vh64 @ Vh64.conj().T - np.eye(K)).max() < 20 * eps
+    A64 = A0.astype(np.complex128)
+    err = np.linalg.norm(A64 - (U64 * S) @ Vh64, 2)
+    # the same call through an explicit Q (two column chunks: no fused pass)
+    U1, S1, Vh1 = (x.astype(np.complex128) for x in dask.compute(*randla.rsvd(da.from_array(A0, chunks=(50, 20)),
+                                                                               K, q=q, rng=0)))
+    err1 = np.linalg.norm(A64 - (U1 * S1) @ Vh1, 2)
+    assert err <= err1 + 100 * eps * s[0]
+    np.testing.assert_allclose(S, S1.real, atol=100 * eps * s[0], rtol=10 * eps)
+    if q > 0:  # against the exact SVD: a power iteration reaches sigma_(k+1)
+        assert err <= 1.5 * s[K] + 100 * eps * s[0]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "complex64"])
+def test_fused_last_pass_zero_matrix(dtype):
+    A = da.zeros((90, 30), chunks=(20, 30), dtype=dtype)
+    U, S, Vh = dask.compute(*randla.rsi(A, K, q=1, rng=0))
+    np.testing.assert_array_equal(S, 0)
+    np.testing.assert_allclose(U.conj().T @ U, np.eye(K), atol=1e-6)
+
+
+def test_fused_last_pass_is_one_task_per_chunk_and_pass():
+    """The fused pass adds no pass-sized work: per row chunk one task reads ``A_i``
+    (the product, its QR and the projection), and the factor ``U`` keeps ``A``'s
+    row chunks."""
+    A0, _ = matrix(400, 60, rng=0)
+    src, A = _counted(A0, 50)
+    U, S, Vh = randla.rsvd(A, K, rng=0)
+    assert U.chunks[0] == A.chunks[0] and Vh.chunks == ((K,), (60,)) and S.chunks == ((K,),)
+    reads = [k for k in dict(U.__dask_graph__()) if str(k[0] if isinstance(k, tuple) else k).startswith("qr-project-")]
+    assert len([k for k in reads if isinstance(k, tuple) and len(k) == 2]) == A.numblocks[0]
+    dask.compute(U, S, Vh)
+    assert src.reads == A.numblocks[0]
 
 
 INPUTS = {
