@@ -6,18 +6,27 @@ Run from the repository root::
     python -m benchmarks.compare_dask --quick    # small sizes (CI)
     python -m benchmarks.compare dask            # the same through the driver
 
-Two sections (``--sections speed,complex`` picks some):
+Three sections (``--sections speed,work,complex`` picks some):
 
 speed
     ``randla.rsi(A, k, p=p, q=q)`` against ``svd_compressed(A, k,
     n_oversamples=p, n_power_iter=q)`` on in-memory Dask arrays (``from_array``
     of a float64 NumPy matrix with a polynomially decaying spectrum, chunks of
-    1000 rows and all columns), k = 50, p = 10, q = 1, threaded scheduler. Both
-    make ``2q + 2`` passes over ``A``. Time = building the graph plus computing
-    ``(U, S, Vh)``; the two methods alternate (A, B, A, B, ...) and the best of
-    ``--repeat`` runs is kept, so load from other jobs hits both alike. Also: the
-    normalized spectral error ``||A - U S Vh||_2 / sigma_(k+1)`` (1 is optimal) and
-    the number of tasks each computation ran.
+    1000 rows and all columns), k = 50, p = 10, q = 1, threaded scheduler.
+    ``svd_compressed`` makes ``2q + 2`` passes over ``A``; ``rsi`` makes ``2q + 1``
+    (its last power product and the projection share one pass). Time = building
+    the graph plus computing ``(U, S, Vh)``; the methods alternate (A, B, A, B, ...)
+    for ``--repeat`` rounds, so load from other jobs hits both alike: the best of
+    each and the median (with range) of the per-round ratios. Twice: the BLAS on
+    its default threads, and on one thread for both methods (``threadpoolctl``
+    around the compute: two Dask threads times two OpenBLAS threads oversubscribe
+    two cores). Also: the normalized spectral error ``||A - U S Vh||_2 /
+    sigma_(k+1)`` (1 is optimal), the tasks each computation ran and the size of
+    its graph (``len(dict(graph))``).
+work
+    The same calls on the synchronous scheduler with the BLAS on one thread:
+    CPU time (``time.process_time``), interleaved; the ratio of the bests and the
+    median per-round ratio. Less noisy than wall time on a shared machine.
 complex
     The same call on a complex128 matrix: normalized errors. ``svd_compressed``
     transposes where it should conjugate-transpose, so its error is far from 1.
@@ -25,7 +34,9 @@ complex
 
 from __future__ import annotations
 
+import contextlib
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -34,7 +45,7 @@ import numpy as np
 
 from ._common import fmt_err, fmt_ratio, fmt_time, normalized_error, parse_sections, print_table
 
-SECTIONS = ("speed", "complex")
+SECTIONS = ("speed", "work", "complex")
 K, P, Q, ROWS = 50, 10, 1, 1000
 
 FULL = dict(shapes=((4000, 1000), (20000, 2000)), repeat=3, complex_shape=(4000, 1000))
@@ -78,37 +89,102 @@ def _matrix(shape, dtype):
     return A0, s, da.from_array(A0, chunks=(ROWS, shape[1]))
 
 
+def _graph_size(arrays):
+    from dask.highlevelgraph import HighLevelGraph
+
+    return len(dict(HighLevelGraph.merge(*[x.__dask_graph__() for x in arrays])))
+
+
+def _ratios(rounds, ours, theirs):
+    """``(best of ours / best of theirs, median, min, max of the per-round ratios)``."""
+    per = [r[ours] / r[theirs] for r in rounds]
+    best = min(r[ours] for r in rounds) / min(r[theirs] for r in rounds)
+    return best, statistics.median(per), min(per), max(per)
+
+
+def _fmt_ratios(best, median, lo, hi):
+    return fmt_ratio(best), f"{median:.2f}x ({lo:.2f}-{hi:.2f})"
+
+
+def _one_blas_thread(on):
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1) if on else contextlib.nullcontext()
+
+
 def section_speed(cfg, repeat):
     import dask
 
+    from ._common import interleaved_rounds
+
     methods = _methods()
+    ours, theirs = methods
     rows = []
     with dask.config.set(scheduler="threads"):
         for shape in cfg["shapes"]:
             A0, s, A = _matrix(shape, "float64")
-            best = {name: np.inf for name in methods}
-            out = {}
-            for name, fn in methods.items():  # warm-up: imports, first-call caches
-                out[name] = _run(fn, A, 0)
-            for _ in range(repeat):
-                for name, fn in methods.items():
-                    t0 = time.perf_counter()
-                    _run(fn, A, 0)
-                    best[name] = min(best[name], time.perf_counter() - t0)
-            ours, theirs = methods
+            out = {name: _run(fn, A, 0) for name, fn in methods.items()}
+            graphs = {name: _graph_size(fn(A, 0)) for name, fn in methods.items()}
+
+            def timed(fn, one):
+                def call():
+                    with _one_blas_thread(one):
+                        _run(fn, A, 0)
+                return call
+
+            # A, B, A (one BLAS thread), B (one BLAS thread), A, B, ...
+            fns = [timed(fn, one) for one in (False, True) for fn in methods.values()]
+            rounds = interleaved_rounds(fns, repeat=repeat)
+            best = [min(r[i] for r in rounds) for i in range(len(fns))]
+            default, single = _fmt_ratios(*_ratios(rounds, 0, 1)), _fmt_ratios(*_ratios(rounds, 2, 3))
             rows.append({
                 "shape": f"{shape[0]}x{shape[1]}",
-                "randla": fmt_time(best[ours]),
-                "dask": fmt_time(best[theirs]),
-                "randla/dask": fmt_ratio(best[ours] / best[theirs]),
+                "randla": fmt_time(best[0]),
+                "dask": fmt_time(best[1]),
+                "ratio best": default[0],
+                "ratio median (range)": default[1],
+                "1 BLAS thread: best": single[0],
+                "1 BLAS thread: median (range)": single[1],
                 "err randla": fmt_err(normalized_error(A0, *out[ours][0], s)),
                 "err dask": fmt_err(normalized_error(A0, *out[theirs][0], s)),
-                "tasks randla": out[ours][1],
-                "tasks dask": out[theirs][1],
+                "tasks run": f"{out[ours][1]} / {out[theirs][1]}",
+                "graph": f"{graphs[ours]} / {graphs[theirs]}",
             })
-    print_table(rows, title=f"speed: randla.rsi vs dask svd_compressed, float64, k={K}, p={P}, q={Q}, "
-                            f"chunks of {ROWS} rows, threaded scheduler, best of {repeat} interleaved runs "
-                            "(graph build + compute); err = ||A - U S Vh||_2 / sigma_(k+1)")
+    print_table(rows, title=f"speed: randla.rsi / dask svd_compressed, float64, k={K}, p={P}, q={Q}, chunks of {ROWS} "
+                            f"rows, threaded scheduler, {repeat} interleaved rounds (graph build + compute; ratios: "
+                            "best of each, and the median with range of the per-round ratios), BLAS on its default "
+                            "threads and on one thread for both; err = ||A - U S Vh||_2 / sigma_(k+1); tasks run and "
+                            "graph size: randla / dask")
+
+
+def section_work(cfg, repeat):
+    import dask
+
+    methods = _methods()
+    rows = []
+    with dask.config.set(scheduler="sync"), _one_blas_thread(True):
+        for shape in cfg["shapes"]:
+            _, _, A = _matrix(shape, "float64")
+            for fn in methods.values():  # warm-up
+                _run(fn, A, 0)
+            rounds = []
+            for _ in range(repeat):
+                row = []
+                for fn in methods.values():
+                    t0 = time.process_time()
+                    _run(fn, A, 0)
+                    row.append(time.process_time() - t0)
+                rounds.append(row)
+            best, median, lo, hi = _ratios(rounds, 0, 1)
+            rows.append({
+                "shape": f"{shape[0]}x{shape[1]}",
+                "randla CPU": fmt_time(min(r[0] for r in rounds)),
+                "dask CPU": fmt_time(min(r[1] for r in rounds)),
+                "best": fmt_ratio(best),
+                "median (range)": f"{median:.2f}x ({lo:.2f}-{hi:.2f})",
+            })
+    print_table(rows, title=f"work: CPU time of randla.rsi / dask svd_compressed, synchronous scheduler, BLAS on one "
+                            f"thread, {repeat} interleaved rounds")
 
 
 def section_complex(cfg, repeat):
@@ -137,7 +213,7 @@ def main(argv=None):
     repeat = args.repeat or cfg["repeat"]
     _header()
     for name in wanted:
-        {"speed": section_speed, "complex": section_complex}[name](cfg, repeat)
+        {"speed": section_speed, "work": section_work, "complex": section_complex}[name](cfg, repeat)
     return 0
 
 
