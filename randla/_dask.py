@@ -1,6 +1,7 @@
 """Dask kernels behind :mod:`randla._backend` (Dask is imported only when called).
 
-Four ideas keep randla's graphs small and its memory bounded on Dask:
+Five ideas keep randla's graphs small, its passes few and its memory bounded on
+Dask:
 
 * **Small factorisations in one task.** Cholesky, inverse, SVD, eigh and LU of an
   ``l x l`` (or thin) matrix run as one call in one task, on the chunk's own
@@ -20,6 +21,11 @@ Four ideas keep randla's graphs small and its memory bounded on Dask:
   multiplies is ready, so nothing ``A``-sized is held between passes and a matrix
   larger than the cluster's memory streams from its store (Zarr, ``.npy``
   memmap) once per pass. Chunks already in memory are shared, not copied.
+* **The last product and the projection in one pass** (:func:`project_svd`).
+  ``rsvd``/``rsi`` read each row chunk ``A_i`` once for ``Y_i = A_i Z``, its
+  Householder QR and ``Q_i^H A_i``; TSQR's second level on the stacked ``R_i``
+  gives ``Q^H A``. ``2q + 1`` passes where ``dask.array.linalg.svd_compressed``
+  makes ``2q + 2``, at the same GEMM work in memory.
 
 References
 ----------
