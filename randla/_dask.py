@@ -68,15 +68,20 @@ def small(fn, *args, out):
     listed in ``out`` (a tuple; one array where ``out`` has one entry). Returns a
     tuple of single-chunk Dask arrays.
     """
-    import dask.array as da
     from dask.base import is_dask_collection, tokenize
-    from dask.highlevelgraph import HighLevelGraph
 
     args = [single_chunk(a) if is_dask_collection(a) else a for a in args]
     arrays = [a for a in args if is_dask_collection(a)]
-    token = tokenize(fn, *args)
-    base = f"{_name(fn)}-{token}"
+    base = f"{_name(fn)}-{tokenize(fn, *args)}"
     task = (fn, *[(a.name,) + (0,) * a.ndim if is_dask_collection(a) else a for a in args])
+    return _outputs(base, task, arrays, out)
+
+
+def _outputs(base, task, arrays, out):
+    """Single-chunk Dask arrays of the ``out`` results of one ``task`` on ``arrays``."""
+    import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
+
     results = []
     for i, (shape, dtype) in enumerate(out):
         name = f"{base}-{i}"
@@ -393,12 +398,20 @@ def _qr_project_chunk(a, z):
     return q, rp
 
 
-def _combine_project(rp, l, k):
-    """``(M, S, Vh)`` from the stacked ``[R_i | P_i]``: ``[R_1; R_2; ...] = Q' R``
-    (Householder), ``B = Q'^H [P_1; P_2; ...] = Q^H A`` (``Q = diag(Q_i) Q'``),
-    ``B = Ub S Vh`` truncated to ``k``, ``M = Q' Ub`` (``U_i = Q_i M_i``)."""
-    qp, _ = _qr_chunk(rp[:, :l])
-    u, s, vh = _svd_chunk(_adjoint_chunk(qp) @ rp[:, l:])
+def _combine_project(parts, l, k):
+    """``(M, S, Vh)`` from the chunks' ``[R_i | P_i]``: ``[R_1; R_2; ...] = Q' R``
+    (Householder), ``B = sum_i Q'_i^H P_i = Q^H A`` (``Q = diag(Q_i) Q'``; the
+    ``P_i`` are never stacked), ``B = Ub S Vh`` truncated to ``k``, ``M = Q' Ub``
+    (``U_i = Q_i M_i``)."""
+    import array_api_compat
+
+    xp = array_api_compat.array_namespace(parts[0])
+    qp, _ = _qr_chunk(xp.concat([rp[:, :l] for rp in parts], axis=0))
+    b, start = None, 0
+    for rp in parts:
+        term = _adjoint_chunk(qp[start:start + rp.shape[0], :]) @ rp[:, l:]
+        b, start = term if b is None else b + term, start + rp.shape[0]
+    u, s, vh = _svd_chunk(b)
     return qp @ u[:, :k], s[:k], vh[:k, :]
 
 
@@ -444,7 +457,10 @@ def project_svd(A, Z, k):
             name, {**tasks, **{(name, i, 0): (operator.getitem, (fused, i), j) for i in range(len(rows))}},
             dependencies=[Af, Z]), name, chunks, meta=_meta(A, 2, dtype))
         for j, (name, chunks) in enumerate([(qname, (rows, (l,))), (rpname, (r, (l + n,)))]))
-    M, S, Vh = small(_combine_project, RP, l, k, out=[((sum(r), k), dtype), ((k,), _real(dtype)), ((k, n), dtype)])
+    # one task on the list of the chunks' [R_i | P_i] (no stacked copy of the P_i)
+    task = (_combine_project, [(rpname, i, 0) for i in range(len(rows))], l, k)
+    M, S, Vh = _outputs(f"qr-project-svd-{token}", task, [RP],
+                        [((sum(r), k), dtype), ((k,), _real(dtype)), ((k, n), dtype)])
     starts = np.cumsum((0,) + r[:-1])
     layer = {(uname, i, 0): (_apply_rows, (qname, i, 0), (M.name, 0, 0), int(starts[i])) for i in range(len(rows))}
     graph = HighLevelGraph.from_collections(uname, layer, dependencies=[Q, M])
