@@ -43,7 +43,7 @@ __all__ = [
     "pass_product",
     "persist",
     "gram_apply",
-    "fused_projection",
+    "fused_passes",
     "qr_pivoted",
     "take",
     "to_numpy",
@@ -376,14 +376,18 @@ def persist(*arrays):
     return arrays
 
 
-def fused_projection(A):
-    """``(Z, k) -> (U, S, Vh)``, the rank-``k`` SVD of ``Q Q^H A`` for ``Q`` an orthonormal
-    basis of ``A Z``, made in one pass over ``A`` where the backend fuses the product
-    with the projection, else ``None``. Dask with all columns in one chunk: per row
-    chunk ``A_i Z = Q_i R_i`` and ``Q_i^H A_i`` from one read of ``A_i`` (see
-    :func:`randla._dask.project_svd`)."""
-    if _compat.is_dask_array(A) and _dask.fuses_projection(A):
-        return lambda Z, k: _dask.project_svd(A, Z, k)
+def fused_passes(A):
+    """``(step, project)`` where the backend reads ``A`` once for a product and the
+    adjoint product with its orthonormalised result, else ``None``.
+
+    ``step(Z)``: an orthonormal basis of ``A^H Q`` for ``Q`` one of ``A Z``;
+    ``project(Z, k)``: ``(U, S, Vh)``, the rank-``k`` SVD of ``Q Q^H A``. Dask with all
+    columns in one chunk: per row chunk ``A_i Z = Q_i R_i`` and ``Q_i^H A_i`` from one
+    read of ``A_i``, TSQR's second level on the stacked ``R_i`` (see
+    :func:`randla._dask.power_step` and :func:`randla._dask.project_svd`).
+    """
+    if _compat.is_dask_array(A) and _dask.fuses_passes(A):
+        return (lambda Z: _dask.power_step(A, Z)), (lambda Z, k: _dask.project_svd(A, Z, k))
     return None
 
 

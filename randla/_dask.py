@@ -379,30 +379,38 @@ def _qr_chunk(y):
     return B.qr(y)
 
 
-def _qr_project_chunk(a, z):
-    """``(Q_i, [R_i | Q_i^H A_i])`` for ``Y_i = A_i Z = Q_i R_i`` (Householder, reduced).
-
-    ``Q_i`` is ``m_i x l``: a chunk with fewer rows than ``l`` has ``m_i`` columns
-    and is padded with zero columns (its ``R_i`` has ``m_i`` rows, the stack
-    of the ``R_i`` no padding, so the combined basis stays orthonormal)."""
+def _qr_project(a, z):
+    """``(Q_i, [R_i | Q_i^H A_i])`` for ``Y_i = A_i Z = Q_i R_i`` (Householder, reduced;
+    a chunk with fewer rows than ``l`` has ``m_i`` columns in ``Q_i``, rows in ``R_i``)."""
     import array_api_compat
 
     xp = array_api_compat.array_namespace(a)
-    y = a @ z
-    q, r = _qr_chunk(y)
-    p = _adjoint_chunk(q) @ a  # the l-row product, see pass_product
-    rp = xp.concat([r, p], axis=1)
-    l = y.shape[1]
+    q, r = _qr_chunk(a @ z)
+    return q, xp.concat([r, _adjoint_chunk(q) @ a], axis=1)  # the l-row product, see pass_product
+
+
+def _project_chunk(a, z):
+    return _qr_project(a, z)[1]
+
+
+def _qr_project_chunk(a, z):
+    """:func:`_qr_project` with ``Q_i`` padded with zero columns to ``l`` (a Dask
+    array needs one column chunk size; the stacked ``R_i`` has no padding, so the
+    combined basis stays orthonormal)."""
+    import array_api_compat
+
+    xp = array_api_compat.array_namespace(a)
+    q, rp = _qr_project(a, z)
+    l = z.shape[1]
     if q.shape[1] < l:
         q = xp.concat([q, xp.zeros((q.shape[0], l - q.shape[1]), dtype=q.dtype)], axis=1)
     return q, rp
 
 
-def _combine_project(parts, l, k):
-    """``(M, S, Vh)`` from the chunks' ``[R_i | P_i]``: ``[R_1; R_2; ...] = Q' R``
-    (Householder), ``B = sum_i Q'_i^H P_i = Q^H A`` (``Q = diag(Q_i) Q'``; the
-    ``P_i`` are never stacked), ``B = Ub S Vh`` truncated to ``k``, ``M = Q' Ub``
-    (``U_i = Q_i M_i``)."""
+def _projection(parts, l):
+    """``(Q', B)`` from the chunks' ``[R_i | P_i]``: ``[R_1; R_2; ...] = Q' R``
+    (Householder), ``B = sum_i Q'_i^H P_i = Q^H A`` for ``Q = diag(Q_i) Q'``
+    (the ``P_i`` are never stacked)."""
     import array_api_compat
 
     xp = array_api_compat.array_namespace(parts[0])
@@ -411,6 +419,18 @@ def _combine_project(parts, l, k):
     for rp in parts:
         term = _adjoint_chunk(qp[start:start + rp.shape[0], :]) @ rp[:, l:]
         b, start = term if b is None else b + term, start + rp.shape[0]
+    return qp, b
+
+
+def _combine_power(parts, l):
+    """``Z = orth(B^H)``, ``B = Q^H A`` from :func:`_projection` (Householder)."""
+    return _qr_chunk(_adjoint_chunk(_projection(parts, l)[1]))[0]
+
+
+def _combine_project(parts, l, k):
+    """``(M, S, Vh)``: ``B = Q^H A = Ub S Vh`` (:func:`_projection`) truncated to ``k``,
+    ``M = Q' Ub`` (so ``U_i = Q_i M_i``)."""
+    qp, b = _projection(parts, l)
     u, s, vh = _svd_chunk(b)
     return qp @ u[:, :k], s[:k], vh[:k, :]
 
@@ -420,23 +440,62 @@ def _apply_rows(q, m, start):
     return q[:, :r] @ m[start:start + r, :]
 
 
-def fuses_projection(A):
-    """Whether :func:`project_svd` takes ``A``: 2-D, all columns in one chunk."""
+def fuses_passes(A):
+    """Whether :func:`power_step` and :func:`project_svd` take ``A``: 2-D, all columns
+    in one chunk."""
     return A.ndim == 2 and A.numblocks[1] == 1
+
+
+def _chunk_layer(fn, A, Z, name):
+    """``{(name, i): fn(A_i, Z)}`` per row chunk of ``A`` on a fresh read (:func:`fresh`),
+    with the fresh ``A`` and the single-chunk ``Z``."""
+    Z = single_chunk(Z)
+    Af = fresh(A, Z)
+    return {(name, i): (fn, (Af.name, i, 0), (Z.name, 0, 0)) for i in range(A.numblocks[0])}, [Af, Z]
+
+
+def power_step(A, Z):
+    """``orth(A^H Q)`` for ``Q = orth(A Z)`` (Householder both), in one pass over ``A``.
+
+    Per row chunk, one task on one read of ``A_i``: ``A_i Z = Q_i R_i`` and
+    ``P_i = Q_i^H A_i``. One task then takes the QR of the stacked ``R_i``
+    (TSQR's second level [BDG2013]), ``(A^H Q)^H = Q^H A = sum_i Q'_i^H P_i`` and
+    the QR of its ``n x l`` adjoint. Returns the single-chunk ``n x l`` basis.
+    """
+    from dask.base import tokenize
+
+    n, l = A.shape[1], Z.shape[1]
+    dtype = np.result_type(A.dtype, Z.dtype)
+    rows = A.chunks[0]
+    name = f"power-project-{tokenize(A.name, Z.name)}"
+    tasks, deps = _chunk_layer(_project_chunk, A, Z, name)
+    RP = _array(tasks, name, deps, (tuple(min(c, l) for c in rows), (l + n,)), A, dtype)
+    task = (_combine_power, [(name, i, 0) for i in range(len(rows))], l)
+    return _outputs(f"power-step-{tokenize(name)}", task, [RP], [((n, l), dtype)])[0]
+
+
+def _array(tasks, name, deps, chunks, like, dtype):
+    """A Dask array over the ``(name, i)`` tasks of one row chunk each (keys made 2-D)."""
+    import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
+
+    layer = {(name, i, 0): task for (_, i), task in tasks.items()}
+    return da.Array(HighLevelGraph.from_collections(name, layer, dependencies=deps), name, chunks,
+                    meta=_meta(like, 2, dtype))
 
 
 def project_svd(A, Z, k):
     """Rank-``k`` SVD of ``Q Q^H A`` for ``Q`` an orthonormal basis of ``Y = A Z``, in one
-    pass over ``A`` (rows in chunks, all columns in one; see :func:`fuses_projection`).
+    pass over ``A`` (rows in chunks, all columns in one; see :func:`fuses_passes`).
 
     Per row chunk, in one task on one read of ``A_i`` (:func:`fresh`): ``Y_i = A_i Z``,
     its Householder QR ``Y_i = Q_i R_i`` and ``P_i = Q_i^H A_i`` (``l x n``). One task
-    then stacks the ``R_i`` and ``P_i``: the QR of the stacked ``R_i`` is TSQR's second
-    level [BDG2013] (``Q = diag(Q_i) Q'`` is orthonormal whatever ``Y``'s conditioning,
-    as in Dask's own TSQR), and ``Q^H A = Q'^H [P_1; P_2; ...]``, so the projection
-    needs no pass of its own. ``U = Q Ub`` stays lazy: one GEMM per row chunk. The
-    ``P_i`` are held from the pass to that task (``l / m_i`` of ``A``'s size).
-    Returns ``(U, S, Vh)``; ``U`` keeps ``A``'s row chunks.
+    then takes the QR of the stacked ``R_i``, TSQR's second level [BDG2013]
+    (``Q = diag(Q_i) Q'`` is orthonormal whatever ``Y``'s conditioning, as in Dask's
+    own TSQR), forms ``B = Q^H A = sum_i Q'_i^H P_i`` and its SVD ``Ub S Vh``, so the
+    projection needs no pass of its own. ``U = Q Ub`` stays lazy: one GEMM per row
+    chunk. The ``P_i`` are held from the pass to that task (``l / m_i`` of ``A``'s
+    size). Returns ``(U, S, Vh)``; ``U`` keeps ``A``'s row chunks.
     """
     import dask.array as da
     from dask.base import tokenize
@@ -445,17 +504,15 @@ def project_svd(A, Z, k):
     m, n = A.shape
     l = Z.shape[1]
     dtype = np.result_type(A.dtype, Z.dtype)
-    Z = single_chunk(Z)
-    Af = fresh(A, Z)
     rows = A.chunks[0]
     r = tuple(min(c, l) for c in rows)
     token = tokenize(A.name, Z.name, k)
     fused, qname, rpname, uname = (f"{s}-{token}" for s in ("qr-project", "qr-project-q", "qr-project-rp", "qr-project-u"))
-    tasks = {(fused, i): (_qr_project_chunk, (Af.name, i, 0), (Z.name, 0, 0)) for i in range(len(rows))}
+    tasks, deps = _chunk_layer(_qr_project_chunk, A, Z, fused)
     Q, RP = (
         da.Array(HighLevelGraph.from_collections(
             name, {**tasks, **{(name, i, 0): (operator.getitem, (fused, i), j) for i in range(len(rows))}},
-            dependencies=[Af, Z]), name, chunks, meta=_meta(A, 2, dtype))
+            dependencies=deps), name, chunks, meta=_meta(A, 2, dtype))
         for j, (name, chunks) in enumerate([(qname, (rows, (l,))), (rpname, (r, (l + n,)))]))
     # one task on the list of the chunks' [R_i | P_i] (no stacked copy of the P_i)
     task = (_combine_project, [(rpname, i, 0) for i in range(len(rows))], l, k)

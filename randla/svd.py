@@ -371,36 +371,29 @@ def _power_basis(op, l, q, stabilizer, sketch, rng, check_finite):
     """``Y = (A A^H)^q A Omega`` with a stabiliser after every pass [HMT2011, Alg. 4.4]."""
     Y = _first_sketch(op, l, sketch, rng, check_finite)
     for _ in range(q):
-        Y = op.matmat(_power_step(op, Y, stabilizer))
+        Z = _stabilize(op.rmatmat(_stabilize(Y, stabilizer)), stabilizer)
+        Y = op.matmat(Z)
     return Y
-
-
-def _power_step(op, Y, stabilizer):
-    """``Z = stab(A^H stab(Y))``: the next power product is ``A Z``."""
-    return _stabilize(op.rmatmat(_stabilize(Y, stabilizer)), stabilizer)
-
-
-def _power_right(op, l, q, stabilizer, sketch, rng, check_finite):
-    """``Z`` with ``A Z`` the power basis of :func:`_power_basis`: ``Omega`` for
-    ``q = 0``, else everything but the last pass."""
-    if q == 0:
-        return _sketch_draw(op, l, sketch, rng)
-    return _power_step(op, _power_basis(op, l, q - 1, stabilizer, sketch, rng, check_finite), stabilizer)
 
 
 def _range_svd(op, k, l, q, stabilizer, sketch, rng, check_finite):
     """SVD of ``Q Q^H A`` truncated to ``k``, ``Q = orth(Y)`` for the power basis ``Y``.
 
-    ``2q + 2`` passes: ``Y``, then ``A^H Q`` (:func:`_svd_of_projection`). Where the
-    backend fuses the last product with the projection (Dask with all columns in one
-    chunk, see :func:`randla._backend.fused_projection`), ``2q + 1``: one read of
-    each row chunk ``A_i`` gives ``Y_i = A_i Z``, its Householder QR ``Q_i R_i`` and
-    ``Q_i^H A_i``, and TSQR's second level on the stacked ``R_i`` makes ``Q^H A``
-    (as accurate as an explicit ``Q``: no Gram matrix, no squared condition number).
+    ``2q + 2`` passes: ``Y`` (``2q + 1``), then ``A^H Q`` (:func:`_svd_of_projection`).
+    Where the backend reads ``A`` once for a product and the adjoint product with
+    its orthonormalised result (Dask with all columns in one chunk, see
+    :func:`randla._backend.fused_passes`), ``q + 1``: each power iteration
+    ``Z <- orth(A^H orth(A Z))`` is one pass, and so is the last product with the
+    projection; every basis is orthonormalised by Householder QR (per row chunk,
+    then TSQR's second level), whatever ``stabilizer`` says.
     """
-    fused = B.fused_projection(op.A) if op.dense and op.A.ndim == 2 else None
-    if fused is not None and (q > 0 or sketch != "srtt"):  # srtt on dense A: an FFT, not a matrix
-        return SVDResult(*fused(_power_right(op, l, q, stabilizer, sketch, rng, check_finite), k))
+    fused = B.fused_passes(op.A) if op.dense and op.A.ndim == 2 else None
+    if fused is not None and sketch != "srtt":  # srtt on a dense A: an FFT, not a product with a matrix
+        step, project = fused
+        Z = _sketch_draw(op, l, sketch, rng)
+        for _ in range(q):
+            Z = step(Z)
+        return SVDResult(*project(Z, k))
     Q = _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
     return _svd_of_projection(op, Q, k)
 

@@ -79,7 +79,7 @@ def test_factors_are_lazy_and_chunk_aligned(method, dtype, cols):
 
 
 @pytest.mark.parametrize(("name", "passes"), [
-    ("rsi_q1", 3), ("rsvd_q0", 1), ("rsvd_q2", 5), ("range_finder_q1", 3), ("block_krylov_q1", 4), ("rcpqr", 3)])
+    ("rsi_q1", 2), ("rsvd_q0", 1), ("rsvd_q2", 3), ("range_finder_q1", 3), ("block_krylov_q1", 4), ("rcpqr", 3)])
 def test_one_read_of_A_per_pass(name, passes):
     """Each pass reads every chunk of ``A`` once: nothing is read twice within a pass,
     and no pass is recomputed (e.g. by a factorisation evaluated once per output)."""
@@ -263,7 +263,7 @@ def test_rechunked_source_is_read_once_per_pass():
     A0, _ = matrix(200, 60, spectrum="exponential", decay=0.2, rng=0)
     src, A = _counted(A0, 25)
     dask.compute(*randla.rsi(A.rechunk((50, 60)), K, q=1, rng=0))
-    assert src.reads == 3 * A.numblocks[0]
+    assert src.reads == 2 * A.numblocks[0]
 
 
 def test_memmap_input(tmp_path):
