@@ -20,7 +20,7 @@ What it does:
    a worker plugin): an allocation beyond it fails.
 3. Disk-read floor: the time to stream the store once through the same workers
    (every chunk read, nothing computed).
-4. ``randla.rsi(A, k, q=q)`` (``2q + 1`` passes): ``U, S, Vh`` computed together; wall time, time per
+4. ``randla.rsi(A, k, q=q)`` (``q + 1`` passes): ``U, S, Vh`` computed together; wall time, time per
    pass (from the task stream: the span of each pass's chunk reads), peak resident
    memory per worker (``ru_maxrss``), and ``S`` against the exact values.
 
@@ -241,7 +241,7 @@ def main(argv=None):
             total = time.perf_counter() - t0
         peaks = client.run(_peak_rss)
         spans = _pass_spans(ts.data, A.name)
-    passes = 2 * args.q + 1  # the last power product and the projection share a pass
+    passes = args.q + 1  # a power iteration is one pass, and so is the last product with the projection
     rel = np.abs(S - s_exact[: args.k]) / s_exact[: args.k]
     print(f"disk-read floor (stream the store once): {min(floor):.1f} s ({size / min(floor) / 2**30:.2f} GiB/s); "
           f"runs {', '.join(f'{t:.1f}' for t in floor)} s")
