@@ -35,9 +35,7 @@ References
 
 from __future__ import annotations
 
-import contextlib
 import operator
-import threading
 
 import numpy as np
 
@@ -104,8 +102,7 @@ def _svd_chunk(a):
 
     if type(a) is np.ndarray:  # NumPy's own LAPACK, as Dask's linalg (see the module notes)
         B.check_svd_finite(a)
-        with lapack_one_thread():
-            return tuple(np.linalg.svd(a, full_matrices=False))
+        return tuple(np.linalg.svd(a, full_matrices=False))
     return tuple(B.svd(a))
 
 
@@ -374,50 +371,11 @@ def cholqr(Y, factor):
 # ----------------------------------------------------------------------------------
 
 
-_lapack_lock = threading.Lock()
-_lapack_scopes = [0, []]  # open scopes, (library, threads) to restore
-
-
-@contextlib.contextmanager
-def lapack_one_thread():
-    """NumPy's BLAS on one thread while a task's LAPACK call runs (QR, SVD).
-
-    LAPACK's blocked QR and SVD of a thin panel make many small BLAS calls, each
-    waking and joining the BLAS threads; with two Dask threads each calling a
-    two-thread OpenBLAS on two cores (and any other load) the threads wait for one
-    another, and a 1000 x 60 QR that takes 2 ms on one thread took 100-300 ms
-    (measured, both ``dask.array.linalg.tsqr`` and ours). The thread count is
-    process-wide: the first of the concurrent scopes sets it to one and the last
-    restores it (counted under a lock), so GEMMs in other tasks meanwhile run on
-    one thread as well, which with as many Dask threads as cores is what they
-    would get anyway. Nothing is set where ``threadpoolctl`` is missing.
-    """
-    from . import _backend as B
-
-    libs = B._blas_controllers()
-    with _lapack_lock:
-        if _lapack_scopes[0] == 0:
-            _lapack_scopes[1] = [(lib, n) for lib in libs if (n := lib.get_num_threads()) != 1]
-            for lib, _ in _lapack_scopes[1]:
-                lib.set_num_threads(1)
-        _lapack_scopes[0] += 1
-    try:
-        yield
-    finally:
-        with _lapack_lock:
-            _lapack_scopes[0] -= 1
-            if _lapack_scopes[0] == 0:
-                for lib, n in _lapack_scopes[1]:
-                    lib.set_num_threads(n)
-                _lapack_scopes[1] = []
-
-
 def _qr_chunk(y):
     from . import _backend as B
 
     if type(y) is np.ndarray:  # NumPy's own LAPACK (see the module notes)
-        with lapack_one_thread():
-            return np.linalg.qr(y)
+        return np.linalg.qr(y)
     return B.qr(y)
 
 
