@@ -371,12 +371,46 @@ def cholqr(Y, factor):
 # ----------------------------------------------------------------------------------
 
 
+# Row blocks of the in-task TSQR (:func:`_qr_chunk`): OpenBLAS runs LAPACK's QR of a
+# 128 x 60 panel on one thread (0.15 ms), of a 1000 x 60 panel on its threads, which
+# with two Dask threads on two cores (and any other load) wait for one another:
+# median 60 ms alone, over a second next to a GEMM in another thread (measured,
+# 2 cores, load 5; on one BLAS thread 2-6 ms). The same holds for the SVD of an
+# l x n panel (60 x 1000: 1.5 s against 2-10 ms).
+_QR_ROWS = 128
+
+
 def _qr_chunk(y):
+    """Reduced Householder QR ``y = Q R`` (``Q`` m x min(m, l)). NumPy chunks: in-task
+    TSQR [BDG2013] over row blocks of ``max(128, 2 l)`` rows, each LAPACK call small
+    enough for OpenBLAS to keep on one thread (see ``_QR_ROWS``), as stable as one
+    Householder QR."""
     from . import _backend as B
 
-    if type(y) is np.ndarray:  # NumPy's own LAPACK (see the module notes)
-        return np.linalg.qr(y)
-    return B.qr(y)
+    if type(y) is not np.ndarray:
+        return B.qr(y)
+    m, l = y.shape
+    rows = max(_QR_ROWS, 2 * l)
+    if m <= rows:
+        return np.linalg.qr(y)  # NumPy's own LAPACK (see the module notes)
+    qs, rs = zip(*(np.linalg.qr(y[i:i + rows]) for i in range(0, m, rows)))
+    q2, r = _qr_chunk(np.concatenate(rs))
+    q = np.empty((m, q2.shape[1]), dtype=q2.dtype)
+    start = off = 0
+    for qb in qs:
+        q[start:start + qb.shape[0]] = qb @ q2[off:off + qb.shape[1]]
+        start, off = start + qb.shape[0], off + qb.shape[1]
+    return q, r
+
+
+def _wide_svd(b):
+    """Thin SVD of a wide ``l x n`` block: ``b^H = W R`` (:func:`_qr_chunk`), ``R = Ur S Xh``,
+    so ``b = Xh^H S (W Ur)^H`` (LAPACK's SVD only on the ``l x l`` factor)."""
+    if b.shape[0] > b.shape[1]:
+        return _svd_chunk(b)
+    w, r = _qr_chunk(_adjoint_chunk(b))
+    ur, s, xh = _svd_chunk(r)
+    return _adjoint_chunk(xh), s, _adjoint_chunk(w @ ur)
 
 
 def _qr_project(a, z):
@@ -431,7 +465,7 @@ def _combine_project(parts, l, k):
     """``(M, S, Vh)``: ``B = Q^H A = Ub S Vh`` (:func:`_projection`) truncated to ``k``,
     ``M = Q' Ub`` (so ``U_i = Q_i M_i``)."""
     qp, b = _projection(parts, l)
-    u, s, vh = _svd_chunk(b)
+    u, s, vh = _wide_svd(b)
     return qp @ u[:, :k], s[:k], vh[:k, :]
 
 

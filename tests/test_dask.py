@@ -239,6 +239,33 @@ def test_fused_last_pass_is_one_task_per_chunk_and_pass():
     assert src.reads == A.numblocks[0]
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32", "complex128"])
+@pytest.mark.parametrize(("m", "l", "rank"), [(1000, 60, 60), (4100, 70, 70), (900, 60, 5), (130, 60, 60)])
+def test_in_task_tsqr_and_wide_svd(m, l, rank, dtype):
+    """The chunk tasks' QR (TSQR over row blocks LAPACK keeps on one thread) is a QR
+    factorisation as NumPy's: ``Q R = Y``, ``Q`` orthonormal, ``R`` upper triangular,
+    also for a rank-deficient ``Y``; the SVD of a wide block through it matches
+    NumPy's."""
+    from randla import _dask
+
+    gen = np.random.default_rng(0)
+    Y = (gen.standard_normal((m, rank)) @ gen.standard_normal((rank, l))).astype(dtype)
+    if dtype.startswith("complex"):
+        Y = Y + 1j * (gen.standard_normal((m, rank)) @ gen.standard_normal((rank, l)))
+    Q, R = _dask._qr_chunk(Y)
+    eps = np.finfo(Y.dtype).eps
+    assert Q.shape == (m, l) and R.shape == (l, l) and Q.dtype == Y.dtype
+    np.testing.assert_allclose(Q.conj().T @ Q, np.eye(l), atol=50 * eps)
+    np.testing.assert_array_equal(np.tril(R, -1), 0)
+    assert np.linalg.norm(Q @ R - Y) <= 50 * eps * np.linalg.norm(Y)
+    Bm = Y.T[:, : min(m, 1000)]
+    U, S, Vh = _dask._wide_svd(Bm)
+    S0 = np.linalg.svd(Bm, compute_uv=False)
+    np.testing.assert_allclose(S, S0, atol=50 * eps * S0[0])
+    assert np.linalg.norm((U * S) @ Vh - Bm) <= 50 * eps * np.linalg.norm(Bm)
+    np.testing.assert_allclose(Vh @ Vh.conj().T, np.eye(len(S)), atol=50 * eps)
+
+
 INPUTS = {
     "rechunked": lambda A0: da.from_array(A0, chunks=(20, 50)).rechunk((40, 25)),
     "arithmetic": lambda A0: da.from_array(A0 / 2, chunks=(30, 50)) * 2,
