@@ -372,17 +372,18 @@ def cholqr(Y, factor):
 
 
 # Row blocks of the in-task TSQR (:func:`_qr_chunk`): OpenBLAS runs LAPACK's QR of a
-# 128 x 60 panel on one thread (0.15 ms), of a 1000 x 60 panel on its threads, which
-# with two Dask threads on two cores (and any other load) wait for one another:
-# median 60 ms alone, over a second next to a GEMM in another thread (measured,
-# 2 cores, load 5; on one BLAS thread 2-6 ms). The same holds for the SVD of an
-# l x n panel (60 x 1000: 1.5 s against 2-10 ms).
-_QR_ROWS = 128
+# 192 x 60 panel on one thread (under 1 ms), of a 1000 x 60 panel on its threads,
+# which with two Dask threads on two cores (and any other load) wait for one
+# another: median 60 ms alone, over a second next to a GEMM in another thread
+# (measured, 2 cores, load 5; on one BLAS thread 2-6 ms). The same holds for the SVD
+# of an l x n panel (60 x 1000: 1.5 s against 2-10 ms). 192 rows: 1.9 ms for a
+# 1000 x 60 panel on one thread (LAPACK's own: 2.2 ms; 128 rows, a level deeper: 4.5).
+_QR_ROWS = 192
 
 
 def _qr_chunk(y):
     """Reduced Householder QR ``y = Q R`` (``Q`` m x min(m, l)). NumPy chunks: in-task
-    TSQR [BDG2013] over row blocks of ``max(128, 2 l)`` rows, each LAPACK call small
+    TSQR [BDG2013] over row blocks of ``max(192, 2 l)`` rows, each LAPACK call small
     enough for OpenBLAS to keep on one thread (see ``_QR_ROWS``), as stable as one
     Householder QR."""
     from . import _backend as B
