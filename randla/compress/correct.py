@@ -295,8 +295,8 @@ def _check_shrinkage(shrinkage):
 
 
 def fit_corrected(W, stats, *, folds=None, shrinkage=DEFAULT_SHRINKAGE, rank=None, rank_fraction=None,
-                  param_fraction=None, rtol=None, method="rsi", q=2, p=10, split="left", ridge=DEFAULT_RIDGE,
-                  bias=True, rng=None, name=""):
+                  param_fraction=None, rtol=None, output_gram=None, method="rsi", q=2, p=10, split="left",
+                  ridge=DEFAULT_RIDGE, bias=True, rng=None, name=""):
     """Factor ``W`` for the inputs the compressed model gives it (module docstring).
 
     Parameters
@@ -316,6 +316,11 @@ def fit_corrected(W, stats, *, folds=None, shrinkage=DEFAULT_SHRINKAGE, rank=Non
     rank, rank_fraction, param_fraction, rtol : optional
         Exactly one, as in :func:`randla.compress.factor` (``rtol``: of the output of
         ``M`` on ``X~``).
+    output_gram : array (out, out), optional
+        Gram matrix of the model output's gradients at this layer's output
+        (``randla.torch.calibrate(..., output=...)``): ``M`` is then truncated in the
+        two-sided metric, ``R^H (M - B A) L~`` (:func:`randla.compress.factor`). The
+        correction itself is the same in any output metric (least squares row by row).
     method, q, p, split, ridge, rng, name
         As in :func:`randla.compress.factor`.
     bias : bool, default True
@@ -362,7 +367,7 @@ def fit_corrected(W, stats, *, folds=None, shrinkage=DEFAULT_SHRINKAGE, rank=Non
         """``{shrinkage: (factors, P or None, shift)}`` fitted on ``s``: one eigendecomposition
         and one whitener of ``G~`` for all ridges."""
         sol = _solver(W, s) if any(math.isfinite(lam) for lam in lams) else None
-        m = metric(tuple(W.shape), gram=s.gram, ridge=ridge)
+        m = metric(tuple(W.shape), gram=s.gram, output_gram=output_gram, ridge=ridge)
         out = {}
         for lam in lams:
             M = W if math.isinf(lam) else _solve(W, sol, lam)

@@ -250,8 +250,10 @@ def _compress_with_data(model, layers, data, *, calibration, inplace, budget, sh
     from ._sequential import compress_sequential
 
     folds = _check_folds(folds)
-    if calibration is not None and budget is None:
-        raise ValueError("give calibration or data, not both (calibration with data only allocates a budget)")
+    output_grams = None if calibration is None else getattr(calibration, "output_grams", None)
+    if calibration is not None and budget is None and output_grams is None:
+        raise ValueError("give calibration or data, not both: with data, calibration only allocates a budget and "
+                         "weights the truncation by its output_grams (calibrate(..., output=...))")
     batches = list(data)
     if not batches:
         raise ValueError("data is empty")
@@ -266,8 +268,11 @@ def _compress_with_data(model, layers, data, *, calibration, inplace, budget, sh
                               include="^(" + "|".join(map(re.escape, names)) + ")$", **options)
         ranks = {r.name: r.rank for r in planned if r.rank is not None}
     original, target = (copy.deepcopy(model), model) if inplace else (model, copy.deepcopy(model))
+    if output_grams is not None:
+        output_grams = _arrays(output_grams, names)
     fits = compress_sequential(original, target, names, batches, ranks=ranks, rank_options=rank_options,
-                               shrinkage=shrinkage, folds=folds, bias=True, rng=gen, ignore_padding=True, **options)
+                               shrinkage=shrinkage, folds=folds, bias=True, rng=gen, ignore_padding=True,
+                               output_grams=output_grams, **options)
     reports = []
     for name in names:
         if name in fits:

@@ -124,12 +124,13 @@ def _replace(target, refs, name, cf):
 
 
 def compress_sequential(original, target, names, data, *, ranks, rank_options, shrinkage, folds, method, q, p, split,
-                        ridge, bias, rng, ignore_padding):
+                        ridge, bias, rng, ignore_padding, output_grams=None):
     """Compress the layers ``names`` of ``target`` (a copy of ``original``, or
     ``original``'s twin when the caller compresses in place) in forward order.
 
     ``ranks``: ``{name: r}`` fixed ranks (a budget allocated beforehand; a name absent
-    stays dense), or ``None`` to use ``rank_options`` for every layer.
+    stays dense), or ``None`` to use ``rank_options`` for every layer. ``output_grams``:
+    ``{name: H}`` arrays for the two-sided truncation, or ``None``.
 
     Returns ``{name: CorrectedFactors}`` in the order the layers were compressed.
     """
@@ -167,8 +168,9 @@ def compress_sequential(original, target, names, data, *, ranks, rank_options, s
             options = {"rank": ranks[name]} if ranks is not None else rank_options
             grid = grid_all if changed else (math.inf,)  # nothing upstream changed: X~ = X, M = W
             W = to_array(_flat_weight(module))
+            H = None if output_grams is None else output_grams.get(name)
             cf = fit_corrected(W, total, folds=parts if len(grid) > 1 else None, shrinkage=grid, **options,
-                               method=method, q=q, p=p, split=split, ridge=ridge,
+                               output_gram=H, method=method, q=q, p=p, split=split, ridge=ridge,
                                bias=bias and module.bias is not None, rng=gen, name=name)
             results[name] = cf
         refs = _references(target)
