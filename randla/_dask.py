@@ -21,11 +21,12 @@ Dask:
   multiplies is ready, so nothing ``A``-sized is held between passes and a matrix
   larger than the cluster's memory streams from its store (Zarr, ``.npy``
   memmap) once per pass. Chunks already in memory are shared, not copied.
-* **The last product and the projection in one pass** (:func:`project_svd`).
-  ``rsvd``/``rsi`` read each row chunk ``A_i`` once for ``Y_i = A_i Z``, its
-  Householder QR and ``Q_i^H A_i``; TSQR's second level on the stacked ``R_i``
-  gives ``Q^H A``. ``2q + 1`` passes where ``dask.array.linalg.svd_compressed``
-  makes ``2q + 2``, at the same GEMM work in memory.
+* **A product and the adjoint product with its orthonormalised result in one
+  pass** (:func:`power_step`, :func:`project_svd`). ``rsvd``/``rsi`` read each
+  row chunk ``A_i`` once for ``Y_i = A_i Z``, its Householder QR ``Q_i R_i`` and
+  ``Q_i^H A_i``; TSQR's second level on the stacked ``R_i`` gives ``Q^H A``.
+  ``q + 1`` passes where ``dask.array.linalg.svd_compressed`` makes ``2q + 2``, at
+  the same GEMM work in memory.
 
 References
 ----------

@@ -5,7 +5,7 @@ vectors; passes dominate the cost on large matrices. ``k`` is the target rank,
 ``p`` the oversampling (the sketch has ``l = k + p`` columns, clipped to
 ``min(m, n)``), ``q`` the number of power (subspace) iterations: a fixed-rank
 method with ``q`` iterations makes ``2q + 2`` passes (``rsvd`` and ``rsi`` on a
-Dask array with all columns in one chunk: ``2q + 1``, see :func:`rsvd`).
+Dask array with all columns in one chunk: ``q + 1``, see :func:`rsvd`).
 
 Mapping from scikit-learn's ``randomized_svd``: ``n_components -> k``,
 ``n_oversamples -> p``, ``n_iter -> q``, ``power_iteration_normalizer ->
@@ -520,14 +520,17 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
     (single-precision data: the projected matrix is factored through its float64
     Gram matrix, see ``_gram_svd``). The passes: ``Y = A Omega``; ``q`` times
     ``A^H Q`` and ``A Z``; ``A^H Q`` for the projection. On a Dask array whose
-    columns are one chunk (rows in any number of chunks) the last product and the
-    projection share a pass, ``2q + 1`` in all (one for ``q = 0``): each read of a
-    row chunk ``A_i`` forms ``Y_i = A_i Z``, its Householder QR ``Q_i R_i`` and
-    ``Q_i^H A_i``; the QR of the stacked ``R_i`` (TSQR's second level) turns these
-    into ``Q^H A`` for the orthonormal ``Q = diag(Q_i) Q'``, as accurate as the
-    separate pass (no Gram matrix of ``Y``). The ``l x n`` blocks ``Q_i^H A_i`` are
-    held until then (``l / m_i`` of ``A``). Not with ``sketch="srtt"`` at
-    ``q = 0`` (an FFT, not a product with a matrix). Error in expectation [HMT2011, Thm. 10.6]:
+    columns are one chunk (rows in any number of chunks): ``q + 1`` passes, one
+    read of each row chunk ``A_i`` serving a product and the adjoint product with
+    its orthonormalised result. Pass ``j`` forms ``Y_i = A_i Z`` (``Z = Omega``
+    first), its Householder QR ``Q_i R_i`` and ``Q_i^H A_i``; the QR of the
+    stacked ``R_i`` (TSQR's second level) turns these into ``Q^H A`` for the
+    orthonormal ``Q = diag(Q_i) Q'``, whence ``Z = orth((Q^H A)^H)`` for the next
+    pass or, in the last, the SVD of ``Q^H A``. As accurate as separate passes
+    (every basis orthonormalised by Householder QR, whatever ``stabilizer`` says;
+    no Gram matrix of ``Y``). The ``l x n`` blocks ``Q_i^H A_i`` are held until
+    their sum is formed (``l / m_i`` of ``A``). Not with ``sketch="srtt"`` (an
+    FFT, not a product with a matrix). Error in expectation [HMT2011, Thm. 10.6]:
     for ``q = 0``, ``E||A - U S Vh||_2 <= (1 + sqrt(k/(p-1))) sigma_{k+1} + e
     sqrt(k+p)/p (sum_{j>k} sigma_j^2)^{1/2}``.
 
@@ -609,7 +612,7 @@ def rsi(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr", rng=None, ch
     p : int, default 10
         Oversampling.
     q : int, default 2
-        Subspace iterations (``2q + 2`` passes; ``2q + 1`` on Dask, see
+        Subspace iterations (``2q + 2`` passes; ``q + 1`` on Dask, see
         :func:`rsvd`).
     sketch : str, default "gaussian"
     stabilizer : {"cholqr", "qr"}, default "cholqr"
