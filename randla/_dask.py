@@ -373,27 +373,30 @@ def cholqr(Y, factor):
 
 
 # Row blocks of the in-task TSQR (:func:`_qr_chunk`): OpenBLAS runs LAPACK's QR of a
-# 192 x 60 panel on one thread (under 1 ms), of a 1000 x 60 panel on its threads,
-# which with two Dask threads on two cores (and any other load) wait for one
-# another: median 60 ms alone, over a second next to a GEMM in another thread
-# (measured, 2 cores, load 5; on one BLAS thread 2-6 ms). The same holds for the SVD
-# of an l x n panel (60 x 1000: 1.5 s against 2-10 ms). 192 rows: 1.9 ms for a
-# 1000 x 60 panel on one thread (LAPACK's own: 2.2 ms; 128 rows, a level deeper: 4.5).
-_QR_ROWS = 192
+# 128 x 60 panel on one thread (0.15 ms), of a 192 x 60 or 1000 x 60 panel on its
+# threads, which with two Dask threads on two cores (and any other load) wait for one
+# another: median 60 ms for 1000 x 60 alone, over a second next to a GEMM in another
+# thread, 340 ms for 192 x 60 (measured, 2 cores, load 5-8; on one BLAS thread 2 ms
+# and 0.2 ms). The same holds for the SVD of an l x n panel (60 x 1000: 1.5 s against
+# 2-10 ms). The blocks cost CPU time: 4.5 ms for a 1000 x 60 panel on one thread
+# against LAPACK's 2.2 ms (rsi's CPU time 0.90x svd_compressed's instead of 0.74x at
+# 4000 x 1000), for wall times with the BLAS on its default threads of 0.7-1.3x
+# instead of 2.0x svd_compressed's on the loaded machine.
+_QR_ROWS = 128
 
 
 def _qr_chunk(y):
-    """Reduced Householder QR ``y = Q R`` (``Q`` m x min(m, l)). NumPy chunks: in-task
-    TSQR [BDG2013] over row blocks of ``max(192, 2 l)`` rows, each LAPACK call small
-    enough for OpenBLAS to keep on one thread (see ``_QR_ROWS``), as stable as one
-    Householder QR."""
+    """Reduced Householder QR ``y = Q R`` (``Q`` m x min(m, l)). NumPy chunks with
+    ``l <= 64`` columns: in-task TSQR [BDG2013] over row blocks of 128 rows, each
+    LAPACK call small enough for OpenBLAS to keep on one thread (see ``_QR_ROWS``),
+    as stable as one Householder QR; wider panels: LAPACK's QR."""
     from . import _backend as B
 
     if type(y) is not np.ndarray:
         return B.qr(y)
     m, l = y.shape
-    rows = max(_QR_ROWS, 2 * l)
-    if m <= rows:
+    rows = _QR_ROWS
+    if m <= rows or 2 * l > rows:  # small, or too wide for blocks to shrink the stack
         return np.linalg.qr(y)  # NumPy's own LAPACK (see the module notes)
     qs, rs = zip(*(np.linalg.qr(y[i:i + rows]) for i in range(0, m, rows)))
     q2, r = _qr_chunk(np.concatenate(rs))
