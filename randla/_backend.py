@@ -478,17 +478,22 @@ def rdiv_upper(y, r):
         if m * l * l <= _TRSM_MAX_FLOPS:
             trsm = _blas_fn("trsm", y.dtype)
             r_flat = r_flat.astype(y.dtype, copy=False)
-            out = y_flat.copy()  # the one copy: trsm overwrites it in place
+            # trsm overwrites a Fortran-ordered copy of y in place: OpenBLAS's right-side
+            # solve on column-major y is 1.5x faster than the left-side solve on y^T that
+            # C order would take (384 x 163 float32: 0.24 against 0.35 ms, one thread);
+            # the result is copied back to C order, where the GEMMs that follow are faster
+            out_t = np.empty((y_flat.shape[0], l, m), dtype=y.dtype)
+            out = out_t.swapaxes(-1, -2)
+            out[...] = y_flat
             with single_threaded_blas():
                 for i in range(y_flat.shape[0]):
-                    # y r^{-1} = (r^{-T} y^T)^T: y^T is y's memory read in Fortran order;
-                    # r is passed as Fortran memory too (r, or r^T read as lower), never copied
+                    # r is passed as Fortran memory (r, or r^T read as lower), never copied
                     ri = r_flat[i]
                     if ri.flags.f_contiguous:
-                        trsm(1.0, ri, out[i].T, side=0, lower=0, trans_a=1, overwrite_b=1)
+                        trsm(1.0, ri, out[i], side=1, lower=0, overwrite_b=1)
                     else:
-                        trsm(1.0, ri.T, out[i].T, side=0, lower=1, trans_a=0, overwrite_b=1)
-            return out.reshape(y.shape)
+                        trsm(1.0, ri.T, out[i], side=1, lower=1, trans_a=1, overwrite_b=1)
+            return np.ascontiguousarray(out).reshape(y.shape)
         trtri = _blas_fn("trtri", r.dtype)
         r_inv = np.empty(r_flat.shape, dtype=r.dtype)
         with single_threaded_blas():
