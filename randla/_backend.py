@@ -47,6 +47,7 @@ __all__ = [
     "take",
     "to_numpy",
     "from_numpy",
+    "host_view",
     "as_generator",
     "normal",
     "uniform",
@@ -648,6 +649,24 @@ def to_numpy(x) -> np.ndarray:
     if name == "dask":
         return np.asarray(x.compute())
     return np.asarray(x)
+
+
+def host_view(x):
+    """A zero-copy NumPy view of a CPU torch tensor outside autograd, else ``None``.
+
+    For kernels that run faster in NumPy's BLAS and SciPy's LAPACK than in torch's own
+    (small and medium dense matrices, see :func:`randla.svd.rsvd`); the caller hands
+    its results back with :func:`from_numpy` (zero copy again). Never for a tensor
+    that requires grad (the graph would be cut), on another device, or not strided.
+    Conjugate or negative views are resolved first (a copy).
+    """
+    if backend_name(namespace(x)) != "torch":
+        return None
+    import torch
+
+    if x.device.type != "cpu" or x.requires_grad or x.layout != torch.strided:
+        return None
+    return x.resolve_conj().resolve_neg().numpy()
 
 
 def from_numpy(a, *, like):

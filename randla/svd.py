@@ -367,11 +367,37 @@ def _first_sketch(op, l, sketch, rng, check_finite):
 
 def _power_basis(op, l, q, stabilizer, sketch, rng, check_finite):
     """``Y = (A A^H)^q A Omega`` with a stabiliser after every pass [HMT2011, Alg. 4.4]."""
-    Y = _first_sketch(op, l, sketch, rng, check_finite)
+    return _power_steps(op, _first_sketch(op, l, sketch, rng, check_finite), q, stabilizer)
+
+
+def _power_steps(op, Y, q, stabilizer):
+    """``(A A^H)^q Y``, a stabiliser after every pass."""
     for _ in range(q):
         Z = _stabilize(op.rmatmat(_stabilize(Y, stabilizer)), stabilizer)
         Y = op.matmat(Z)
     return Y
+
+
+def _host_operand(op):
+    """The operand of a dense CPU torch ``A`` seen as a NumPy array (zero copy), or ``None``.
+
+    Past the first sketch, which torch draws and multiplies as before (the same test
+    matrix for the same ``rng``), such an ``A`` is factored in NumPy's BLAS and
+    SciPy's LAPACK: at the sizes of model weights torch's GEMMs are 1.1-1.5x slower and
+    its fixed cost per small step higher (384 x 384, k = 153: see
+    ``benchmarks/compare_small.py``). The factors go back as torch tensors, zero copy.
+    Tensors that require grad, on other devices, or not strided stay in torch.
+    """
+    if not op.dense:
+        return None
+    a = B.host_view(op.A)
+    if a is None:
+        return None
+    return V.Operand(a, B.namespace(a), tuple(a.shape), a.dtype, *B.products(a), True)
+
+
+def _from_host(arrays, like):
+    return tuple(B.from_numpy(x, like=like) for x in arrays)
 
 
 def _svd_of_projection(op, Q, k):
@@ -440,6 +466,11 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
     True
     """
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
+    host = _host_operand(op)
+    if host is not None:
+        Y = B.host_view(_first_sketch(op, l, sketch, rng, check_finite))
+        with _scipy_pool_scope(host):
+            return _from_host((_orth(_power_steps(host, Y, q, stabilizer)),), op.A)[0]
     with _scipy_pool_scope(op):
         return _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
 
@@ -517,9 +548,16 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
     if rtol is not None:
         return _rsvd_rtol(A, rtol, q=q, block_size=block_size, norm=norm, rng=rng, check_finite=check_finite)
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
-    with _scipy_pool_scope(op):
-        if _takes_full(op, solver, _full_is_faster(op.shape, l, q)):
+    if _takes_full(op, solver, _full_is_faster(op.shape, l, q)):
+        with _scipy_pool_scope(op):
             return _full_svd(op, k, l, sketch, rng, check_finite)
+    host = _host_operand(op)
+    if host is not None:
+        Y = B.host_view(_first_sketch(op, l, sketch, rng, check_finite))
+        with _scipy_pool_scope(host):
+            return SVDResult(*_from_host(_svd_of_projection(host, _orth(_power_steps(host, Y, q, stabilizer)), k),
+                                         op.A))
+    with _scipy_pool_scope(op):
         Q = _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
         return _svd_of_projection(op, Q, k)
 
