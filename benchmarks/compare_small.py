@@ -329,6 +329,7 @@ def section_batched(cfg, summary):
         "GEMM floor (NumPy), summed per matrix": lambda: [f() for f in floors],
         "randla rsi (NumPy), one call per matrix": _sweep(_rsi, mats),
         "randla rsi (NumPy), one call per stack": _sweep(_rsi, stacks),
+        "  the same, LAPACK loops on one thread": _serial_loops(_sweep(_rsi, stacks)),
         "randla rsi (torch), one call per stack": _sweep(_rsi, tstacks),
         "torch.svd_lowrank, one call per stack": _sweep(_lowrank, tstacks),
     }
@@ -350,6 +351,26 @@ def section_batched(cfg, summary):
     bt = t["randla rsi (torch), one call per stack"][0]
     summary.append(("MiniLM batched: rsi (NumPy) / summed floor", b / floor, "<= 2", b / floor <= 2))
     summary.append(("MiniLM batched: rsi (torch) / summed floor", bt / floor, "(info)", None))
+    serial = t["  the same, LAPACK loops on one thread"][0]
+    summary.append(("MiniLM batched: serial LAPACK loops / threaded", serial / b, "(info)", None))
+
+
+def _serial_loops(fn):
+    """``fn`` with the per-matrix LAPACK loops over a stack on the calling thread only
+    (:func:`randla._backend.for_slices` spreads them over the BLAS thread count)."""
+    from unittest import mock
+
+    import randla._backend as B
+
+    def serial(body, count):
+        for i in range(count):
+            body(i)
+
+    def run():
+        with mock.patch.object(B, "for_slices", serial):
+            return fn()
+
+    return run
 
 
 def section_big(cfg, summary):
@@ -439,6 +460,44 @@ def _ablations():
     def torch_thread_scopes(mp):  # the OpenBLAS thread scopes entered for torch too
         mp.setattr(B, "_own_kernels", lambda x: False)
 
+    def left_trsm(mp):  # the small-panel solve as a left-side trsm on y^T (C order), as before
+        rdiv = B.rdiv_upper
+
+        def left(y, r):
+            if not isinstance(y, np.ndarray) or y.shape[-2] * y.shape[-1] ** 2 > B._TRSM_MAX_FLOPS:
+                return rdiv(y, r)
+            m, l = y.shape[-2:]
+            trsm = B._blas_fn("trsm", y.dtype)
+            r_flat = r.reshape(-1, l, l).astype(y.dtype, copy=False)
+            out = y.reshape(-1, m, l).copy()
+            with B.single_threaded_blas():
+                for i in range(out.shape[0]):
+                    ri = r_flat[i]
+                    if ri.flags.f_contiguous:
+                        trsm(1.0, ri, out[i].T, side=0, lower=0, trans_a=1, overwrite_b=1)
+                    else:
+                        trsm(1.0, ri.T, out[i].T, side=0, lower=1, trans_a=0, overwrite_b=1)
+            return out.reshape(y.shape)
+
+        mp.setattr(B, "rdiv_upper", left)
+
+    def torch_kernels(mp):  # a CPU torch tensor factored by torch's own kernels throughout
+        mp.setattr(S, "_host_operand", lambda op: None)
+
+    def numpy_cholesky_stacks(mp):  # stacks factored by numpy.linalg.cholesky, as before
+        try_chol = B.try_cholesky
+
+        def batched(x):
+            if not isinstance(x, np.ndarray) or x.ndim == 2:
+                return try_chol(x)
+            try:
+                r = np.swapaxes(np.linalg.cholesky(x), -1, -2)
+            except np.linalg.LinAlgError:
+                return None
+            return r if np.isfinite(r).all() else None
+
+        mp.setattr(B, "try_cholesky", batched)
+
     both = ("numpy", "torch")
     return {
         "single-precision stabiliser between passes (was: float64 Gram)": (both, float64_stabilizer),
@@ -451,6 +510,9 @@ def _ablations():
         "direct thread-count setting (was: threadpoolctl limit per step)": (("numpy",), threadpoolctl_limit),
         "namespace lookup cached per type (was: array-api-compat each time)": (both, no_namespace_cache),
         "scale from the Gram trace (was: a norm pass over Y)": (both, norm_pass),
+        "right-side trsm, Fortran-ordered copy (was: left-side trsm on y^T)": (both, left_trsm),
+        "torch factored in NumPy past the first sketch (was: torch kernels)": (("torch",), torch_kernels),
+        "per-matrix potrf on stacks (was: numpy.linalg.cholesky)": (both, numpy_cholesky_stacks),
     }
 
 
@@ -461,28 +523,33 @@ def section_ablation(cfg, summary):
 
     mats = _weights(cfg["quick"])
     one = [mats[0]]
-    data = {"numpy": (one, mats), "torch": ([torch.from_numpy(A) for A in one], [torch.from_numpy(A) for A in mats])}
+    stacks = _groups(mats)
+    data = {"numpy": (one, mats, stacks),
+            "torch": tuple([torch.from_numpy(A) for A in group] for group in (one, mats, stacks))}
     rows = []
     old_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with threadpool_limits(1):
-            for backend, (single, allm) in data.items():
+            for backend, (single, allm, stacked) in data.items():
                 methods = {"all choices": None}
                 for name, (backends, patch) in _ablations().items():
                     if backend in backends:
                         methods[name] = patch
                 t1 = _cpu_times(methods, _sweep(_rsi, single), 3 * cfg["rounds"])
                 t37 = _cpu_times(methods, _sweep(_rsi, allm), max(3, cfg["rounds"] - 2))
+                tst = _cpu_times(methods, _sweep(_rsi, stacked), max(3, cfg["rounds"] - 2))
                 for name in methods:
                     rows.append({"backend": backend, "undone": name, "384x384": fmt_time(t1[name][0]),
                                  "x": _spread(t1, name), f"{len(allm)} matrices": fmt_time(t37[name][0]),
-                                 "x ": _spread(t37, name)})
+                                 "x ": _spread(t37, name), f"{len(stacked)} stacks": fmt_time(tst[name][0]),
+                                 "x  ": _spread(tst, name)})
     finally:
         torch.set_num_threads(old_threads)
     print_table(rows, title="(ablation) rsi CPU time on one thread with one choice undone, variants interleaved "
                             "(x: median over rounds of the ratio to all choices, in brackets its range; "
-                            "384x384 = MiniLM L0 attention output, k=153)")
+                            "384x384 = MiniLM L0 attention output, k=153; stacks: the same matrices grouped "
+                            "by shape, one call per stack)")
 
 
 class _Patches:

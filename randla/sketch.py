@@ -270,4 +270,10 @@ def _apply(op, l, method, rng):
     V.check_choice(method, "sketch", METHODS)
     if method == "srtt" and op.dense:
         return _srtt_apply(op.A, l, rng)
-    return op.matmat(_MAKERS[method](op.shape[-1], l, like=V.operand_like(op), rng=rng))
+    return op.matmat(_test_matrix(op, l, method, rng))
+
+
+def _test_matrix(op, l, method, rng):
+    """The ``n x l`` test matrix :func:`_apply` multiplies ``op`` with (not for ``"srtt"`` on a
+    dense ``op``, which is applied by an FFT instead)."""
+    return _MAKERS[method](op.shape[-1], l, like=V.operand_like(op), rng=rng)

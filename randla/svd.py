@@ -35,6 +35,7 @@ from . import _backend as B
 from . import _validate as V
 from ._adaptive import adaptive_qb
 from ._scale import pow2_scale
+from .sketch import METHODS as _SKETCHES
 from .sketch import _apply as _sketch_apply
 
 __all__ = ["SVDResult", "range_finder", "rsvd", "rsi", "block_krylov_svd", "adaptive_range_finder"]
@@ -396,6 +397,24 @@ def _host_operand(op):
     return V.Operand(a, B.namespace(a), tuple(a.shape), a.dtype, *B.products(a), True)
 
 
+def _host_sketch(op, host, l, sketch, rng, check_finite):
+    """The first sketch of :func:`_host_operand`'s ``host`` view: the test matrix drawn as
+    for ``op`` (torch's generator, the same draws), the product in NumPy's BLAS (no torch
+    kernel runs whose idle threads would compete with NumPy's). A dense SRTT stays an FFT
+    in torch."""
+    from .sketch import _test_matrix
+
+    if sketch == "srtt":
+        return B.host_view(_first_sketch(op, l, sketch, rng, check_finite))
+    V.check_choice(sketch, "sketch", _SKETCHES)
+    omega = B.host_view(_test_matrix(op, l, sketch, rng))
+    with V.quiet_nonfinite(check_finite):
+        Y = host.matmat(omega)
+    if check_finite:
+        V.check_finite_through(Y, host)
+    return Y
+
+
 def _from_host(arrays, like):
     return tuple(B.from_numpy(x, like=like) for x in arrays)
 
@@ -468,7 +487,7 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
     host = _host_operand(op)
     if host is not None:
-        Y = B.host_view(_first_sketch(op, l, sketch, rng, check_finite))
+        Y = _host_sketch(op, host, l, sketch, rng, check_finite)
         with _scipy_pool_scope(host):
             return _from_host((_orth(_power_steps(host, Y, q, stabilizer)),), op.A)[0]
     with _scipy_pool_scope(op):
@@ -553,7 +572,7 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
             return _full_svd(op, k, l, sketch, rng, check_finite)
     host = _host_operand(op)
     if host is not None:
-        Y = B.host_view(_first_sketch(op, l, sketch, rng, check_finite))
+        Y = _host_sketch(op, host, l, sketch, rng, check_finite)
         with _scipy_pool_scope(host):
             return SVDResult(*_from_host(_svd_of_projection(host, _orth(_power_steps(host, Y, q, stabilizer)), k),
                                          op.A))
