@@ -470,7 +470,9 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
     Cost: ``(2q + 1)`` products of ``A`` with ``l = k + p`` vectors, plus
     ``O((m + n) l^2)`` for the stabilisers. Lazy-friendly (no value-dependent
     shapes or control flow): runs under ``jax.jit`` and builds a Dask graph
-    (Dask: 2-D input only). Stacks on NumPy, torch, JAX and array-API arrays.
+    (Dask: 2-D input only). Stacks on NumPy, torch, JAX and array-API arrays. CPU
+    torch tensors outside autograd are computed in NumPy past the draw of the test
+    matrix (zero-copy views; see :func:`rsi`).
 
     Examples
     --------
@@ -544,7 +546,9 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
     Cost at fixed rank: ``2q + 2`` passes over ``A`` with ``k + p`` vectors, plus
     ``O((m + n) l^2)`` for the stabilisers and an ``l x l`` eigenproblem
     (single-precision data: the projected matrix is factored through its float64
-    Gram matrix, see ``_gram_svd``). Error in expectation [HMT2011, Thm. 10.6]:
+    Gram matrix, see ``_gram_svd``). CPU torch tensors outside autograd are computed
+    in NumPy past the draw of the test matrix (see :func:`rsi`). Error in
+    expectation [HMT2011, Thm. 10.6]:
     for ``q = 0``, ``E||A - U S Vh||_2 <= (1 + sqrt(k/(p-1))) sigma_{k+1} + e
     sqrt(k+p)/p (sum_{j>k} sigma_j^2)^{1/2}``.
 
@@ -658,7 +662,10 @@ def rsi(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr", rng=None, ch
     Gap-dependent bound: the error factor over ``sigma_{k+1}`` decays like
     ``(sigma_{k+1}/sigma_k)^{2q+1}`` [HMT2011, Cor. 10.10]. Backends: NumPy, torch,
     JAX (also under ``jax.jit``), CuPy, array-API arrays, Dask (2-D), stacks
-    everywhere but Dask.
+    everywhere but Dask. A CPU torch tensor that does not require grad is factored
+    in NumPy's BLAS and SciPy's LAPACK after torch draws its test matrix (zero-copy
+    views both ways; torch tensors out, the same draws for the same ``rng``): faster
+    at the sizes of model weights; tensors that require grad stay in torch.
 
     Examples
     --------

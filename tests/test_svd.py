@@ -613,3 +613,20 @@ def test_torch_cpu_factored_on_the_host(monkeypatch, func, dtype, shape):
     G = torch.asarray(A0).requires_grad_()
     out = randla.rsi(G, 8, q=1, rng=4, solver="randomized")
     assert out.S.requires_grad and out.S.grad_fn is not None
+
+
+@pytest.mark.parametrize("sketch", ["rademacher", "sparse_sign", "srtt", "orthonormal"])
+def test_torch_host_route_draws_what_torch_draws(monkeypatch, sketch):
+    """Every sketch: the host route of a CPU torch tensor multiplies the test matrix the
+    all-torch route draws (same rng), so both bases span the same space."""
+    torch = pytest.importorskip("torch")
+    import randla.svd as S
+
+    A0, s = matrix(60, 48, spectrum="exponential", decay=0.3, dtype="float64", rng=2)
+    A = torch.asarray(A0)
+    host = randla.range_finder(A, 6, sketch=sketch, rng=9).numpy()
+    monkeypatch.setattr(S, "_host_operand", lambda op: None)
+    native = randla.range_finder(A, 6, sketch=sketch, rng=9).numpy()
+    # q = 0: the basis spans A Omega exactly, so equal test matrices give equal projections
+    np.testing.assert_allclose(host @ host.T, native @ native.T, atol=1e-10)
+    assert np.linalg.norm(A0 - host @ (host.T @ A0), 2) < 10 * s[6]
