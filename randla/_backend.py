@@ -918,7 +918,7 @@ def _one_thread(libs):
             lib.set_num_threads(n)
 
 
-_slice_pool = None
+_slice_pool = None  # (pid, ThreadPoolExecutor)
 
 
 def for_slices(fn, count):
@@ -940,20 +940,21 @@ def for_slices(fn, count):
         for i in range(count):
             fn(i)
         return
+    import os
+
     global _slice_pool
-    if _slice_pool is None:
-        import os
+    if _slice_pool is None or _slice_pool[0] != os.getpid():  # a forked child has none of its threads
         from concurrent.futures import ThreadPoolExecutor
 
-        _slice_pool = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1),
-                                         thread_name_prefix="randla-slices")
+        _slice_pool = (os.getpid(), ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1),
+                                                       thread_name_prefix="randla-slices"))
     bounds = [count * j // workers for j in range(workers + 1)]
 
     def chunk(j):
         for i in range(bounds[j], bounds[j + 1]):
             fn(i)
 
-    futures = [_slice_pool.submit(chunk, j) for j in range(1, workers)]
+    futures = [_slice_pool[1].submit(chunk, j) for j in range(1, workers)]
     try:
         chunk(0)
     finally:

@@ -233,3 +233,23 @@ def test_for_slices_covers_every_slice_and_raises(threads):
 
         with pytest.raises(np.linalg.LinAlgError, match="slice 5"):
             B.for_slices(fail, 7)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="POSIX fork")
+def test_for_slices_after_fork():
+    """A forked child has none of the parent's pool threads: it makes its own (no hang)."""
+    import os
+    import warnings
+
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        B.for_slices(lambda i: None, 4)  # the parent's pool exists now
+        with warnings.catch_warnings():  # Python >= 3.12 warns of fork() with threads running
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            seen = []
+            B.for_slices(seen.append, 4)
+            os._exit(0 if sorted(seen) == [0, 1, 2, 3] else 1)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
