@@ -48,6 +48,7 @@ __all__ = [
     "to_numpy",
     "from_numpy",
     "host_view",
+    "host_threads",
     "as_generator",
     "normal",
     "uniform",
@@ -691,6 +692,37 @@ def host_view(x):
     if x.device.type != "cpu" or x.requires_grad or x.layout != torch.strided:
         return None
     return x.resolve_conj().resolve_neg().numpy()
+
+
+def host_threads(x):
+    """Context manager for work on :func:`host_view` of ``x``: NumPy's and SciPy's BLAS
+    pools at most at torch's thread count (``torch.set_num_threads``), so a caller that
+    limited torch's threads is not handed more in NumPy's. A limit of the caller's,
+    like threadpoolctl's, not one of randla's one-thread scopes (the per-matrix loops
+    of :func:`for_slices` keep to it)."""
+    if backend_name(namespace(x)) != "torch":
+        return contextlib.nullcontext()
+    import torch
+
+    return _at_most(_blas_controllers(), torch.get_num_threads())
+
+
+@contextlib.contextmanager
+def _at_most(libs, n):
+    if threading.current_thread() is not threading.main_thread():
+        yield  # process-wide, as in _one_thread
+        return
+    restore = []
+    try:
+        for lib in libs:
+            cur = lib.get_num_threads()
+            if cur > n:
+                lib.set_num_threads(n)
+                restore.append((lib, cur))
+        yield
+    finally:
+        for lib, cur in restore:
+            lib.set_num_threads(cur)
 
 
 def from_numpy(a, *, like):

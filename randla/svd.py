@@ -489,8 +489,8 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
     host = _host_operand(op)
     if host is not None:
-        Y = _host_sketch(op, host, l, sketch, rng, check_finite)
-        with _scipy_pool_scope(host):
+        with B.host_threads(op.A), _scipy_pool_scope(host):
+            Y = _host_sketch(op, host, l, sketch, rng, check_finite)
             return _from_host((_orth(_power_steps(host, Y, q, stabilizer)),), op.A)[0]
     with _scipy_pool_scope(op):
         return _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
@@ -576,8 +576,8 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
             return _full_svd(op, k, l, sketch, rng, check_finite)
     host = _host_operand(op)
     if host is not None:
-        Y = _host_sketch(op, host, l, sketch, rng, check_finite)
-        with _scipy_pool_scope(host):
+        with B.host_threads(op.A), _scipy_pool_scope(host):
+            Y = _host_sketch(op, host, l, sketch, rng, check_finite)
             return SVDResult(*_from_host(_svd_of_projection(host, _orth(_power_steps(host, Y, q, stabilizer)), k),
                                          op.A))
     with _scipy_pool_scope(op):

@@ -630,3 +630,45 @@ def test_torch_host_route_draws_what_torch_draws(monkeypatch, sketch):
     # q = 0: the basis spans A Omega exactly, so equal test matrices give equal projections
     np.testing.assert_allclose(host @ host.T, native @ native.T, atol=1e-10)
     assert np.linalg.norm(A0 - host @ (host.T @ A0), 2) < 10 * s[6]
+
+
+def test_torch_host_route_keeps_torch_thread_limit(monkeypatch):
+    """A caller that limited torch to one thread gets NumPy's and SciPy's BLAS at one
+    thread on the host route (and the per-matrix loops on the calling thread); the
+    pools are restored afterwards."""
+    torch = pytest.importorskip("torch")
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import threading
+
+    import randla._backend as B
+    import randla.svd as S
+
+    def blas_threads():
+        return {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+                if lib["user_api"] == "blas"}
+
+    seen, where = [], set()
+    steps, loop = S._power_steps, B.for_slices
+
+    def spy_steps(*a, **kw):
+        seen.append(max(blas_threads().values()))
+        return steps(*a, **kw)
+
+    def spy_loop(fn, count):
+        return loop(lambda i: (where.add(threading.current_thread().name), fn(i)), count)
+
+    monkeypatch.setattr(S, "_power_steps", spy_steps)
+    monkeypatch.setattr(B, "for_slices", spy_loop)
+    A0, s = _stack((4, 60, 40), "float32")
+    old = torch.get_num_threads()
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = blas_threads()
+        torch.set_num_threads(1)
+        try:
+            U, Sv, Vh = randla.rsi(torch.asarray(A0), 6, q=1, rng=0, solver="randomized")
+        finally:
+            torch.set_num_threads(old)
+        assert blas_threads() == before
+    assert seen == [1] and where == {threading.main_thread().name}
+    for a, sv, ex in zip(A0, Sv.numpy(), s, strict=True):
+        np.testing.assert_allclose(sv, ex[:6], rtol=1e-3)
