@@ -27,6 +27,11 @@ dtype and rank in one stacked call (:mod:`randla.compress.group`). Budgets
 :func:`compress_weights` does all of it for a mapping of weights held in memory (the
 adapters call it).
 
+Error correction (:mod:`randla.compress.correct`): :func:`fit_corrected` fits a layer
+to the original layer's output from the inputs a partly compressed model gives it,
+from the Gram matrices in :class:`TransferStats` (:func:`corrected_weight`,
+:func:`transfer_error`); ``randla.torch.compress(..., data=...)`` runs it layer by layer.
+
 Examples
 --------
 >>> import numpy as np
@@ -45,6 +50,14 @@ from .budget import (
     resolve_budget,
     summarize,
     uniform_ranks,
+)
+from .correct import (
+    DEFAULT_SHRINKAGE,
+    CorrectedFactors,
+    TransferStats,
+    corrected_weight,
+    fit_corrected,
+    transfer_error,
 )
 from .factor import (
     DEFAULT_RIDGE,
@@ -82,6 +95,12 @@ from .report import LayerReport, Report
 from .weights import check_grams, compress_weights
 
 __all__ = [
+    "DEFAULT_SHRINKAGE",
+    "CorrectedFactors",
+    "TransferStats",
+    "corrected_weight",
+    "fit_corrected",
+    "transfer_error",
     "Activations",
     "NeuronSelection",
     "PairReport",

@@ -49,6 +49,60 @@ def _layer_outputs(module, y):
     return y.reshape(-1, y.shape[-1])
 
 
+def fold_rows(module, x, mask, start, folds):
+    """A layer's input rows (:func:`layer_inputs`) dealt to ``folds`` parts by sample.
+
+    Samples (the leading dimension of ``x``) go to the folds in turn, the first of
+    this batch to fold ``start % folds``; positions where ``mask`` (``(batch, seq)``,
+    e.g. an ``attention_mask``) is zero are left out when ``x`` has those leading
+    dimensions (never for a convolution).
+
+    Returns
+    -------
+    rows : list
+        Per fold, ``X (N_f x in)`` or ``None`` when no sample of this batch falls in it.
+    n_samples : int
+        Samples in ``x`` (1 for a vector).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from randla.torch._calibration import fold_rows
+    >>> lin = torch.nn.Linear(3, 2)
+    >>> rows, n = fold_rows(lin, torch.ones(3, 4, 3), torch.tensor([[1, 1, 0, 0]] * 3), 1, 2)
+    >>> [r.shape[0] for r in rows], n  # samples 1 -> fold 0, samples 0 and 2 -> fold 1
+    ([2, 4], 3)
+    """
+    if not (mask is not None and x.ndim >= 3 and tuple(x.shape[:2]) == tuple(mask.shape)
+            and not isinstance(module, nn.Conv2d)):
+        mask = None
+    n_samples = x.shape[0] if x.ndim >= 2 else 1
+    rows = []
+    for f in range(folds):
+        if x.ndim >= 2:
+            sel = torch.arange((f - start) % folds, n_samples, folds, device=x.device)
+            if sel.numel() == 0:
+                rows.append(None)
+                continue
+            xf = x.index_select(0, sel)
+            mf = None if mask is None else mask.to(x.device).index_select(0, sel)
+        else:
+            if start % folds != f:
+                rows.append(None)
+                continue
+            xf, mf = x, None
+        if mf is not None:
+            xf = xf[mf != 0]
+        rows.append(layer_inputs(module, xf))
+    return rows, n_samples
+
+
+def batch_mask(batch, ignore_padding=True):
+    """The ``attention_mask`` (``(batch, seq)``) of a mapping batch, or ``None``."""
+    mask = batch.get("attention_mask") if ignore_padding and isinstance(batch, Mapping) else None
+    return mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
+
+
 class Calibration(dict):
     """``{layer_name: G}``, input Gram matrices, with what else :func:`calibrate` measured.
 
@@ -161,27 +215,12 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
     state = {"mask": None}
 
     def accumulate(name, module, x):
-        mask = state["mask"]
-        if not (mask is not None and x.ndim >= 3 and tuple(x.shape[:2]) == tuple(mask.shape)
-                and not isinstance(module, nn.Conv2d)):
-            mask = None
-        n_samples = x.shape[0] if x.ndim >= 2 else 1
         start = seen.get(name, 0)
+        rows, n_samples = fold_rows(module, x, state["mask"], start, folds)
         seen[name] = start + n_samples
-        for f in range(folds):
-            if x.ndim >= 2:
-                sel = torch.arange((f - start) % folds, n_samples, folds, device=x.device)
-                if sel.numel() == 0:
-                    continue
-                xf = x.index_select(0, sel)
-                mf = None if mask is None else mask.to(x.device).index_select(0, sel)
-            else:
-                if start % folds != f:
-                    continue
-                xf, mf = x, None
-            if mf is not None:
-                xf = xf[mf != 0]
-            X = layer_inputs(module, xf)
+        for f, X in enumerate(rows):
+            if X is None:
+                continue
             X = X.to(torch.complex128 if torch.is_complex(X) else torch.float64)
             G = X.mH @ X
             parts[f][name] = G if name not in parts[f] else parts[f][name] + G
@@ -218,8 +257,7 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
 
     def feed():
         for batch in batches:
-            mask = batch.get("attention_mask") if ignore_padding and isinstance(batch, Mapping) else None
-            state["mask"] = mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
+            state["mask"] = batch_mask(batch, ignore_padding)
             yield batch
 
     frozen = []

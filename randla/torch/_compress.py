@@ -8,13 +8,16 @@ device), and the factors come back the same way, in the layer's dtype and on its
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..compress import check_rank_mode, compress_weights
+from .. import _backend as _B
+from ..compress import LayerReport, Report, check_rank_mode, compress_weights
+from ..compress.correct import DEFAULT_SHRINKAGE
 from ..compress.factor import DEFAULT_RIDGE
 from ._hooks import eligible_layers
 from ._modules import LowRankConv2d, LowRankLinear
@@ -92,7 +95,7 @@ def _low_rank_module(module, B, A):
 
 def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=None, budget=None, calibration=None,
              method="rsi", q=2, include=None, exclude=None, rng=None, inplace=False, p=10, split="left",
-             ridge=DEFAULT_RIDGE, batch=True):
+             ridge=DEFAULT_RIDGE, batch=True, data=None, shrinkage=DEFAULT_SHRINKAGE, folds=2):
     """Replace ``nn.Linear`` (and ``nn.Conv2d``) layers by low-rank pairs.
 
     Each selected layer's weight ``W (out x in)`` (a convolution's kernel flattened to
@@ -122,7 +125,8 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
         those spectra, which are comparable across layers, cross-validated over the
         calibration's folds. Without ``output=``, a ``budget`` is spent on relative
         whitened spectra (measured to lose to a uniform ``rank_fraction`` on MiniLM;
-        calibrate with ``output=`` for budgets).
+        calibrate with ``output=`` for budgets). With ``data``, only together with a
+        ``budget``, whose ranks it then allocates.
     method : {"rsi", "rsvd", "krylov", "exact"}, default "rsi"
     q : int, default 2
     include, exclude : str, optional
@@ -142,6 +146,27 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
         at most 32 MB of float32 (see :func:`randla.compress.factor_many`); ``False``:
         one call per layer. Seeded results are reproducible either way and agree
         within the error bounds, not bit for bit (one random draw per stacked call).
+        Not used with ``data`` (one layer at a time).
+    data : iterable of batches, optional
+        Calibration batches (as for :func:`calibrate`; read several times, so a list,
+        or anything ``list()`` can hold) for the sequential, error-corrected mode: the
+        layers are compressed in the order the model calls them, and each is fitted
+        to reproduce the *original* layer's output from the inputs the partly
+        compressed model gives it (:mod:`randla.compress.correct`), its bias moved to
+        remove the mean error. Errors then do not pile up along the depth as they do
+        when every layer is fitted to the original model's inputs (``calibration``).
+        Costs two partial forward passes over ``data`` per group of layers that read
+        the same input, and three Gram matrices per layer. With ``budget``, the ranks
+        are allocated first as with ``calibration`` (that of the argument, or else
+        :func:`calibrate` on ``data``), then the layers are fitted at those ranks.
+        Layers that stay dense are left exactly as they are. Padding positions are
+        left out as in :func:`calibrate`.
+    shrinkage : float or sequence of float, default ``(0.003, 0.01, 0.03, 0.1, 0.3, 1, inf)``
+        With ``data``: candidate ridges of the correction, relative to the mean
+        eigenvalue of the compressed model's input Gram matrix (``inf``: no
+        correction), chosen per layer by the error on held-out folds of ``data``.
+    folds : int, default 2
+        With ``data``: the folds (samples dealt in turn) that choose ``shrinkage``.
 
     Returns
     -------
@@ -171,6 +196,13 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
     ('LowRankLinear', 16, 'Linear')
     >>> report.params_before, report.params_after
     (4736, 2196)
+
+    Error-corrected on calibration data:
+
+    >>> X = torch.randn(256, 64)
+    >>> small, report = compress(net, rank_fraction=0.25, data=[X[:128], X[128:]], rng=0)
+    >>> [round(r.output_error, 2) <= 1 for r in report]
+    [True, True]
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -182,6 +214,11 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
     layers = eligible_layers(model, include=include, exclude=exclude)
     if not layers:
         raise ValueError("no nn.Linear or nn.Conv2d layer matches include/exclude")
+    if data is not None:
+        return _compress_with_data(model, layers, data, calibration=calibration, inplace=inplace, rank=rank,
+                                   rank_fraction=rank_fraction, param_fraction=param_fraction, rtol=rtol,
+                                   budget=budget, shrinkage=shrinkage, folds=folds, method=method, q=q, p=p,
+                                   split=split, ridge=ridge, rng=rng)
     weights = {n: to_array(_flat_weight(m)) for n, m in layers}
     grams = output_grams = folds = None
     if calibration is not None:
@@ -193,11 +230,7 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
     factors, report = compress_weights(weights, rank=rank, rank_fraction=rank_fraction, param_fraction=param_fraction,
                                        rtol=rtol, budget=budget, grams=grams, output_grams=output_grams, folds=folds,
                                        method=method, q=q, p=p, split=split, ridge=ridge, batch=batch, rng=rng)
-    if not inplace:
-        memo = {}
-        target = copy.deepcopy(model, memo)
-    else:
-        target = model
+    target = model if inplace else copy.deepcopy(model)
     refs = _references(target)
     for name, _ in layers:
         f = factors[name]
@@ -209,3 +242,44 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
         for parent, attr in refs[id(module)]:
             setattr(parent, attr, new)
     return target, report
+
+
+def _compress_with_data(model, layers, data, *, calibration, inplace, budget, shrinkage, folds, rng, **options):
+    """``compress(..., data=...)``: see :mod:`randla.torch._sequential`."""
+    from ._calibration import _check_folds, calibrate
+    from ._sequential import compress_sequential
+
+    folds = _check_folds(folds)
+    output_grams = None if calibration is None else getattr(calibration, "output_grams", None)
+    if calibration is not None and budget is None and output_grams is None:
+        raise ValueError("give calibration or data, not both: with data, calibration only allocates a budget and "
+                         "weights the truncation by its output_grams (calibrate(..., output=...))")
+    batches = list(data)
+    if not batches:
+        raise ValueError("data is empty")
+    gen = _B.as_generator(rng)
+    names = [n for n, _ in layers]
+    ranks = None
+    rank_options = {k: options.pop(k) for k in ("rank", "rank_fraction", "param_fraction", "rtol")}
+    if budget is not None:
+        if calibration is None:
+            calibration = calibrate(model, batches, include=None, exclude=None)
+        _, planned = compress(model, budget=budget, calibration=calibration, rng=gen,
+                              include="^(" + "|".join(map(re.escape, names)) + ")$", **options)
+        ranks = {r.name: r.rank for r in planned if r.rank is not None}
+    original, target = (copy.deepcopy(model), model) if inplace else (model, copy.deepcopy(model))
+    if output_grams is not None:
+        output_grams = _arrays(output_grams, names)
+    fits = compress_sequential(original, target, names, batches, ranks=ranks, rank_options=rank_options,
+                               shrinkage=shrinkage, folds=folds, bias=True, rng=gen, ignore_padding=True,
+                               output_grams=output_grams, **options)
+    reports = []
+    for name in names:
+        if name in fits:
+            reports.append(fits[name].report)
+        else:  # left dense by the budget
+            w = _flat_weight(target.get_submodule(name))
+            n = int(w.shape[0] * w.shape[1])
+            reports.append(LayerReport(name, tuple(int(d) for d in w.shape), None, n, n, None, 0.0, 0.0, 0.0, "dense",
+                                       "output"))
+    return target, Report(reports)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -20,6 +19,7 @@ from torch import nn
 from .. import _backend as _B
 from ..compress.prune import PairReport, PruneReport, accumulate, neuron_count, prune_neurons
 from ..interpolative import ID_METHODS
+from ._calibration import batch_mask
 from ._compress import from_array, to_array
 from ._hooks import run_with_input_hooks
 
@@ -83,8 +83,7 @@ def _capture(model, seconds, batches, ignore_padding):
 
     def feed():
         for batch in batches:
-            mask = batch.get("attention_mask") if ignore_padding and isinstance(batch, Mapping) else None
-            state["mask"] = mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
+            state["mask"] = batch_mask(batch, ignore_padding)
             yield batch
 
     def keep(name, module, x):

@@ -1,0 +1,183 @@
+"""Sequential, error-corrected compression: ``compress(model, ..., data=batches)``.
+
+Layers are compressed in the order the model calls them. Before each step the
+calibration batches run through the original model and through the copy compressed so
+far, up to the layer (the forward pass stops there), and the second moments of the
+layer's inputs in both are accumulated per fold (:class:`randla.compress.TransferStats`);
+:func:`randla.compress.fit_corrected` then fits the layer to the original layer's output
+from the inputs the compressed model gives it. Layers that read the same input tensor
+(a transformer's query, key and value projections) are fitted from one pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .. import _backend as _B
+from ..compress.correct import TransferStats, _check_shrinkage, fit_corrected
+from ._calibration import batch_mask, fold_rows
+from ._compress import _flat_weight, _low_rank_module, _references, from_array, to_array
+from ._hooks import run_with_hooks
+
+__all__ = ["compress_sequential"]
+
+
+class _Stop(Exception):
+    """Raised from a hook to end a forward pass once the inputs needed are seen."""
+
+
+def _order(model, names, batch):
+    """Groups of ``names`` in the order of their first call on ``batch`` (layers that
+    read the same tensor share a group), and the names called more than once."""
+    calls = []
+
+    def record(name, module, x):
+        calls.append((name, x))
+
+    run_with_hooks(model, [batch], names, on_input=record)
+    groups, seen, multi = [], set(), set()
+    for i, (name, x) in enumerate(calls):
+        if name in seen:
+            multi.add(name)
+            continue
+        seen.add(name)
+        prev = calls[i - 1][1] if i else None
+        same = (prev is not None and groups and prev.data_ptr() == x.data_ptr() and prev.shape == x.shape
+                and prev.stride() == x.stride())
+        if same:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    return groups, multi
+
+
+def _inputs(model, batch, name, stop):
+    """The inputs of submodule ``name`` on ``batch`` (only the first call when ``stop``:
+    the forward pass ends there)."""
+    xs = []
+
+    def keep(n, module, x):
+        xs.append(x)
+        if stop:
+            raise _Stop
+
+    try:
+        run_with_hooks(model, [batch], [name], on_input=keep)
+    except _Stop:
+        pass
+    return xs
+
+
+def _wide(X):
+    return X.to(torch.complex128 if torch.is_complex(X) else torch.float64)
+
+
+def _stats(X_new, X_ref):
+    Xr = _wide(X_ref)
+    if X_new is X_ref:
+        G, t = Xr.mH @ Xr, Xr.sum(0)
+        return TransferStats(G, G, G, t, t, Xr.shape[0])
+    Xn = _wide(X_new)
+    return TransferStats(Xn.mH @ Xn, Xn.mH @ Xr, Xr.mH @ Xr, Xn.sum(0), Xr.sum(0), Xn.shape[0])
+
+
+def _accumulate(original, target, batches, module_ref, first, *, changed, stop, folds, ignore_padding):
+    """Per-fold :class:`TransferStats` of ``first``'s inputs over ``batches``."""
+    parts = [None] * folds
+    start = 0
+    for batch in batches:
+        mask = batch_mask(batch, ignore_padding)
+        xs_ref = _inputs(original, batch, first, stop)
+        xs_new = _inputs(target, batch, first, stop) if changed else xs_ref
+        for x_new, x_ref in zip(xs_new, xs_ref):
+            rows_ref, n = fold_rows(module_ref, x_ref, mask, start, folds)
+            rows_new = rows_ref if not changed else fold_rows(module_ref, x_new, mask, start, folds)[0]
+            start += n
+            for f, (Xn, Xr) in enumerate(zip(rows_new, rows_ref)):
+                if Xr is None or Xr.shape[0] == 0:
+                    continue
+                s = _stats(Xn, Xr)
+                parts[f] = s if parts[f] is None else parts[f] + s
+    if any(p is None for p in parts):
+        raise ValueError(f"the calibration data reach layer {first!r} in fewer than folds={folds} samples; "
+                         f"give more data or fewer folds")
+    return parts
+
+
+def _as_arrays(s):
+    return TransferStats(*(to_array(v) for v in s[:5]), s.count)
+
+
+def _replace(target, refs, name, cf):
+    """Put the factors of ``cf`` in place of ``target``'s layer ``name`` (every path to
+    it), its bias moved by ``cf.shift``."""
+    module = target.get_submodule(name)
+    new = _low_rank_module(module, cf.B, cf.A)
+    if new.bias is not None and cf.shift is not None:
+        new.bias = nn.Parameter(module.bias.detach() + from_array(cf.shift, like=module.bias))
+    new.train(module.training)
+    for parent, attr in refs[id(module)]:
+        setattr(parent, attr, new)
+
+
+def compress_sequential(original, target, names, data, *, ranks, rank_options, shrinkage, folds, method, q, p, split,
+                        ridge, bias, rng, ignore_padding, output_grams=None):
+    """Compress the layers ``names`` of ``target`` (a copy of ``original``, or
+    ``original``'s twin when the caller compresses in place) in forward order.
+
+    ``ranks``: ``{name: r}`` fixed ranks (a budget allocated beforehand; a name absent
+    stays dense), or ``None`` to use ``rank_options`` for every layer. ``output_grams``:
+    ``{name: H}`` arrays for the two-sided truncation, or ``None``.
+
+    Returns ``{name: CorrectedFactors}`` in the order the layers were compressed.
+    """
+    grid_all = _check_shrinkage(shrinkage)
+    if len(grid_all) > 1 and folds < 2:
+        raise ValueError("several shrinkage values need folds >= 2")
+    batches = list(data)
+    if not batches:
+        raise ValueError("data is empty")
+    groups, multi = _order(original, names, batches[0])
+    missing = [n for n in names if all(n not in g for g in groups)]
+    if missing:
+        raise ValueError(f"layers never called on the first batch of data: {missing[:5]}")
+    gen = _B.as_generator(rng)
+    modules = dict(original.named_modules())
+    results = {}
+    changed = False
+    for group in groups:
+        todo = [n for n in group if ranks is None or n in ranks]
+        if not todo:
+            continue
+        first = group[0]
+        stop = not any(n in multi for n in group)
+        cache = {}
+        for name in todo:
+            module = modules[name]
+            key = ("linear",) if isinstance(module, nn.Linear) else (id(module),)
+            if key not in cache:
+                cache[key] = _accumulate(original, target, batches, module, first, changed=changed, stop=stop,
+                                         folds=folds, ignore_padding=ignore_padding)
+            parts = [_as_arrays(s) for s in cache[key]]
+            total = parts[0]
+            for s in parts[1:]:
+                total = total + s
+            options = {"rank": ranks[name]} if ranks is not None else rank_options
+            grid = grid_all if changed else (math.inf,)  # nothing upstream changed: X~ = X, M = W
+            W = to_array(_flat_weight(module))
+            H = None if output_grams is None else output_grams.get(name)
+            cf = fit_corrected(W, total, folds=parts if len(grid) > 1 else None, shrinkage=grid, **options,
+                               output_gram=H, method=method, q=q, p=p, split=split, ridge=ridge,
+                               bias=bias and module.bias is not None, rng=gen, name=name)
+            results[name] = cf
+        refs = _references(target)
+        for name in todo:
+            cf = results[name]
+            if cf.B is not None:
+                _replace(target, refs, name, cf)
+                changed = True
+    return results
+
