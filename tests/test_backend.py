@@ -244,8 +244,8 @@ def test_for_slices_after_fork():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     with threadpoolctl.threadpool_limits(2, user_api="blas"):
         B.for_slices(lambda i: None, 4)  # the parent's pool exists now
-        with warnings.catch_warnings():  # Python >= 3.12 warns of fork() with threads running
-            warnings.simplefilter("ignore", DeprecationWarning)
+        with warnings.catch_warnings():  # fork() with threads running: Python >= 3.12 and JAX warn
+            warnings.simplefilter("ignore")
             pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             seen = []
