@@ -382,12 +382,13 @@ def _power_steps(op, Y, q, stabilizer):
 def _host_operand(op):
     """The operand of a dense CPU torch ``A`` seen as a NumPy array (zero copy), or ``None``.
 
-    Past the first sketch, which torch draws and multiplies as before (the same test
-    matrix for the same ``rng``), such an ``A`` is factored in NumPy's BLAS and
-    SciPy's LAPACK: at the sizes of model weights torch's GEMMs are 1.1-1.5x slower and
-    its fixed cost per small step higher (384 x 384, k = 153: see
-    ``benchmarks/compare_small.py``). The factors go back as torch tensors, zero copy.
-    Tensors that require grad, on other devices, or not strided stay in torch.
+    Once torch has drawn its test matrix (the same draws for the same ``rng``, see
+    :func:`_host_sketch`), such an ``A`` is factored in NumPy's BLAS and SciPy's
+    LAPACK: at the sizes of model weights torch's GEMMs are 1.1-1.5x slower and its
+    fixed cost per small step higher (one thread, CPU time: 1.22x on 384 x 384 at
+    k = 153, 1.27x on the 37 MiniLM matrices; see ``benchmarks/compare_small.py``). The
+    factors go back as torch tensors, zero copy. Tensors that require grad, on other
+    devices, or not strided stay in torch.
     """
     if not op.dense:
         return None
