@@ -165,7 +165,9 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
     matrices from 128 calibration sentences, by the two-sided (K-FAC) RSI that also
     weights each layer by the sentence embedding's gradients, and with a parameter budget
     equal to the uniform one's (:func:`randla.torch.compress` with ``budget``, gains
-    cross-validated over two folds). Each compressed model embeds 128 other sentences; the
+    cross-validated over two folds), then at those ranks error-corrected: the layers fitted
+    in forward order to the original layers' outputs through the compressed model's own
+    inputs (``data=``). Each compressed model embeds 128 other sentences; the
     table gives the compression time, the share of linear parameters kept, the mean
     normalized spectral error of the truncated matrices (``W``, or ``W L`` whitened), the
     mean cosine of each sentence embedding to the original model's, and two retrieval
@@ -233,6 +235,10 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
             lambda: compress(model, rank_fraction=alpha, calibration=calibration, rng=seed))
         run("budgeted two-sided rsi q=2", alpha,
             lambda: compress(model, budget=uniform.params_after, calibration=calibration, rng=seed))
+        if not quick:  # a minute or more per alpha on two cores
+            run("  + error-corrected (data=)", alpha,
+                lambda: compress(model, budget=uniform.params_after, calibration=calibration, data=batches,
+                                 rng=seed))
         print_("")
     pairs = [(f"encoder.layer.{i}.intermediate.dense", f"encoder.layer.{i}.output.dense") for i in range(6)]
     pruned, _ = run("FFN pruning, half width (ID)", "-",
@@ -243,7 +249,9 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
     print_("whitened: factors minimise each layer's output error on the calibration inputs (SVD of W L, G = L L^T); "
            "two-sided: weighted by each layer's effect on the sentence embedding as well (SVD of R^T W L, R R^T the "
            "Gram matrix of the embedding's gradients at the layer's output); budgeted: the same total parameters as "
-           "the uniform rank, spread over the layers by cross-validated gains. time: the compression call "
+           "the uniform rank, spread over the layers by cross-validated gains; + error-corrected: the same ranks, the "
+           "layers fitted in forward order to the original layers' outputs through the compressed model's own "
+           "inputs (compress(..., data=batches)). time: the compression call "
            "(calibration excluded); kept: share of the linear layers' weight parameters; "
            "error: mean ||M - M_r||_2 / sigma_(r+1)(M) over the factored layers (M = W, W L or R^T W L; 1 is "
            "optimal; rows identical to the exact SVD's: solver='auto' took the exact SVD, which is faster once the "

@@ -153,6 +153,17 @@ def test_output_grams_are_gauss_newton_curvature():
         rt.calibrate(net, [x], output="logits")
 
 
+def test_output_calibration_keeps_no_autograd_graph():
+    # the input Gram matrices of a calibration with output= are built from inputs that
+    # are part of the autograd graph; they must not carry it (it chained every batch's
+    # graph into the running sums: memory grew with each batch)
+    net = _mlp()
+    cal = rt.calibrate(net, list(torch.randn(64, 32, dtype=torch.float64).split(16)), output=lambda y, b: y,
+                       probes=2, rng=0)
+    grams = [*cal.values(), *cal.output_grams.values(), *(g for f in cal.folds for g in f.values())]
+    assert grams and not any(g.requires_grad or g.grad_fn is not None for g in grams)
+
+
 # ----------------------------------------------------------------------------------
 # compress
 # ----------------------------------------------------------------------------------
