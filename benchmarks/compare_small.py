@@ -27,14 +27,17 @@ minilm
 batched
     The same 37 matrices grouped by shape (25 x 384 x 384, 6 x 1536 x 384,
     6 x 384 x 1536) into one stacked call each, on NumPy and torch; torch's
-    ``svd_lowrank`` takes the same stacks.
+    ``svd_lowrank`` takes the same stacks. The NumPy stacks run once more with the
+    per-matrix LAPACK loops on one thread (what spreading them over the BLAS threads
+    buys).
 big
     One 8192 x 4096 matrix with slowly decaying spectrum, ``k = 128``: ``rsi`` against
     its GEMM floor (no regression on the large case).
 ablation
     What each choice of the small-matrix work buys: ``rsi``'s CPU time on one thread
     (less exposed to other jobs on the machine) with one choice undone at a time, over
-    the time with all of them, on NumPy and torch; the variants run interleaved, round
+    the time with all of them, on NumPy and torch, for the 384 x 384 matrix, the 37
+    matrices one call each and the three stacks; the variants run interleaved, round
     by round, and the table shows the median per-round ratio and its range.
 
 The summary at the end states each target of the issue that asked for these numbers
@@ -42,29 +45,53 @@ and whether this run met it.
 
 What each choice bought (2026-11-30, the ablation section: ``rsi`` CPU time on one
 thread with the choice undone, over the time with every choice; median of the
-per-round ratios of interleaved rounds and their range; machine load 5-10 on two
-cores, so single rounds swing by up to 0.3):
+per-round ratios of interleaved rounds; machine load 5-6 on two cores, so single
+rounds swing by up to 0.3; columns: the 384 x 384 matrix, the 37 MiniLM matrices one
+call each, the same as three stacked calls):
 
-=====================================================  ====================  ====================
-choice (what it replaced)                              NumPy 384 / 37 mats   torch 384 / 37 mats
-=====================================================  ====================  ====================
-single-precision stabiliser (float64 Gram, wide copy)  1.10 / 1.12           1.12 / 1.14
-single-precision eigh of the projection (float64)      1.08 / 1.06           1.07 / 0.98
-SciPy's syevd for NumPy's eigh (numpy.linalg.eigh)     1.07 / 1.05           -
-no OpenBLAS thread scopes on torch (set per step)      -                     1.03 / 0.94
-triangular solve (LU inverse + GEMM)                   1.33 / 1.20           1.35 / 1.13
-Gram-eigh SVD of the projection (CholeskyQR2 + SVD)    1.32 / 1.20           1.31 / 1.20
-SciPy pool single-threaded per call                    1.06 / 1.00           -
-direct thread-count setting (threadpoolctl per step)   1.06 / 1.03           -
-namespace lookup cached per type                       1.01 / 1.00           1.00 / 1.03
-scale from the Gram trace (norm pass over Y)           1.04 / 1.03           1.00 / 0.95
-=====================================================  ====================  ====================
+=====================================================  ==================  ==================
+choice (what it replaced)                              NumPy 384/37/stack  torch 384/37/stack
+=====================================================  ==================  ==================
+single-precision stabiliser (float64 Gram, wide copy)  1.17 / 1.10 / 1.15  1.11 / 1.10 / 1.12
+single-precision eigh of the projection (float64)      1.07 / 1.05 / 1.05  1.04 / 1.06 / 1.03
+SciPy's syevd for NumPy's eigh (numpy.linalg.eigh)     1.08 / 1.07 / 1.09  -
+no OpenBLAS thread scopes on torch (set per step)      -                   1.00 / 1.00 / 1.00
+triangular solve (LU inverse + GEMM)                   1.36 / 1.25 / 1.25  1.34 / 1.27 / 1.30
+Gram-eigh SVD of the projection (CholeskyQR2 + SVD)    1.29 / 1.26 / 1.23  1.24 / 1.24 / 1.16
+SciPy pool single-threaded per call                    1.04 / 1.00 / 1.00  -
+direct thread-count setting (threadpoolctl per step)   1.05 / 1.00 / 1.00  -
+namespace lookup cached per type                       1.02 / 1.00 / 1.01  1.00 / 1.03 / 1.00
+scale from the Gram trace (norm pass over Y)           1.02 / 1.05 / 1.01  0.98 / 1.05 / 1.01
+right-side trsm, Fortran copy (left-side trsm, y^T)    1.04 / 1.04 / 1.04  1.02 / 1.04 / 1.03
+torch in NumPy past its first sketch (torch kernels)   -                   1.22 / 1.27 / 1.44
+per-matrix potrf on stacks (numpy.linalg.cholesky)     1.02 / 0.99 / 1.05  0.99 / 1.00 / 1.12
+=====================================================  ==================  ==================
 
-Ranges of the new rows: stabiliser NumPy 0.96-1.27 / 0.97-1.34, torch 0.90-1.22 /
-1.02-1.18; eigh NumPy 0.94-1.44 / 0.98-1.12, torch 0.86-1.20 / 0.93-1.31. The last
-four rows are within the spread of the rounds (0.7-1.4 under this load): they
-neither help nor hurt measurably, on either backend (an earlier, non-interleaved run
-had read 0.89 and 0.85 for two of them on torch).
+Ranges of the last three rows: trsm NumPy 0.75-1.11 / 0.99-1.06 / 1.02-1.06, torch
+0.89-1.10 / 0.94-1.09 / 1.01-1.05; torch in NumPy 1.10-1.45 / 1.16-1.56 / 1.28-1.78;
+potrf on stacks NumPy 0.98-1.24, torch 0.94-1.12. Since torch input runs in NumPy
+past its first sketch, the torch rows of the earlier choices measure the NumPy code
+(the thread-scope row no longer applies). Rows within the spread of the rounds
+(0.7-1.3 under this load) neither help nor hurt measurably.
+
+Not measured by the one-thread ablation: the per-matrix LAPACK loops over a stack
+(eigh, potrf, trsm) run on the BLAS thread count (``randla._backend.for_slices``);
+the batched section times the stacked calls with those loops on one thread too (row
+"the same, LAPACK loops on one thread", summary "serial LAPACK loops / threaded").
+
+Measured and not kept (one thread, CPU time, interleaved):
+
+* each matrix of a NumPy stack through the 2-D path after one stacked first sketch
+  (cache locality, a route per matrix): 0.93x (0.92-1.07) of the stacked path on the
+  25 384 x 384 weights; the Python cost of every small step, paid per matrix, wins.
+* LU normalisation between passes (LAPACK getrf, the permuted unit-lower factor) in
+  place of the single-precision Cholesky-QR: 1.01x (0.99-1.07), no gain (getrf of a
+  384 x 163 panel takes as long as the Gram matrix, Cholesky factor and triangular
+  solve it replaces), and ``rsi`` orthonormalises after every pass by contract.
+* a fused final projection (``Q = Y R^{-1}`` never formed; ``C = (A^H Y) R^{-1}``
+  folded into the small eigenproblem): it would save the final triangular solve and
+  the float64 Gram matrix that certifies ``Q`` (about 0.5 of 10.8 ms), but trade the
+  measured certificate of an orthonormal ``U`` for a condition estimate; not built.
 """
 
 from __future__ import annotations
@@ -329,6 +356,7 @@ def section_batched(cfg, summary):
         "GEMM floor (NumPy), summed per matrix": lambda: [f() for f in floors],
         "randla rsi (NumPy), one call per matrix": _sweep(_rsi, mats),
         "randla rsi (NumPy), one call per stack": _sweep(_rsi, stacks),
+        "  the same, LAPACK loops on one thread": _serial_loops(_sweep(_rsi, stacks)),
         "randla rsi (torch), one call per stack": _sweep(_rsi, tstacks),
         "torch.svd_lowrank, one call per stack": _sweep(_lowrank, tstacks),
     }
@@ -350,6 +378,26 @@ def section_batched(cfg, summary):
     bt = t["randla rsi (torch), one call per stack"][0]
     summary.append(("MiniLM batched: rsi (NumPy) / summed floor", b / floor, "<= 2", b / floor <= 2))
     summary.append(("MiniLM batched: rsi (torch) / summed floor", bt / floor, "(info)", None))
+    serial = t["  the same, LAPACK loops on one thread"][0]
+    summary.append(("MiniLM batched: serial LAPACK loops / threaded", serial / b, "(info)", None))
+
+
+def _serial_loops(fn):
+    """``fn`` with the per-matrix LAPACK loops over a stack on the calling thread only
+    (:func:`randla._backend.for_slices` spreads them over the BLAS thread count)."""
+    from unittest import mock
+
+    import randla._backend as B
+
+    def serial(body, count):
+        for i in range(count):
+            body(i)
+
+    def run():
+        with mock.patch.object(B, "for_slices", serial):
+            return fn()
+
+    return run
 
 
 def section_big(cfg, summary):
@@ -439,6 +487,44 @@ def _ablations():
     def torch_thread_scopes(mp):  # the OpenBLAS thread scopes entered for torch too
         mp.setattr(B, "_own_kernels", lambda x: False)
 
+    def left_trsm(mp):  # the small-panel solve as a left-side trsm on y^T (C order), as before
+        rdiv = B.rdiv_upper
+
+        def left(y, r):
+            if not isinstance(y, np.ndarray) or y.shape[-2] * y.shape[-1] ** 2 > B._TRSM_MAX_FLOPS:
+                return rdiv(y, r)
+            m, l = y.shape[-2:]
+            trsm = B._blas_fn("trsm", y.dtype)
+            r_flat = r.reshape(-1, l, l).astype(y.dtype, copy=False)
+            out = y.reshape(-1, m, l).copy()
+            with B.single_threaded_blas():
+                for i in range(out.shape[0]):
+                    ri = r_flat[i]
+                    if ri.flags.f_contiguous:
+                        trsm(1.0, ri, out[i].T, side=0, lower=0, trans_a=1, overwrite_b=1)
+                    else:
+                        trsm(1.0, ri.T, out[i].T, side=0, lower=1, trans_a=0, overwrite_b=1)
+            return out.reshape(y.shape)
+
+        mp.setattr(B, "rdiv_upper", left)
+
+    def torch_kernels(mp):  # a CPU torch tensor factored by torch's own kernels throughout
+        mp.setattr(S, "_host_operand", lambda op: None)
+
+    def numpy_cholesky_stacks(mp):  # stacks factored by numpy.linalg.cholesky, as before
+        try_chol = B.try_cholesky
+
+        def batched(x):
+            if not isinstance(x, np.ndarray) or x.ndim == 2:
+                return try_chol(x)
+            try:
+                r = np.swapaxes(np.linalg.cholesky(x), -1, -2)
+            except np.linalg.LinAlgError:
+                return None
+            return r if np.isfinite(r).all() else None
+
+        mp.setattr(B, "try_cholesky", batched)
+
     both = ("numpy", "torch")
     return {
         "single-precision stabiliser between passes (was: float64 Gram)": (both, float64_stabilizer),
@@ -451,6 +537,9 @@ def _ablations():
         "direct thread-count setting (was: threadpoolctl limit per step)": (("numpy",), threadpoolctl_limit),
         "namespace lookup cached per type (was: array-api-compat each time)": (both, no_namespace_cache),
         "scale from the Gram trace (was: a norm pass over Y)": (both, norm_pass),
+        "right-side trsm, Fortran-ordered copy (was: left-side trsm on y^T)": (both, left_trsm),
+        "torch factored in NumPy past the first sketch (was: torch kernels)": (("torch",), torch_kernels),
+        "per-matrix potrf on stacks (was: numpy.linalg.cholesky)": (both, numpy_cholesky_stacks),
     }
 
 
@@ -461,28 +550,33 @@ def section_ablation(cfg, summary):
 
     mats = _weights(cfg["quick"])
     one = [mats[0]]
-    data = {"numpy": (one, mats), "torch": ([torch.from_numpy(A) for A in one], [torch.from_numpy(A) for A in mats])}
+    stacks = _groups(mats)
+    data = {"numpy": (one, mats, stacks),
+            "torch": tuple([torch.from_numpy(A) for A in group] for group in (one, mats, stacks))}
     rows = []
     old_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with threadpool_limits(1):
-            for backend, (single, allm) in data.items():
+            for backend, (single, allm, stacked) in data.items():
                 methods = {"all choices": None}
                 for name, (backends, patch) in _ablations().items():
                     if backend in backends:
                         methods[name] = patch
                 t1 = _cpu_times(methods, _sweep(_rsi, single), 3 * cfg["rounds"])
                 t37 = _cpu_times(methods, _sweep(_rsi, allm), max(3, cfg["rounds"] - 2))
+                tst = _cpu_times(methods, _sweep(_rsi, stacked), max(3, cfg["rounds"] - 2))
                 for name in methods:
                     rows.append({"backend": backend, "undone": name, "384x384": fmt_time(t1[name][0]),
                                  "x": _spread(t1, name), f"{len(allm)} matrices": fmt_time(t37[name][0]),
-                                 "x ": _spread(t37, name)})
+                                 "x ": _spread(t37, name), f"{len(stacked)} stacks": fmt_time(tst[name][0]),
+                                 "x  ": _spread(tst, name)})
     finally:
         torch.set_num_threads(old_threads)
     print_table(rows, title="(ablation) rsi CPU time on one thread with one choice undone, variants interleaved "
                             "(x: median over rounds of the ratio to all choices, in brackets its range; "
-                            "384x384 = MiniLM L0 attention output, k=153)")
+                            "384x384 = MiniLM L0 attention output, k=153; stacks: the same matrices grouped "
+                            "by shape, one call per stack)")
 
 
 class _Patches:

@@ -573,3 +573,102 @@ def test_jax_jit_stack():
     U, S, Vh = f(jnp.asarray(A0))
     assert U.shape == (3, 60, 5)
     np.testing.assert_allclose(np.asarray(S), s[:, :5], rtol=1e-6)
+
+
+@pytest.mark.parametrize("func", ["rsi", "range_finder"])
+@pytest.mark.parametrize("dtype", ["float32", "complex128"])
+@pytest.mark.parametrize("shape", [(70, 50), (3, 50, 70)])
+def test_torch_cpu_factored_on_the_host(monkeypatch, func, dtype, shape):
+    """A CPU torch tensor is factored in NumPy past its (torch-drawn) first sketch: torch
+    factors out (zero copy), the result of the all-torch route up to rounding, and as
+    accurate against numpy.linalg.svd; a tensor that requires grad keeps its graph."""
+    torch = pytest.importorskip("torch")
+    import randla.svd as S
+
+    A0, s = _stack(shape, dtype) if len(shape) == 3 else matrix(*shape, spectrum="exponential", decay=0.1,
+                                                                  dtype=dtype, rng=1)
+    A = torch.asarray(A0)
+    kw = dict(q=1, rng=4) if func == "range_finder" else dict(q=1, rng=4, solver="randomized")
+    host = getattr(randla, func)(A, 8, **kw)
+    with monkeypatch.context() as mp:
+        mp.setattr(S, "_host_operand", lambda op: None)
+        native = getattr(randla, func)(A, 8, **kw)
+    if func == "range_finder":
+        host, native = (host,), (native,)
+    for h, n in zip(host, native, strict=True):
+        assert type(h) is torch.Tensor and h.dtype == n.dtype and h.shape == n.shape and h.device == n.device
+    tol = _tol(A0.dtype)
+    if func == "range_finder":  # the same span: the projections agree
+        q1, q2 = host[0].numpy(), native[0].numpy()
+        P1, P2 = q1 @ np.swapaxes(q1, -1, -2).conj(), q2 @ np.swapaxes(q2, -1, -2).conj()
+        assert np.abs(P1 - P2).max() < 1e3 * tol
+        return
+    U, Sv, Vh = (x.numpy() for x in host)
+    np.testing.assert_allclose(Sv, native.S.numpy(), rtol=10 * tol)
+    flat = [x.reshape(-1, *x.shape[-2:]) if x.ndim >= 2 else x for x in (A0, U, Vh)]
+    for a, u, sv, vh, ex in zip(*flat[:2], Sv.reshape(-1, 8), flat[2], np.reshape(s, (-1, s.shape[-1])), strict=True):
+        np.testing.assert_allclose(sv, np.linalg.svd(a, compute_uv=False)[:8], rtol=1e-3 if dtype == "float32" else 1e-6)
+        assert np.abs(u.conj().T @ u - np.eye(8)).max() < tol * np.sqrt(8)
+        assert np.linalg.norm(a - (u * sv) @ vh, 2) / ex[8] < 1.1
+    G = torch.asarray(A0).requires_grad_()
+    out = randla.rsi(G, 8, q=1, rng=4, solver="randomized")
+    assert out.S.requires_grad and out.S.grad_fn is not None
+
+
+@pytest.mark.parametrize("sketch", ["rademacher", "sparse_sign", "srtt", "orthonormal"])
+def test_torch_host_route_draws_what_torch_draws(monkeypatch, sketch):
+    """Every sketch: the host route of a CPU torch tensor multiplies the test matrix the
+    all-torch route draws (same rng), so both bases span the same space."""
+    torch = pytest.importorskip("torch")
+    import randla.svd as S
+
+    A0, s = matrix(60, 48, spectrum="exponential", decay=0.3, dtype="float64", rng=2)
+    A = torch.asarray(A0)
+    host = randla.range_finder(A, 6, sketch=sketch, rng=9).numpy()
+    monkeypatch.setattr(S, "_host_operand", lambda op: None)
+    native = randla.range_finder(A, 6, sketch=sketch, rng=9).numpy()
+    # q = 0: the basis spans A Omega exactly, so equal test matrices give equal projections
+    np.testing.assert_allclose(host @ host.T, native @ native.T, atol=1e-10)
+    assert np.linalg.norm(A0 - host @ (host.T @ A0), 2) < 10 * s[6]
+
+
+def test_torch_host_route_keeps_torch_thread_limit(monkeypatch):
+    """A caller that limited torch to one thread gets NumPy's and SciPy's BLAS at one
+    thread on the host route (and the per-matrix loops on the calling thread); the
+    pools are restored afterwards."""
+    torch = pytest.importorskip("torch")
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import threading
+
+    import randla._backend as B
+    import randla.svd as S
+
+    def blas_threads():
+        return {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+                if lib["user_api"] == "blas"}
+
+    seen, where = [], set()
+    steps, loop = S._power_steps, B.for_slices
+
+    def spy_steps(*a, **kw):
+        seen.append(max(blas_threads().values()))
+        return steps(*a, **kw)
+
+    def spy_loop(fn, count):
+        return loop(lambda i: (where.add(threading.current_thread().name), fn(i)), count)
+
+    monkeypatch.setattr(S, "_power_steps", spy_steps)
+    monkeypatch.setattr(B, "for_slices", spy_loop)
+    A0, s = _stack((4, 60, 40), "float32")
+    old = torch.get_num_threads()
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = blas_threads()
+        torch.set_num_threads(1)
+        try:
+            U, Sv, Vh = randla.rsi(torch.asarray(A0), 6, q=1, rng=0, solver="randomized")
+        finally:
+            torch.set_num_threads(old)
+        assert blas_threads() == before
+    assert seen == [1] and where == {threading.main_thread().name}
+    for a, sv, ex in zip(A0, Sv.numpy(), s, strict=True):
+        np.testing.assert_allclose(sv, ex[:6], rtol=1e-3)
