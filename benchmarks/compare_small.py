@@ -27,9 +27,7 @@ minilm
 batched
     The same 37 matrices grouped by shape (25 x 384 x 384, 6 x 1536 x 384,
     6 x 384 x 1536) into one stacked call each, on NumPy and torch; torch's
-    ``svd_lowrank`` takes the same stacks. The NumPy stacks run once more with the
-    per-matrix LAPACK loops on one thread (what spreading them over the BLAS threads
-    buys).
+    ``svd_lowrank`` takes the same stacks.
 big
     One 8192 x 4096 matrix with slowly decaying spectrum, ``k = 128``: ``rsi`` against
     its GEMM floor (no regression on the large case).
@@ -74,12 +72,13 @@ past its first sketch, the torch rows of the earlier choices measure the NumPy c
 (the thread-scope row no longer applies). Rows within the spread of the rounds
 (0.7-1.3 under this load) neither help nor hurt measurably.
 
-Not measured by the one-thread ablation: the per-matrix LAPACK loops over a stack
-(eigh, potrf, trsm) run on the BLAS thread count (``randla._backend.for_slices``);
-the batched section times the stacked calls with those loops on one thread too (row
-"the same, LAPACK loops on one thread", summary "serial LAPACK loops / threaded").
+Measured and not kept (one thread, CPU time, interleaved, unless said):
 
-Measured and not kept (one thread, CPU time, interleaved):
+* the per-matrix LAPACK loops over a stack (eigh, potrf, trsm) spread over two
+  Python threads (the calls release the GIL): the stacked calls took 0.89x as long
+  with the loops on one thread on a quiet machine at two BLAS threads (batched
+  section, best rounds; 0.83x at load 6-7), so ``randla._backend.for_slices`` loops
+  on the calling thread.
 
 * each matrix of a NumPy stack through the 2-D path after one stacked first sketch
   (cache locality, a route per matrix): 0.93x (0.92-1.07) of the stacked path on the
@@ -356,7 +355,6 @@ def section_batched(cfg, summary):
         "GEMM floor (NumPy), summed per matrix": lambda: [f() for f in floors],
         "randla rsi (NumPy), one call per matrix": _sweep(_rsi, mats),
         "randla rsi (NumPy), one call per stack": _sweep(_rsi, stacks),
-        "  the same, LAPACK loops on one thread": _serial_loops(_sweep(_rsi, stacks)),
         "randla rsi (torch), one call per stack": _sweep(_rsi, tstacks),
         "torch.svd_lowrank, one call per stack": _sweep(_lowrank, tstacks),
     }
@@ -378,26 +376,6 @@ def section_batched(cfg, summary):
     bt = t["randla rsi (torch), one call per stack"][0]
     summary.append(("MiniLM batched: rsi (NumPy) / summed floor", b / floor, "<= 2", b / floor <= 2))
     summary.append(("MiniLM batched: rsi (torch) / summed floor", bt / floor, "(info)", None))
-    serial = t["  the same, LAPACK loops on one thread"][0]
-    summary.append(("MiniLM batched: serial LAPACK loops / threaded", serial / b, "(info)", None))
-
-
-def _serial_loops(fn):
-    """``fn`` with the per-matrix LAPACK loops over a stack on the calling thread only
-    (:func:`randla._backend.for_slices` spreads them over the BLAS thread count)."""
-    from unittest import mock
-
-    import randla._backend as B
-
-    def serial(body, count):
-        for i in range(count):
-            body(i)
-
-    def run():
-        with mock.patch.object(B, "for_slices", serial):
-            return fn()
-
-    return run
 
 
 def section_big(cfg, summary):

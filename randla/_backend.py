@@ -714,8 +714,7 @@ def host_threads(x):
     """Context manager for work on :func:`host_view` of ``x``: NumPy's and SciPy's BLAS
     pools at most at torch's thread count (``torch.set_num_threads``), so a caller that
     limited torch's threads is not handed more in NumPy's. A limit of the caller's,
-    like threadpoolctl's, not one of randla's one-thread scopes (the per-matrix loops
-    of :func:`for_slices` keep to it)."""
+    like threadpoolctl's."""
     if backend_name(namespace(x)) != "torch":
         return contextlib.nullcontext()
     import torch
@@ -938,73 +937,34 @@ def _blas_controllers():
     return _blas_libs[0]
 
 
-_threads_outside = None  # BLAS threads the innermost one-thread scope took away (None: no scope)
-
-
 @contextlib.contextmanager
 def _one_thread(libs):
-    global _threads_outside
     if threading.current_thread() is not threading.main_thread():
         # the limit is process-wide and restoring it is not thread-safe: tasks that a
         # threaded scheduler (Dask) runs leave it alone
         yield
         return
     restore = []
-    outside = _threads_outside
     try:
         for lib in libs:
             n = lib.get_num_threads()
             if n != 1:
                 lib.set_num_threads(1)
                 restore.append((lib, n))
-        if restore:
-            _threads_outside = max([outside or 1] + [n for _, n in restore])
         yield
     finally:
-        _threads_outside = outside
         for lib, n in restore:
             lib.set_num_threads(n)
 
 
-_slice_pool = None  # (pid, ThreadPoolExecutor)
-
-
 def for_slices(fn, count):
-    """``fn(i)`` for ``i`` in ``range(count)``: the matrices of a stack, each by a
-    single-threaded LAPACK/BLAS call that releases the GIL.
+    """``fn(i)`` for ``i`` in ``range(count)``: the matrices of a stack, one LAPACK/BLAS
+    call each, in order on the calling thread.
 
-    Spread over as many threads as the BLAS pools may use outside randla's one-thread
-    scopes (the caller's limit, e.g. ``threadpoolctl.threadpool_limits(1)``, is kept;
-    two on this machine's two cores), in contiguous chunks, the calling thread taking
-    the first. Each matrix gets the same arithmetic whatever the thread count, so
-    results do not depend on it. Only from the main thread (a thread of a scheduler
-    runs its loop itself); an exception in ``fn`` is raised here.
+    The one place the per-matrix loops over NumPy stacks run (eigh, potrf, trsm,
+    trtri, svd). Spreading them over two Python threads (the calls release the GIL)
+    was measured and not kept: 0.89x on the MiniLM stacks on a quiet two-core machine
+    (``benchmarks/compare_small.py``).
     """
-    workers = 1
-    if count > 1 and threading.current_thread() is threading.main_thread():
-        workers = min(count, _threads_outside or max((lib.get_num_threads() for lib in _blas_controllers()),
-                                                     default=1))
-    if workers <= 1:
-        for i in range(count):
-            fn(i)
-        return
-    import os
-
-    global _slice_pool
-    if _slice_pool is None or _slice_pool[0] != os.getpid():  # a forked child has none of its threads
-        from concurrent.futures import ThreadPoolExecutor
-
-        _slice_pool = (os.getpid(), ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1),
-                                                       thread_name_prefix="randla-slices"))
-    bounds = [count * j // workers for j in range(workers + 1)]
-
-    def chunk(j):
-        for i in range(bounds[j], bounds[j + 1]):
-            fn(i)
-
-    futures = [_slice_pool[1].submit(chunk, j) for j in range(1, workers)]
-    try:
-        chunk(0)
-    finally:
-        for f in futures:
-            f.result()
+    for i in range(count):
+        fn(i)
