@@ -48,8 +48,6 @@ __all__ = [
     "take",
     "to_numpy",
     "from_numpy",
-    "host_view",
-    "host_threads",
     "as_generator",
     "normal",
     "uniform",
@@ -690,54 +688,6 @@ def to_numpy(x) -> np.ndarray:
     if name == "dask":
         return np.asarray(x.compute())
     return np.asarray(x)
-
-
-def host_view(x):
-    """A zero-copy NumPy view of a CPU torch tensor outside autograd, else ``None``.
-
-    For kernels that run faster in NumPy's BLAS and SciPy's LAPACK than in torch's own
-    (small and medium dense matrices, see :func:`randla.svd.rsvd`); the caller hands
-    its results back with :func:`from_numpy` (zero copy again). Never for a tensor
-    that requires grad (the graph would be cut), on another device, or not strided.
-    Conjugate or negative views are resolved first (a copy).
-    """
-    if backend_name(namespace(x)) != "torch":
-        return None
-    import torch
-
-    if x.device.type != "cpu" or x.requires_grad or x.layout != torch.strided:
-        return None
-    return x.resolve_conj().resolve_neg().numpy()
-
-
-def host_threads(x):
-    """Context manager for work on :func:`host_view` of ``x``: NumPy's and SciPy's BLAS
-    pools at most at torch's thread count (``torch.set_num_threads``), so a caller that
-    limited torch's threads is not handed more in NumPy's. A limit of the caller's,
-    like threadpoolctl's."""
-    if backend_name(namespace(x)) != "torch":
-        return contextlib.nullcontext()
-    import torch
-
-    return _at_most(_blas_controllers(), torch.get_num_threads())
-
-
-@contextlib.contextmanager
-def _at_most(libs, n):
-    if threading.current_thread() is not threading.main_thread():
-        yield  # process-wide, as in _one_thread
-        return
-    restore = []
-    try:
-        for lib in libs:
-            cur = lib.get_num_threads()
-            if cur > n:
-                lib.set_num_threads(n)
-                restore.append((lib, cur))
-        yield
-    finally:
-        for lib, cur in restore:
-            lib.set_num_threads(cur)
 
 
 def from_numpy(a, *, like):

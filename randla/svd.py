@@ -403,45 +403,6 @@ def _range_svd(op, k, l, q, stabilizer, sketch, rng, check_finite):
     return _svd_of_projection(op, Q, k)
 
 
-def _host_operand(op):
-    """The operand of a dense CPU torch ``A`` seen as a NumPy array (zero copy), or ``None``.
-
-    Once torch has drawn its test matrix (the same draws for the same ``rng``, see
-    :func:`_host_sketch`), such an ``A`` is factored in NumPy's BLAS and SciPy's
-    LAPACK: at the sizes of model weights torch's GEMMs are 1.1-1.5x slower and its
-    fixed cost per small step higher (one thread, CPU time: 1.22x on 384 x 384 at
-    k = 153, 1.27x on the 37 MiniLM matrices; see ``benchmarks/compare_small.py``). The
-    factors go back as torch tensors, zero copy. Tensors that require grad, on other
-    devices, or not strided stay in torch.
-    """
-    if not op.dense:
-        return None
-    a = B.host_view(op.A)
-    if a is None:
-        return None
-    return V.Operand(a, B.namespace(a), tuple(a.shape), a.dtype, *B.products(a), True)
-
-
-def _host_sketch(op, host, l, sketch, rng, check_finite):
-    """The first sketch of :func:`_host_operand`'s ``host`` view: the test matrix drawn as
-    for ``op`` (torch's generator, the same draws), the product in NumPy's BLAS (no torch
-    kernel runs whose idle threads would compete with NumPy's). A dense SRTT stays an FFT
-    in torch."""
-    if sketch == "srtt":
-        return B.host_view(_first_sketch(op, l, sketch, rng, check_finite))
-    V.check_choice(sketch, "sketch", _SKETCHES)
-    omega = B.host_view(_sketch_draw(op, l, sketch, rng))
-    with V.quiet_nonfinite(check_finite):
-        Y = host.matmat(omega)
-    if check_finite:
-        V.check_finite_through(Y, host)
-    return Y
-
-
-def _from_host(arrays, like):
-    return tuple(B.from_numpy(x, like=like) for x in arrays)
-
-
 def _svd_of_projection(op, Q, k):
     """SVD of ``Q Q^H A`` truncated to ``k``: one more pass, ``C = A^H Q`` (n x l).
 
@@ -493,9 +454,7 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
     Cost: ``(2q + 1)`` products of ``A`` with ``l = k + p`` vectors, plus
     ``O((m + n) l^2)`` for the stabilisers. Lazy-friendly (no value-dependent
     shapes or control flow): runs under ``jax.jit`` and builds a Dask graph
-    (Dask: 2-D input only). Stacks on NumPy, torch, JAX and array-API arrays. CPU
-    torch tensors outside autograd are computed in NumPy past the draw of the test
-    matrix (zero-copy views; see :func:`rsi`).
+    (Dask: 2-D input only). Stacks on NumPy, torch, JAX and array-API arrays.
 
     Examples
     --------
@@ -510,11 +469,6 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
     True
     """
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
-    host = _host_operand(op)
-    if host is not None:
-        with B.host_threads(op.A), _scipy_pool_scope(host):
-            Y = _host_sketch(op, host, l, sketch, rng, check_finite)
-            return _from_host((_orth(_power_steps(host, Y, q, stabilizer)),), op.A)[0]
     with _scipy_pool_scope(op):
         return _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
 
@@ -569,8 +523,7 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
     Cost at fixed rank: ``2q + 2`` passes over ``A`` with ``k + p`` vectors, plus
     ``O((m + n) l^2)`` for the stabilisers and an ``l x l`` eigenproblem
     (single-precision data: the projected matrix is factored through its float64
-    Gram matrix, see ``_gram_svd``). CPU torch tensors outside autograd are computed
-    in NumPy past the draw of the test matrix (see :func:`rsi`). The passes: ``Y = A Omega``; ``q`` times
+    Gram matrix, see ``_gram_svd``). The passes: ``Y = A Omega``; ``q`` times
     ``A^H Q`` and ``A Z``; ``A^H Q`` for the projection. On a Dask array whose
     columns are one chunk (rows in any number of chunks): ``q + 1`` passes, one
     read of each row chunk ``A_i`` serving a product and the adjoint product with
@@ -608,12 +561,6 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
     if _takes_full(op, solver, _full_is_faster(op.shape, l, q)):
         with _scipy_pool_scope(op):
             return _full_svd(op, k, l, sketch, rng, check_finite)
-    host = _host_operand(op)
-    if host is not None:
-        with B.host_threads(op.A), _scipy_pool_scope(host):
-            Y = _host_sketch(op, host, l, sketch, rng, check_finite)
-            return SVDResult(*_from_host(_svd_of_projection(host, _orth(_power_steps(host, Y, q, stabilizer)), k),
-                                         op.A))
     with _scipy_pool_scope(op):
         return _range_svd(op, k, l, q, stabilizer, sketch, rng, check_finite)
 
@@ -696,10 +643,7 @@ def rsi(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr", rng=None, ch
     Gap-dependent bound: the error factor over ``sigma_{k+1}`` decays like
     ``(sigma_{k+1}/sigma_k)^{2q+1}`` [HMT2011, Cor. 10.10]. Backends: NumPy, torch,
     JAX (also under ``jax.jit``), CuPy, array-API arrays, Dask (2-D), stacks
-    everywhere but Dask. A CPU torch tensor that does not require grad is factored
-    in NumPy's BLAS and SciPy's LAPACK after torch draws its test matrix (zero-copy
-    views both ways; torch tensors out, the same draws for the same ``rng``): faster
-    at the sizes of model weights; tensors that require grad stay in torch.
+    everywhere but Dask.
 
     Examples
     --------
