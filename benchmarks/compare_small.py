@@ -83,8 +83,8 @@ Measured and not kept (one thread, CPU time, interleaved, unless said):
 * the per-matrix LAPACK loops over a stack (eigh, potrf, trsm) spread over two
   Python threads (the calls release the GIL): the stacked calls took 0.89x as long
   with the loops on one thread on a quiet machine at two BLAS threads (batched
-  section, best rounds; 0.83x at load 6-7), so ``randla._backend.for_slices`` loops
-  on the calling thread.
+  section, best rounds; 0.83x at load 6-7), so the loops stay on the calling
+  thread.
 
 * each matrix of a NumPy stack through the 2-D path after one stacked first sketch
   (cache locality, a route per matrix): 0.93x (0.92-1.07) of the stacked path on the

@@ -226,13 +226,7 @@ def svd(x):
 
         if x.ndim == 2:
             return one(x)
-        flat = x.reshape(-1, *x.shape[-2:])
-        parts = [None] * flat.shape[0]
-
-        def put(i):
-            parts[i] = one(flat[i])
-
-        for_slices(put, flat.shape[0])
+        parts = [one(a) for a in x.reshape(-1, *x.shape[-2:])]
         return tuple(np.stack([p[i] for p in parts]).reshape(*x.shape[:-2], *parts[0][i].shape) for i in range(3))
     if name == "dask":
         return _dask.svd(x)
@@ -259,12 +253,10 @@ def eigh(x):
         flat = x.reshape(-1, *x.shape[-2:])
         w = np.empty(flat.shape[:-1], dtype=np.finfo(x.dtype).dtype)
         v = np.empty(flat.shape, dtype=x.dtype)
-        def one(i):
+        for i in range(flat.shape[0]):
             w[i], v[i], info = fn(flat[i], compute_v=1, lower=1)
             if info != 0:
                 raise np.linalg.LinAlgError("eigenvalue decomposition did not converge")
-
-        for_slices(one, flat.shape[0])
         return w.reshape(x.shape[:-1]), v.reshape(x.shape)
     if name == "torch":
         import torch
@@ -314,14 +306,11 @@ def try_cholesky(x):
             return r if info == 0 else None
         flat = x.reshape(-1, *x.shape[-2:])
         out = np.empty(flat.shape, dtype=x.dtype)
-        bad = np.zeros(flat.shape[0], dtype=bool)
-
-        def one(i):
+        for i in range(flat.shape[0]):
             out[i], info = potrf(flat[i], lower=0, clean=1)
-            bad[i] = info != 0
-
-        for_slices(one, flat.shape[0])
-        return None if bad.any() else out.reshape(x.shape)
+            if info != 0:
+                return None
+        return out.reshape(x.shape)
     if name == "torch":
         import torch
 
@@ -521,27 +510,23 @@ def rdiv_upper(y, r):
             out_t = np.empty((y_flat.shape[0], l, m), dtype=y.dtype)
             out = out_t.swapaxes(-1, -2)
             out[...] = y_flat
-            def solve(i):
-                # r is passed as Fortran memory (r, or r^T read as lower), never copied
-                ri = r_flat[i]
-                if ri.flags.f_contiguous:
-                    trsm(1.0, ri, out[i], side=1, lower=0, overwrite_b=1)
-                else:
-                    trsm(1.0, ri.T, out[i], side=1, lower=1, trans_a=1, overwrite_b=1)
-
             with single_threaded_blas():
-                for_slices(solve, y_flat.shape[0])
+                for i in range(y_flat.shape[0]):
+                    # r is passed as Fortran memory (r, or r^T read as lower), never copied
+                    ri = r_flat[i]
+                    if ri.flags.f_contiguous:
+                        trsm(1.0, ri, out[i], side=1, lower=0, overwrite_b=1)
+                    else:
+                        trsm(1.0, ri.T, out[i], side=1, lower=1, trans_a=1, overwrite_b=1)
             return np.ascontiguousarray(out).reshape(y.shape)
         trtri = _blas_fn("trtri", r.dtype)
         r_inv = np.empty(r_flat.shape, dtype=r.dtype)
-        def invert(i):
-            inv_i, info = trtri(r_flat[i], lower=0)
-            if info > 0:
-                raise np.linalg.LinAlgError("singular triangular factor")
-            r_inv[i] = np.triu(inv_i)  # trtri leaves the strictly lower part as it was
-
         with single_threaded_blas():
-            for_slices(invert, r_flat.shape[0])
+            for i in range(r_flat.shape[0]):
+                inv_i, info = trtri(r_flat[i], lower=0)
+                if info > 0:
+                    raise np.linalg.LinAlgError("singular triangular factor")
+                r_inv[i] = np.triu(inv_i)  # trtri leaves the strictly lower part as it was
         return y @ r_inv.reshape(r.shape).astype(y.dtype, copy=False)
     r = xp.astype(r, y.dtype, copy=False)
     if name == "torch":
@@ -905,16 +890,3 @@ def _one_thread(libs):
     finally:
         for lib, n in restore:
             lib.set_num_threads(n)
-
-
-def for_slices(fn, count):
-    """``fn(i)`` for ``i`` in ``range(count)``: the matrices of a stack, one LAPACK/BLAS
-    call each, in order on the calling thread.
-
-    The one place the per-matrix loops over NumPy stacks run (eigh, potrf, trsm,
-    trtri, svd). Spreading them over two Python threads (the calls release the GIL)
-    was measured and not kept: 0.89x on the MiniLM stacks on a quiet two-core machine
-    (``benchmarks/compare_small.py``).
-    """
-    for i in range(count):
-        fn(i)

@@ -36,7 +36,6 @@ from . import _backend as B
 from . import _validate as V
 from ._adaptive import adaptive_qb
 from ._scale import pow2_scale
-from .sketch import METHODS as _SKETCHES
 from .sketch import _apply as _sketch_apply
 from .sketch import _draw as _sketch_draw
 
@@ -370,11 +369,7 @@ def _first_sketch(op, l, sketch, rng, check_finite):
 
 def _power_basis(op, l, q, stabilizer, sketch, rng, check_finite):
     """``Y = (A A^H)^q A Omega`` with a stabiliser after every pass [HMT2011, Alg. 4.4]."""
-    return _power_steps(op, _first_sketch(op, l, sketch, rng, check_finite), q, stabilizer)
-
-
-def _power_steps(op, Y, q, stabilizer):
-    """``(A A^H)^q Y``, a stabiliser after every pass."""
+    Y = _first_sketch(op, l, sketch, rng, check_finite)
     for _ in range(q):
         Z = _stabilize(op.rmatmat(_stabilize(Y, stabilizer)), stabilizer)
         Y = op.matmat(Z)
@@ -558,10 +553,9 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
     if rtol is not None:
         return _rsvd_rtol(A, rtol, q=q, block_size=block_size, norm=norm, rng=rng, check_finite=check_finite)
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
-    if _takes_full(op, solver, _full_is_faster(op.shape, l, q)):
-        with _scipy_pool_scope(op):
-            return _full_svd(op, k, l, sketch, rng, check_finite)
     with _scipy_pool_scope(op):
+        if _takes_full(op, solver, _full_is_faster(op.shape, l, q)):
+            return _full_svd(op, k, l, sketch, rng, check_finite)
         return _range_svd(op, k, l, q, stabilizer, sketch, rng, check_finite)
 
 

@@ -200,16 +200,3 @@ def test_try_cholesky_of_a_stack(backend, dtype):
     bad = G0.copy()
     bad[1, 2, 3, 3] = -1.0  # one indefinite matrix in the stack
     assert B.try_cholesky(backend.asarray(bad)) is None
-
-
-def test_for_slices_visits_every_slice_in_order_and_raises():
-    seen = []
-    B.for_slices(seen.append, 7)
-    assert seen == list(range(7))
-
-    def fail(i):
-        if i == 5:
-            raise np.linalg.LinAlgError("slice 5")
-
-    with pytest.raises(np.linalg.LinAlgError, match="slice 5"):
-        B.for_slices(fail, 7)

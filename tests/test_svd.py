@@ -573,5 +573,3 @@ def test_jax_jit_stack():
     U, S, Vh = f(jnp.asarray(A0))
     assert U.shape == (3, 60, 5)
     np.testing.assert_allclose(np.asarray(S), s[:, :5], rtol=1e-6)
-
-

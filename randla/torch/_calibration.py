@@ -97,6 +97,11 @@ def fold_rows(module, x, mask, start, folds):
     return rows, n_samples
 
 
+def wide(X):
+    """``X`` in float64 (complex128 when complex): the precision Gram matrices are summed in."""
+    return X.to(torch.complex128 if torch.is_complex(X) else torch.float64)
+
+
 def batch_mask(batch, ignore_padding=True):
     """The ``attention_mask`` (``(batch, seq)``) of a mapping batch, or ``None``."""
     mask = batch.get("attention_mask") if ignore_padding and isinstance(batch, Mapping) else None
@@ -224,7 +229,7 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
         for f, X in enumerate(rows):
             if X is None:
                 continue
-            X = X.to(torch.complex128 if torch.is_complex(X) else torch.float64)
+            X = wide(X)
             G = X.mH @ X
             parts[f][name] = G if name not in parts[f] else parts[f][name] + G
 
@@ -254,7 +259,7 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
                     g = g[mask.to(g.device) != 0]  # padding positions do not reach the output
                 rows = _layer_outputs(outs[n][0], g)
                 # one batch's sum in the gradient's precision (GEMM-bound), accumulated in float64
-                Hn = (rows.mH @ rows).to(torch.complex128 if torch.is_complex(g) else torch.float64) / probes
+                Hn = wide(rows.mH @ rows) / probes
                 H[n] = Hn if n not in H else H[n] + Hn
         outs.clear()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -16,9 +17,9 @@ import torch
 from torch import nn
 
 from .. import _backend as _B
-from ..compress import LayerReport, Report, check_rank_mode, compress_weights
+from ..compress import Report, check_rank_mode, compress_weights
 from ..compress.correct import DEFAULT_SHRINKAGE
-from ..compress.factor import DEFAULT_RIDGE
+from ..compress.factor import DEFAULT_RIDGE, _dense
 from ._hooks import eligible_layers
 from ._modules import LowRankConv2d, LowRankLinear
 
@@ -273,13 +274,8 @@ def _compress_with_data(model, layers, data, *, calibration, inplace, budget, sh
     fits = compress_sequential(original, target, names, batches, ranks=ranks, rank_options=rank_options,
                                shrinkage=shrinkage, folds=folds, bias=True, rng=gen, ignore_padding=True,
                                output_grams=output_grams, **options)
-    reports = []
-    for name in names:
-        if name in fits:
-            reports.append(fits[name].report)
-        else:  # left dense by the budget
-            w = _flat_weight(target.get_submodule(name))
-            n = int(w.shape[0] * w.shape[1])
-            reports.append(LayerReport(name, tuple(int(d) for d in w.shape), None, n, n, None, 0.0, 0.0, 0.0, "dense",
-                                       "output"))
-    return target, Report(reports)
+    def left_dense(name):  # by the budget
+        shape = tuple(int(d) for d in _flat_weight(target.get_submodule(name)).shape)
+        return _dense(shape, name, "output", time.perf_counter()).report
+
+    return target, Report(fits[n].report if n in fits else left_dense(n) for n in names)

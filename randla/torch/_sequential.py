@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import nn
 
 from .. import _backend as _B
 from ..compress.correct import TransferStats, _check_shrinkage, fit_corrected
-from ._calibration import batch_mask, fold_rows
+from ._calibration import batch_mask, fold_rows, wide
 from ._compress import _flat_weight, _low_rank_module, _references, from_array, to_array
 from ._hooks import run_with_hooks
 
@@ -71,16 +70,12 @@ def _inputs(model, batch, name, stop):
     return xs
 
 
-def _wide(X):
-    return X.to(torch.complex128 if torch.is_complex(X) else torch.float64)
-
-
 def _stats(X_new, X_ref):
-    Xr = _wide(X_ref)
+    Xr = wide(X_ref)
     if X_new is X_ref:
         G, t = Xr.mH @ Xr, Xr.sum(0)
         return TransferStats(G, G, G, t, t, Xr.shape[0])
-    Xn = _wide(X_new)
+    Xn = wide(X_new)
     return TransferStats(Xn.mH @ Xn, Xn.mH @ Xr, Xr.mH @ Xr, Xn.sum(0), Xr.sum(0), Xn.shape[0])
 
 
@@ -92,11 +87,11 @@ def _accumulate(original, target, batches, module_ref, first, *, changed, stop, 
         mask = batch_mask(batch, ignore_padding)
         xs_ref = _inputs(original, batch, first, stop)
         xs_new = _inputs(target, batch, first, stop) if changed else xs_ref
-        for x_new, x_ref in zip(xs_new, xs_ref):
+        for x_new, x_ref in zip(xs_new, xs_ref, strict=True):
             rows_ref, n = fold_rows(module_ref, x_ref, mask, start, folds)
             rows_new = rows_ref if not changed else fold_rows(module_ref, x_new, mask, start, folds)[0]
             start += n
-            for f, (Xn, Xr) in enumerate(zip(rows_new, rows_ref)):
+            for f, (Xn, Xr) in enumerate(zip(rows_new, rows_ref, strict=True)):
                 if Xr is None or Xr.shape[0] == 0:
                     continue
                 s = _stats(Xn, Xr)
@@ -123,10 +118,11 @@ def _replace(target, refs, name, cf):
         setattr(parent, attr, new)
 
 
-def compress_sequential(original, target, names, data, *, ranks, rank_options, shrinkage, folds, method, q, p, split,
+def compress_sequential(original, target, names, batches, *, ranks, rank_options, shrinkage, folds, method, q, p, split,
                         ridge, bias, rng, ignore_padding, output_grams=None):
     """Compress the layers ``names`` of ``target`` (a copy of ``original``, or
-    ``original``'s twin when the caller compresses in place) in forward order.
+    ``original``'s twin when the caller compresses in place) in forward order, on the
+    calibration ``batches`` (a non-empty list).
 
     ``ranks``: ``{name: r}`` fixed ranks (a budget allocated beforehand; a name absent
     stays dense), or ``None`` to use ``rank_options`` for every layer. ``output_grams``:
@@ -137,9 +133,6 @@ def compress_sequential(original, target, names, data, *, ranks, rank_options, s
     grid_all = _check_shrinkage(shrinkage)
     if len(grid_all) > 1 and folds < 2:
         raise ValueError("several shrinkage values need folds >= 2")
-    batches = list(data)
-    if not batches:
-        raise ValueError("data is empty")
     groups, multi = _order(original, names, batches[0])
     missing = [n for n in names if all(n not in g for g in groups)]
     if missing:
@@ -159,12 +152,10 @@ def compress_sequential(original, target, names, data, *, ranks, rank_options, s
             module = modules[name]
             key = ("linear",) if isinstance(module, nn.Linear) else (id(module),)
             if key not in cache:
-                cache[key] = _accumulate(original, target, batches, module, first, changed=changed, stop=stop,
-                                         folds=folds, ignore_padding=ignore_padding)
-            parts = [_as_arrays(s) for s in cache[key]]
-            total = parts[0]
-            for s in parts[1:]:
-                total = total + s
+                parts = [_as_arrays(s) for s in _accumulate(original, target, batches, module, first, changed=changed,
+                                                            stop=stop, folds=folds, ignore_padding=ignore_padding)]
+                cache[key] = parts, sum(parts[1:], parts[0])
+            parts, total = cache[key]
             options = {"rank": ranks[name]} if ranks is not None else rank_options
             grid = grid_all if changed else (math.inf,)  # nothing upstream changed: X~ = X, M = W
             W = to_array(_flat_weight(module))
