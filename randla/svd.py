@@ -387,15 +387,23 @@ def _range_svd(op, k, l, q, stabilizer, sketch, rng, check_finite):
     projection; every basis is orthonormalised by Householder QR (per row chunk,
     then TSQR's second level), whatever ``stabilizer`` says.
     """
-    fused = B.fused_passes(op.A) if op.dense and op.A.ndim == 2 else None
-    if fused is not None and sketch != "srtt":  # srtt on a dense A: an FFT, not a product with a matrix
-        step, project = fused
+    fused = _fused_passes(op, sketch)
+    if fused is not None:
         Z = _sketch_draw(op, l, sketch, rng)
         for _ in range(q):
-            Z = step(Z)
-        return SVDResult(*project(Z, k))
+            Z = fused.step(Z)
+        return SVDResult(*fused.project(Z, k))
     Q = _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
     return _svd_of_projection(op, Q, k)
+
+
+def _fused_passes(op, sketch):
+    """The backend's fused passes over a dense 2-D ``A`` (see
+    :func:`randla._backend.fused_passes`), or ``None``; never for ``sketch="srtt"``
+    on a dense ``A`` (an FFT, not a product with a matrix)."""
+    if not op.dense or op.A.ndim != 2 or sketch == "srtt":
+        return None
+    return B.fused_passes(op.A)
 
 
 def _svd_of_projection(op, Q, k):
@@ -464,6 +472,12 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
     True
     """
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
+    fused = _fused_passes(op, sketch)
+    if fused is not None:  # q + 1 passes, see rsvd
+        Z = _sketch_draw(op, l, sketch, rng)
+        for _ in range(q):
+            Z = fused.step(Z)
+        return fused.basis(Z)
     with _scipy_pool_scope(op):
         return _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
 
@@ -723,6 +737,14 @@ def block_krylov_svd(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr",
 
 
 def _block_krylov(op, k, l, q, stabilizer, sketch, rng, check_finite):
+    fused = _fused_passes(op, sketch)
+    if fused is not None:  # q + 1 passes: pass j keeps orth(Y_j), the last projects on them all
+        Z = _sketch_draw(op, l, sketch, rng)
+        blocks = []
+        for _ in range(q):
+            Z, Qj = fused.step(Z, keep=True)
+            blocks.append(Qj)
+        return SVDResult(*fused.project(Z, k, blocks))
     xp = op.xp
     Y = _first_sketch(op, l, sketch, rng, check_finite)
     blocks = [Y]
