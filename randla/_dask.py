@@ -22,11 +22,17 @@ Dask:
   larger than the cluster's memory streams from its store (Zarr, ``.npy``
   memmap) once per pass. Chunks already in memory are shared, not copied.
 * **A product and the adjoint product with its orthonormalised result in one
-  pass** (:func:`power_step`, :func:`project_svd`). ``rsvd``/``rsi`` read each
-  row chunk ``A_i`` once for ``Y_i = A_i Z``, its Householder QR ``Q_i R_i`` and
+  pass** (:func:`power_step`, :func:`range_basis`, :func:`project_svd`).
+  ``rsvd``/``rsi``/``range_finder``/``block_krylov_svd`` read each row chunk
+  ``A_i`` once for ``Y_i = A_i Z``, its Householder QR ``Q_i R_i`` and
   ``Q_i^H A_i``; TSQR's second level on the stacked ``R_i`` gives ``Q^H A``.
   ``q + 1`` passes where ``dask.array.linalg.svd_compressed`` makes ``2q + 2``, at
-  the same GEMM work in memory.
+  the same GEMM work in memory. A block Krylov space is built from power steps
+  that keep their bases; its last pass orthonormalises ``[Q_0 | ... | A Z]``.
+
+Nothing here computes: every function returns Dask arrays. What randla computes
+eagerly on Dask (pivot loops, fixed-accuracy loops) is listed in the Dask section
+of ``docs/backends.rst``.
 
 References
 ----------
