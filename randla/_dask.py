@@ -30,9 +30,15 @@ Dask:
   the same GEMM work in memory. A block Krylov space is built from power steps
   that keep their bases; its last pass orthonormalises ``[Q_0 | ... | A Z]``.
 
-Nothing here computes: every function returns Dask arrays. What randla computes
-eagerly on Dask (pivot loops, fixed-accuracy loops) is listed in the Dask section
-of ``docs/backends.rst``.
+Nothing here computes: every function returns Dask arrays. Lazy on Dask (the call
+builds a graph, nothing is read): ``range_finder``, ``rsvd(A, k)``, ``rsi``,
+``block_krylov_svd``, ``estimate.spectral_norm``. Eager (computed during the call,
+see the Dask section of ``docs/backends.rst``): ``rcpqr`` (the sketch ``Omega A``
+and the chosen columns, one pass each), the randomized ``interp_decomp`` (the
+sketch and column norms, then per block of pivots its candidate columns and block
+row of ``R``), ``rsvd(A, rtol=...)`` and ``adaptive_range_finder`` (``||A||_F``,
+then every block's passes), and the pivoting loops ``cpqr``, ``srrqr``,
+``two_sided_id``, ``cur`` (``A`` gathered to the host).
 
 References
 ----------
@@ -459,8 +465,8 @@ def _pad_columns(q, cols):
 
 def _qr_project(a, z, *blocks):
     """``(Q_i, [R_i | Q_i^H A_i])`` for ``Y_i = [X_i | A_i Z] = Q_i R_i`` (Householder,
-    reduced; a chunk with fewer rows than ``Y`` has columns has ``m_i`` columns in
-    ``Q_i``, rows in ``R_i``)."""
+    reduced; a chunk with fewer rows than ``Y`` has columns gets ``m_i`` columns in
+    ``Q_i`` and ``m_i`` rows in ``R_i``)."""
     import array_api_compat
 
     xp = array_api_compat.array_namespace(a)
