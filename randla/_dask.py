@@ -395,13 +395,19 @@ def cholqr(Y, factor):
 # 4000 x 1000), for wall times with the BLAS on its default threads of 0.7-1.3x
 # instead of 2.0x svd_compressed's on the loaded machine.
 _QR_ROWS = 128
+# Panels wider than 64 columns (a block Krylov space, k + p > 64) thread in LAPACK at
+# any useful block height; blocks of 4 l rows bound the damage: 1000 x 120 float64
+# with the BLAS on its default threads at load 5 on the two cores, LAPACK 1.76 s,
+# blocks of 500 rows 73-171 ms (min-median); on one thread 5.3 against 6.9 ms.
+_WIDE_QR_ROWS = 4
 
 
 def _qr_chunk(y):
     """Reduced Householder QR ``y = Q R`` (``Q`` m x min(m, l)). NumPy chunks with
     ``l <= 64`` columns: in-task TSQR [BDG2013] over row blocks of at most 128 rows,
     each LAPACK call small enough for OpenBLAS to keep on one thread (see
-    ``_QR_ROWS``), as stable as one Householder QR; wider panels: LAPACK's QR. The
+    ``_QR_ROWS``), as stable as one Householder QR; wider panels: blocks of at most
+    ``4 l`` rows (see ``_WIDE_QR_ROWS``). The
     blocks are one stack, so each level is one call of NumPy's stacked QR and one
     stacked GEMM (0.85x the time of a loop over the blocks; 1000 x 60 float64 on
     one thread: 2.4 against 2.8 ms, LAPACK's unblocked QR 1.8 ms)."""
@@ -410,11 +416,12 @@ def _qr_chunk(y):
     if type(y) is not np.ndarray:
         return B.qr(y)
     m, l = y.shape
-    if m <= _QR_ROWS or 2 * l > _QR_ROWS:  # small, or too wide for blocks to shrink the stack
+    rows = _QR_ROWS if 2 * l <= _QR_ROWS else _WIDE_QR_ROWS * l
+    if m <= rows:
         return np.linalg.qr(y)  # NumPy's own LAPACK (see the module notes)
     # nb blocks of mb or mb - 1 rows (mb - 1 >= l: a zero row padding a short block
     # lies past the first l rows, so its row of Q is exactly zero)
-    nb = -(-m // _QR_ROWS)
+    nb = -(-m // rows)
     mb = -(-m // nb)
     full = m - nb * (mb - 1)  # blocks with mb rows
     stack = np.zeros((nb, mb, l), dtype=y.dtype)

@@ -312,10 +312,12 @@ def test_fused_last_pass_is_one_task_per_chunk_and_pass():
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32", "complex128"])
-@pytest.mark.parametrize(("m", "l", "rank"), [(1000, 60, 60), (4100, 70, 70), (900, 60, 5), (130, 60, 60)])
+@pytest.mark.parametrize(("m", "l", "rank"), [(1000, 60, 60), (4100, 70, 70), (900, 60, 5), (130, 60, 60),
+                                              (1001, 120, 120), (1000, 120, 7), (1201, 65, 65)])
 def test_in_task_tsqr_and_wide_svd(m, l, rank, dtype):
-    """The chunk tasks' QR (TSQR over row blocks LAPACK keeps on one thread) is a QR
-    factorisation as NumPy's: ``Q R = Y``, ``Q`` orthonormal, ``R`` upper triangular,
+    """The chunk tasks' QR (TSQR over row blocks: of 128 rows, which LAPACK keeps on
+    one thread, or 4 l rows for panels wider than 64 columns) is a QR factorisation
+    as NumPy's: ``Q R = Y``, ``Q`` orthonormal, ``R`` upper triangular,
     also for a rank-deficient ``Y``; the SVD of a wide block through it matches
     NumPy's."""
     from randla import _dask
