@@ -427,6 +427,39 @@ def test_data_mode_groups_layers_that_read_one_input_and_ignores_padding():
     assert [r.output_error for r in rep_a] == pytest.approx([r.output_error for r in rep_b], rel=1e-6)
 
 
+class _Twice(nn.Module):
+    """A block that calls one layer twice (a shared layer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.shared, self.out = nn.Linear(32, 24), nn.Linear(24, 24), nn.Linear(24, 10)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        return self.out(self.shared(torch.tanh(self.shared(h))))
+
+
+@pytest.mark.parametrize("make", [Block, _Twice])
+def test_data_mode_same_factors_with_the_original_inputs_kept_or_recomputed(make, monkeypatch):
+    import randla.torch._sequential as seq
+
+    torch.manual_seed(0)
+    net = make().double().eval()
+    x = _anisotropic(16 * 8, 32, seed=3, dims=(16, 8))
+    data = [{"x": x[:8]}, {"x": x[8:]}] if make is Block else [x[:8].reshape(-1, 32), x[8:].reshape(-1, 32)]
+    calls = []
+    inputs = seq._inputs
+    monkeypatch.setattr(seq, "_inputs", lambda model, *a: calls.append(model is net) or inputs(model, *a))
+    kept, rep_kept = rt.compress(net, rank=4, data=data, rng=0)
+    assert calls and not any(calls)  # the original model's inputs came from the one pass per batch
+    monkeypatch.setattr(seq, "REFERENCE_CACHE_BYTES", 0)  # every group runs the original model again
+    again, rep_again = rt.compress(net, rank=4, data=data, rng=0)
+    assert any(calls)
+    for (n, a), (_, b) in zip(kept.state_dict().items(), again.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)
+    assert [r.output_error for r in rep_kept] == [r.output_error for r in rep_again]
+
+
 def test_data_mode_copy_inplace_and_reproducible():
     net = _deep_mlp()
     before = copy.deepcopy(net.state_dict())

@@ -169,7 +169,10 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
         Random probes per batch for the output Gram matrices (one backward pass each).
         The estimate's noise falls with ``probes`` times the number of batches; on
         MiniLM, 8 probes on 2 batches allocated ranks as well as 32 probes on 4, while
-        4 probes on 2 batches were clearly worse.
+        4 probes on 2 batches were clearly worse; on its 4 batches of 128 calibration
+        sentences the budgets at the alpha = 0.4 / 0.2 parameter counts gave mean
+        embedding cosines 0.923 / 0.749 with 2 probes, 0.937 / 0.806 with 8 and
+        0.940 / 0.808 with 32.
     folds : int, default 2
         Calibration samples (the leading dimension of each batch) are dealt to
         ``folds`` parts in turn and a Gram matrix is kept per part, for the cross-

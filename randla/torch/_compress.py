@@ -156,8 +156,10 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
         compressed model gives it (:mod:`randla.compress.correct`), its bias moved to
         remove the mean error. Errors then do not pile up along the depth as they do
         when every layer is fitted to the original model's inputs (``calibration``).
-        Costs two partial forward passes over ``data`` per group of layers that read
-        the same input, and three Gram matrices per layer. With ``budget``, the ranks
+        Costs one forward pass of the original model over ``data`` (its layers'
+        inputs are kept while they take at most 1 GiB, else recomputed per group),
+        one partial pass of the compressed model per group of layers that read the
+        same input, and three Gram matrices per layer. With ``budget``, the ranks
         are allocated first as with ``calibration`` (that of the argument, or else
         :func:`calibrate` on ``data``), then the layers are fitted at those ranks.
         Layers that stay dense are left exactly as they are. Padding positions are

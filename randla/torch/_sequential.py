@@ -1,9 +1,11 @@
 """Sequential, error-corrected compression: ``compress(model, ..., data=batches)``.
 
-Layers are compressed in the order the model calls them. Before each step the
-calibration batches run through the original model and through the copy compressed so
-far, up to the layer (the forward pass stops there), and the second moments of the
-layer's inputs in both are accumulated per fold (:class:`randla.compress.TransferStats`);
+Layers are compressed in the order the model calls them. The original model's layer
+inputs come from one forward pass per batch, kept in memory up to
+``REFERENCE_CACHE_BYTES`` (else recomputed per step, the pass stopping at the layer).
+Before each step the calibration batches run through the copy compressed so far, up to
+the layer (the forward pass stops there), and the second moments of the layer's inputs
+in both models are accumulated per fold (:class:`randla.compress.TransferStats`);
 :func:`randla.compress.fit_corrected` then fits the layer to the original layer's output
 from the inputs the compressed model gives it. Layers that read the same input tensor
 (a transformer's query, key and value projections) are fitted from one pass.
@@ -70,6 +72,28 @@ def _inputs(model, batch, name, stop):
     return xs
 
 
+#: The original model's layer inputs are kept in memory (one forward pass per batch
+#: instead of one per group of layers) when they take at most this many bytes.
+REFERENCE_CACHE_BYTES = 2**30
+
+
+def _reference_inputs(original, batches, names, limit):
+    """``[{name: [inputs]} per batch]``: the inputs of ``names`` in the original model,
+    every call, from one forward pass per batch; ``None`` when the first batch's share
+    suggests they would take more than ``limit`` bytes (they are then recomputed per
+    group)."""
+    cache = []
+    for i, batch in enumerate(batches):
+        seen = {n: [] for n in names}
+        run_with_hooks(original, [batch], names, on_input=lambda n, m, x: seen[n].append(x.clone()))
+        cache.append(seen)
+        if i == 0:
+            size = sum(x.numel() * x.element_size() for xs in seen.values() for x in xs)
+            if size * len(batches) > limit:
+                return None
+    return cache
+
+
 def _stats(X_new, X_ref):
     Xr = wide(X_ref)
     if X_new is X_ref:
@@ -79,13 +103,18 @@ def _stats(X_new, X_ref):
     return TransferStats(Xn.mH @ Xn, Xn.mH @ Xr, Xr.mH @ Xr, Xn.sum(0), Xr.sum(0), Xn.shape[0])
 
 
-def _accumulate(original, target, batches, module_ref, first, *, changed, stop, folds, ignore_padding):
-    """Per-fold :class:`TransferStats` of ``first``'s inputs over ``batches``."""
+def _accumulate(original, target, batches, module_ref, first, *, changed, stop, folds, ignore_padding,
+                reference=None):
+    """Per-fold :class:`TransferStats` of ``first``'s inputs over ``batches`` (the
+    original model's from ``reference``, :func:`_reference_inputs`, when given)."""
     parts = [None] * folds
     start = 0
-    for batch in batches:
+    for i, batch in enumerate(batches):
         mask = batch_mask(batch, ignore_padding)
-        xs_ref = _inputs(original, batch, first, stop)
+        if reference is None:
+            xs_ref = _inputs(original, batch, first, stop)
+        else:
+            xs_ref = reference[i][first][:1] if stop else reference[i][first]
         xs_new = _inputs(target, batch, first, stop) if changed else xs_ref
         for x_new, x_ref in zip(xs_new, xs_ref, strict=True):
             rows_ref, n = fold_rows(module_ref, x_ref, mask, start, folds)
@@ -139,6 +168,7 @@ def compress_sequential(original, target, names, batches, *, ranks, rank_options
         raise ValueError(f"layers never called on the first batch of data: {missing[:5]}")
     gen = _B.as_generator(rng)
     modules = dict(original.named_modules())
+    reference = _reference_inputs(original, batches, [g[0] for g in groups], REFERENCE_CACHE_BYTES)
     results = {}
     changed = False
     for group in groups:
@@ -153,7 +183,8 @@ def compress_sequential(original, target, names, batches, *, ranks, rank_options
             key = ("linear",) if isinstance(module, nn.Linear) else (id(module),)
             if key not in cache:
                 parts = [_as_arrays(s) for s in _accumulate(original, target, batches, module, first, changed=changed,
-                                                            stop=stop, folds=folds, ignore_padding=ignore_padding)]
+                                                            stop=stop, folds=folds, ignore_padding=ignore_padding,
+                                                            reference=reference)]
                 cache[key] = parts, sum(parts[1:], parts[0])
             parts, total = cache[key]
             options = {"rank": ranks[name]} if ranks is not None else rank_options
