@@ -30,6 +30,14 @@ work
 complex
     The same call on a complex128 matrix: normalized errors. ``svd_compressed``
     transposes where it should conjugate-transpose, so its error is far from 1.
+fused
+    ``block_krylov_svd(A, k, p=p, q=q)`` and ``range_finder(A, k, p=p, q=q)`` (then
+    the SVD of ``Q^H A``, one more pass, as ``rsvd`` makes it) on the same matrix,
+    fused (``q + 1`` passes: all columns in one chunk) against randla's own separate
+    passes (the same matrix in two column chunks: ``2q + 2`` / ``2q + 1`` passes),
+    and against ``svd_compressed`` (``2q + 2``): threaded scheduler, BLAS on its
+    default threads, interleaved rounds, the ratio of the bests and the median
+    per-round ratio, the reads of ``A``'s chunks per call, and the normalized error.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ import numpy as np
 
 from ._common import fmt_err, fmt_ratio, fmt_time, normalized_error, parse_sections, print_table
 
-SECTIONS = ("speed", "work", "complex")
+SECTIONS = ("speed", "work", "complex", "fused")
 K, P, Q, ROWS = 50, 10, 1, 1000
 
 FULL = dict(shapes=((4000, 1000), (20000, 2000)), repeat=3, complex_shape=(4000, 1000))
@@ -65,7 +73,8 @@ def _methods():
 
 
 def _run(fn, A, seed):
-    """Build the graph and compute ``(U, S, Vh)``; returns the factors and the task count."""
+    """Build the graph and compute ``(U, S, Vh)`` (or the arrays ``fn`` returns); returns
+    them and the task count."""
     import dask
     from dask.callbacks import Callback
 
@@ -76,8 +85,8 @@ def _run(fn, A, seed):
             count[0] += 1
 
     with _Count():
-        U, S, Vh = dask.compute(*fn(A, seed))
-    return (U, S, Vh), count[0]
+        out = dask.compute(*fn(A, seed))
+    return out, count[0]
 
 
 def _matrix(shape, dtype):
@@ -203,6 +212,91 @@ def section_complex(cfg, repeat):
     print_table(rows, title=f"complex: complex128 {m}x{n}, k={K}, p={P}, q={Q}: normalized error (1 is optimal)")
 
 
+class _CountingReads:
+    """An array-like over a NumPy array that counts the chunk reads Dask makes."""
+
+    def __init__(self, a):
+        import threading
+
+        self.a, self.shape, self.dtype, self.ndim = a, a.shape, a.dtype, a.ndim
+        self.reads, self._lock = 0, threading.Lock()
+
+    def __getitem__(self, idx):
+        with self._lock:
+            self.reads += 1
+        return self.a[idx]
+
+
+def _reads_per_chunk(fn, A0, chunks):
+    """Reads of each chunk of ``A`` that one computation of ``fn(A)`` makes."""
+    import dask
+    import dask.array as da
+
+    src = _CountingReads(A0)
+    A = da.from_array(src, chunks=chunks, asarray=True, meta=np.empty((0, 0), dtype=A0.dtype))
+    dask.compute(*fn(A, 0))
+    return src.reads / A.npartitions
+
+
+def _fused_methods():
+    import randla
+
+    return {
+        "block_krylov_svd": lambda A, seed: randla.block_krylov_svd(A, K, p=P, q=Q, rng=seed, solver="randomized"),
+        "range_finder": lambda A, seed: (randla.range_finder(A, K, p=P, q=Q, rng=seed),),
+    }
+
+
+def _error(fn, A, A0, s):
+    """Normalized error of an SVD; of ``Q Q^H A`` for a basis ``Q`` (rank ``k + p``)."""
+    out = _run(fn, A, 0)[0]
+    if len(out) == 3:
+        return fmt_err(normalized_error(A0, *out, s))
+    (Qb,) = out
+    return fmt_err(np.linalg.norm(A0 - Qb @ (Qb.conj().T @ A0), 2) / s[K])
+
+
+def section_fused(cfg, repeat):
+    import dask
+    import dask.array as da
+
+    from ._common import interleaved_rounds
+
+    theirs = _methods()["dask svd_compressed"]
+    rows = []
+    with dask.config.set(scheduler="threads"):
+        for shape in cfg["shapes"]:
+            A0, s, A = _matrix(shape, "float64")
+            split = da.from_array(A0, chunks=(ROWS, -(-shape[1] // 2)))
+            for name, fn in _fused_methods().items():
+                svd = name != "range_finder"  # a basis only: nothing of svd_compressed's to compare
+                calls = [lambda fn=fn, X=X: _run(fn, X, 0) for X in (A, split)]
+                calls += [lambda A=A: _run(theirs, A, 0)] if svd else []
+                rounds = interleaved_rounds(calls, repeat=repeat)
+                sep = _fmt_ratios(*_ratios(rounds, 0, 1))
+                dsk = _fmt_ratios(*_ratios(rounds, 0, 2)) if svd else ("-", "-")
+                reads = [_reads_per_chunk(fn, A0, c) for c in (A.chunks, split.chunks)]
+                errs = [_error(fn, X, A0, s) for X in (A, split)]
+                rows.append({
+                    "shape": f"{shape[0]}x{shape[1]}",
+                    "method": name,
+                    "fused": fmt_time(min(r[0] for r in rounds)),
+                    "separate": fmt_time(min(r[1] for r in rounds)),
+                    "svd_compressed": fmt_time(min(r[2] for r in rounds)) if svd else "-",
+                    "/ separate: best": sep[0],
+                    "median (range)": sep[1],
+                    "/ svd_compressed: best": dsk[0],
+                    "median (range) ": dsk[1],
+                    "reads of A fused / separate": f"{reads[0]:g} / {reads[1]:g}",
+                    "err fused / separate": f"{errs[0]} / {errs[1]}",
+                })
+    print_table(rows, title="fused: randla on all columns in one chunk (fused passes) / the same matrix in two "
+                            f"column chunks (separate passes) and / svd_compressed, float64, k={K}, p={P}, q={Q}, "
+                            f"chunks of {ROWS} rows, threaded scheduler, BLAS on its default threads, {repeat} "
+                            "interleaved rounds; reads of A = reads of each chunk per call; err: ||A - U S Vh||_2 / "
+                            "sigma_(k+1), for range_finder ||A - Q Q^H A||_2 / sigma_(k+1) (rank k + p)")
+
+
 def main(argv=None):
     args, wanted = parse_sections(
         "python -m benchmarks.compare_dask", __doc__, SECTIONS, argv,
@@ -213,7 +307,8 @@ def main(argv=None):
     repeat = args.repeat or cfg["repeat"]
     _header()
     for name in wanted:
-        {"speed": section_speed, "work": section_work, "complex": section_complex}[name](cfg, repeat)
+        {"speed": section_speed, "work": section_work, "complex": section_complex,
+         "fused": section_fused}[name](cfg, repeat)
     return 0
 
 

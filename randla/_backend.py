@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
+from typing import NamedTuple
 
 import array_api_compat as _compat
 import numpy as np
@@ -385,18 +387,32 @@ def persist(*arrays):
     return arrays
 
 
+class FusedPasses(NamedTuple):
+    """A backend's passes that read ``A`` once for a product and the adjoint product
+    with its orthonormalised result (see :func:`fused_passes`)."""
+
+    step: Callable  # (Z, keep=False) -> orth(A^H Q), Q = orth(A Z); keep: (that, Q)
+    basis: Callable  # Z -> orth(A Z)
+    project: Callable  # (Z, k, blocks=()) -> (U, S, Vh) of Q Q^H A, Q = orth([*blocks, A Z])
+
+
 def fused_passes(A):
-    """``(step, project)`` where the backend reads ``A`` once for a product and the
+    """:class:`FusedPasses` where the backend reads ``A`` once for a product and the
     adjoint product with its orthonormalised result, else ``None``.
 
-    ``step(Z)``: an orthonormal basis of ``A^H Q`` for ``Q`` one of ``A Z``;
-    ``project(Z, k)``: ``(U, S, Vh)``, the rank-``k`` SVD of ``Q Q^H A``. Dask with all
-    columns in one chunk: per row chunk ``A_i Z = Q_i R_i`` and ``Q_i^H A_i`` from one
-    read of ``A_i``, TSQR's second level on the stacked ``R_i`` (see
-    :func:`randla._dask.power_step` and :func:`randla._dask.project_svd`).
+    ``step(Z)``: an orthonormal basis of ``A^H Q`` for ``Q`` one of ``A Z`` (with
+    ``keep=True`` also ``Q``); ``basis(Z)``: an orthonormal basis of ``A Z``;
+    ``project(Z, k, blocks)``: ``(U, S, Vh)``, the rank-``k`` SVD of ``Q Q^H A`` for
+    ``Q`` an orthonormal basis of ``[X_1 | ... | A Z]`` (``blocks`` the ``X``). One
+    pass over ``A`` each. Dask with all columns in one chunk: per row chunk
+    ``A_i Z = Q_i R_i`` and ``Q_i^H A_i`` from one read of ``A_i``, TSQR's second
+    level on the stacked ``R_i`` (see :func:`randla._dask.power_step`,
+    :func:`randla._dask.range_basis` and :func:`randla._dask.project_svd`).
     """
     if _compat.is_dask_array(A) and _dask.fuses_passes(A):
-        return (lambda Z: _dask.power_step(A, Z)), (lambda Z, k: _dask.project_svd(A, Z, k))
+        return FusedPasses(step=lambda Z, keep=False: _dask.power_step(A, Z, keep),
+                           basis=lambda Z: _dask.range_basis(A, Z),
+                           project=lambda Z, k, blocks=(): _dask.project_svd(A, Z, k, blocks))
     return None
 
 

@@ -4,8 +4,9 @@ Vocabulary. A *pass* is one product of ``A`` (or ``A^H``) with a block of
 vectors; passes dominate the cost on large matrices. ``k`` is the target rank,
 ``p`` the oversampling (the sketch has ``l = k + p`` columns, clipped to
 ``min(m, n)``), ``q`` the number of power (subspace) iterations: a fixed-rank
-method with ``q`` iterations makes ``2q + 2`` passes (``rsvd`` and ``rsi`` on a
-Dask array with all columns in one chunk: ``q + 1``, see :func:`rsvd`).
+method with ``q`` iterations makes ``2q + 2`` passes (``rsvd``, ``rsi``,
+``range_finder`` and ``block_krylov_svd`` on a Dask array with all columns in one
+chunk: ``q + 1``, see :func:`rsvd`).
 
 Mapping from scikit-learn's ``randomized_svd``: ``n_components -> k``,
 ``n_oversamples -> p``, ``n_iter -> q``, ``power_iteration_normalizer ->
@@ -387,15 +388,23 @@ def _range_svd(op, k, l, q, stabilizer, sketch, rng, check_finite):
     projection; every basis is orthonormalised by Householder QR (per row chunk,
     then TSQR's second level), whatever ``stabilizer`` says.
     """
-    fused = B.fused_passes(op.A) if op.dense and op.A.ndim == 2 else None
-    if fused is not None and sketch != "srtt":  # srtt on a dense A: an FFT, not a product with a matrix
-        step, project = fused
+    fused = _fused_passes(op, sketch)
+    if fused is not None:
         Z = _sketch_draw(op, l, sketch, rng)
         for _ in range(q):
-            Z = step(Z)
-        return SVDResult(*project(Z, k))
+            Z = fused.step(Z)
+        return SVDResult(*fused.project(Z, k))
     Q = _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
     return _svd_of_projection(op, Q, k)
+
+
+def _fused_passes(op, sketch):
+    """The backend's fused passes over a dense 2-D ``A`` (see
+    :func:`randla._backend.fused_passes`), or ``None``; never for ``sketch="srtt"``
+    on a dense ``A`` (an FFT, not a product with a matrix)."""
+    if not op.dense or op.A.ndim != 2 or sketch == "srtt":
+        return None
+    return B.fused_passes(op.A)
 
 
 def _svd_of_projection(op, Q, k):
@@ -422,7 +431,7 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
     p : int, default 10
         Oversampling; ``k + p`` is clipped to ``min(m, n)``.
     q : int, default 0
-        Power iterations (``2q + 1`` passes over ``A``).
+        Power iterations (``2q + 1`` passes over ``A``; ``q + 1`` on Dask, see Notes).
     sketch : str, default "gaussian"
         Test matrix, see :func:`randla.sketch.sketch`.
     stabilizer : {"cholqr", "qr", "lu", "none"}, default "cholqr"
@@ -449,7 +458,11 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
     Cost: ``(2q + 1)`` products of ``A`` with ``l = k + p`` vectors, plus
     ``O((m + n) l^2)`` for the stabilisers. Lazy-friendly (no value-dependent
     shapes or control flow): runs under ``jax.jit`` and builds a Dask graph
-    (Dask: 2-D input only). Stacks on NumPy, torch, JAX and array-API arrays.
+    (Dask: 2-D input only; nothing is computed). On a Dask array whose columns
+    are one chunk: ``q + 1`` passes, as in :func:`rsvd` (each power iteration
+    one read of ``A``, the last pass ``A Z`` and its TSQR; every basis
+    orthonormalised by Householder QR whatever ``stabilizer`` says). Stacks on
+    NumPy, torch, JAX and array-API arrays.
 
     Examples
     --------
@@ -464,6 +477,12 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
     True
     """
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
+    fused = _fused_passes(op, sketch)
+    if fused is not None:  # q + 1 passes, see rsvd
+        Z = _sketch_draw(op, l, sketch, rng)
+        for _ in range(q):
+            Z = fused.step(Z)
+        return fused.basis(Z)
     with _scipy_pool_scope(op):
         return _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
 
@@ -684,7 +703,8 @@ def block_krylov_svd(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr",
     p : int, default 10
         Oversampling of the block (block size ``l = k + p``).
     q : int, default 2
-        Krylov depth; ``2q + 2`` passes, the last one with ``(q + 1) l`` vectors.
+        Krylov depth; ``2q + 2`` passes, the last one with ``(q + 1) l`` vectors
+        (``q + 1`` on Dask, see Notes).
     sketch, stabilizer, rng, check_finite
         As in :func:`range_finder`.
     solver : {"auto", "randomized", "full"}, default "auto"
@@ -701,7 +721,14 @@ def block_krylov_svd(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr",
 
     Notes
     -----
-    Memory ``m (q + 1) l``; the final QR costs ``O(m ((q+1) l)^2)``.
+    Memory ``m (q + 1) l``; the final QR costs ``O(m ((q+1) l)^2)``. On a Dask
+    array whose columns are one chunk: ``q + 1`` passes, lazy (nothing is
+    computed). Pass ``j < q`` is a power step as in :func:`rsvd` that keeps
+    ``Q_j = orth(A Z_j)`` (``A Z_0 = A Omega``; Householder per row chunk and
+    TSQR's second level, whatever ``stabilizer`` says); the last pass forms
+    ``A_i Z_q`` per row chunk, the Householder QR of ``[Q_0 | ... | Q_(q-1) |
+    A Z_q]`` and its projection of ``A``, so the SVD of ``Q^H A`` needs no pass
+    of its own.
 
     Examples
     --------
@@ -723,6 +750,14 @@ def block_krylov_svd(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr",
 
 
 def _block_krylov(op, k, l, q, stabilizer, sketch, rng, check_finite):
+    fused = _fused_passes(op, sketch)
+    if fused is not None:  # q + 1 passes: pass j keeps orth(Y_j), the last projects on them all
+        Z = _sketch_draw(op, l, sketch, rng)
+        blocks = []
+        for _ in range(q):
+            Z, Qj = fused.step(Z, keep=True)
+            blocks.append(Qj)
+        return SVDResult(*fused.project(Z, k, blocks))
     xp = op.xp
     Y = _first_sketch(op, l, sketch, rng, check_finite)
     blocks = [Y]

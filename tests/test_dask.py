@@ -79,7 +79,8 @@ def test_factors_are_lazy_and_chunk_aligned(method, dtype, cols):
 
 
 @pytest.mark.parametrize(("name", "passes"), [
-    ("rsi_q1", 2), ("rsvd_q0", 1), ("rsvd_q2", 3), ("range_finder_q1", 3), ("block_krylov_q1", 4), ("rcpqr", 3)])
+    ("rsi_q1", 2), ("rsvd_q0", 1), ("rsvd_q2", 3), ("range_finder_q0", 1), ("range_finder_q1", 2),
+    ("range_finder_q2", 3), ("block_krylov_q1", 2), ("block_krylov_q2", 3), ("rcpqr", 3)])
 def test_one_read_of_A_per_pass(name, passes):
     """Each pass reads every chunk of ``A`` once: nothing is read twice within a pass,
     and no pass is recomputed (e.g. by a factorisation evaluated once per output)."""
@@ -89,8 +90,11 @@ def test_one_read_of_A_per_pass(name, passes):
         "rsi_q1": lambda: randla.rsi(A, K, q=1, rng=0),
         "rsvd_q0": lambda: randla.rsvd(A, K, rng=0),
         "rsvd_q2": lambda: randla.rsvd(A, K, q=2, rng=0),
+        "range_finder_q0": lambda: (randla.range_finder(A, K, rng=0),),
         "range_finder_q1": lambda: (randla.range_finder(A, K, q=1, rng=0),),
+        "range_finder_q2": lambda: (randla.range_finder(A, K, q=2, rng=0),),
         "block_krylov_q1": lambda: randla.block_krylov_svd(A, K, q=1, rng=0),
+        "block_krylov_q2": lambda: randla.block_krylov_svd(A, K, q=2, rng=0),
         "rcpqr": lambda: randla.rcpqr(A, K, rng=0)[:2],
     }
     dask.compute(*calls[name]())
@@ -217,12 +221,80 @@ def test_fused_last_pass_against_exact_svd(spectrum, dtype, q):
         assert err <= 1.5 * s[K] + 100 * eps * s[0]
 
 
+def _unfused(A0):
+    """``A0`` in two column chunks: the separate passes (no fused pass)."""
+    return da.from_array(A0, chunks=(50, 20))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "complex128", "complex64"])
+@pytest.mark.parametrize("spectrum", list(FUSED_SPECTRA))
+@pytest.mark.parametrize("q", [0, 1, 2])
+def test_fused_range_finder_against_exact_svd(spectrum, dtype, q):
+    """``range_finder`` in ``q + 1`` fused passes: ``Q`` orthonormal to working
+    precision, and ``||A - Q Q^H A||_2`` that of the separate passes (within rounding
+    of ``sigma_1``) and, with a power iteration, near ``sigma_(k+1)`` of NumPy's
+    exact SVD."""
+    A0, s = matrix(200, 40, dtype=dtype, rng=3, **FUSED_SPECTRA[spectrum])
+    eps = np.finfo(A0.dtype).eps
+    Q = randla.range_finder(da.from_array(A0, chunks=SHORT_CHUNKS), K, q=q, rng=0)
+    assert Q.chunks[0] == SHORT_CHUNKS[0] and Q.shape == (200, K + 10)
+    Q = Q.compute()
+    assert Q.dtype == A0.dtype
+    Q64, A64 = Q.astype(np.complex128), A0.astype(np.complex128)
+    assert np.abs(Q64.conj().T @ Q64 - np.eye(Q.shape[1])).max() < 20 * eps
+    err = np.linalg.norm(A64 - Q64 @ (Q64.conj().T @ A64), 2)
+    Q1 = randla.range_finder(_unfused(A0), K, q=q, rng=0).compute().astype(np.complex128)
+    err1 = np.linalg.norm(A64 - Q1 @ (Q1.conj().T @ A64), 2)
+    assert err <= 2 * err1 + 100 * eps * s[0]
+    if q > 0:
+        assert err <= 1.5 * s[K] + 100 * eps * s[0]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "complex128", "complex64"])
+@pytest.mark.parametrize("spectrum", list(FUSED_SPECTRA))
+@pytest.mark.parametrize("q", [1, 2])
+def test_fused_block_krylov_against_exact_svd(spectrum, dtype, q):
+    """``block_krylov_svd`` in ``q + 1`` fused passes (pass ``j`` keeps ``orth(Y_j)``,
+    the last projects ``A`` on all of them in the read that makes ``Y_q``): against
+    NumPy's exact SVD, ``U`` and ``Vh`` orthonormal, ``S`` that of the separate passes,
+    and the error near ``sigma_(k+1)``; chunks shorter than the Krylov space has
+    columns included."""
+    A0, s = matrix(200, 40, dtype=dtype, rng=3, **FUSED_SPECTRA[spectrum])
+    eps = np.finfo(A0.dtype).eps
+    res = randla.block_krylov_svd(da.from_array(A0, chunks=SHORT_CHUNKS), K, q=q, rng=0, solver="randomized")
+    assert res.U.chunks[0] == SHORT_CHUNKS[0]
+    U, S, Vh = dask.compute(*res)
+    assert U.dtype == A0.dtype and Vh.dtype == A0.dtype and S.dtype == np.finfo(A0.dtype).dtype
+    U64, Vh64, A64 = U.astype(np.complex128), Vh.astype(np.complex128), A0.astype(np.complex128)
+    assert np.abs(U64.conj().T @ U64 - np.eye(K)).max() < 20 * eps
+    assert np.abs(Vh64 @ Vh64.conj().T - np.eye(K)).max() < 20 * eps
+    err = np.linalg.norm(A64 - (U64 * S) @ Vh64, 2)
+    S1 = dask.compute(randla.block_krylov_svd(_unfused(A0), K, q=q, rng=0, solver="randomized").S)[0]
+    np.testing.assert_allclose(S, S1, atol=100 * eps * s[0], rtol=10 * eps)
+    assert err <= 1.2 * s[K] + 100 * eps * s[0]
+
+
+def test_fused_block_krylov_matches_numpy_on_a_wide_space():
+    """A Krylov space wider than some row chunks and than ``n`` has columns (``solver=
+    "randomized"``): the result is NumPy's exact rank-``k`` SVD."""
+    A0, s = matrix(300, 50, spectrum="exponential", decay=0.3, rng=1)
+    U, S, Vh = dask.compute(*randla.block_krylov_svd(da.from_array(A0, chunks=((20, 130, 150), (50,))), K,
+                                                    q=3, rng=0, solver="randomized"))
+    np.testing.assert_allclose(S, s[:K], rtol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(A0 - (U * S) @ Vh, 2), s[K], rtol=1e-10)
+
+
 @pytest.mark.parametrize("dtype", ["float64", "complex64"])
 def test_fused_last_pass_zero_matrix(dtype):
     A = da.zeros((90, 30), chunks=(20, 30), dtype=dtype)
     U, S, Vh = dask.compute(*randla.rsi(A, K, q=1, rng=0))
     np.testing.assert_array_equal(S, 0)
     np.testing.assert_allclose(U.conj().T @ U, np.eye(K), atol=1e-6)
+    U, S, Vh = dask.compute(*randla.block_krylov_svd(A, K, q=1, rng=0))
+    np.testing.assert_array_equal(S, 0)
+    np.testing.assert_allclose(U.conj().T @ U, np.eye(K), atol=1e-6)
+    Q = randla.range_finder(A, K, q=1, rng=0).compute()
+    np.testing.assert_allclose(Q.conj().T @ Q, np.eye(K + 10), atol=1e-6)
 
 
 def test_fused_last_pass_is_one_task_per_chunk_and_pass():
@@ -240,10 +312,12 @@ def test_fused_last_pass_is_one_task_per_chunk_and_pass():
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32", "complex128"])
-@pytest.mark.parametrize(("m", "l", "rank"), [(1000, 60, 60), (4100, 70, 70), (900, 60, 5), (130, 60, 60)])
+@pytest.mark.parametrize(("m", "l", "rank"), [(1000, 60, 60), (4100, 70, 70), (900, 60, 5), (130, 60, 60),
+                                              (1001, 120, 120), (1000, 120, 7), (1201, 65, 65)])
 def test_in_task_tsqr_and_wide_svd(m, l, rank, dtype):
-    """The chunk tasks' QR (TSQR over row blocks LAPACK keeps on one thread) is a QR
-    factorisation as NumPy's: ``Q R = Y``, ``Q`` orthonormal, ``R`` upper triangular,
+    """The chunk tasks' QR (TSQR over row blocks: of 128 rows, which LAPACK keeps on
+    one thread, or 4 l rows for panels wider than 64 columns) is a QR factorisation
+    as NumPy's: ``Q R = Y``, ``Q`` orthonormal, ``R`` upper triangular,
     also for a rank-deficient ``Y``; the SVD of a wide block through it matches
     NumPy's."""
     from randla import _dask
