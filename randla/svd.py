@@ -390,10 +390,7 @@ def _range_svd(op, k, l, q, stabilizer, sketch, rng, check_finite):
     """
     fused = _fused_passes(op, sketch)
     if fused is not None:
-        Z = _sketch_draw(op, l, sketch, rng)
-        for _ in range(q):
-            Z = fused.step(Z)
-        return SVDResult(*fused.project(Z, k))
+        return SVDResult(*fused.project(_fused_power(fused, op, l, q, sketch, rng), k))
     Q = _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
     return _svd_of_projection(op, Q, k)
 
@@ -405,6 +402,14 @@ def _fused_passes(op, sketch):
     if not op.dense or op.A.ndim != 2 or sketch == "srtt":
         return None
     return B.fused_passes(op.A)
+
+
+def _fused_power(fused, op, l, q, sketch, rng):
+    """``Z`` after the test matrix and ``q`` fused power steps (one pass over ``A`` each)."""
+    Z = _sketch_draw(op, l, sketch, rng)
+    for _ in range(q):
+        Z = fused.step(Z)
+    return Z
 
 
 def _svd_of_projection(op, Q, k):
@@ -479,10 +484,7 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
     fused = _fused_passes(op, sketch)
     if fused is not None:  # q + 1 passes, see rsvd
-        Z = _sketch_draw(op, l, sketch, rng)
-        for _ in range(q):
-            Z = fused.step(Z)
-        return fused.basis(Z)
+        return fused.basis(_fused_power(fused, op, l, q, sketch, rng))
     with _scipy_pool_scope(op):
         return _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
 
