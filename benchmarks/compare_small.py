@@ -133,16 +133,19 @@ def _rank(shape):
 # ----------------------------------------------------------------------------------
 
 
-def race(methods, rounds, *, budget=None):
+def race(methods, rounds, *, budget=None, settle=1):
     """Time ``methods`` (name -> zero-argument callable) interleaved.
 
     Each method runs once untimed, then ``rounds`` times in turn with the others (A,
     B, C, A, B, C, ...; :func:`benchmarks._common.interleaved_rounds`), so load from
-    other jobs hits all of them alike. Returns ``{name: (best, median)}`` in seconds.
-    ``budget`` (seconds) stops after the round that exceeds it (at least two rounds).
+    other jobs hits all of them alike; each timed call follows ``settle`` untimed
+    calls of the same method, so it is timed as a user calling one library over and
+    over sees it, not while the previous library's threads still spin on the cores.
+    Returns ``{name: (best, median)}`` in seconds. ``budget`` (seconds) stops after
+    the round that exceeds it (at least two rounds).
     """
     names = list(methods)
-    rows = interleaved_rounds([methods[n] for n in names], repeat=rounds, budget=budget)
+    rows = interleaved_rounds([methods[n] for n in names], repeat=rounds, budget=budget, settle=settle)
     return {n: (min(r[i] for r in rows), statistics.median(r[i] for r in rows)) for i, n in enumerate(names)}
 
 
