@@ -25,10 +25,12 @@ from randla.compress import (
     parameter_count,
     rank_for_rtol,
     resolve_budget,
+    sample_errors,
     saves_parameters,
     select_rank,
     summarize,
     truncate,
+    truncation_directions,
     uniform_ranks,
     whitener,
 )
@@ -520,3 +522,68 @@ def test_factor_many_errors_name_the_layer():
         factor_many({"a": np.ones((8, 6))}, rank=2, batch=1)
     with pytest.raises(ValueError, match="grams has no entry for layer 'a'"):
         factor_many({"a": np.ones((8, 6))}, rank=2, grams={})
+
+
+# ----------------------------------------------------------------------------------
+# per-sample error curves
+# ----------------------------------------------------------------------------------
+
+
+def test_sample_errors_are_the_truncated_factorisations_per_sample_errors(backend):
+    # E(r) from the directions equals sum_s (sum_t g_t^T (W - W_r) x_t)^2 with W_r the
+    # two-sided factorisation at rank r (computed by factor, exact), for every r; with
+    # folds, fold k's components are those of the factorisation fitted on gram - G_k
+    rng = np.random.default_rng(3)
+    out, inp, S, T = 12, 10, 6, 4
+    rmax = max_saving_rank((out, inp))  # factor leaves the layer dense beyond
+    W0 = rng.standard_normal((out, inp))
+    X = rng.standard_normal((S, T, inp)) * np.logspace(0, -1, inp)
+    Gr = rng.standard_normal((S, T, out))
+    x2, g2 = X.reshape(-1, inp), Gr.reshape(-1, out)
+    G, H = x2.T @ x2, g2.T @ g2
+    halves = [X[0::2].reshape(-1, inp), X[1::2].reshape(-1, inp)]
+    folds = [h.T @ h for h in halves]
+    for fold_grams, groups in ((None, [np.arange(S)]), (folds, [np.arange(0, S, 2), np.arange(1, S, 2)])):
+        pairs = truncation_directions(backend.asarray(W0), gram=backend.asarray(G), output_gram=backend.asarray(H),
+                                      folds=None if fold_grams is None else [backend.asarray(f) for f in fold_grams],
+                                      ridge=0.0)
+        assert len(pairs) == len(groups)
+        E = 0.0
+        for (A, B_), idx in zip(pairs, groups, strict=True):
+            A, B_ = backend.to_numpy(A), backend.to_numpy(B_)
+            np.testing.assert_allclose(A @ B_.T, W0, atol=1e-9)
+            d = np.einsum("stm,mk,stn,nk->sk", Gr[idx], A, X[idx], B_)  # sum_t (g_t^T a_i)(b_i^T x_t)
+            E = E + sample_errors(backend.asarray(d))
+        ref = np.zeros(rmax + 1)
+        for r in range(rmax + 1):
+            for k, idx in enumerate(groups):
+                Gk = G if fold_grams is None else G - fold_grams[k]
+                if r == 0:
+                    Wr = np.zeros_like(W0)
+                else:
+                    f = factor(W0, rank=r, gram=Gk, output_gram=H, method="exact", ridge=0.0)
+                    Wr = f.B @ f.A
+                ref[r] += np.sum(np.einsum("stm,mn,stn->s", Gr[idx], W0 - Wr, X[idx]) ** 2)
+        assert E.shape == (inp + 1,) and E[-1] == 0.0
+        np.testing.assert_allclose(E[:rmax + 1], ref, rtol=1e-7, atol=1e-9 * ref[0])
+    assert sample_errors(np.array([[1.0, 2.0], [3.0, -3.0]])).tolist() == [9.0, 13.0, 0.0]
+
+
+def test_error_curves_summaries_and_budget():
+    s = LayerSummary.from_errors("a", (8, 8), [10.0, 9.0, 3.0, 1.0, 0.0])
+    np.testing.assert_allclose(s.gains, [3.5, 3.5, 2.0, 1.0])  # the concave majorant's slopes
+    assert s.total == 10.0 and s.units == "loss"
+    with pytest.raises(ValueError, match="errors"):
+        LayerSummary.from_errors("a", (8, 8), [[1.0]])
+    # compress_weights spends a budget on given curves: the layer whose curve falls gets the ranks
+    rng = np.random.default_rng(0)
+    W = {"a": rng.standard_normal((20, 20)), "b": rng.standard_normal((20, 20))}
+    falls, flat = 100.0 * 0.5 ** np.arange(21), np.linspace(1.0, 0.0, 21)
+    _, rep = compress_weights(W, budget=10 * 40, errors={"a": falls, "b": flat}, rng=0)
+    assert rep.ranks()["a"] > rep.ranks()["b"]
+    _, rep = compress_weights(W, budget=10 * 40, errors={"a": flat, "b": falls}, rng=0)
+    assert rep.ranks()["a"] < rep.ranks()["b"]
+    with pytest.raises(ValueError, match="errors has no curve for layer 'b'"):
+        compress_weights(W, budget=10 * 40, errors={"a": flat}, rng=0)
+    with pytest.raises(ValueError, match="output_gram is all zero"):
+        truncation_directions(W["a"], gram=np.eye(20), output_gram=np.zeros((20, 20)))

@@ -513,3 +513,90 @@ def test_data_mode_errors():
         rt.compress(net, rank=2, data=[torch.randn(1, 32, dtype=torch.float64)])
     small, _ = rt.compress(net, rank=2, data=data, folds=1, shrinkage=0.1)
     assert type(small[0]).__name__ == "LowRankLinear"
+
+
+def _pooled(y, batch):
+    m = batch["attention_mask"].unsqueeze(-1).to(y.dtype)
+    return (y * m).sum(1) / m.sum(1)
+
+
+@pytest.mark.parametrize("folds", [1, 2])
+def test_sample_errors_are_the_pooled_output_change_by_autograd(folds):
+    # calibrate(sample_probes=...) estimates, for each layer and rank r, the squared
+    # change of the pooled output, summed over the samples, when the layer's weight is
+    # replaced by its two-sided factorisation at rank r (with folds: the one fitted on
+    # the other folds, scored on the fold's samples); the reference is that change to
+    # first order, exact: the Jacobian of each sample's pooled output with respect to
+    # the weight (torch autograd) applied to W - W_r
+    from torch.func import functional_call
+
+    from randla.compress import factor
+
+    torch.manual_seed(0)
+    block = Block(d=8, heads=2, ffn=16).double().eval()
+    x = _anisotropic(6 * 5, 8, seed=2, dims=(6, 5))
+    mask = torch.ones(6, 5, dtype=torch.long)
+    mask[1, 3:] = 0
+    mask[4, 2:] = 0
+    batches = [{"x": x[:4], "attention_mask": mask[:4]}, {"x": x[4:], "attention_mask": mask[4:]}]
+    cal = rt.calibrate(block, batches, output=_pooled, probes=64, folds=folds, sample_probes=3000, rng=0)
+    assert set(cal.errors) == set(cal)
+    np.testing.assert_array_equal(cal.errors["unused"], 0.0)  # never reaches the output
+    params = dict(block.named_parameters())
+    groups = [torch.arange(6)] if folds == 1 else [torch.arange(0, 6, 2), torch.arange(1, 6, 2)]
+    for name in ("value", "out", "up", "down"):
+        W = params[name + ".weight"].detach()
+        rmax = max_saving_rank_of(W)
+        jac = []
+        for idx in groups:
+            b = {"x": x[idx], "attention_mask": mask[idx]}
+
+            def pooled(w, b=b, key=name + ".weight"):
+                return _pooled(functional_call(block, {**params, key: w}, (b["x"], b["attention_mask"])), b)
+
+            jac.append(torch.autograd.functional.jacobian(pooled, W))  # (samples, d, out, in)
+        for r in range(rmax + 1):
+            ref = 0.0
+            for k in range(len(groups)):
+                G = cal[name] if folds == 1 else cal[name] - cal.folds[k][name]
+                if r == 0:
+                    Wr = torch.zeros_like(W)
+                else:
+                    f = factor(W.numpy(), rank=r, gram=G.numpy(), output_gram=cal.output_grams[name].numpy(),
+                               method="exact")
+                    Wr = torch.from_numpy(f.B @ f.A)
+                change = torch.einsum("sjoi,oi->sj", jac[k], W - Wr)
+                ref += float((change ** 2).sum())
+            est = float(cal.errors[name][r])
+            assert abs(est - ref) <= 0.1 * ref + 1e-12 * float(cal.errors[name][0]), (name, r, est, ref)
+
+
+def max_saving_rank_of(W):
+    from randla.compress import max_saving_rank
+
+    return max_saving_rank(tuple(W.shape))
+
+
+def test_budget_on_sample_errors_beats_uniform_and_needs_a_list():
+    torch.manual_seed(0)
+    block = Block().double().eval()
+    x = _anisotropic(32 * 8, 32, seed=1, dims=(32, 8))
+    mask = torch.ones(32, 8, dtype=torch.long)
+    batches = [{"x": x[:16], "attention_mask": mask[:16]}, {"x": x[16:], "attention_mask": mask[16:]}]
+    cal = rt.calibrate(block, batches, output=_pooled, probes=16, sample_probes=16, rng=0)
+    shapes = {n: tuple(m.weight.shape) for n, m in rt.eligible_layers(block)}
+    budget = allocation_params(uniform_ranks(shapes, 0.25), shapes)
+    uni, rep_u = rt.compress(block, rank_fraction=0.25, calibration=cal, rng=0)
+    bud, rep_b = rt.compress(block, budget=budget, calibration=cal, rng=0)
+    assert rep_b.params_after <= budget == rep_u.params_after
+    assert rep_b.ranks()["unused"] == 1
+    xe = _anisotropic(32 * 8, 32, seed=5, dims=(32, 8))  # held-out inputs
+    be = {"x": xe, "attention_mask": mask}
+    err = lambda m: (_pooled(m(xe), be) - _pooled(block(xe), be)).norm()  # noqa: E731
+    assert err(bud) < err(uni)
+    with pytest.raises(ValueError, match="list"):
+        rt.calibrate(block, iter(batches), output=_pooled, sample_probes=2)
+    with pytest.raises(ValueError, match="sample_probes needs output"):
+        rt.calibrate(block, batches, sample_probes=2)
+    with pytest.raises(ValueError, match="sample_probes must be"):
+        rt.calibrate(block, batches, output=_pooled, sample_probes=0)

@@ -48,7 +48,9 @@ from .budget import (
     allocate,
     allocation_params,
     resolve_budget,
+    sample_errors,
     summarize,
+    truncation_directions,
     uniform_ranks,
 )
 from .correct import (
@@ -136,6 +138,8 @@ __all__ = [
     "saves_parameters",
     "select_rank",
     "summarize",
+    "sample_errors",
+    "truncation_directions",
     "truncate",
     "uniform_ranks",
     "whitener",

@@ -51,7 +51,8 @@ from .factor import (
 )
 from .ranks import check_rank_mode, max_saving_rank
 
-__all__ = ["LayerSummary", "summarize", "resolve_budget", "allocate", "uniform_ranks", "allocation_params",
+__all__ = ["LayerSummary", "summarize", "truncation_directions", "sample_errors", "resolve_budget", "allocate",
+           "uniform_ranks", "allocation_params",
            "DEFAULT_CAP"]
 
 DEFAULT_CAP = 256
@@ -111,6 +112,26 @@ class LayerSummary(NamedTuple):
         rest = max(self.total - float(np.sum(self.gains)), 0.0)
         n_tail = max(min(self.shape) - k, 1)
         return rest * max(1.0 - (rank - k) / n_tail, 0.0)
+
+    @classmethod
+    def from_errors(cls, name, shape, errors, *, units="loss", folds=1):
+        """A summary from an error curve: ``errors[r]`` the squared error at rank ``r``.
+
+        The gains are the slopes of the curve's concave majorant (non-increasing, as
+        :func:`allocate` needs), ``total = errors[0]``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from randla.compress import LayerSummary
+        >>> s = LayerSummary.from_errors("fc", (8, 8), np.array([10.0, 9.0, 3.0, 1.0, 0.0]))
+        >>> s.gains.tolist(), s.total  # 10 -> 9 -> 3 gains less at first than later: averaged
+        ([3.5, 3.5, 2.0, 1.0], 10.0)
+        """
+        errors = np.asarray(errors, dtype=np.float64)
+        if errors.ndim != 1 or errors.shape[0] < 1 or not np.all(np.isfinite(errors)):
+            raise ValueError(f"errors must be a finite 1-D curve over ranks 0, 1, ..., got shape {errors.shape}")
+        return cls(name, tuple(shape), _concave_gains(errors), float(errors[0]), units, folds)
 
     def gains_upto(self, upto):
         """The first ``upto`` gains, the flat-tail model beyond the cap."""
@@ -221,7 +242,114 @@ def summarize(W, *, gram=None, output_gram=None, folds=None, whitening=None, cap
         held = B.to_numpy(xp.astype(xp.real(S[:k]), xp.float64) ** 2 * rho)
         total_k = B.scalar(xp.real(xp.sum(xp.conj(RW) * (RW @ Gw))))
         loss += total_k - np.concatenate([[0.0], np.cumsum(held)])
-    return LayerSummary(name, shape, _concave_gains(loss), float(loss[0]), units, len(folds))
+    return LayerSummary.from_errors(name, shape, loss, units=units, folds=len(folds))
+
+
+def truncation_directions(W, *, gram, output_gram, folds=None, ridge=DEFAULT_RIDGE, check_finite=True):
+    """The components of the two-sided (K-FAC) SVD of a weight, for :func:`sample_errors`.
+
+    With ``L L^H = gram`` and ``R R^H = output_gram`` (ridged Cholesky factors, see
+    :func:`~randla.compress.whitener`) and the exact SVD ``R^H W L = sum_i u_i s_i
+    v_i^H``, ``W = sum_i a_i b_i^H`` with ``a_i = s_i R^{-H} u_i`` and ``b_i = L^{-H}
+    v_i``: the truncation of :func:`~randla.compress.factor` at rank ``r`` (with these
+    Gram matrices) drops the terms ``i > r``. With ``folds`` the input side is refitted
+    per fold on the other folds' data (``L_k L_k^H = gram - folds[k]``), as
+    :func:`summarize` does, so that the components of fold ``k`` can be scored on fold
+    ``k``'s samples (held out).
+
+    Parameters
+    ----------
+    W : array (out, in)
+    gram : array (in, in)
+        Input Gram matrix (with ``folds``: their sum).
+    output_gram : array (out, out)
+        Output-gradient Gram matrix.
+    folds : sequence of arrays (in, in), optional
+        At least 2 per-fold input Gram matrices.
+    ridge : float, default 1e-6
+    check_finite : bool, default True
+
+    Returns
+    -------
+    list of (A, B)
+        ``A (out, k)`` with columns ``a_i``, ``B (in, k)`` with columns ``b_i``,
+        ``k = min(out, in)``, in ``W``'s namespace and precision; one pair, or one per
+        fold.
+
+    Notes
+    -----
+    Cost: one exact SVD of an ``out x in`` matrix (per fold) and triangular solves,
+    ``O(out in min(out, in))``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from randla.compress import truncation_directions
+    >>> rng = np.random.default_rng(0)
+    >>> W, X, Y = rng.standard_normal((6, 4)), rng.standard_normal((50, 4)), rng.standard_normal((50, 6))
+    >>> [(A, B_)] = truncation_directions(W, gram=X.T @ X, output_gram=Y.T @ Y)
+    >>> A.shape, B_.shape, bool(np.allclose(A @ B_.T, W))
+    ((6, 4), (4, 4), True)
+    """
+    Ww, xp, _ = working_matrix(W, "W", check_finite=check_finite)
+    shape = tuple(int(s) for s in Ww.shape)
+    if output_gram is None or gram is None:
+        raise ValueError("truncation_directions needs gram and output_gram")
+    m = metric(shape, output_gram=output_gram, ridge=ridge)
+    if m.zero_output:
+        raise ValueError("output_gram is all zero: the output does not depend on this weight")
+    R = xp.astype(m.R, Ww.dtype)
+    RW = B.mH(R) @ Ww
+    inputs = [gram] if folds is None else [gram - Gk for Gk in folds]
+    if folds is not None and len(inputs) < 2:
+        raise ValueError(f"folds must hold at least 2 Gram matrices, got {len(inputs)}")
+    pairs = []
+    for i, Gi in enumerate(inputs):
+        L = xp.astype(whitener(Gi, ridge=ridge, name="gram" if folds is None else f"gram - folds[{i}]"), Ww.dtype)
+        U, S, Vh = B.svd(RW @ L)
+        A = B.solve_triangular(B.mH(R), U * S[None, :], lower=False)  # s_i R^{-H} u_i
+        Bk = B.solve_triangular(B.mH(L), B.mH(Vh), lower=False)  # L^{-H} v_i
+        pairs.append((A, Bk))
+    return pairs
+
+
+def sample_errors(d):
+    """Squared error per truncation rank from per-sample component scores.
+
+    ``d[j, i]`` is component ``i``'s contribution to a scalar of sample ``j``: for the
+    components ``(a_i, b_i)`` of :func:`truncation_directions`, a probe's output-
+    gradients ``g_t`` and the layer's inputs ``x_t`` over the positions ``t`` of the
+    sample, ``d[j, i] = sum_t (g_t^H a_i)(b_i^H x_t)``. Dropping components ``i >= r``
+    changes that scalar by ``sum_{i >= r} d[j, i]``, so the error at rank ``r`` is
+    ``E(r) = sum_j |sum_{i >= r} d[j, i]|^2``: errors that add coherently over a
+    sample's positions (as mean pooling adds them) are counted as such, where the
+    K-FAC estimate ``sum_i s_i^2`` treats positions as independent. Sum the curves
+    over batches (and over folds; divide by the probes for their mean) and make a
+    :class:`LayerSummary` with :meth:`LayerSummary.from_errors`.
+
+    Parameters
+    ----------
+    d : array (n, k)
+        One row per sample (and probe).
+
+    Returns
+    -------
+    numpy.ndarray (k + 1,)
+        float64, ``E(0), ..., E(k)`` (``E(k) = 0``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from randla.compress import sample_errors
+    >>> sample_errors(np.array([[1.0, 2.0], [3.0, -3.0]])).tolist()  # (1 + 2)^2 + 0^2, 2^2 + 3^2, 0
+    [9.0, 13.0, 0.0]
+    """
+    d, xp = V.as_matrix(d, "d")
+    wide = xp.complex128 if xp.isdtype(d.dtype, "complex floating") else xp.float64
+    d = xp.astype(d, wide)
+    tails = xp.flip(xp.cumulative_sum(xp.flip(d, axis=1), axis=1), axis=1)  # sum_{i >= r}
+    e = B.to_numpy(xp.sum(xp.real(xp.conj(tails) * tails), axis=0)).astype(np.float64)
+    return np.concatenate([e, [0.0]])
 
 
 def _concave_gains(loss):

@@ -66,7 +66,7 @@ def check_grams(grams, names, dims, *, argument="calibration"):
 
 
 def compress_weights(weights, *, rank=None, rank_fraction=None, param_fraction=None, rtol=None, budget=None,
-                     grams=None, output_grams=None, folds=None, method="rsi", q=2, p=10, split="left",
+                     grams=None, output_grams=None, folds=None, errors=None, method="rsi", q=2, p=10, split="left",
                      ridge=DEFAULT_RIDGE, allocation="greedy", estimate_error=True, batch=True, rng=None):
     """Factor every weight of a mapping by one rank rule or one parameter budget.
 
@@ -86,6 +86,12 @@ def compress_weights(weights, *, rank=None, rank_fraction=None, param_fraction=N
         Per-fold input Gram matrices (summing to ``grams``): a ``budget`` is then
         spent on cross-validated gains (see :func:`~randla.compress.summarize`).
         Ignored by the other rank modes.
+    errors : mapping name -> array (k + 1,), optional
+        Per-layer curves of the error against the rank in the units of the model's
+        output (e.g. per-sample errors, :func:`~randla.compress.sample_errors`; those
+        of :func:`randla.torch.calibrate` with ``sample_probes``): a ``budget`` is then
+        spent on them (:meth:`~randla.compress.LayerSummary.from_errors`) instead of
+        on spectra. Every layer needs one. Ignored by the other rank modes.
     method, q, p, split, ridge, estimate_error
         As in :func:`~randla.compress.factor`.
     allocation : "greedy" or callable, default "greedy"
@@ -146,6 +152,12 @@ def compress_weights(weights, *, rank=None, rank_fraction=None, param_fraction=N
             raise ValueError(f"folds must hold at least 2 mappings of Gram matrices, got {len(folds)}")
         for i, f in enumerate(folds):
             check_grams(f, names, {n: s[1] for n, s in shapes.items()}, argument=f"folds[{i}]")
+    if errors is not None:
+        if not isinstance(errors, Mapping):
+            raise TypeError(f"errors must be a mapping of name to error curve, got {type(errors).__name__}")
+        missing = [n for n in names if n not in errors]
+        if missing:
+            raise ValueError(f"errors has no curve for layer {missing[0]!r}")
     gen = B.as_generator(rng)
     kw = {"method": method, "q": q, "p": p, "ridge": ridge, "rng": gen}
 
@@ -173,7 +185,9 @@ def compress_weights(weights, *, rank=None, rank_fraction=None, param_fraction=N
             continue
         m = metrics[n]
         t0 = time.perf_counter()
-        if folds is not None:
+        if errors is not None:
+            summ = LayerSummary.from_errors(n, shapes[n], errors[n])
+        elif folds is not None:
             summ = summarize(weights[n], folds=[f[n] for f in folds], gram=grams_of(n)["gram"],
                              whitening=m._replace(L=None), cap=None, name=n, **kw)
         else:

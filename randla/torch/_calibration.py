@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -121,10 +122,15 @@ class Calibration(dict):
     folds : list of dict or None
         Per-fold input Gram matrices (samples assigned to folds in turn), summing to
         the main ones; ``None`` with ``folds=1``.
+    errors : dict or None
+        ``{layer_name: E}``, ``E[r]`` (NumPy float64, ``r = 0 .. min(out, in)``) the
+        per-sample error of truncating the layer at rank ``r`` (``sample_probes``);
+        ``None`` otherwise.
     """
 
     output_grams: dict | None = None
     folds: list | None = None
+    errors: dict | None = None
 
 
 def _check_folds(folds):
@@ -134,7 +140,7 @@ def _check_folds(folds):
 
 
 def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True, output=None, probes=8, folds=2,
-              rng=None):
+              sample_probes=None, rng=None):
     """Per-layer input Gram matrices ``G = X^H X`` on calibration batches (float64).
 
     Feeds every batch to ``model`` (evaluation mode) and accumulates, for each layer
@@ -178,6 +184,16 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
         ``folds`` parts in turn and a Gram matrix is kept per part, for the cross-
         validated budget allocation of :func:`compress`; ``1`` keeps only the totals
         (memory: ``folds + 1`` Gram matrices per layer).
+    sample_probes : int, optional
+        With ``output``: a second pass over ``batches`` with this many probes per
+        batch, which measures each layer's truncation error per sample (the ``errors``
+        attribute; see :func:`sample_errors`): the change of ``z . output`` for each
+        sample, summed over its positions before squaring, so errors that add up
+        coherently over the positions that a pooled output averages count as such
+        (K-FAC treats positions as independent). With ``folds >= 2`` each fold's
+        samples score components fitted without them (held out). :func:`compress`
+        then spends a ``budget`` on these curves. Cost: the first pass again with
+        ``sample_probes`` backward passes, and an exact SVD per layer and fold.
     rng : None, int or numpy.random.Generator
         Seeds the probes.
 
@@ -208,9 +224,23 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
     >>> G = calibrate(net, [X], output=lambda y, batch: y, probes=4, rng=0)
     >>> G.output_grams["2"].shape  # the last layer's output is the output: H ~ probes' identity
     torch.Size([2, 2])
+
+    Per-sample truncation errors for a budget (held out over the 2 folds):
+
+    >>> G = calibrate(net, [X[:16], X[16:]], output=lambda y, batch: y, sample_probes=4, rng=0)
+    >>> E = G.errors["2"]  # E[r]: the error at rank r = 0, 1, 2 (none at full rank)
+    >>> E.shape, bool(E[0] > E[1] > E[2] == 0.0)
+    ((3,), True)
     """
     folds = _check_folds(folds)
     probes = int(probes)
+    if sample_probes is not None:
+        if output is None:
+            raise ValueError("sample_probes needs output")
+        if isinstance(sample_probes, bool) or not isinstance(sample_probes, int) or sample_probes < 1:
+            raise ValueError(f"sample_probes must be an int >= 1, got {sample_probes!r}")
+        if iter(batches) is batches:
+            raise ValueError("sample_probes reads batches twice: give a list, not a one-shot iterator")
     if output is not None and probes < 1:
         raise ValueError(f"probes must be >= 1, got {probes}")
     if output is not None and not callable(output):
@@ -282,9 +312,16 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
         run_with_hooks(model, feed(), [n for n, _ in layers], on_input=accumulate,
                        on_output=keep_output if output is not None else None, on_batch=differentiate,
                        grad=output is not None)
+        result = _totals(layers, parts, folds, H if output is not None else None)
+        if sample_probes is not None:
+            result.errors = _sample_pass(model, layers, result, batches, output, sample_probes, gen, ignore_padding)
     finally:
         for prm in frozen:
             prm.requires_grad_(False)
+    return result
+
+
+def _totals(layers, parts, folds, H):
     result = Calibration()
     for n, _ in layers:
         present = [p[n] for p in parts if n in p]
@@ -292,11 +329,85 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
             result[n] = sum(present[1:], present[0])
     if folds > 1:
         result.folds = [{n: p.get(n, torch.zeros_like(result[n])) for n in result} for p in parts]
-    if output is not None:
+    if H is not None:
         result.output_grams = {n: H.get(n, torch.zeros(_out_dim(m), _out_dim(m), dtype=torch.float64,
                                                         device=result[n].device))
                                for n, m in layers if n in result}
     return result
+
+
+def _sample_pass(model, layers, cal, batches, output, probes, gen, ignore_padding):
+    """``{name: E}``: per-sample truncation errors (see ``calibrate(sample_probes=...)``)."""
+    from ..compress import sample_errors, truncation_directions
+    from ._compress import _flat_weight, to_array
+
+    dirs, errors = {}, {}
+    for n, m in layers:
+        if n not in cal:
+            continue
+        k = min(_flat_weight(m).shape)
+        errors[n] = np.zeros(k + 1)
+        if not bool(torch.any(cal.output_grams[n] != 0)):
+            continue  # the output does not depend on the layer: no error at any rank
+        W = _flat_weight(m).detach()
+        pairs = truncation_directions(to_array(W), gram=to_array(cal[n]), output_gram=to_array(cal.output_grams[n]),
+                                      folds=None if cal.folds is None else [to_array(f[n]) for f in cal.folds])
+        wide_dtype = torch.complex128 if W.is_complex() else torch.float64  # tails of small components
+        dirs[n] = [tuple(torch.as_tensor(a).to(W.device, wide_dtype) for a in pair) for pair in pairs]
+    xs, ys, seen = {}, {}, {}
+    state = {"mask": None}
+
+    def keep_input(name, module, x):
+        xs[name] = x.detach()
+
+    def keep_output(name, module, y):
+        ys[name] = (module, y)
+
+    def differentiate(batch, model_output):
+        y_out = output(model_output, batch)
+        names = [n for n in ys if n in dirs and ys[n][1].requires_grad]
+        mask = state["mask"]
+        inputs = {}
+        for n in names:  # b_i^H x_t per fold, once per batch
+            module, x = ys[n][0], xs[n]
+            if mask is not None and x.ndim >= 3 and tuple(x.shape[:2]) == tuple(mask.shape) \
+                    and not isinstance(module, nn.Conv2d):
+                x = x * (mask.to(x.device) != 0).unsqueeze(-1).to(x.dtype)  # padding positions: no error
+            n_samples = x.shape[0] if x.ndim >= 2 else 1
+            X = layer_inputs(module, x if x.ndim >= 2 else x.unsqueeze(0))
+            start = seen.get(n, 0)
+            seen[n] = start + n_samples
+            fold = (start + torch.arange(n_samples, device=X.device)) % len(dirs[n])
+            Xs = X.reshape(n_samples, -1, X.shape[-1])
+            inputs[n] = (fold, [Xs.to(B_.dtype) @ B_.conj() for _, B_ in dirs[n]])
+        for p in range(probes):
+            z = torch.randn(y_out.shape, generator=gen, dtype=torch.float64).to(y_out.device, y_out.dtype)
+            grads = torch.autograd.grad(y_out, [ys[n][1] for n in names], grad_outputs=z,
+                                        retain_graph=p < probes - 1, allow_unused=True)
+            for n, g in zip(names, grads, strict=True):
+                if g is None:
+                    continue
+                fold, xb = inputs[n]
+                gs = _layer_outputs(ys[n][0], g if g.ndim >= 2 else g.unsqueeze(0))
+                gs = gs.reshape(fold.shape[0], -1, gs.shape[-1])
+                for f, ((A, _), xbf) in enumerate(zip(dirs[n], xb, strict=True)):
+                    sel = fold == f
+                    if not bool(sel.any()):
+                        continue
+                    d = ((gs[sel].to(A.dtype).conj() @ A) * xbf[sel]).sum(1)  # sum_t (g_t^H a_i)(b_i^H x_t)
+                    errors[n] += sample_errors(to_array(d)) / probes
+        xs.clear()
+        ys.clear()
+
+    def feed():
+        for batch in batches:
+            state["mask"] = batch_mask(batch, ignore_padding)
+            yield batch
+
+    if dirs:
+        run_with_hooks(model, feed(), list(dirs), on_input=keep_input, on_output=keep_output, on_batch=differentiate,
+                       grad=True)
+    return errors
 
 
 def _out_dim(module):

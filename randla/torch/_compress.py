@@ -124,7 +124,8 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
         K-FAC estimate of the change of that output (``R^H (W - B A) L``, see
         :func:`randla.compress.factor`), and a ``budget`` is spent greedily on
         those spectra, which are comparable across layers, cross-validated over the
-        calibration's folds. Without ``output=``, a ``budget`` is spent on relative
+        calibration's folds; with ``sample_probes`` (see :func:`calibrate`), on its
+        per-sample error curves instead. Without ``output=``, a ``budget`` is spent on relative
         whitened spectra (measured to lose to a uniform ``rank_fraction`` on MiniLM;
         calibrate with ``output=`` for budgets). With ``data``, only together with a
         ``budget``, whose ranks it then allocates.
@@ -223,15 +224,18 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
                                    budget=budget, shrinkage=shrinkage, folds=folds, method=method, q=q, p=p,
                                    split=split, ridge=ridge, rng=rng)
     weights = {n: to_array(_flat_weight(m)) for n, m in layers}
-    grams = output_grams = folds = None
+    grams = output_grams = folds = errors = None
     if calibration is not None:
         grams = _arrays(calibration, weights)
         if getattr(calibration, "output_grams", None) is not None:
             output_grams = _arrays(calibration.output_grams, weights)
         if getattr(calibration, "folds", None) is not None and budget is not None:
             folds = [_arrays(f, weights) for f in calibration.folds]
+        if getattr(calibration, "errors", None) is not None and budget is not None:
+            errors = {n: calibration.errors[n] for n in weights if n in calibration.errors}
     factors, report = compress_weights(weights, rank=rank, rank_fraction=rank_fraction, param_fraction=param_fraction,
                                        rtol=rtol, budget=budget, grams=grams, output_grams=output_grams, folds=folds,
+                                       errors=errors,
                                        method=method, q=q, p=p, split=split, ridge=ridge, batch=batch, rng=rng)
     target = model if inplace else copy.deepcopy(model)
     refs = _references(target)
