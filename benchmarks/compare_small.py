@@ -10,7 +10,14 @@ Every figure is ``float32``, randomized subspace iteration with ``q = 2`` and
 oversampling ``p = 10``, rank ``k = floor(0.4 min(m, n))`` (the compression
 parameter alpha = 0.4). Methods are timed interleaved (one call of each method per
 round, ``--rounds`` rounds; the table shows the best round and the median), so a busy
-machine slows them alike. The *GEMM floor* is the time of the ``2q + 2`` products of
+machine slows them alike. Each timed call follows one untimed call of the same method:
+NumPy's OpenBLAS threads and torch's OpenMP threads keep spinning on the cores for a
+while after a call returns, and a call of the other library made then competes with
+them (384 x 384, quiet machine: NumPy's ``rsi`` took 7.7 ms alone, 16 ms best and
+57 ms median of rounds interleaved with torch calls, 8.4 ms with the settling call;
+torch's 7.7 ms alone, 27 ms interleaved). Runs before 2026-11-30's evening had no
+settling call: their 384 x 384 ratios (7-9x the floor) and torch / NumPy ratios
+(1.15-1.5) measured that contention, not the methods. The *GEMM floor* is the time of the ``2q + 2`` products of
 ``A`` with a ``k + p`` column block that any such method must make, in the same
 process and library (:func:`benchmarks._common.gemm_floor`); the normalized error is
 ``||A - U S Vh||_2 / sigma_(k+1)`` (1 is optimal), evaluated in float64.
@@ -97,6 +104,22 @@ Measured and not kept (one thread, CPU time, interleaved, unless said):
   folded into the small eigenproblem): it would save the final triangular solve and
   the float64 Gram matrix that certifies ``Q`` (about 0.5 of 10.8 ms), but trade the
   measured certificate of an orthonormal ``U`` for a condition estimate; not built.
+  Measured since (a prototype with a Frobenius condition bound of ``R`` as the
+  guard, two threads, best of 7 interleaved rounds): 7.59 against 7.60 ms on the
+  384 x 384 matrix, 387 against 397 ms on the 37, the same orthogonality (3.2e-5)
+  and errors; the small ``l x l`` products it adds eat what it saves.
+* the explicit triangular inverse and a two-thread GEMM for every panel (``trtri``, as
+  for large panels, instead of the one-thread ``trsm``): 7.75 against 7.57 ms on the
+  384 x 384 matrix, 399 against 400 ms on the 37; no gain.
+* the two stabilisers of a power step fused into one triangular solve (``C' = A^H Y``,
+  the Gram matrix of ``C = C' R_y^{-1}`` from ``C'``'s by two ``l x l`` solves,
+  ``Z = C' (R_c R_y)^{-1}``; no ``Y R_y^{-1}``): 10.2 against 9.2 ms on the 384 x 384
+  matrix, 558 against 525 ms on the 37 (one thread, best of 7 interleaved rounds);
+  the ``l x l`` solves, Cholesky factor and product cost more than the ``m x l``
+  solve they save.
+* a Box-Muller Gaussian from the generator's float32 uniforms: 0.23 against 0.45 ms
+  for a 384 x 163 draw, about 3 % of a call, for a different random stream (every
+  seeded result would change); not worth it.
 """
 
 from __future__ import annotations
