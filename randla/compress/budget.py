@@ -17,7 +17,11 @@ gradients with respect to the layer's output (the Kronecker-factored Gauss-Newto
 approximation, K-FAC [MG2015]; used for pruning by the LLM Surgeon [vdO2023]) makes
 ``sum_l ||R_l^H (W_l - B_l A_l) L_l||_F^2`` a second-order estimate of the change of the
 output, so the greedy on those spectra is principled; cross-validated (held-out) gains
-correct for calibration data that covers some layers' inputs thinly.
+correct for calibration data that covers some layers' inputs thinly. K-FAC treats the
+positions of a sample (the tokens of a sentence) as independent; where a pooled output
+adds a layer's errors coherently over them, per-sample error curves
+(:func:`truncation_directions`, :func:`sample_errors`, :meth:`LayerSummary.from_errors`)
+count them as such.
 
 References
 ----------
