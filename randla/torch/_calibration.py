@@ -74,8 +74,7 @@ def fold_rows(module, x, mask, start, folds):
     >>> [r.shape[0] for r in rows], n  # samples 1 -> fold 0, samples 0 and 2 -> fold 1
     ([2, 4], 3)
     """
-    if not (mask is not None and x.ndim >= 3 and tuple(x.shape[:2]) == tuple(mask.shape)
-            and not isinstance(module, nn.Conv2d)):
+    if not masks_positions(mask, module, x):
         mask = None
     n_samples = x.shape[0] if x.ndim >= 2 else 1
     rows = []
@@ -96,6 +95,13 @@ def fold_rows(module, x, mask, start, folds):
             xf = xf[mf != 0]
         rows.append(layer_inputs(module, xf))
     return rows, n_samples
+
+
+def masks_positions(mask, module, x):
+    """True where ``mask`` (``(batch, seq)``, see :func:`batch_mask`) marks the leading
+    positions of a layer's input ``x`` (never for a convolution)."""
+    return (mask is not None and x.ndim >= 3 and tuple(x.shape[:2]) == tuple(mask.shape)
+            and not isinstance(module, nn.Conv2d))
 
 
 def wide(X):
@@ -370,8 +376,7 @@ def _sample_pass(model, layers, cal, batches, output, probes, gen, ignore_paddin
         inputs = {}
         for n in names:  # b_i^H x_t per fold, once per batch
             module, x = ys[n][0], xs[n]
-            if mask is not None and x.ndim >= 3 and tuple(x.shape[:2]) == tuple(mask.shape) \
-                    and not isinstance(module, nn.Conv2d):
+            if masks_positions(mask, module, x):
                 x = x * (mask.to(x.device) != 0).unsqueeze(-1).to(x.dtype)  # padding positions: no error
             n_samples = x.shape[0] if x.ndim >= 2 else 1
             X = layer_inputs(module, x if x.ndim >= 2 else x.unsqueeze(0))
