@@ -102,8 +102,8 @@ def interleaved_rounds(fns, *, repeat, warmup=1, budget=None, settle=0):
     threads of the one called last keep spinning on the cores for a while after it
     returns, and the next library's first call competes with them; a user calling one
     library over and over never sees that. Measured on two cores, 384 x 384 ``rsi``:
-    7.7 ms alone, 16 ms best (57 ms median) interleaved with torch calls, 8.4 ms with
-    ``settle=1``."""
+    7.7 ms alone, 16 ms best (57 ms median) interleaved with torch calls, 7.8 ms best
+    (8.1 ms median) with ``settle=1``."""
     for f in fns:
         for _ in range(warmup):
             f()

@@ -14,12 +14,14 @@ machine slows them alike. Each timed call follows one untimed call of the same m
 NumPy's OpenBLAS threads and torch's OpenMP threads keep spinning on the cores for a
 while after a call returns, and a call of the other library made then competes with
 them (384 x 384, quiet machine: NumPy's ``rsi`` took 7.7 ms alone, 16 ms best and
-57 ms median of rounds interleaved with torch calls, 8.4 ms with the settling call;
-torch's 7.7 ms alone, 27 ms interleaved). Runs before 2026-11-30's evening had no
-settling call: their 384 x 384 ratios (7-9x the floor) and torch / NumPy ratios
-(1.15-1.5) measured that contention, not the methods. The *GEMM floor* is the time of the ``2q + 2`` products of
-``A`` with a ``k + p`` column block that any such method must make, in the same
-process and library (:func:`benchmarks._common.gemm_floor`); the normalized error is
+57 ms median of rounds interleaved with torch calls, 7.8 ms best (8.1 ms median)
+with the settling call; torch's 7.7 ms alone, 27 ms interleaved). Runs before
+2026-11-30's evening had no settling call: their 384 x 384 ratios (7-9x the floor)
+and torch / NumPy ratios (1.15-1.5) measured that contention, not the methods.
+
+The *GEMM floor* is the time of the ``2q + 2`` products of ``A`` with a ``k + p``
+column block that any such method must make, in the same process and library
+(:func:`benchmarks._common.gemm_floor`); the normalized error is
 ``||A - U S Vh||_2 / sigma_(k+1)`` (1 is optimal), evaluated in float64.
 
 Sections (``--sections one,minilm,batched,big`` picks some):
