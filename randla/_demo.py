@@ -164,18 +164,21 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
     3, block Krylov, the exact SVD), by the activation-whitened RSI (q = 2) with input Gram
     matrices from 128 calibration sentences, by the two-sided (K-FAC) RSI that also
     weights each layer by the sentence embedding's gradients, and with a parameter budget
-    equal to the uniform one's (:func:`randla.torch.compress` with ``budget``, gains
-    cross-validated over two folds), then at those ranks error-corrected: the layers fitted
-    in forward order to the original layers' outputs through the compressed model's own
-    inputs (``data=``). Each compressed model embeds 128 other sentences; the
-    table gives the compression time, the share of linear parameters kept, the mean
-    normalized spectral error of the truncated matrices (``W``, or ``W L`` whitened), the
-    mean cosine of each sentence embedding to the original model's, and two retrieval
-    figures: top-1 nearest-neighbour agreement and the Spearman correlation of all
-    pairwise similarities. The last rows prune the FFN of all six layers to half width by
+    equal to the uniform one's (:func:`randla.torch.compress` with ``budget``), spent on
+    each layer's truncation error per sentence, held out over two folds
+    (``calibrate(..., sample_probes=32)``), then at those ranks error-corrected: the
+    layers fitted in forward order to the original layers' outputs through the
+    compressed model's own inputs (``data=``). Each compressed model embeds 128 other
+    sentences; the table gives the compression time, the share of linear parameters
+    kept, the mean normalized spectral error of the truncated matrices (``W``, or
+    ``W L`` whitened), the mean cosine of each sentence embedding to the original
+    model's, and two retrieval figures: top-1 nearest-neighbour agreement and the
+    Spearman correlation of all pairwise similarities. The last rows prune the FFN of all six layers to half width by
     an interpolative decomposition of its activations (:func:`randla.torch.prune_mlp`).
 
-    ``quick``: alpha 0.4 only, four methods, 32 evaluation sentences (for the tests).
+    ``quick``: alpha 0.4 only, four methods, 32 evaluation sentences, and a cheap
+    calibration (2 probes, no per-sentence pass: the budget is spent on the cross-
+    validated K-FAC spectra instead; for the tests).
     ``plot``: an image file with the cosine against the parameters kept, one line per
     method. Returns the rows: dicts with ``method``, ``alpha``, ``seconds``, ``kept``,
     ``error``, ``cosine``, ``nn`` and ``spearman``.
@@ -196,8 +199,10 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
     E0 = embed(model, tok, ev)
     t0 = time.perf_counter()
     # input Gram matrices of every layer, and the Gram matrices of the sentence embedding's
-    # gradients with respect to each layer's output (K-FAC), in two folds for the budget
-    calibration = calibrate(model, batches, output=sentence_embedding, probes=2 if quick else 8, rng=seed)
+    # gradients with respect to each layer's output (K-FAC), in two folds for the budget;
+    # then (not quick) each layer's held-out truncation error per sentence, which the budget spends
+    calibration = calibrate(model, batches, output=sentence_embedding, probes=2 if quick else 8,
+                            sample_probes=None if quick else 32, rng=seed)
     t_cal = time.perf_counter() - t0
     grams = dict(calibration)  # the input Gram matrices alone
     n_linear = _linear_params(model)
@@ -207,7 +212,7 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
     print_(f"randla demo: every nn.Linear of MiniLM-L6 (all-MiniLM-L6-v2; {len(grams)} weights, {n_linear / 1e6:.1f}M "
            f"parameters) compressed at once, rank floor(alpha min(m, n)); {len(cal)} calibration and {len(ev)} "
            f"evaluation sentences (disjoint); calibration (input and output-gradient Gram matrices of every "
-           f"layer) {t_cal:.1f} s\n")
+           f"layer{'' if quick else ', and its truncation errors per sentence'}) {t_cal:.1f} s\n")
     head = f"{'alpha':<7}{'method':<30}{'time':>8}{'kept':>8}{'error':>8}{'cosine':>9}{'NN@1':>7}{'Spearman':>10}"
     print_(head)
     rows = []
@@ -226,20 +231,24 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
         print_(f"{alpha:<7}{label:<30}{seconds:>7.2f}s{row['kept']:>8.3f}{err:>8}{cos:>9.4f}{nn:>7.3f}{rho:>10.4f}")
         return small, report
 
+    budgeted = "budgeted two-sided rsi q=2" if quick else "budgeted, per-sentence errors"
     for alpha in alphas:
         for label, kw in plain:
-            run(label, alpha, lambda kw=kw: compress(model, rank_fraction=alpha, rng=seed, **kw))
+            run(label, alpha, lambda kw=kw, alpha=alpha: compress(model, rank_fraction=alpha, rng=seed, **kw))
         _, uniform = run("whitened rsi q=2", alpha,
-                         lambda: compress(model, rank_fraction=alpha, calibration=grams, rng=seed))
+                         lambda alpha=alpha: compress(model, rank_fraction=alpha, calibration=grams, rng=seed))
         run("two-sided rsi q=2 (K-FAC)", alpha,
-            lambda: compress(model, rank_fraction=alpha, calibration=calibration, rng=seed))
-        run("budgeted two-sided rsi q=2", alpha,
-            lambda: compress(model, budget=uniform.params_after, calibration=calibration, rng=seed))
+            lambda alpha=alpha: compress(model, rank_fraction=alpha, calibration=calibration, rng=seed))
+        run(budgeted, alpha,
+            lambda budget=uniform.params_after: compress(model, budget=budget, calibration=calibration, rng=seed))
         if not quick:  # a minute or more per alpha on two cores
             run("  + error-corrected (data=)", alpha,
-                lambda: compress(model, budget=uniform.params_after, calibration=calibration, data=batches,
-                                 rng=seed))
+                lambda budget=uniform.params_after: compress(model, budget=budget, calibration=calibration,
+                                                             data=batches, rng=seed))
         print_("")
+    how = ("by cross-validated gains" if quick else
+           "by each truncation's effect on the sentence embeddings, measured per sentence and held out over two "
+           "folds (two-sided factors; calibrate(..., sample_probes=32))")
     pairs = [(f"encoder.layer.{i}.intermediate.dense", f"encoder.layer.{i}.output.dense") for i in range(6)]
     pruned, _ = run("FFN pruning, half width (ID)", "-",
                     lambda: prune_mlp(model, pairs, batches, keep_fraction=0.5, rng=seed), spectral=False)
@@ -249,13 +258,14 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
     print_("whitened: factors minimise each layer's output error on the calibration inputs (SVD of W L, G = L L^T); "
            "two-sided: weighted by each layer's effect on the sentence embedding as well (SVD of R^T W L, R R^T the "
            "Gram matrix of the embedding's gradients at the layer's output); budgeted: the same total parameters as "
-           "the uniform rank, spread over the layers by cross-validated gains; + error-corrected: the same ranks, the "
+           f"the uniform rank, spread over the layers {how}; + error-corrected: the same ranks, the "
            "layers fitted in forward order to the original layers' outputs through the compressed model's own "
            "inputs (compress(..., data=batches)). time: the compression call "
            "(calibration excluded); kept: share of the linear layers' weight parameters; "
            "error: mean ||M - M_r||_2 / sigma_(r+1)(M) over the factored layers (M = W, W L or R^T W L; 1 is "
            "optimal; rows identical to the exact SVD's: solver='auto' took the exact SVD, which is faster once the "
-           "sketch is that large a share of the matrix); cosine: mean cosine of each evaluation embedding to the original model's; NN@1: share of "
+           "sketch is that large a share of the matrix); cosine: mean cosine of each evaluation embedding to the "
+           "original model's; NN@1: share of "
            "sentences whose nearest neighbour is unchanged; Spearman: rank correlation of all pairwise "
            f"similarities. Total {time.perf_counter() - t_start:.0f} s, torch on {torch.get_num_threads()} threads.")
     if plot is not None:
