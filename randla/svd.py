@@ -468,7 +468,8 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
     sketch : str, default "gaussian"
         Test matrix, see :func:`randla.sketch.sketch`.
     stabilizer : {"cholqr", "qr", "lu", "none"}, default "cholqr"
-        Applied after every pass inside the power iteration: mixed-precision
+        Applied after every pass inside the power iteration (``"cholqr"``: the one
+        after ``A Z`` only where the next product needs it, see :func:`rsi`): mixed-precision
         shifted Cholesky-QR (GEMM-rich, chosen by measurement: the fastest at equal
         accuracy), Householder QR, row-pivoted LU (as scikit-learn's ``"LU"``), or
         no orthogonalisation (only an exact power-of-two rescaling that keeps the
@@ -646,7 +647,7 @@ def _full_svd(op, k, l, sketch, rng, check_finite):
 
 
 def rsi(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr", rng=None, check_finite=True, solver="auto"):
-    """Randomized subspace iteration, re-orthonormalised after every pass [RSI, Alg. 1].
+    """Randomized subspace iteration, re-orthonormalised between passes [RSI, Alg. 1].
 
     ``Y = A Omega``; ``q`` times ``Q = orth(Y)``, ``Z = orth(A^H Q)``, ``Y = A Z``;
     then ``Q = orth(Y)``, ``B = Q^H A = Ub S Vh``, ``U = Q Ub``, truncated to ``k``.
