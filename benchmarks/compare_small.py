@@ -71,14 +71,18 @@ namespace lookup cached per type                       1.02 / 1.00 / 1.01  1.00 
 scale from the Gram trace (norm pass over Y)           1.02 / 1.05 / 1.01  0.98 / 1.05 / 1.01
 right-side trsm, Fortran copy (left-side trsm, y^T)    1.04 / 1.04 / 1.04  1.02 / 1.04 / 1.03
 per-matrix potrf on stacks (numpy.linalg.cholesky)     1.02 / 0.99 / 1.05  0.99 / 1.00 / 1.12
+Y's stabiliser skipped if A^H Y is well conditioned    1.08 / 1.12 / 1.11  1.12 / 1.11 / 1.09
 =====================================================  ==================  ==================
 
-Ranges of the last two rows: trsm NumPy 0.75-1.11 / 0.99-1.06 / 1.02-1.06, torch
+Ranges of the trsm and potrf rows: trsm NumPy 0.75-1.11 / 0.99-1.06 / 1.02-1.06, torch
 0.89-1.10 / 0.94-1.09 / 1.01-1.05; potrf on stacks NumPy 0.98-1.24, torch 0.94-1.12.
 The torch column was measured while CPU torch input ran in NumPy past its first
 sketch (the host route below, since removed), so its rows measure the NumPy code.
 Rows within the spread of the rounds (0.7-1.3 under this load) neither help nor hurt
 measurably.
+The last row (was: a stabiliser after every pass) was measured later, at load 3 on
+two cores, over 21 / 7 / 7 rounds, the torch column on torch's own kernels; ranges
+NumPy 1.05-1.14 / 1.08-1.19 / 1.06-1.13, torch 0.92-1.18 / 1.09-1.12 / 1.06-1.14.
 
 Measured and not kept (one thread, CPU time, interleaved, unless said):
 
@@ -534,8 +538,12 @@ def _ablations():
 
         mp.setattr(B, "try_cholesky", batched)
 
+    def every_stabilizer(mp):  # the stabiliser of Y in every power step, as before
+        mp.setattr(S, "_skip_stabilized_rmatmat", lambda op, Y: None)
+
     both = ("numpy", "torch")
     return {
+        "stabiliser of Y skipped where A^H Y is well conditioned (was: every pass)": (both, every_stabilizer),
         "single-precision stabiliser between passes (was: float64 Gram)": (both, float64_stabilizer),
         "single-precision eigh of the projection (was: float64)": (both, float64_eigh),
         "SciPy syevd for NumPy's eigh (was: numpy.linalg.eigh)": (("numpy",), numpy_eigh),

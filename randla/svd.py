@@ -369,12 +369,40 @@ def _first_sketch(op, l, sketch, rng, check_finite):
 
 
 def _power_basis(op, l, q, stabilizer, sketch, rng, check_finite):
-    """``Y = (A A^H)^q A Omega`` with a stabiliser after every pass [HMT2011, Alg. 4.4]."""
+    """``Y = (A A^H)^q A Omega`` with a stabiliser after every pass [HMT2011, Alg. 4.4].
+
+    With ``stabilizer="cholqr"`` on eager arrays the stabiliser of ``Y`` is skipped
+    while the one after the next pass shows it was not needed (see
+    :func:`_skip_stabilized_rmatmat`); the span is the same in exact arithmetic.
+    """
     Y = _first_sketch(op, l, sketch, rng, check_finite)
+    skip = stabilizer == "cholqr" and not B.is_lazy(Y)
     for _ in range(q):
-        Z = _stabilize(op.rmatmat(_stabilize(Y, stabilizer)), stabilizer)
+        Z = _skip_stabilized_rmatmat(op, Y) if skip else None
+        skip = Z is not None
+        if Z is None:
+            Z = _stabilize(op.rmatmat(_stabilize(Y, stabilizer)), stabilizer)
         Y = op.matmat(Z)
     return Y
+
+
+def _skip_stabilized_rmatmat(op, Y):
+    """``orth(A^H Y)`` straight from an unstabilised ``Y``, or ``None`` where that lost
+    accuracy.
+
+    ``Y`` is only rescaled by a power of two (exact), ``Z = A^H Y`` formed, and
+    ``Z`` stabilised by :func:`_single_cholqr`, whose test passes only for
+    ``cond(Z) <~ (4 l u)^{-1/2}`` (160 in float32 at ``l = 163``): the product then
+    lost at most about ``u cond(Z)`` (1e-5 in float32) of its weakest direction,
+    against ``u sigma_1 / sigma_l`` with ``Y`` orthonormalised first. Pretrained
+    weights pass (MiniLM's 37 matrices at alpha = 0.4, five seeds: 369 of 370 steps;
+    mean normalized error unchanged to four digits); graded spectra fail, and the
+    caller then repeats the step with both stabilisers and stops skipping. Saves
+    one Cholesky-QR per iteration: ``rsi`` at q = 2 on 384 x 384 and on the 37
+    matrices 1.10x faster on one thread.
+    """
+    with V.quiet_nonfinite():  # an overflowing product fails the test
+        return _single_cholqr(op.rmatmat(_unit_scale(Y)[0]))
 
 
 def _range_svd(op, k, l, q, stabilizer, sketch, rng, check_finite):
@@ -440,7 +468,8 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
     sketch : str, default "gaussian"
         Test matrix, see :func:`randla.sketch.sketch`.
     stabilizer : {"cholqr", "qr", "lu", "none"}, default "cholqr"
-        Applied after every pass inside the power iteration: mixed-precision
+        Applied after every pass inside the power iteration (``"cholqr"``: the one
+        after ``A Z`` only where the next product needs it, see :func:`rsi`): mixed-precision
         shifted Cholesky-QR (GEMM-rich, chosen by measurement: the fastest at equal
         accuracy), Householder QR, row-pivoted LU (as scikit-learn's ``"LU"``), or
         no orthogonalisation (only an exact power-of-two rescaling that keeps the
@@ -618,11 +647,14 @@ def _full_svd(op, k, l, sketch, rng, check_finite):
 
 
 def rsi(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr", rng=None, check_finite=True, solver="auto"):
-    """Randomized subspace iteration, re-orthonormalised after every pass [RSI, Alg. 1].
+    """Randomized subspace iteration, re-orthonormalised between passes [RSI, Alg. 1].
 
     ``Y = A Omega``; ``q`` times ``Q = orth(Y)``, ``Z = orth(A^H Q)``, ``Y = A Z``;
     then ``Q = orth(Y)``, ``B = Q^H A = Ub S Vh``, ``U = Q Ub``, truncated to ``k``.
-    The seed paper counts iterations from one: its ``q`` is our ``q + 1``.
+    The seed paper counts iterations from one: its ``q`` is our ``q + 1``. With
+    ``stabilizer="cholqr"``, ``orth(Y)`` inside the loop is skipped while
+    ``A^H Y`` comes out well conditioned (the same span; a test on its
+    Cholesky factor decides, and the first failure restores every stabiliser).
 
     Parameters
     ----------

@@ -384,6 +384,47 @@ def test_single_precision_routes_agree_with_the_float64_routes(monkeypatch, back
     assert errs[0] < 1.2 and abs(errs[0] - errs[1]) < 1e-3
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "complex64"])
+def test_skipped_stabilizer_keeps_the_result(monkeypatch, backend, dtype):
+    """Power steps that skip the stabiliser of ``Y`` (taken where ``A^H Y`` is well
+    conditioned) give the factors that a stabiliser after every pass gives."""
+    import randla.svd as svd_module
+
+    taken = []
+    skip = svd_module._skip_stabilized_rmatmat
+    monkeypatch.setattr(svd_module, "_skip_stabilized_rmatmat",
+                        lambda op, Y: taken.append(skip(op, Y)) or taken[-1])
+    A0, s = matrix(160, 120, spectrum="polynomial", decay=0.5, dtype=dtype, rng=0)
+    A = backend.asarray(A0)
+    skipped = [backend.to_numpy(x) for x in randla.rsi(A, 25, q=2, rng=0, solver="randomized")]
+    if not backend.lazy:
+        assert len(taken) == 2 and all(z is not None for z in taken)
+    monkeypatch.setattr(svd_module, "_skip_stabilized_rmatmat", lambda op, Y: None)
+    every = [backend.to_numpy(x) for x in randla.rsi(A, 25, q=2, rng=0, solver="randomized")]
+    tol = 1e-4 if dtype in ("float32", "complex64") else 1e-10
+    np.testing.assert_allclose(skipped[1], every[1], rtol=tol)
+    # the same subspaces: the rank-25 projectors agree
+    for a, b in ((skipped[0], every[0]), (skipped[2].conj().T, every[2].conj().T)):
+        assert np.linalg.norm(a @ a.conj().T - b @ b.conj().T, 2) < 100 * tol
+    U, S, Vh = skipped
+    assert np.linalg.norm(A0 - (U * S) @ Vh, 2) / s[25] < 1.2
+
+
+def test_skipped_stabilizer_is_refused_where_it_would_lose_accuracy():
+    """Graded ``A^H Y`` (fast decay) and a product that overflows float32 are refused
+    (no warning either way), and rsi then keeps every stabiliser."""
+    import randla.svd as svd_module
+    from randla._validate import as_operand
+
+    graded, s = matrix(150, 120, spectrum="exponential", decay=0.5, dtype="float32", rng=0)
+    rng = np.random.default_rng(0)
+    for A in (graded, np.full((40, 30), 1e30, dtype=np.float32) + rng.standard_normal((40, 30)).astype(np.float32)):
+        Y = A @ rng.standard_normal((A.shape[1], 12)).astype(np.float32)
+        assert svd_module._skip_stabilized_rmatmat(as_operand(A), Y) is None
+    U, S, Vh = randla.rsi(graded, 10, rng=0, solver="randomized")
+    assert np.linalg.norm(graded - (U * S) @ Vh, 2) / s[10] < 1.2
+
+
 def test_nan_found_through_the_sketch_for_every_sketch():
     bad = np.ones((8, 6))
     bad[3, 4] = np.nan

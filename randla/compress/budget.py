@@ -367,7 +367,7 @@ def _concave_gains(loss):
             hull.pop()
         hull.append(r)
     gains = np.zeros(cum.shape[0] - 1)
-    for a, b in zip(hull[:-1], hull[1:]):
+    for a, b in zip(hull[:-1], hull[1:], strict=True):
         gains[a:b] = (cum[b] - cum[a]) / (b - a)
     return np.maximum(gains, 0.0)
 

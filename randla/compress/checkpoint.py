@@ -445,7 +445,7 @@ def write_checkpoint(path, tensors: Iterable, *, metadata=None, max_shard_size=N
             flush(names)
         if [names for _, names in written] != list(plan.values()):
             raise RuntimeError("shards written do not follow the final plan")
-        done = [(tmp, folder / fname) for (tmp, _), fname in zip(written, plan)]
+        done = [(tmp, folder / fname) for (tmp, _), fname in zip(written, plan, strict=True)]
         if len(plan) > 1:
             index_meta = metadata(list(specs)) if callable(metadata) else dict(metadata or {})
             index = {"metadata": {**index_meta, "total_size": sum(s.nbytes for s in specs.values())},

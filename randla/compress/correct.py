@@ -37,7 +37,6 @@ import math
 import time
 from typing import Any, NamedTuple
 
-
 from .. import _backend as B
 from .factor import DEFAULT_RIDGE, _check_method, factor, metric
 from .report import LayerReport

@@ -122,7 +122,7 @@ def _grams_for(calibration, ckpt, targets):
         return Grams()
     grams = load_grams(calibration)
     modules = [_module(n) for n in targets]
-    shapes = {m: ckpt.specs[n].shape for m, n in zip(modules, targets)}
+    shapes = {m: ckpt.specs[n].shape for m, n in zip(modules, targets, strict=True)}
     try:
         check_grams(grams, modules, {m: s[1] for m, s in shapes.items()})
         check_grams(grams.output_grams, modules, {m: s[0] for m, s in shapes.items()}, argument="output_grams")

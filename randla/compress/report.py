@@ -154,7 +154,7 @@ class Report(list):
     def __str__(self) -> str:
         rows = [list(_COLUMNS)] + self._rows() + [self._total()]
         widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
     def __repr__(self) -> str:
         return (f"Report({len(self)} layers, params {self.params_before} -> {self.params_after} "

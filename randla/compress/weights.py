@@ -50,7 +50,7 @@ def check_grams(grams, names, dims, *, argument="calibration"):
     >>> check_grams({"a": np.eye(3)}, ["a", "b"], {"a": 3, "b": 4})
     Traceback (most recent call last):
     ...
-    ValueError: calibration has no Gram matrix for layer 'b' (layers without one are not factored plain: calibrate it or exclude it)
+    ValueError: calibration has no Gram matrix for layer 'b' (layers without one are not factored plain: ...)
     """
     if grams is None:
         return
@@ -142,7 +142,8 @@ def compress_weights(weights, *, rank=None, rank_fraction=None, param_fraction=N
     shapes = {}
     for n in names:
         if getattr(weights[n], "ndim", None) != 2:
-            raise ValueError(f"weights[{n!r}] must be 2-D (out x in), got shape {tuple(getattr(weights[n], 'shape', ()))}")
+            shape = tuple(getattr(weights[n], "shape", ()))
+            raise ValueError(f"weights[{n!r}] must be 2-D (out x in), got shape {shape}")
         shapes[n] = tuple(int(s) for s in weights[n].shape)
     check_grams(grams, names, {n: s[1] for n, s in shapes.items()})
     check_grams(output_grams, names, {n: s[0] for n, s in shapes.items()}, argument="output_grams")

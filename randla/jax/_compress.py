@@ -119,7 +119,7 @@ def compress(params, *, rank=None, rank_fraction=None, param_fraction=None, rtol
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     paths = ["/".join(_key_name(k) for k in path) for path, _ in flat]
     chosen = {}
-    for i, ((path, leaf), name) in enumerate(zip(flat, paths)):
+    for i, ((path, leaf), name) in enumerate(zip(flat, paths, strict=True)):
         if (getattr(leaf, "ndim", None) == 2 and jnp.issubdtype(leaf.dtype, jnp.floating)
                 and _key_name(path[-1]) == "kernel" and keep(name)):
             chosen[name] = i

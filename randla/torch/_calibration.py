@@ -291,7 +291,7 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
             z = torch.randn(y_out.shape, generator=gen, dtype=torch.float64).to(y_out.device, y_out.dtype)
             grads = torch.autograd.grad(y_out, [outs[n][1] for n in names], grad_outputs=z,
                                         retain_graph=k < probes - 1, allow_unused=True)
-            for n, g in zip(names, grads):
+            for n, g in zip(names, grads, strict=True):
                 if g is None:
                     continue
                 if mask is not None and g.ndim >= 3 and tuple(g.shape[:2]) == tuple(mask.shape):

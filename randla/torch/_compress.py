@@ -78,7 +78,7 @@ def _flat_weight(module):
 def _references(model):
     """``id(module) -> [(parent, attribute)]`` over every path (shared modules too)."""
     refs = {}
-    for pname, parent in model.named_modules(remove_duplicate=False):
+    for _, parent in model.named_modules(remove_duplicate=False):
         for attr, child in parent._modules.items():
             if child is not None:
                 refs.setdefault(id(child), []).append((parent, attr))
@@ -187,8 +187,8 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
     ``resolve_conj()``; float16 and bfloat16 weights are upcast to float32 for the math
     and the factors are cast back; factors live on the layer's device. Grouped
     convolutions and the ``nn.Linear`` children of ``nn.MultiheadAttention`` and of
-    torch's transformer layers are not selected (see :func:`eligible_layers`). A module reached by several names (shared) is
-    replaced everywhere.
+    torch's transformer layers are not selected (see :func:`eligible_layers`). A module
+    reached by several names (shared) is replaced everywhere.
 
     Examples
     --------

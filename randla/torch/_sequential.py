@@ -85,7 +85,7 @@ def _reference_inputs(original, batches, names, limit):
     cache = []
     for i, batch in enumerate(batches):
         seen = {n: [] for n in names}
-        run_with_hooks(original, [batch], names, on_input=lambda n, m, x: seen[n].append(x.clone()))
+        run_with_hooks(original, [batch], names, on_input=lambda n, m, x, seen=seen: seen[n].append(x.clone()))
         cache.append(seen)
         if i == 0:
             size = sum(x.numel() * x.element_size() for xs in seen.values() for x in xs)
