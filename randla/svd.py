@@ -374,9 +374,13 @@ def _power_basis(op, l, q, stabilizer, sketch, rng, check_finite):
     With ``stabilizer="cholqr"`` on eager arrays the stabiliser of ``Y`` is skipped
     while the one after the next pass shows it was not needed (see
     :func:`_skip_stabilized_rmatmat`); the span is the same in exact arithmetic.
+    Tried only where ``n <= _SKIP_WIDTH l``: a refused skip repeats the product
+    ``A^H Y`` (``m n l`` flops), which there costs at most a few of the Cholesky-QRs
+    of ``Y`` it saves (``2 m l^2`` each). 8192 x 4096 at ``l = 138`` is not tried:
+    there a refusal (``sigma_i = i^-2``) cost 13 % and a skip saved 2 %.
     """
     Y = _first_sketch(op, l, sketch, rng, check_finite)
-    skip = stabilizer == "cholqr" and not B.is_lazy(Y)
+    skip = stabilizer == "cholqr" and not B.is_lazy(Y) and op.shape[-1] <= _SKIP_WIDTH * l
     for _ in range(q):
         Z = _skip_stabilized_rmatmat(op, Y) if skip else None
         skip = Z is not None
@@ -390,19 +394,59 @@ def _skip_stabilized_rmatmat(op, Y):
     """``orth(A^H Y)`` straight from an unstabilised ``Y``, or ``None`` where that lost
     accuracy.
 
-    ``Y`` is only rescaled by a power of two (exact), ``Z = A^H Y`` formed, and
-    ``Z`` stabilised by :func:`_single_cholqr`, whose test passes only for
-    ``cond(Z) <~ (4 l u)^{-1/2}`` (160 in float32 at ``l = 163``): the product then
-    lost at most about ``u cond(Z)`` (1e-5 in float32) of its weakest direction,
-    against ``u sigma_1 / sigma_l`` with ``Y`` orthonormalised first. Pretrained
-    weights pass (MiniLM's 37 matrices at alpha = 0.4, five seeds: 369 of 370 steps;
-    mean normalized error unchanged to four digits); graded spectra fail, and the
-    caller then repeats the step with both stabilisers and stops skipping. Saves
-    one Cholesky-QR per iteration: ``rsi`` at q = 2 on 384 x 384 and on the 37
-    matrices 1.10x faster on one thread.
+    ``Y`` is only rescaled by a power of two (exact) and ``Z = A^H Y`` formed. The
+    product then lost about ``u cond(Z)`` of its weakest direction, against
+    ``u sigma_1 / sigma_l`` with ``Y`` orthonormalised first. ``Z`` is stabilised by
+    :func:`_single_cholqr` where its test passes (``cond(Z) <~ (4 l u)^{-1/2}``,
+    160 in float32 at ``l = 163``; MiniLM's 37 matrices at alpha = 0.4, five seeds:
+    369 of 370 steps), else, for single-precision ``Z``, by the float64 Gram route
+    where :func:`_moderate_cholqr` finds ``u cond(Z) <= 2^-7`` (``sigma_i = 1/i``:
+    ``cond(Z)`` near 4e4, normalized errors unchanged to four digits; ``1/i^2``, about
+    1e8, is refused and would have lost half an order of magnitude). Refused
+    otherwise (fast-decaying spectra, overflow): the caller repeats the step with
+    both stabilisers and stops skipping. Saves one Cholesky-QR per iteration:
+    ``rsi`` at q = 2 on 384 x 384 and on the 37 matrices 1.10x faster on one thread.
     """
     with V.quiet_nonfinite():  # an overflowing product fails the test
-        return _single_cholqr(op.rmatmat(_unit_scale(Y)[0]))
+        Z = op.rmatmat(_unit_scale(Y)[0])
+        Q = _single_cholqr(Z)
+        return Q if Q is not None else _moderate_cholqr(Z)
+
+
+# Widest A (columns per sketch column) on which _power_basis tries skipping.
+_SKIP_WIDTH = 5
+
+# Largest u cond(Z) at which a power step's A^H Y is taken without stabilising Y
+# (_skip_stabilized_rmatmat): the loss in Z's weakest direction.
+_SKIP_LOSS = 2.0**-7
+
+
+def _moderate_cholqr(Z):
+    """Shifted Cholesky-QR of a single-precision ``Z`` through its float64 Gram
+    matrix where its pivots certify ``u cond(Z) <= _SKIP_LOSS`` (``u`` of ``Z``'s
+    dtype), else ``None`` (also for double precision, whose Gram matrix is no wider).
+
+    ``cond(Z)`` is read as ``1 / min_j R_jj`` of the normalised Gram matrix
+    (trace 1), trusted only where every squared pivot is at least four shifts (as
+    in :func:`_single_cholqr`).
+    """
+    xp = B.namespace(Z)
+    m, l = Z.shape[-2:]
+    if Z.dtype not in (xp.float32, xp.complex64) or m < l:
+        return None
+    Zs, G, _ = _normalized_gram(Z)
+    trace = xp.real(xp.linalg.trace(G))
+    if not bool(xp.all(xp.isfinite(trace) & (trace > 0))):
+        return None
+    shift = 10.0 * m * B.eps(xp, xp.float64)
+    eye = xp.eye(l, dtype=G.dtype, device=B.device(G))
+    with B.single_threaded_blas(G):
+        R = B.try_cholesky(G + shift * eye)
+    if R is None:
+        return None
+    piv = xp.min(xp.abs(xp.real(xp.linalg.diagonal(R))), axis=-1)
+    ok = (piv * piv >= _PIVOT_SHIFTS * shift) & (B.eps(xp, Z.dtype) <= _SKIP_LOSS * piv)
+    return B.rdiv_upper(Zs, R) if bool(xp.all(ok)) else None
 
 
 def _range_svd(op, k, l, q, stabilizer, sketch, rng, check_finite):
@@ -654,7 +698,8 @@ def rsi(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr", rng=None, ch
     The seed paper counts iterations from one: its ``q`` is our ``q + 1``. With
     ``stabilizer="cholqr"``, ``orth(Y)`` inside the loop is skipped while
     ``A^H Y`` comes out well conditioned (the same span; a test on its
-    Cholesky factor decides, and the first failure restores every stabiliser).
+    Cholesky factor decides, and the first failure restores every stabiliser),
+    on ``A`` with at most five columns per sketch column.
 
     Parameters
     ----------

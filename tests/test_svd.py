@@ -385,41 +385,63 @@ def test_single_precision_routes_agree_with_the_float64_routes(monkeypatch, back
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "complex64"])
-def test_skipped_stabilizer_keeps_the_result(monkeypatch, backend, dtype):
+@pytest.mark.parametrize(("shape", "k", "decay"), [((160, 120), 25, 0.5), ((300, 200), 60, 1.0)],
+                         ids=["flat", "moderately-graded"])
+def test_skipped_stabilizer_keeps_the_result(monkeypatch, backend, dtype, shape, k, decay):
     """Power steps that skip the stabiliser of ``Y`` (taken where ``A^H Y`` is well
-    conditioned) give the factors that a stabiliser after every pass gives."""
+    conditioned; in single precision up to ``cond(A^H Y)`` near 1e4 through the float64
+    Gram route) give the factors that a stabiliser after every pass gives."""
     import randla.svd as svd_module
 
     taken = []
     skip = svd_module._skip_stabilized_rmatmat
     monkeypatch.setattr(svd_module, "_skip_stabilized_rmatmat",
                         lambda op, Y: taken.append(skip(op, Y)) or taken[-1])
-    A0, s = matrix(160, 120, spectrum="polynomial", decay=0.5, dtype=dtype, rng=0)
+    A0, s = matrix(*shape, spectrum="polynomial", decay=decay, dtype=dtype, rng=0)
     A = backend.asarray(A0)
-    skipped = [backend.to_numpy(x) for x in randla.rsi(A, 25, q=2, rng=0, solver="randomized")]
+    skipped = [backend.to_numpy(x) for x in randla.rsi(A, k, q=2, rng=0, solver="randomized")]
     if not backend.lazy:
         assert len(taken) == 2 and all(z is not None for z in taken)
     monkeypatch.setattr(svd_module, "_skip_stabilized_rmatmat", lambda op, Y: None)
-    every = [backend.to_numpy(x) for x in randla.rsi(A, 25, q=2, rng=0, solver="randomized")]
+    every = [backend.to_numpy(x) for x in randla.rsi(A, k, q=2, rng=0, solver="randomized")]
     tol = 1e-4 if dtype in ("float32", "complex64") else 1e-10
     np.testing.assert_allclose(skipped[1], every[1], rtol=tol)
-    # the same subspaces: the rank-25 projectors agree
+    # the same subspaces: the rank-k projectors agree
     for a, b in ((skipped[0], every[0]), (skipped[2].conj().T, every[2].conj().T)):
         assert np.linalg.norm(a @ a.conj().T - b @ b.conj().T, 2) < 100 * tol
     U, S, Vh = skipped
-    assert np.linalg.norm(A0 - (U * S) @ Vh, 2) / s[25] < 1.2
+    assert np.linalg.norm(A0 - (U * S) @ Vh, 2) / s[k] < 1.2
+
+
+def test_skip_is_not_tried_where_a_refusal_would_cost_most(monkeypatch):
+    """On ``A`` wider than ``_SKIP_WIDTH`` sketch columns per sketch column the
+    stabiliser of ``Y`` is always taken (a refused skip would repeat a product much
+    dearer than the Cholesky-QR it saves)."""
+    import randla.svd as svd_module
+
+    calls = []
+    monkeypatch.setattr(svd_module, "_skip_stabilized_rmatmat", lambda op, Y: calls.append(op.shape))
+    A, s = matrix(60, 400, spectrum="polynomial", decay=0.5, dtype="float32", rng=0)
+    U, S, Vh = randla.rsi(A, 10, q=2, rng=0, solver="randomized")
+    assert calls == []
+    assert np.linalg.norm(A - (U * S) @ Vh, 2) / s[10] < 1.2
+    randla.rsi(A.T, 10, q=2, rng=0, solver="randomized")
+    assert calls == [(400, 60)]  # tried, refused (the patch returns None), then not again
 
 
 def test_skipped_stabilizer_is_refused_where_it_would_lose_accuracy():
-    """Graded ``A^H Y`` (fast decay) and a product that overflows float32 are refused
-    (no warning either way), and rsi then keeps every stabiliser."""
+    """Graded ``A^H Y`` (fast decay; ``sigma_i = i^-2``, whose ``cond(A^H Y)`` near 1e7
+    is beyond the float64 Gram route's bound too) and a product that overflows float32
+    are refused (no warning either way), and rsi then keeps every stabiliser."""
     import randla.svd as svd_module
     from randla._validate import as_operand
 
     graded, s = matrix(150, 120, spectrum="exponential", decay=0.5, dtype="float32", rng=0)
+    quadratic, _ = matrix(300, 200, spectrum="polynomial", decay=2.0, dtype="float32", rng=0)
     rng = np.random.default_rng(0)
-    for A in (graded, np.full((40, 30), 1e30, dtype=np.float32) + rng.standard_normal((40, 30)).astype(np.float32)):
-        Y = A @ rng.standard_normal((A.shape[1], 12)).astype(np.float32)
+    huge = np.full((40, 30), 1e30, dtype=np.float32) + rng.standard_normal((40, 30)).astype(np.float32)
+    for A, l in ((graded, 12), (quadratic, 70), (huge, 12)):
+        Y = A @ rng.standard_normal((A.shape[1], l)).astype(np.float32)
         assert svd_module._skip_stabilized_rmatmat(as_operand(A), Y) is None
     U, S, Vh = randla.rsi(graded, 10, rng=0, solver="randomized")
     assert np.linalg.norm(graded - (U * S) @ Vh, 2) / s[10] < 1.2
