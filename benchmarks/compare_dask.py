@@ -135,7 +135,7 @@ def section_speed(cfg, repeat):
             out = {name: _run(fn, A, 0) for name, fn in methods.items()}
             graphs = {name: _graph_size(fn(A, 0)) for name, fn in methods.items()}
 
-            def timed(fn, one):
+            def timed(fn, one, A=A):
                 def call():
                     with _one_blas_thread(one):
                         _run(fn, A, 0)

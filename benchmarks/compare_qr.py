@@ -139,8 +139,8 @@ def section_srrqr(cfg):
     cases.append((f"{nb} Kahan {bs} blocks", blocks, nb * (bs - 1), 2.0))
     rows = []
     for label, M, kk, f in cases:
-        (t_c, t_s), (_, ratio) = interleaved([lambda: cpqr(M, kk), lambda M=M, kk=kk, f=f: srrqr(M, kk, f=f)],
-                                             repeat=cfg["repeat"])
+        calls = [lambda M=M, kk=kk: cpqr(M, kk), lambda M=M, kk=kk, f=f: srrqr(M, kk, f=f)]
+        (t_c, t_s), (_, ratio) = interleaved(calls, repeat=cfg["repeat"])
         s = np.linalg.svd(M, compute_uv=False)
         rows.append({"matrix": label, "k": kk, "f": f, "swaps": _swaps(M, kk, f),
                      "cpqr": fmt_time(t_c), "srrqr": fmt_time(t_s), "srrqr / cpqr": fmt_ratio(ratio),

@@ -250,7 +250,8 @@ def main(argv=None):
     if len(spans) == passes:
         print("reads per pass: " + ", ".join(f"{hi - lo:.1f} s" for lo, hi in spans))
     mib = lambda d: ", ".join(f"{p / 2**20:.0f} MiB" for p in d.values())  # noqa: E731
-    print(f"peak resident memory per worker: rsi {mib(peaks)}; floor {mib(floor_peaks)} (limit {limit / 2**20:.0f} MiB)")
+    print(f"peak resident memory per worker: rsi {mib(peaks)}; floor {mib(floor_peaks)} "
+          f"(limit {limit / 2**20:.0f} MiB)")
     half = args.k // 2
     print(f"U {U.shape} {U.dtype}, |U^T U - I| {np.abs(U.T @ U - np.eye(args.k)).max():.1e}; S vs the exact singular "
           f"values: max relative error {rel[:half].max():.1e} over the first {half}, {rel.max():.1e} over all {args.k} "

@@ -75,7 +75,7 @@ def _load_all(path):
 
 def _check_factors(out, T, spectra, alpha, *, slack=0.0):
     got, _ = _load_all(out)
-    for m, s in spectra.items():
+    for m in spectra:
         W = np.asarray(T[m + ".weight"], dtype=np.float64)
         B, A = got[m + ".lowrank_B"], got[m + ".lowrank_A"]
         assert B.dtype == T[m + ".weight"].dtype and A.dtype == B.dtype
@@ -556,8 +556,8 @@ def test_minilm_through_the_command_line(tmp_path):
     """Calibrate the real MiniLM, compress its checkpoint on the command line (sharded), load it back."""
     pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
-    from randla.testing import embed, minilm, minilm_path, sentences
     from randla.compress.checkpoint import load_grams
+    from randla.testing import embed, minilm, minilm_path, sentences
     from randla.torch import LowRankLinear, calibrate, compress, load_lowrank
 
     try:

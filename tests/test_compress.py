@@ -306,10 +306,10 @@ def test_greedy_allocation_is_optimal_on_separable_objectives():
     assert spent <= budget
 
     def err(rs):
-        return sum(s.squared_tail(r) if saves_parameters(s.shape, r) else 0.0 for s, r in zip(sums, rs))
+        return sum(s.squared_tail(r) if saves_parameters(s.shape, r) else 0.0 for s, r in zip(sums, rs, strict=True))
 
     best = min((err(rs), rs) for rs in itertools.product(*[range(1, min(s.shape) + 1) for s in sums])
-               if sum(parameter_count(s.shape, r) for s, r in zip(sums, rs)) <= budget)
+               if sum(parameter_count(s.shape, r) for s, r in zip(sums, rs, strict=True)) <= budget)
     got = err([ranks[s.name] for s in sums])
     step = max(float(s.gains[0]) for s in sums)  # greedy is optimal up to the last incomplete step
     assert got <= best[0] + step

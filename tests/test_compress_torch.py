@@ -24,7 +24,7 @@ from randla.compress import allocation_params, uniform_ranks  # noqa: E402
 def _mlp(seed=0, widths=(32, 64, 48, 10)):
     torch.manual_seed(seed)
     layers = []
-    for a, b in zip(widths[:-1], widths[1:]):
+    for a, b in zip(widths[:-1], widths[1:], strict=True):
         layers += [nn.Linear(a, b), nn.ReLU()]
     return nn.Sequential(*layers[:-1]).double().eval()
 
@@ -202,7 +202,7 @@ def test_output_within_the_spectral_error_bound():
     x = torch.randn(50, 32, dtype=torch.float64)
     W = [net[i].weight.detach() for i in (0, 2, 4)]
     Wh = [small[i].weight_product() for i in (0, 2, 4)]
-    d = [torch.linalg.matrix_norm(a - b, 2) for a, b in zip(W, Wh)]
+    d = [torch.linalg.matrix_norm(a - b, 2) for a, b in zip(W, Wh, strict=True)]
     n = [torch.linalg.matrix_norm(b, 2) for b in Wh]
     # ReLU is 1-Lipschitz: ||f - fh|| <= ||dW3|| ||h2|| + ||W3h|| (||dW2|| ||h1|| + ||W2h|| ||dW1|| ||x||)
     h1 = torch.relu(net[0](x))
@@ -418,7 +418,7 @@ def test_data_mode_groups_layers_that_read_one_input_and_ignores_padding():
     plain = [{"x": x[:8], "attention_mask": torch.ones(8, 8)}, {"x": x[8:], "attention_mask": torch.ones(8, 8)}]
     junk = torch.randn(16, 3, 32, dtype=torch.float64) * 100
     padded = [{"x": torch.cat([b["x"], j], 1), "attention_mask": torch.cat([torch.ones(8, 8), torch.zeros(8, 3)], 1)}
-              for b, j in zip(plain, junk.split(8))]
+              for b, j in zip(plain, junk.split(8), strict=True)]
     a, rep_a = rt.compress(block, rank=4, data=plain, rng=0)
     b, rep_b = rt.compress(block, rank=4, data=padded, rng=0)
     for n in ("query", "out", "down"):

@@ -112,7 +112,7 @@ def test_fit_corrected_is_reproducible_and_leaves_inputs_alone():
     b = fit_corrected(W, s, shrinkage=0.1, rank=5, rng=7)
     np.testing.assert_array_equal(a.B, b.B)
     np.testing.assert_array_equal(W, W0)
-    for c, v in zip(copies, s[:5]):
+    for c, v in zip(copies, s[:5], strict=True):
         np.testing.assert_array_equal(c, v)
 
 

@@ -25,13 +25,12 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
+from conftest import _available, _make  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import randla  # noqa: E402
 from randla.testing import matrix  # noqa: E402
-
-from conftest import _available, _make  # noqa: E402
 
 BACKENDS = [b for b in ("numpy", "numpy_readonly", "array_api_strict", "torch") if _available(b)]
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, database=None,
@@ -90,7 +89,7 @@ def _contract(backend, A0, dtype, run):
     again = run(backend.asarray(A0))
     np.testing.assert_array_equal(_host(backend, A), A0)
     host = []
-    for x, y in zip(out, again):
+    for x, y in zip(out, again, strict=True):
         assert namespace(x) is namespace(A)
         hx = _host(backend, x)
         if hx.dtype.kind in "fc":
@@ -177,7 +176,8 @@ def test_frobenius_fixed_accuracy(problem, rtol):
     A = _unit(A0, c)
     r = Q.shape[1]
     np.testing.assert_allclose(Q.conj().T @ Q, np.eye(r), atol=100 * _u(dtype) * max(r, 1))
-    assert np.linalg.norm(A - Q @ (Q.conj().T @ A)) <= rtol * np.linalg.norm(A) * (1 + 1e-3) + _floor(s, A0.shape, dtype)
+    bound = rtol * np.linalg.norm(A) * (1 + 1e-3) + _floor(s, A0.shape, dtype)
+    assert np.linalg.norm(A - Q @ (Q.conj().T @ A)) <= bound
     # never more than the Frobenius-optimal rank plus the ones rounding cannot tell apart
     tail = np.sqrt(np.cumsum((s**2)[::-1])[::-1])
     assert r <= int(np.sum(tail > rtol * np.linalg.norm(A) * (1 - 1e-3))) + 1

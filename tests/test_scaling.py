@@ -138,7 +138,7 @@ def test_interp_decomp(backend, method, axis, columns):
 @pytest.mark.parametrize("method", randla.interpolative.SELECT_METHODS)
 def test_column_select(backend, method):
     for dtype, scale, A0, s in _cases():
-        def err(A):
+        def err(A, A0=A0, s=s):
             idx = np.asarray(backend.to_numpy(randla.column_select(A, K, method=method, rng=0)))
             C = A0[:, idx]
             return _err(A0, C @ np.linalg.lstsq(C, A0, rcond=None)[0], s)
@@ -162,7 +162,7 @@ SLOW_ON_DASK = "eager loops recompute Dask's growing graph (minutes per case); t
 @pytest.mark.parametrize("norm", ["fro", "2"])
 def test_adaptive_range_finder(backend, norm):
     for dtype, scale, A0, s in _cases():
-        def rank_and_error(A):
+        def rank_and_error(A, A0=A0):
             Q = np.asarray(backend.to_numpy(randla.adaptive_range_finder(A, 0.05, block_size=4, norm=norm, rng=0)),
                            dtype=np.float64)
             R = A0 - Q @ (Q.T @ A0)
@@ -177,7 +177,7 @@ def test_adaptive_range_finder(backend, norm):
 
 @pytest.mark.skip_backend("dask", reason=SLOW_ON_DASK)
 def test_rsvd_to_a_tolerance(backend):
-    for dtype, scale, A0, s in _cases():
+    for dtype, scale, A0, _ in _cases():
         U, S, Vh = (np.asarray(backend.to_numpy(x)) for x in randla.rsvd(_scaled(backend, A0, dtype, scale),
                                                                           rtol=0.05, rng=0))
         approx = (U.astype(np.float64) * (S.astype(np.float64) / scale)) @ Vh.astype(np.float64)
@@ -201,7 +201,7 @@ def test_estimators(backend):
 
 
 def test_sketch(backend):
-    for dtype, scale, A0, s in _cases():
+    for dtype, scale, A0, _ in _cases():
         for method in randla.sketch.METHODS:
             Y = np.asarray(backend.to_numpy(randla.sketch.sketch(_scaled(backend, A0, dtype, scale), 8,
                                                                  method=method, rng=0)), dtype=np.float64)

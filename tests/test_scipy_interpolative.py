@@ -9,12 +9,11 @@ float32 input, randla computes in float32.
 
 from __future__ import annotations
 
+import _scipy_interpolative_shim as sid
 import numpy as np
 import pytest
 import scipy.linalg
 from scipy.sparse.linalg import aslinearoperator
-
-import _scipy_interpolative_shim as sid
 
 EPS = 1e-12
 N = 300

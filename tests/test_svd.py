@@ -377,7 +377,7 @@ def test_single_precision_routes_agree_with_the_float64_routes(monkeypatch, back
     monkeypatch.setattr(svd_module, "_SINGLE_EIGH", 2.0)  # no eigenvalue ratio reaches it: float64 eigh
     wide = [backend.to_numpy(x) for x in randla.rsi(A, 30, rng=0, solver="randomized")]
     np.testing.assert_allclose(fast[1], wide[1], rtol=1e-4)
-    for U, S, Vh in (fast, wide):
+    for U, _, Vh in (fast, wide):
         assert np.abs(U.conj().T @ U - np.eye(30)).max() < 1e-4
         assert np.abs(Vh @ Vh.conj().T - np.eye(30)).max() < 1e-4
     errs = [np.linalg.norm(A0 - (U * S) @ Vh, 2) / s[30] for U, S, Vh in (fast, wide)]

@@ -125,10 +125,11 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
         :func:`randla.compress.factor`), and a ``budget`` is spent greedily on
         those spectra, which are comparable across layers, cross-validated over the
         calibration's folds; with ``sample_probes`` (see :func:`calibrate`), on its
-        per-sample error curves instead. Without ``output=``, a ``budget`` is spent on relative
-        whitened spectra (measured to lose to a uniform ``rank_fraction`` on MiniLM;
-        calibrate with ``output=`` for budgets). With ``data``, only together with a
-        ``budget``, whose ranks it then allocates.
+        per-sample error curves instead. Without ``output=``, a ``budget`` is spent on
+        relative whitened spectra (measured to lose to a uniform ``rank_fraction`` on
+        MiniLM; calibrate with ``output=``, and ``sample_probes=32`` for the best
+        budgets). With ``data``, only together with a ``budget``, whose ranks it then
+        allocates.
     method : {"rsi", "rsvd", "krylov", "exact"}, default "rsi"
     q : int, default 2
     include, exclude : str, optional
