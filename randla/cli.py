@@ -47,7 +47,8 @@ def _add_selection(p):
     p.add_argument("--exclude", metavar="REGEX", default=None,
                    help="skip weights whose name matches (default: 'embed'; '' skips nothing)")
     p.add_argument("--calibration", metavar="GRAMS.safetensors",
-                   help="per-layer input Gram matrices (randla.torch.calibrate + save_grams): whitened factors")
+                   help="per-layer input Gram matrices (randla.torch.calibrate + save_grams): whitened factors; "
+                        "with per-sample error curves (calibrate(..., sample_probes=32)) --budget spends those")
     p.add_argument("--method", default="rsi", choices=("rsi", "rsvd", "krylov", "exact"),
                    help="factorisation (default rsi)")
     p.add_argument("--q", type=int, default=2, help="power iterations (rsi) or Krylov depth (default 2)")

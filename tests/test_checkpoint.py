@@ -285,23 +285,39 @@ def test_grams_from_torch(tmp_path):
     np.testing.assert_array_equal(back["fc"], 2 * np.eye(4))
 
 
+def _with(grams, **attrs):
+    """A copy of a calibration mapping with some attributes replaced."""
+    out = type(grams)(grams)
+    for k in ("output_grams", "folds", "errors"):
+        setattr(out, k, attrs.get(k, getattr(grams, k, None)))
+    return out
+
+
 def test_full_calibration_round_trip(tmp_path):
     """Output-gradient and per-fold Gram matrices of randla.torch.calibrate survive the file."""
     torch = pytest.importorskip("torch")
     from randla.torch import calibrate
 
     net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
-    cal = calibrate(net, [torch.randn(20, 6), torch.randn(20, 6)], output=lambda y, batch: y, folds=2, rng=0)
-    assert cal.output_grams is not None and len(cal.folds) == 2
+    cal = calibrate(net, [torch.randn(20, 6), torch.randn(20, 6)], output=lambda y, batch: y, folds=2,
+                    sample_probes=2, rng=0)
+    assert cal.output_grams is not None and len(cal.folds) == 2 and set(cal.errors) == {"0", "2"}
     back = load_grams(save_grams(cal, tmp_path / "cal.safetensors"))
     assert set(back) == set(cal) == {"0", "2"}
     for n in cal:
         np.testing.assert_array_equal(back[n], cal[n].detach().numpy())
         np.testing.assert_array_equal(back.output_grams[n], cal.output_grams[n].detach().numpy())
+        np.testing.assert_array_equal(back.errors[n], cal.errors[n])
         for k in range(2):
             np.testing.assert_array_equal(back.folds[k][n], cal.folds[k][n].detach().numpy())
+    assert load_grams(save_grams(dict(cal), tmp_path / "plain.safetensors")).errors is None
+    with pytest.raises(ValueError, match="finite 1-D error curve"):
+        save_grams(_with(cal, errors={"0": np.ones((2, 2)), "2": cal.errors["2"]}), tmp_path / "bad.safetensors")
+    save_file({"fc": np.eye(2), "fc@errors": np.array([1.0, np.nan])}, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(CheckpointError, match="not a finite 1-D error curve"):
+        load_grams(tmp_path / "nan.safetensors")
     with pytest.raises(ValueError, match="must not contain '@'"):
         save_grams({"a@b": np.eye(2)}, tmp_path / "bad.safetensors")
     save_file({"fc@weird": np.eye(2)}, str(tmp_path / "weird.safetensors"))
-    with pytest.raises(CheckpointError, match="not a Gram matrix name"):
+    with pytest.raises(CheckpointError, match="not a calibration tensor name"):
         load_grams(tmp_path / "weird.safetensors")

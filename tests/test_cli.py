@@ -620,3 +620,42 @@ def test_calibration_with_output_grams_and_folds(tmp_path):
     got, _ = _load_all(tmp_path / "b.safetensors")
     kept = sum(v.size for k, v in got.items() if "lowrank" in k or k.endswith("weight"))
     assert kept <= 0.4 * (32 * 64 + 64 * 8)
+
+
+def test_budget_spends_per_sample_errors_from_the_file(tmp_path):
+    """A calibration file with per-sample error curves (calibrate(..., sample_probes=))
+    makes --budget allocate on them, as the library does from the same calibration."""
+    torch = pytest.importorskip("torch")
+    from randla.compress.checkpoint import CheckpointError, load_grams
+    from randla.compress.pipeline import compress_checkpoint
+    from randla.torch import calibrate, compress
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 24))
+    X = torch.randn(256, 32) * torch.logspace(0, -2, 32)
+    cal = calibrate(net, [X[:128], X[128:]], output=lambda y, batch: y, folds=2, sample_probes=4, rng=0)
+    save_file({k: v.detach().numpy() for k, v in net.state_dict().items()}, str(tmp_path / "net.safetensors"))
+
+    def cli_ranks(grams, name):
+        save_grams(grams, tmp_path / f"{name}.safetensors")
+        assert main(["compress", str(tmp_path / "net.safetensors"), "-o", str(tmp_path / f"{name}-out.safetensors"),
+                     "--budget", "0.4", "--exclude", "", "--calibration", str(tmp_path / f"{name}.safetensors"),
+                     "--quiet"]) == 0
+        got, meta = _load_all(tmp_path / f"{name}-out.safetensors")
+        assert json.loads(meta["randla"])["options"]["errors"] is (grams.errors is not None)
+        return {m: got[f"{m}.lowrank_A"].shape[0] if f"{m}.lowrank_A" in got else None for m in ("0", "2")}
+
+    _, report = compress(net, budget=0.4, calibration=cal, rng=0)
+    assert cli_ranks(cal, "cal") == {r.name: r.rank for r in report}
+    # the curves decide: the second layer's error made to dominate takes the ranks it can save at
+    steep = load_grams(tmp_path / "cal.safetensors")
+    steep.errors["2"] = steep.errors["2"] * 1e6
+    ranks, before = cli_ranks(steep, "steep"), cli_ranks(cal, "cal")
+    assert ranks["2"] > before["2"] and ranks["0"] == 1 < before["0"]  # the first layer kept at one rank
+    assert ranks["2"] * (24 + 64) + (32 + 64) <= 0.4 * (32 * 64 + 64 * 24) < (ranks["2"] + 1) * (24 + 64) + 96
+    # every selected layer needs its curve
+    steep.errors.pop("0")
+    save_grams(steep, tmp_path / "partial.safetensors")
+    with pytest.raises(CheckpointError, match="miss layer '0'"):
+        compress_checkpoint(tmp_path / "net.safetensors", tmp_path / "p-out.safetensors", budget=0.4, exclude=None,
+                            calibration=tmp_path / "partial.safetensors")

@@ -487,7 +487,7 @@ def _to_numpy(x) -> np.ndarray:
 
 
 _GRAM_KIND = "calibration"
-_OUTPUT, _FOLD = "@output", "@fold"  # module names never hold "@"
+_OUTPUT, _FOLD, _ERRORS = "@output", "@fold", "@errors"  # module names never hold "@"
 
 
 class Grams(dict):
@@ -501,10 +501,15 @@ class Grams(dict):
     folds : list of dict or None
         Per-fold input Gram matrices (summing to the main ones), for cross-validated
         budgets.
+    errors : dict or None
+        ``{module_name: E}``, ``E[r]`` the per-sample error of truncating the layer at
+        rank ``r`` (``randla.torch.calibrate(..., sample_probes=...)``); a budget is then
+        spent on these curves.
     """
 
     output_grams: dict | None = None
     folds: list | None = None
+    errors: dict | None = None
 
 
 def _square64(G, what):
@@ -512,6 +517,13 @@ def _square64(G, what):
     if G.ndim != 2 or G.shape[0] != G.shape[1]:
         raise ValueError(f"{what} must be a square matrix, got shape {G.shape}")
     return G
+
+
+def _curve64(E, what):
+    E = np.asarray(_to_numpy(E), dtype=np.float64)
+    if E.ndim != 1 or E.shape[0] < 1 or not np.all(np.isfinite(E)):
+        raise ValueError(f"{what} must be a finite 1-D error curve over ranks 0, 1, ..., got shape {E.shape}")
+    return E
 
 
 def save_grams(grams: Mapping[str, Any], path) -> Path:
@@ -522,8 +534,9 @@ def save_grams(grams: Mapping[str, Any], path) -> Path:
     grams : mapping
         ``{module_name: G}`` input Gram matrices (``in x in``), any array-API arrays:
         the result of ``randla.torch.calibrate`` is stored whole, its
-        ``output_grams`` (as ``NAME@output``) and ``folds`` (as ``NAME@fold0``, ...)
-        included when present.
+        ``output_grams`` (as ``NAME@output``), ``folds`` (as ``NAME@fold0``, ...) and
+        per-sample error curves ``errors`` (1-D, as ``NAME@errors``) included when
+        present.
     path : str or Path
         A ``.safetensors`` file (written to a temporary file and renamed).
 
@@ -543,8 +556,8 @@ def save_grams(grams: Mapping[str, Any], path) -> Path:
     >>> X = np.random.default_rng(0).standard_normal((50, 4))
     >>> path = save_grams({"fc": X.T @ X}, os.path.join(tempfile.mkdtemp(), "grams.safetensors"))
     >>> grams = load_grams(path)
-    >>> bool(np.allclose(grams["fc"], X.T @ X)), grams.output_grams, grams.folds
-    (True, None, None)
+    >>> bool(np.allclose(grams["fc"], X.T @ X)), grams.output_grams, grams.folds, grams.errors
+    (True, None, None, None)
     """
     path = Path(path)
     if not _is_single_file(path):
@@ -561,7 +574,10 @@ def save_grams(grams: Mapping[str, Any], path) -> Path:
     for i, fold in enumerate(folds):
         for name, G in fold.items():
             arrays[f"{name}{_FOLD}{i}"] = _square64(G, f"folds[{i}][{name!r}]")
-    meta = {"kind": _GRAM_KIND, "output_grams": bool(output_grams), "folds": len(folds)}
+    errors = getattr(grams, "errors", None) or {}
+    for name, E in errors.items():
+        arrays[name + _ERRORS] = _curve64(E, f"errors[{name!r}]")
+    meta = {"kind": _GRAM_KIND, "output_grams": bool(output_grams), "folds": len(folds), "errors": bool(errors)}
     write_checkpoint(path, arrays.items(), metadata={"randla": meta})
     return path
 
@@ -572,23 +588,30 @@ def load_grams(path) -> Grams:
     Returns
     -------
     Grams
-        ``{module_name: G}`` (float64), with ``output_grams`` and ``folds`` when the
-        file holds them.
+        ``{module_name: G}`` (float64), with ``output_grams``, ``folds`` and ``errors``
+        when the file holds them.
 
     Raises
     ------
     CheckpointError
         The file cannot be read or is not a calibration file (every tensor must be a
-        square floating matrix).
+        square floating matrix, or a finite 1-D error curve under ``NAME@errors``).
     """
-    out, outputs, folds = Grams(), {}, {}
+    out, outputs, folds, errors = Grams(), {}, {}, {}
     with open_checkpoint(path) as ckpt:
         for name, spec in ckpt.specs.items():
+            base, _, tag = name.partition("@")
+            if tag == _ERRORS[1:]:
+                E = ckpt.load(name) if len(spec.shape) == 1 and spec.dtype.name in FLOAT_DTYPES else None
+                if E is None or E.shape[0] < 1 or not np.all(np.isfinite(E)):
+                    raise CheckpointError(f"{path}: {name!r} is not a finite 1-D error curve "
+                                          f"({spec.dtype}{spec.shape}); write calibration files with save_grams")
+                errors[base] = E.astype(np.float64)
+                continue
             if len(spec.shape) != 2 or spec.shape[0] != spec.shape[1] or spec.dtype.name not in FLOAT_DTYPES:
                 raise CheckpointError(f"{path}: {name!r} is not a square Gram matrix ({spec.dtype}{spec.shape}); "
                                       f"write calibration files with save_grams")
             G = ckpt.load(name).astype(np.float64)
-            base, _, tag = name.partition("@")
             if not tag:
                 out[name] = G
             elif tag == _OUTPUT[1:]:
@@ -596,11 +619,13 @@ def load_grams(path) -> Grams:
             elif tag.startswith(_FOLD[1:]) and tag[len(_FOLD) - 1:].isdigit():
                 folds.setdefault(int(tag[len(_FOLD) - 1:]), {})[base] = G
             else:
-                raise CheckpointError(f"{path}: {name!r} is not a Gram matrix name (NAME, NAME@output, NAME@foldK)")
+                raise CheckpointError(f"{path}: {name!r} is not a calibration tensor name "
+                                      f"(NAME, NAME@output, NAME@foldK, NAME@errors)")
     if sorted(folds) != list(range(len(folds))):
         raise CheckpointError(f"{path}: fold Gram matrices are numbered {sorted(folds)}, not 0..{len(folds) - 1}")
     out.output_grams = outputs or None
     out.folds = [folds[i] for i in range(len(folds))] or None
+    out.errors = errors or None
     return out
 
 

@@ -128,6 +128,9 @@ def _grams_for(calibration, ckpt, targets):
         check_grams(grams.output_grams, modules, {m: s[0] for m, s in shapes.items()}, argument="output_grams")
         for i, fold in enumerate(grams.folds or []):
             check_grams(fold, modules, {m: s[1] for m, s in shapes.items()}, argument=f"fold {i}")
+        missing = [m for m in modules if grams.errors is not None and m not in grams.errors]
+        if missing:
+            raise ValueError(f"the per-sample error curves (NAME@errors) miss layer {missing[0]!r}")
     except ValueError as exc:
         raise CheckpointError(f"{calibration}: {exc}; --exclude selects the layers to factor") from None
     out = Grams({m: grams[m] for m in modules})
@@ -135,6 +138,7 @@ def _grams_for(calibration, ckpt, targets):
     out.folds = None if grams.folds is None else [{m: f[m] for m in modules} for f in grams.folds]
     if out.folds is not None and len(out.folds) < 2:
         out.folds = None  # one fold is the whole set: nothing to cross-validate
+    out.errors = None if grams.errors is None else {m: grams.errors[m] for m in modules}
     return out
 
 
@@ -185,8 +189,10 @@ def compress_checkpoint(src, out, *, rank=None, rank_fraction=None, param_fracti
         Every selected weight gets the whitened factorisation and needs its input Gram
         matrix (``--exclude`` the others); output-gradient Gram matrices, when the file
         has them, weight the factors by their effect on the model's output, and
-        per-fold Gram matrices make a ``budget`` cross-validated (as in
-        :func:`randla.compress.compress_weights`).
+        per-fold Gram matrices make a ``budget`` cross-validated, and per-sample error
+        curves (``calibrate(..., sample_probes=32)``, every selected layer's) make a
+        ``budget`` spend them instead (as in :func:`randla.compress.compress_weights`;
+        the best budgets measured on MiniLM).
     method, q
         As in :func:`randla.compress.factor`.
     include, exclude : str, optional
@@ -231,7 +237,7 @@ def compress_checkpoint(src, out, *, rank=None, rank_fraction=None, param_fracti
     >>> bool(np.linalg.norm(W - B @ A) <= 1e-4 * np.linalg.norm(W))
     True
     """
-    from . import Report, allocate, factor, summarize
+    from . import LayerSummary, Report, allocate, factor, summarize
 
     t_start = time.perf_counter()
     mode, value = _rank_options(rank, rank_fraction, param_fraction, rtol, budget)
@@ -260,8 +266,11 @@ def compress_checkpoint(src, out, *, rank=None, rank_fraction=None, param_fracti
             for n in targets:
                 m = _module(n)
                 folds = None if grams.folds is None else [f[m] for f in grams.folds]
-                summaries.append(_named(n, summarize, ckpt.load(n), folds=folds, method=method, q=q, rng=gen,
-                                        name=m, **_calibration_of(grams, m)))
+                if grams.errors is not None:  # per-sample error curves (see compress_weights(errors=))
+                    summaries.append(_named(n, LayerSummary.from_errors, m, ckpt.specs[n].shape, grams.errors[m]))
+                else:
+                    summaries.append(_named(n, summarize, ckpt.load(n), folds=folds, method=method, q=q, rng=gen,
+                                            name=m, **_calibration_of(grams, m)))
                 if progress is not None:
                     progress(f"spectrum of {m}")
             try:
@@ -273,7 +282,7 @@ def compress_checkpoint(src, out, *, rank=None, rank_fraction=None, param_fracti
         layer_reports = {}
         options = {"mode": mode, "value": value, "method": method, "q": int(q), "include": include,
                    "exclude": exclude, "calibrated": sorted(grams), "output_grams": grams.output_grams is not None,
-                   "folds": len(grams.folds or [])}
+                   "folds": len(grams.folds or []), "errors": grams.errors is not None}
         target_set = set(targets)
 
         def produce():
