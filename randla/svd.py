@@ -69,13 +69,20 @@ def _gram(Y):
     return B.mH(Yw) @ Yw
 
 
-def _cholqr_factor(G, m, dtype, shifted):
+def _gram_shift(trace, m):
+    """The shift ``s = 10 m u tr(G)`` (float64 ``u``) of a shifted Cholesky-QR of an
+    ``m``-row ``Y`` whose Gram matrix has trace ``trace`` [FKNYY2020, Sec. 3]."""
+    return 10.0 * m * 2.0**-52 * trace
+
+
+def _cholqr_factor(G, m, dtype, shifted, *, fallible=False):
     """``R`` with ``R^H R = G + s I`` for the Gram matrix ``G`` of an ``m``-row ``Y`` of
     dtype ``dtype`` [FKNYY2020, Alg. 3.1].
 
-    ``shifted``: ``s = 10 m u ||Y||_F^2`` (float64 ``u``), which keeps the
-    factorisation defined for rank-deficient or zero ``Y`` without branching on
-    values; otherwise ``s = 0`` (only for a ``G`` known to be well conditioned).
+    ``shifted``: ``s`` of :func:`_gram_shift`, which keeps the factorisation defined
+    for rank-deficient or zero ``Y`` without branching on values; otherwise ``s = 0``
+    (only for a ``G`` known to be well conditioned). ``fallible``: ``None`` where the
+    factorisation fails (:func:`randla._backend.try_cholesky`) instead of an error.
     ``Y R^{-1}`` is a triangular solve (:func:`randla._backend.rdiv_upper`), never a
     general inverse. Stacks ``(..., l, l)`` are factored slice by slice.
     """
@@ -84,10 +91,9 @@ def _cholqr_factor(G, m, dtype, shifted):
     # a zero Y still gets an R that is invertible in Y's own precision (R is applied there)
     shift = xp.finfo(B.real_dtype(xp, dtype)).smallest_normal
     if shifted:
-        trace = xp.real(xp.linalg.trace(G))[..., None, None]
-        shift = 10.0 * m * B.eps(xp, xp.float64) * trace + shift
+        shift = _gram_shift(xp.real(xp.linalg.trace(G))[..., None, None], m) + shift
     with B.single_threaded_blas(G):  # l x l: threads only add waiting on a busy machine
-        return B.cholesky(G + shift * eye, upper=True)
+        return B.try_cholesky(G + shift * eye) if fallible else B.cholesky(G + shift * eye, upper=True)
 
 
 def _cholqr_pass(Y, G, shifted):
@@ -438,14 +444,11 @@ def _moderate_cholqr(Z):
     trace = xp.real(xp.linalg.trace(G))
     if not bool(xp.all(xp.isfinite(trace) & (trace > 0))):
         return None
-    shift = 10.0 * m * B.eps(xp, xp.float64)
-    eye = xp.eye(l, dtype=G.dtype, device=B.device(G))
-    with B.single_threaded_blas(G):
-        R = B.try_cholesky(G + shift * eye)
+    R = _cholqr_factor(G, m, Z.dtype, True, fallible=True)
     if R is None:
         return None
     piv = xp.min(xp.abs(xp.real(xp.linalg.diagonal(R))), axis=-1)
-    ok = (piv * piv >= _PIVOT_SHIFTS * shift) & (B.eps(xp, Z.dtype) <= _SKIP_LOSS * piv)
+    ok = (piv * piv >= _PIVOT_SHIFTS * _gram_shift(trace, m)) & (B.eps(xp, Z.dtype) <= _SKIP_LOSS * piv)
     return B.rdiv_upper(Zs, R) if bool(xp.all(ok)) else None
 
 

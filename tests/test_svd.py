@@ -414,7 +414,7 @@ def test_skipped_stabilizer_keeps_the_result(monkeypatch, backend, dtype, shape,
 
 
 def test_skip_is_not_tried_where_a_refusal_would_cost_most(monkeypatch):
-    """On ``A`` wider than ``_SKIP_WIDTH`` sketch columns per sketch column the
+    """On ``A`` with more than ``_SKIP_WIDTH`` columns per sketch column the
     stabiliser of ``Y`` is always taken (a refused skip would repeat a product much
     dearer than the Cholesky-QR it saves)."""
     import randla.svd as svd_module

@@ -132,9 +132,7 @@ class LayerSummary(NamedTuple):
         >>> s.gains.tolist(), s.total  # 10 -> 9 -> 3 gains less at first than later: averaged
         ([3.5, 3.5, 2.0, 1.0], 10.0)
         """
-        errors = np.asarray(errors, dtype=np.float64)
-        if errors.ndim != 1 or errors.shape[0] < 1 or not np.all(np.isfinite(errors)):
-            raise ValueError(f"errors must be a finite 1-D curve over ranks 0, 1, ..., got shape {errors.shape}")
+        errors = _error_curve(errors)
         return cls(name, tuple(shape), _concave_gains(errors), float(errors[0]), units, folds)
 
     def gains_upto(self, upto):
@@ -145,6 +143,15 @@ class LayerSummary(NamedTuple):
         rest = max(self.total - float(np.sum(self.gains)), 0.0)
         n_tail = max(min(self.shape) - k, 1)
         return np.concatenate([self.gains, np.full(upto - k, rest / n_tail)])
+
+
+def _error_curve(errors, what="errors"):
+    """``errors`` as a float64 NumPy curve over ranks ``0, 1, ...``; a ``ValueError``
+    naming ``what`` unless it is finite, 1-D and not empty."""
+    errors = np.asarray(errors, dtype=np.float64)
+    if errors.ndim != 1 or errors.shape[0] < 1 or not np.all(np.isfinite(errors)):
+        raise ValueError(f"{what} must be a finite 1-D error curve over ranks 0, 1, ..., got shape {errors.shape}")
+    return errors
 
 
 def summarize(W, *, gram=None, output_gram=None, folds=None, whitening=None, cap=DEFAULT_CAP, method="rsi", q=2, p=10,

@@ -520,10 +520,9 @@ def _square64(G, what):
 
 
 def _curve64(E, what):
-    E = np.asarray(_to_numpy(E), dtype=np.float64)
-    if E.ndim != 1 or E.shape[0] < 1 or not np.all(np.isfinite(E)):
-        raise ValueError(f"{what} must be a finite 1-D error curve over ranks 0, 1, ..., got shape {E.shape}")
-    return E
+    from .budget import _error_curve
+
+    return _error_curve(_to_numpy(E), what)
 
 
 def save_grams(grams: Mapping[str, Any], path) -> Path:
@@ -602,11 +601,14 @@ def load_grams(path) -> Grams:
         for name, spec in ckpt.specs.items():
             base, _, tag = name.partition("@")
             if tag == _ERRORS[1:]:
-                E = ckpt.load(name) if len(spec.shape) == 1 and spec.dtype.name in FLOAT_DTYPES else None
-                if E is None or E.shape[0] < 1 or not np.all(np.isfinite(E)):
-                    raise CheckpointError(f"{path}: {name!r} is not a finite 1-D error curve "
-                                          f"({spec.dtype}{spec.shape}); write calibration files with save_grams")
-                errors[base] = E.astype(np.float64)
+                bad = (f"{path}: {name!r} is not a finite 1-D error curve ({spec.dtype}{spec.shape}); "
+                       f"write calibration files with save_grams")
+                if len(spec.shape) != 1 or spec.dtype.name not in FLOAT_DTYPES:
+                    raise CheckpointError(bad)
+                try:
+                    errors[base] = _curve64(ckpt.load(name), name)
+                except ValueError:
+                    raise CheckpointError(bad) from None
                 continue
             if len(spec.shape) != 2 or spec.shape[0] != spec.shape[1] or spec.dtype.name not in FLOAT_DTYPES:
                 raise CheckpointError(f"{path}: {name!r} is not a square Gram matrix ({spec.dtype}{spec.shape}); "

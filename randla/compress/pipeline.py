@@ -265,10 +265,10 @@ def compress_checkpoint(src, out, *, rank=None, rank_fraction=None, param_fracti
             summaries = []
             for n in targets:
                 m = _module(n)
-                folds = None if grams.folds is None else [f[m] for f in grams.folds]
                 if grams.errors is not None:  # per-sample error curves (see compress_weights(errors=))
                     summaries.append(_named(n, LayerSummary.from_errors, m, ckpt.specs[n].shape, grams.errors[m]))
                 else:
+                    folds = None if grams.folds is None else [f[m] for f in grams.folds]
                     summaries.append(_named(n, summarize, ckpt.load(n), folds=folds, method=method, q=q, rng=gen,
                                             name=m, **_calibration_of(grams, m)))
                 if progress is not None:
