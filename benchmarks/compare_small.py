@@ -72,6 +72,7 @@ scale from the Gram trace (norm pass over Y)           1.02 / 1.05 / 1.01  0.98 
 right-side trsm, Fortran copy (left-side trsm, y^T)    1.04 / 1.04 / 1.04  1.02 / 1.04 / 1.03
 per-matrix potrf on stacks (numpy.linalg.cholesky)     1.02 / 0.99 / 1.05  0.99 / 1.00 / 1.12
 Y's stabiliser skipped if A^H Y is well conditioned    1.08 / 1.12 / 1.11  1.12 / 1.11 / 1.09
+wide A factored as A^H (as given)                      1.00 / 1.04 / 1.02  1.00 / 1.03 / 1.04
 =====================================================  ==================  ==================
 
 Ranges of the trsm and potrf rows: trsm NumPy 0.75-1.11 / 0.99-1.06 / 1.02-1.06, torch
@@ -91,6 +92,13 @@ second step refused) had cost 1.34x the floor against 1.15x; one thread, A/B of
 the same commit: 384 x 384 1.11x, the 37 matrices 1.10x (the six 384 x 1536 FFN
 outputs no longer tried), every tried step of the 37 accepted (310 of 310, five
 seeds).
+The wide-input row (2026-12-01, load 1-2, 9 rounds; ranges NumPy 0.78-1.08 /
+0.97-1.06 / 0.95-1.09, torch 0.87-1.07 / 0.92-1.06 / 0.92-1.12): factoring a wide
+``A`` as ``A^H`` lets the skip save the stabiliser of the ``1536 x l`` side of the
+six 384 x 1536 FFN outputs (which the width rule had left out) and draws a
+``384 x l`` test matrix; two threads, interleaved, those six alone: 1.09-1.14x
+(NumPy), 1.07-1.08x (torch). The 384 x 384 column has no wide matrix (1.00 by
+construction).
 
 Measured and not kept (one thread, CPU time, interleaved, unless said):
 
@@ -549,8 +557,12 @@ def _ablations():
     def every_stabilizer(mp):  # the stabiliser of Y in every power step, as before
         mp.setattr(S, "_skip_stabilized_rmatmat", lambda op, Y: None)
 
+    def as_given(mp):  # a wide A factored in its own orientation, as before
+        mp.setattr(S, "_from_adjoint", lambda op, q, stabilizer: False)
+
     both = ("numpy", "torch")
     return {
+        "wide A factored as A^H (was: as given)": (both, as_given),
         "stabiliser of Y skipped where A^H Y is well conditioned (was: every pass)": (both, every_stabilizer),
         "single-precision stabiliser between passes (was: float64 Gram)": (both, float64_stabilizer),
         "single-precision eigh of the projection (was: float64)": (both, float64_eigh),

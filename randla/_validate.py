@@ -110,9 +110,11 @@ def is_scipy_operator(A) -> bool:
 
 
 def adjoint_operand(op: Operand) -> Operand:
-    """The operand of ``A^H`` (products swapped); for dense operands ``A`` becomes ``A^H``."""
+    """The operand of ``A^H`` (products swapped; a stack keeps its leading axes); for
+    dense operands ``A`` becomes ``A^H``."""
     A = B.mH(op.A) if op.dense else op.A
-    return Operand(A, op.xp, tuple(op.shape[::-1]), op.dtype, op.rmatmat, op.matmat, op.dense)
+    shape = (*op.shape[:-2], op.shape[-1], op.shape[-2])
+    return Operand(A, op.xp, shape, op.dtype, op.rmatmat, op.matmat, op.dense)
 
 
 def _is_scipy_operator(A):

@@ -380,7 +380,8 @@ def _power_basis(op, l, q, stabilizer, sketch, rng, check_finite):
     With ``stabilizer="cholqr"`` on eager arrays the stabiliser of ``Y`` is skipped
     while the one after the next pass shows it was not needed (see
     :func:`_skip_stabilized_rmatmat`); the span is the same in exact arithmetic.
-    Tried only where ``n <= _SKIP_WIDTH l``: a refused skip repeats the product
+    Tried only where ``n <= _SKIP_WIDTH l`` (``n = min(m, n)``: :func:`_from_adjoint`
+    turns a wide ``A`` round first): a refused skip repeats the product
     ``A^H Y`` (``m n l`` flops), which there costs at most a few of the Cholesky-QRs
     of ``Y`` it saves (``2 m l^2`` each). 8192 x 4096 at ``l = 138`` is not tried:
     there a refusal (``sigma_i = i^-2``) cost 13 % and a skip saved 2 %.
@@ -466,8 +467,23 @@ def _range_svd(op, k, l, q, stabilizer, sketch, rng, check_finite):
     fused = _fused_passes(op, sketch)
     if fused is not None:
         return SVDResult(*fused.project(_fused_power(fused, op, l, q, sketch, rng), k))
+    if _from_adjoint(op, q, stabilizer):
+        U, S, Vh = _range_svd(V.adjoint_operand(op), k, l, q, stabilizer, sketch, rng, check_finite)
+        return SVDResult(B.mH(Vh), S, B.mH(U))
     Q = _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
     return _svd_of_projection(op, Q, k)
+
+
+def _from_adjoint(op, q, stabilizer):
+    """Wide ``A`` (m < n) with power steps and ``stabilizer="cholqr"``: factor ``A^H``.
+
+    The stabiliser that :func:`_power_basis` skips is then the one of the longer
+    side (``n x l`` instead of ``m x l``), the test matrix is ``m x l``, and the skip
+    is tried wherever ``min(m, n) <= _SKIP_WIDTH l``; the other steps cost the same
+    either way. MiniLM's six 384 x 1536 FFN output projections at alpha = 0.4:
+    1.09x faster (NumPy), 1.07x (torch). Decided by shapes and options only.
+    """
+    return q > 0 and stabilizer == "cholqr" and op.shape[-2] < op.shape[-1]
 
 
 def _fused_passes(op, sketch):
@@ -702,7 +718,10 @@ def rsi(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr", rng=None, ch
     ``stabilizer="cholqr"``, ``orth(Y)`` inside the loop is skipped while
     ``A^H Y`` comes out well conditioned (the same span; a test on its
     Cholesky factor decides, and the first failure restores every stabiliser),
-    on ``A`` with at most five columns per sketch column.
+    on ``A`` with at most five columns per sketch column. A wide ``A`` (``m < n``) is
+    then factored as ``A^H`` (factors returned transposed; the same ``rng`` gives
+    the adjoint of ``rsi(A^H)``), so the skip saves the stabiliser of the longer
+    side.
 
     Parameters
     ----------

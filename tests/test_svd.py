@@ -414,19 +414,41 @@ def test_skipped_stabilizer_keeps_the_result(monkeypatch, backend, dtype, shape,
 
 
 def test_skip_is_not_tried_where_a_refusal_would_cost_most(monkeypatch):
-    """On ``A`` with more than ``_SKIP_WIDTH`` columns per sketch column the
-    stabiliser of ``Y`` is always taken (a refused skip would repeat a product much
-    dearer than the Cholesky-QR it saves)."""
+    """On ``A`` with more than ``_SKIP_WIDTH`` columns per sketch column in both
+    orientations the stabiliser of ``Y`` is always taken (a refused skip would
+    repeat a product much dearer than the Cholesky-QR it saves); a wide ``A`` is
+    factored as ``A^H``, so the rule reads its shorter side."""
     import randla.svd as svd_module
 
     calls = []
     monkeypatch.setattr(svd_module, "_skip_stabilized_rmatmat", lambda op, Y: calls.append(op.shape))
-    A, s = matrix(60, 400, spectrum="polynomial", decay=0.5, dtype="float32", rng=0)
-    U, S, Vh = randla.rsi(A, 10, q=2, rng=0, solver="randomized")
+    A, s = matrix(150, 400, spectrum="polynomial", decay=0.5, dtype="float32", rng=0)
+    for M in (A, A.T):
+        U, S, Vh = randla.rsi(M, 10, q=2, rng=0, solver="randomized")
+        assert np.linalg.norm(M - (U * S) @ Vh, 2) / s[10] < 1.2
     assert calls == []
-    assert np.linalg.norm(A - (U * S) @ Vh, 2) / s[10] < 1.2
-    randla.rsi(A.T, 10, q=2, rng=0, solver="randomized")
-    assert calls == [(400, 60)]  # tried, refused (the patch returns None), then not again
+    A = A[:60]
+    for M in (A, A.T):
+        randla.rsi(M, 10, q=2, rng=0, solver="randomized")
+    assert calls == [(400, 60), (400, 60)]  # tried once per call, refused (the patch returns None)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "complex128"])
+def test_wide_input_is_factored_through_its_adjoint(backend, dtype):
+    """rsi with power steps on a wide ``A`` returns the adjoint of the factors of
+    ``A^H`` (same ``rng``; not on Dask, whose fused passes keep the orientation), close
+    to the exact truncated SVD."""
+    A0, s = matrix(70, 260, spectrum="polynomial", decay=1.0, dtype=dtype, rng=1)
+    A, AH = backend.asarray(A0), backend.asarray(np.ascontiguousarray(A0.conj().T))
+    k = 8
+    U, S, Vh = (backend.to_numpy(x) for x in randla.rsi(A, k, q=1, rng=3, solver="randomized"))
+    U2, S2, Vh2 = (backend.to_numpy(x) for x in randla.rsi(AH, k, q=1, rng=3, solver="randomized"))
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    if backend.name != "dask":  # Dask's fused passes read A once per pass in either orientation
+        np.testing.assert_allclose(S, S2, rtol=tol)
+        np.testing.assert_allclose((U * S) @ Vh, ((U2 * S2) @ Vh2).conj().T, atol=tol * s[0])
+    np.testing.assert_allclose(S, s[:k], rtol=0.05)
+    assert np.linalg.norm(A0 - (U * S) @ Vh, 2) / s[k] < 1.5
 
 
 def test_skipped_stabilizer_is_refused_where_it_would_lose_accuracy():
