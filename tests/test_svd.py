@@ -469,6 +469,24 @@ def test_skipped_stabilizer_is_refused_where_it_would_lose_accuracy():
     assert np.linalg.norm(graded - (U * S) @ Vh, 2) / s[10] < 1.2
 
 
+@pytest.mark.parametrize("dtype", ["float32", "complex64"])
+@pytest.mark.parametrize("scale", [1e-30, 1e-12, 1e12, 1e19, 1e30, 1e37])
+def test_single_precision_at_any_scale(backend, dtype, scale):
+    """Single-precision data far from unit scale (products that overflow or underflow
+    without the stabilisers' rescaling, tall and wide): the same error as at unit
+    scale, and no warning (the suite runs with warnings as errors)."""
+    A0, s = matrix(150, 100, spectrum="polynomial", decay=0.5, dtype=dtype, rng=0)
+    real = np.float32
+    for M0 in (A0, A0.T):
+        ref = randla.rsi(M0, 10, rng=0, solver="randomized")
+        e_ref = np.linalg.norm(M0 - (ref.U * ref.S) @ ref.Vh, 2) / s[10]
+        M = backend.asarray(M0 * real(scale))
+        for f in (randla.rsi, randla.block_krylov_svd):
+            U, S, Vh = (backend.to_numpy(x) for x in f(M, 10, rng=0, solver="randomized"))
+            err = np.linalg.norm(M0.astype(np.complex128) - (U * (S / scale)) @ Vh, 2) / s[10]
+            assert err < 1.1 * e_ref + 0.05, (f.__name__, err, e_ref)
+
+
 def test_nan_found_through_the_sketch_for_every_sketch():
     bad = np.ones((8, 6))
     bad[3, 4] = np.nan
