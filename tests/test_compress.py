@@ -171,6 +171,46 @@ def test_whitened_factor_is_the_closed_form_optimum(backend):
     assert f.report.units == "output" and f.report.whitened
 
 
+@pytest.mark.parametrize("split", ["left", "balanced"])
+def test_whitened_factors_do_not_depend_on_the_gram_scale(backend, split):
+    """``G`` and ``c G`` (a token count, the activations' scale) give the same factors:
+    ``A``'s rows of unit norm (``"left"``) or each rank's norms equal across ``B`` and
+    ``A`` (``"balanced"``), and the same product; with output Gram matrices too."""
+    W0, _ = _weight(60, 40, decay=0.3)
+    X, Y = _anisotropic_inputs(300, 40), _anisotropic_inputs(300, 60, seed=7)
+    G0, H0 = X.T @ X, Y.T @ Y
+    k = 6
+    ref = factor(W0, rank=k, gram=G0, output_gram=H0, split=split, method="exact")
+    for c in (1e-12, 1e12):
+        f = factor(backend.asarray(W0), rank=k, gram=backend.asarray(c * G0), output_gram=backend.asarray(H0 / c),
+                   split=split, method="exact")
+        Bn, An = backend.to_numpy(f.B), backend.to_numpy(f.A)
+        np.testing.assert_allclose(Bn @ An, ref.B @ ref.A, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(np.abs(Bn), np.abs(ref.B), rtol=1e-6, atol=1e-10)
+        b, a = np.linalg.norm(Bn, axis=0), np.linalg.norm(An, axis=1)
+        np.testing.assert_allclose(a, np.ones(k) if split == "left" else b, rtol=1e-10)
+
+
+def test_whitened_float16_weights_keep_float32_accuracy_at_large_calibration_scale():
+    """fp16 weights whitened by the Gram matrix of 1e6 tokens with activation outliers
+    near 1e3: without rescaling, ``B`` overflowed float16 and ``A`` fell into its
+    subnormal range; the factors now match the float32 computation's output error."""
+    rng = np.random.default_rng(0)
+    W = (0.02 * rng.standard_normal((96, 256))).astype(np.float16)
+    X = rng.standard_normal((1000, 256)) * np.where(np.arange(256) < 4, 1000.0, 1.0)
+    G = X.T @ X * 1e3  # as from 1e6 tokens
+    Wd = W.astype(np.float64)
+
+    def out_err(f):
+        M = f.B.astype(np.float64) @ f.A.astype(np.float64)
+        return np.linalg.norm((Wd - M) @ X.T) / np.linalg.norm(Wd @ X.T)
+
+    f16 = factor(W, rank_fraction=0.4, gram=G, rng=0)
+    f32 = factor(W.astype(np.float32), rank_fraction=0.4, gram=G, rng=0)
+    assert f16.B.dtype == np.float16 and np.isfinite(f16.B).all() and np.isfinite(f16.A).all()
+    assert out_err(f16) <= 1.05 * out_err(f32) + 1e-4
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_whitened_beats_plain_on_output_error_when_inputs_are_anisotropic(seed):
     W, _ = _weight(80, 50, decay=0.5, seed=seed)
