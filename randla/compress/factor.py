@@ -11,7 +11,9 @@ calibration inputs ``X (N x in)``. With the input Gram matrix ``G = X^T X`` and 
 Cholesky factor ``L L^T = G + lambda tr(G)/in I`` (the ridge keeps a rank-deficient
 ``G`` factorable), ``||(W - B A) X^T||_F^2 = ||(W - B A) L||_F^2`` up to the ridge, so the
 optimum is the truncated SVD of ``M = W L = U S V^H``: ``B = U_r S_r``,
-``A = V_r^H L^{-1}`` — a triangular solve, never an inverse. ``M`` is just another
+``A = V_r^H L^{-1}`` — a triangular solve, never an inverse — then each rank rescaled
+between ``B`` and ``A`` (``A``'s rows of unit norm), so that the factors do not carry
+the scale of the calibration data (which ``L`` does). ``M`` is just another
 matrix for ``rsi``; whitening adds one Cholesky factorisation of ``G``, one product
 ``W L`` and one triangular solve with ``r`` right-hand sides.
 
@@ -463,7 +465,9 @@ def factor(W, rank=None, *, rank_fraction=None, param_fraction=None, rtol=None, 
         ``B = U_r S_r, A = V_r^H`` (seed 004, as LoRA's ``B @ A``) or
         ``B = U_r S_r^{1/2}, A = S_r^{1/2} V_r^H`` (equal norms, friendlier to
         fine-tuning and to low-precision storage). Whitened: ``A`` is then multiplied
-        by ``L^{-1}`` on the right (and ``B`` by ``R^{-H}`` on the left).
+        by ``L^{-1}`` on the right (and ``B`` by ``R^{-H}`` on the left), and each rank
+        rescaled so that ``A``'s rows have unit norm (``"left"``) or each rank has
+        equal norms in ``B`` and ``A`` (``"balanced"``).
     ridge : float, default 1e-6
         Relative ridge of the Gram matrices (see :func:`whitener`).
     estimate_error : bool, default True
