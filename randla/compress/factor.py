@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import _backend as B
 from .. import _validate as V
+from .._scale import norm
 from ..estimate import _lanczos_norm
 from ..svd import adaptive_range_finder, block_krylov_svd, rsi, rsvd
 from .ranks import check_rank_mode, max_saving_rank, parameter_count, rank_for_rtol, saves_parameters, select_rank
@@ -303,9 +304,9 @@ def _rebalance(xp, Bf, Af, split):
     tokens ``B`` overflowed to Inf. Rebalanced, the factors do not depend on the
     scale of the Gram matrices.
     """
-    a = xp.linalg.vector_norm(Af, axis=1)
+    a = norm(Af, axis=1)  # scaled: the squares of a row at the Gram matrix's scale may leave the range
     if split == "balanced":
-        a = xp.sqrt(a / _positive(xp, xp.linalg.vector_norm(Bf, axis=0)))
+        a = xp.sqrt(a / _positive(xp, norm(Bf, axis=0)))
     d = _positive(xp, a)
     return Bf * d[None, :], Af / d[:, None]
 
