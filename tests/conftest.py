@@ -114,6 +114,17 @@ def pytest_configure(config):
             os.environ.setdefault(var, "1")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The config's third-party warning filters (``filterwarnings`` in pyproject.toml,
+    the ``ignore`` entries) also as marks on every test: ``python -m pytest -W error``
+    would otherwise override them, as command-line filters come after the config's,
+    and report third-party deprecations instead of randla's own warnings."""
+    ignores = [f for f in config.getini("filterwarnings") if f.startswith("ignore")]
+    for item in items:
+        for f in ignores:
+            item.add_marker(pytest.mark.filterwarnings(f))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _torch_single_thread():
     """Test matrices are tiny: torch's OpenMP pool costs ~15 ms a call on a busy 2-core machine."""
