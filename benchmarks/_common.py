@@ -91,7 +91,7 @@ def timeit(fn, *, repeat=5, warmup=1, budget=None):
     return Timing(statistics.median(times), min(times), len(times))
 
 
-def interleaved_rounds(fns, *, repeat, warmup=1, budget=None, settle=0):
+def interleaved_rounds(fns, *, repeat, warmup=1, budget=None, settle=0, settle_seconds=0.0):
     """``rounds[r][i]``: seconds of ``fns[i]`` in round ``r``, the functions called in
     turn (A, B, A, B, ...) so that a drifting load hits all of them alike; ``warmup``
     untimed calls of each first; the garbage collector off while timing. ``budget``
@@ -103,7 +103,11 @@ def interleaved_rounds(fns, *, repeat, warmup=1, budget=None, settle=0):
     returns, and the next library's first call competes with them; a user calling one
     library over and over never sees that. Measured on two cores, 384 x 384 ``rsi``:
     7.7 ms alone, 16 ms best (57 ms median) interleaved with torch calls, 7.8 ms best
-    (8.1 ms median) with ``settle=1``."""
+    (8.1 ms median) with ``settle=1``. One settling call is not always enough: an idle
+    OpenBLAS thread keeps spinning for about 2^28 cycles (~0.1 s) before it sleeps, so a
+    7 ms torch call still met NumPy's threads after one settling call (torch's median
+    two to three times its best). ``settle_seconds``: the settling calls go on until
+    that long has passed (at least ``settle`` calls)."""
     for f in fns:
         for _ in range(warmup):
             f()
@@ -113,7 +117,10 @@ def interleaved_rounds(fns, *, repeat, warmup=1, budget=None, settle=0):
         for r in range(repeat):
             row = []
             for f in fns:
+                t_settle = time.perf_counter() + settle_seconds
                 for _ in range(settle):
+                    f()
+                while time.perf_counter() < t_settle:
                     f()
                 t0 = time.perf_counter()
                 f()

@@ -17,7 +17,11 @@ them (384 x 384, quiet machine: NumPy's ``rsi`` took 7.7 ms alone, 16 ms best an
 57 ms median of rounds interleaved with torch calls, 7.8 ms best (8.1 ms median)
 with the settling call; torch's 7.7 ms alone, 27 ms interleaved). Runs before
 2026-11-30's evening had no settling call: their 384 x 384 ratios (7-9x the floor)
-and torch / NumPy ratios (1.15-1.5) measured that contention, not the methods.
+and torch / NumPy ratios (1.15-1.5) measured that contention, not the methods. One
+settling call was still too short for the 384 x 384 calls: an idle OpenBLAS thread
+spins for about 0.1 s before it sleeps, and torch's medians stayed two to three times
+its best (torch's GEMM floor 2.0 ms best, 6.3 ms median); since 2026-12-01 the settling
+calls last at least 0.25 s (the torch floor's median then 1.8-2.0 ms).
 
 The *GEMM floor* is the time of the ``2q + 2`` products of ``A`` with a ``k + p``
 column block that any such method must make, in the same process and library
@@ -178,19 +182,21 @@ def _rank(shape):
 # ----------------------------------------------------------------------------------
 
 
-def race(methods, rounds, *, budget=None, settle=1):
+def race(methods, rounds, *, budget=None, settle=1, settle_seconds=0.25):
     """Time ``methods`` (name -> zero-argument callable) interleaved.
 
     Each method runs once untimed, then ``rounds`` times in turn with the others (A,
     B, C, A, B, C, ...; :func:`benchmarks._common.interleaved_rounds`), so load from
-    other jobs hits all of them alike; each timed call follows ``settle`` untimed
-    calls of the same method, so it is timed as a user calling one library over and
-    over sees it, not while the previous library's threads still spin on the cores.
+    other jobs hits all of them alike; each timed call follows untimed calls of the
+    same method (``settle`` of them, and more until ``settle_seconds`` have passed),
+    so it is timed as a user calling one library over and over sees it, not while
+    the previous library's threads still spin on the cores.
     Returns ``{name: (best, median)}`` in seconds. ``budget`` (seconds) stops after
     the round that exceeds it (at least two rounds).
     """
     names = list(methods)
-    rows = interleaved_rounds([methods[n] for n in names], repeat=rounds, budget=budget, settle=settle)
+    rows = interleaved_rounds([methods[n] for n in names], repeat=rounds, budget=budget, settle=settle,
+                               settle_seconds=settle_seconds)
     return {n: (min(r[i] for r in rows), statistics.median(r[i] for r in rows)) for i, n in enumerate(names)}
 
 
