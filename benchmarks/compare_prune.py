@@ -29,24 +29,36 @@ speed
     against pruned at half and quarter width, interleaved in one process (original,
     half, quarter, original, ...), best and median of the rounds; torch's thread count
     is printed. Ratio = t(original) / t(pruned).
+allocation
+    The same total width spent unevenly over the six layers, against the uniform
+    ``keep_fraction``: (a) equal relative ID error per layer, ``rtol`` bisected until
+    the widths add up to the total; (b) widths scored by the model's output: each
+    layer pruned alone to each width of a grid, the pruned model's embedding cosine
+    measured on sentences that are neither calibration nor evaluation sentences (the
+    first 128 of ``benchmarks/data/more_calibration.txt``), and one width per layer
+    chosen by dynamic programming to minimise the summed cosine drops. Not offered by
+    the library (the guide's pruning section has the figures).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 
 from ._common import fmt_ratio, fmt_time, interleaved_rounds, minilm_available, parse_sections, print_table
 
-SECTIONS = ("fidelity", "speed")
+SECTIONS = ("fidelity", "speed", "allocation")
 
 FULL = {"calibration": 128, "widths": (0.5, 0.25), "methods": ("cpqr", "srrqr", "randomized"),
-        "ridges": ("gcv", 0.0), "references": True, "rounds": 15}
+        "ridges": ("gcv", 0.0), "references": True, "rounds": 15,
+        "grid": tuple(range(256, 1409, 128)), "scoring": 128, "bisections": 14}
 QUICK = {"calibration": 48, "widths": (0.25,), "methods": ("randomized",), "ridges": ("gcv", 0.0),
-         "references": False, "rounds": 5}
+         "references": False, "rounds": 5, "grid": (128, 256, 384, 512), "scoring": 16, "bisections": 4}
 
 PAIRS = [(f"encoder.layer.{i}.intermediate.dense", f"encoder.layer.{i}.output.dense") for i in range(6)]
 
@@ -179,6 +191,78 @@ def section_speed(cfg):
                             f"{cfg['rounds']} interleaved rounds, torch threads {torch.get_num_threads()}")
 
 
+def _scoring_sentences(n):
+    path = Path(__file__).parent / "data" / "more_calibration.txt"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [s for s in lines if s.strip() and not s.startswith("#")][:n]
+
+
+def _cheapest_widths(drops, grid, total):
+    """One width of ``grid`` per layer, summing to ``total``, with the smallest summed
+    drop (dynamic programming over the running total); ``None`` if no sum hits it."""
+    best = {0: (0.0, ())}
+    for row in drops:
+        nxt = {}
+        for used, (cost, widths) in best.items():
+            for w, d in zip(grid, row, strict=True):
+                if used + w <= total and (used + w not in nxt or cost + d < nxt[used + w][0]):
+                    nxt[used + w] = (cost + d, widths + (w,))
+        best = nxt
+    return best[total][1] if total in best else None
+
+
+def _widths(model):
+    return [model.get_submodule(first).weight.shape[0] for first, _ in PAIRS]
+
+
+def section_allocation(cfg):
+    import torch
+
+    from randla.testing import embed
+    from randla.torch import prune_mlp
+
+    model, tok, cal, ev, batches, E0 = _setup(cfg)
+    score = _scoring_sentences(cfg["scoring"])
+    with torch.no_grad():
+        E_score = embed(model, tok, score)
+    grid = cfg["grid"]
+    t0 = time.perf_counter()
+    drops = [[1 - _cosine(prune_mlp(model, [pair], batches, k=w, rng=0)[0], tok, score, E_score) for w in grid]
+             for pair in PAIRS]
+    print(f"\nper-layer curves: {len(PAIRS)} x {len(grid)} prunings scored on {len(score)} further sentences "
+          f"in {fmt_time(time.perf_counter() - t0)}; cosine drop when only that layer is pruned:")
+    print_table([{"layer": i, **{str(w): f"{d:.4f}" for w, d in zip(grid, row, strict=True)}}
+                 for i, row in enumerate(drops)])
+    hidden = model.get_submodule(PAIRS[0][0]).weight.shape[0]
+    for kf in cfg["widths"]:
+        total = int(kf * hidden) * len(PAIRS)
+        uniform = prune_mlp(model, PAIRS, batches, keep_fraction=kf, rng=0)[0]
+        rows = [{"allocation": "uniform keep_fraction", "widths": " ".join(map(str, _widths(uniform))),
+                 "cosine": f"{_cosine(uniform, tok, ev, E0):.4f}"}]
+        lo, hi = 1e-4, 0.9  # rtol: the total width falls as rtol grows
+        for _ in range(cfg["bisections"]):
+            rtol = math.sqrt(lo * hi)
+            equal = prune_mlp(model, PAIRS, batches, rtol=rtol, rng=0)[0]
+            got = sum(_widths(equal))
+            lo, hi = (rtol, hi) if got > total else (lo, rtol)
+            if abs(got - total) <= 2 * len(PAIRS):
+                break
+        rows.append({"allocation": f"equal relative ID error (rtol {rtol:.3g}, {got} neurons)",
+                     "widths": " ".join(map(str, _widths(equal))), "cosine": f"{_cosine(equal, tok, ev, E0):.4f}"})
+        widths = _cheapest_widths(drops, grid, total)
+        if widths is not None:
+            scored = copy.deepcopy(model)
+            for pair, w in zip(PAIRS, widths, strict=True):
+                pruned = prune_mlp(model, [pair], batches, k=w, rng=0)[0]
+                for name in pair:
+                    parent, _, leaf = name.rpartition(".")
+                    setattr(scored.get_submodule(parent), leaf, pruned.get_submodule(name))
+            rows.append({"allocation": "scored by the output (dynamic programming)",
+                         "widths": " ".join(map(str, widths)), "cosine": f"{_cosine(scored, tok, ev, E0):.4f}"})
+        print_table(rows, title=f"{total} of {hidden * len(PAIRS)} neurons kept in all; "
+                                f"mean cosine on the {len(ev)} evaluation sentences")
+
+
 def main(argv=None):
     args, wanted = parse_sections("python -m benchmarks.compare_prune", __doc__, SECTIONS, argv)
     if not minilm_available():
@@ -190,7 +274,7 @@ def main(argv=None):
 
     cfg = QUICK if args.quick else FULL
     print(f"randla {randla.__version__}; torch {torch.__version__}; threads {torch.get_num_threads()}")
-    funcs = {"fidelity": section_fidelity, "speed": section_speed}
+    funcs = {"fidelity": section_fidelity, "speed": section_speed, "allocation": section_allocation}
     for name in wanted:
         funcs[name](cfg)
     return 0
