@@ -211,6 +211,52 @@ def test_whitened_float16_weights_keep_float32_accuracy_at_large_calibration_sca
     assert out_err(f16) <= 1.05 * out_err(f32) + 1e-4
 
 
+@pytest.mark.parametrize("scale", [1e-300, 1e-60, 1e60, 1e300])
+def test_single_precision_weights_at_any_calibration_scale(backend, scale):
+    """float32 weights with Gram matrices far outside float32's range (activations near
+    1e+-30 or beyond): the same factors, spectra times the scale, summaries (with folds
+    too) and truncation directions as at unit scale. The whitened matrix ``W L`` used
+    to be formed in float32 from a cast of ``L``: Inf, or zeros and a wrong product
+    without a word."""
+    W0, _ = _weight(60, 40, dtype="float32", decay=0.3)
+    X, Y = _anisotropic_inputs(300, 40), _anisotropic_inputs(300, 60, seed=7)
+    G0, H0 = X.T @ X, Y.T @ Y
+    folds0 = [X[:150].T @ X[:150], X[150:].T @ X[150:]]
+    W, G, H = backend.asarray(W0), backend.asarray(scale * G0), backend.asarray(H0)
+    for split in ("left", "balanced"):
+        for out in (None, H0):
+            Hb = None if out is None else H
+            ref = factor(W, rank=6, gram=backend.asarray(G0), output_gram=Hb, split=split, method="exact")
+            f = factor(W, rank=6, gram=G, output_gram=Hb, split=split, method="exact")
+            Bn, An = backend.to_numpy(f.B), backend.to_numpy(f.A)
+            P0 = backend.to_numpy(ref.B).astype(np.float64) @ backend.to_numpy(ref.A)
+            assert Bn.dtype == np.float32 and np.isfinite(Bn).all() and np.isfinite(An).all()
+            assert np.linalg.norm(Bn.astype(np.float64) @ An - P0) <= 1e-5 * np.linalg.norm(P0)
+            np.testing.assert_allclose(f.S, ref.S * np.sqrt(scale), rtol=1e-4)
+            assert f.energy == pytest.approx(ref.energy * scale, rel=1e-4)
+            assert f.report.output_error == pytest.approx(ref.report.output_error, rel=1e-3, abs=1e-6)
+    ref = summarize(W0, gram=G0, folds=folds0, cap=8, method="exact")
+    got = summarize(W, gram=G, folds=[backend.asarray(scale * F) for F in folds0], cap=8, method="exact")
+    np.testing.assert_allclose(got.gains, ref.gains * scale, rtol=1e-3)
+    [(a, b)], [(a0, b0)] = truncation_directions(W, gram=G, output_gram=H), truncation_directions(W0, gram=G0,
+                                                                                                output_gram=H0)
+    a, b = backend.to_numpy(a).astype(np.float64), backend.to_numpy(b)
+    P0 = a0[:, :6].astype(np.float64) @ b0[:, :6].T
+    assert np.linalg.norm(a[:, :6] @ b[:, :6].T - P0) <= 1e-5 * np.linalg.norm(P0)
+
+
+def test_summary_whose_squared_errors_leave_float64_is_an_error():
+    """Gram matrices near 1e150 on both sides put the squared errors in loss units
+    near 1e300 x 1e300: no float64 value, so a clear error, not Inf or a warning."""
+    W, _ = _weight(60, 40, decay=0.3)
+    X, Y = _anisotropic_inputs(300, 40), _anisotropic_inputs(300, 60, seed=7)
+    with pytest.raises(ValueError, match="leave float64's range"):
+        summarize(W, gram=1e160 * X.T @ X, output_gram=1e160 * Y.T @ Y, cap=5, name="fc")
+    s = summarize(W, gram=1e100 * X.T @ X, output_gram=1e100 * Y.T @ Y, cap=5)
+    ref = summarize(W, gram=X.T @ X, output_gram=Y.T @ Y, cap=5)
+    np.testing.assert_allclose(s.gains, ref.gains * 1e200, rtol=1e-8)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_whitened_beats_plain_on_output_error_when_inputs_are_anisotropic(seed):
     W, _ = _weight(80, 50, decay=0.5, seed=seed)

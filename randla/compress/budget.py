@@ -47,6 +47,7 @@ from .factor import (
     _energy,
     _resolve_metric,
     _svd_at,
+    _unit_gram,
     metric,
     metric_units,
     whiten,
@@ -227,18 +228,26 @@ def summarize(W, *, gram=None, output_gram=None, folds=None, whitening=None, cap
             raise ValueError(f"folds must hold at least 2 Gram matrices, got {len(folds)}")
         if gram is None:
             gram = sum(folds[1:], folds[0])
+    c = 1.0  # M = R^H W L / c below (see factor._unit_gram): gains and totals are multiplied by c^2
+    if whitening is None or folds is not None:
+        gram, c = _unit_gram(gram, xp, Ww.dtype)
+        if folds is not None and c != 1.0:
+            folds = [Gk / (c * c) for Gk in folds]
+    output_gram, c_out = _unit_gram(output_gram, xp, Ww.dtype)
     if whitening is not None:
         m = _resolve_metric(shape, None, None, whitening, ridge)
     else:  # with folds only the output side is used whole; the input side is refitted per fold
         m = metric(shape, gram=gram if folds is None else None, output_gram=output_gram, ridge=ridge)
     units = metric_units(m) if folds is None else ("loss" if m.R is not None else "output")
+    c = c * (c_out if m.R is not None else 1.0)
     if m.zero_output or k < 1:
         total = 0.0 if m.zero_output or folds is not None else _energy(whiten(Ww, m))
-        return LayerSummary(name, shape, np.zeros(0 if k < 1 else k), total, units, 1 if folds is None else len(folds))
+        return LayerSummary(name, shape, np.zeros(0 if k < 1 else k), _times(total, c, name), units,
+                            1 if folds is None else len(folds))
     if folds is None:
         M = whiten(Ww, m)
         S = B.to_numpy(_svd_at(M, k, method, q, p, gen)[1]).astype(np.float64)[:k]
-        return LayerSummary(name, shape, S**2, _energy(M), units)
+        return LayerSummary(name, shape, _times(S**2, c, name), _times(_energy(M), c, name), units)
     loss = np.zeros(k + 1)
     RW = Ww if m.R is None else xp.astype(B.mH(m.R), Ww.dtype) @ Ww
     for i, Gk in enumerate(folds):
@@ -253,7 +262,25 @@ def summarize(W, *, gram=None, output_gram=None, folds=None, whitening=None, cap
         held = B.to_numpy(xp.astype(xp.real(S[:k]), xp.float64) ** 2 * rho)
         total_k = B.scalar(xp.real(xp.sum(xp.conj(RW) * (RW @ Gw))))
         loss += total_k - np.concatenate([[0.0], np.cumsum(held)])
-    return LayerSummary.from_errors(name, shape, loss, units=units, folds=len(folds))
+    return LayerSummary.from_errors(name, shape, _times(loss, c, name), units=units, folds=len(folds))
+
+
+def _times(x, c, name):
+    """``x * c^2``, ``c`` the power of two the Gram matrices were divided by (both
+    sides' together), or a ValueError where a nonzero value leaves float64's normal
+    range: squared errors in ``"loss"`` units carry both Gram matrices' scales, and at
+    1e+-150 each their product has no float64 value."""
+    if c == 1.0:
+        return x
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(over="ignore", under="ignore"):
+        y = (x * c) * c
+    nz = x != 0
+    if not np.all(np.isfinite(y)) or np.any(np.abs(y[nz]) < np.finfo(np.float64).tiny):
+        exponent = math.log10(float(np.max(np.abs(x)))) + 2 * math.log10(c)
+        raise ValueError(f"{name or 'this layer'}: its squared errors (about 1e{exponent:.0f}) leave float64's "
+                         f"range at the scale of its Gram matrices; divide gram (and output_gram) by a constant")
+    return float(y) if y.ndim == 0 else y
 
 
 def truncation_directions(W, *, gram, output_gram, folds=None, ridge=DEFAULT_RIDGE, check_finite=True):
@@ -285,7 +312,10 @@ def truncation_directions(W, *, gram, output_gram, folds=None, ridge=DEFAULT_RID
     list of (A, B)
         ``A (out, k)`` with columns ``a_i``, ``B (in, k)`` with columns ``b_i``,
         ``k = min(out, in)``, in ``W``'s namespace and precision; one pair, or one per
-        fold.
+        fold. Where ``gram``'s scale leaves the range the weight's precision holds
+        safely, ``a_i / c`` and ``b_i c`` are returned for a power of two ``c``, so that
+        both stay representable; each ``a_i b_i^H``, and every score built from it,
+        is unchanged.
 
     Notes
     -----
@@ -306,6 +336,11 @@ def truncation_directions(W, *, gram, output_gram, folds=None, ridge=DEFAULT_RID
     shape = tuple(int(s) for s in Ww.shape)
     if output_gram is None or gram is None:
         raise ValueError("truncation_directions needs gram and output_gram")
+    # both sides scaled by powers of two (factor._unit_gram): a_i b_i^H is unchanged
+    gram, c = _unit_gram(gram, xp, Ww.dtype)
+    if folds is not None and c != 1.0:
+        folds = [Gk / (c * c) for Gk in folds]
+    output_gram, _ = _unit_gram(output_gram, xp, Ww.dtype)
     m = metric(shape, output_gram=output_gram, ridge=ridge)
     if m.zero_output:
         raise ValueError("output_gram is all zero: the output does not depend on this weight")

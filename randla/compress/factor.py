@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import _backend as B
 from .. import _validate as V
-from .._scale import norm
+from .._scale import _window, norm
 from ..estimate import _lanczos_norm
 from ..svd import adaptive_range_finder, block_krylov_svd, rsi, rsvd
 from .ranks import check_rank_mode, max_saving_rank, parameter_count, rank_for_rtol, saves_parameters, select_rank
@@ -388,6 +388,34 @@ def _resolve_metric(shape, gram, output_gram, whitening, ridge):
     return whitening
 
 
+def _unit_gram(G, xp_w, dtype):
+    """``(G / c^2, c)``, ``c`` a power of two near ``sqrt(tr(G) / n)`` (the typical size
+    of ``G``'s Cholesky factor) where ``tr(G) / n`` leaves the window in which entries
+    of ``dtype`` (in ``xp_w``, the weight's namespace) are safely squared and summed
+    (:func:`randla._scale._window`: ``2^+-31`` for float32, ``2^+-255`` for float64),
+    so that the factors of both sides of a two-sided metric stay inside it together;
+    else ``(G, 1.0)``, ``G`` itself.
+
+    Exact, and the whitened problem does not change: the factor of ``G / c^2`` is
+    ``L / c``, so ``M = R^H W L`` shrinks by ``c`` (and the output side's power) and
+    the factors ``B A`` are the same, while ``M``, ``A`` and ``B`` stay inside the
+    weight's range for calibration data at any scale (float32 weights with a Gram
+    matrix near ``1e+-60`` gave Inf, or zeros and a wrong answer without a word).
+    Absolute quantities computed from the scaled ``M`` (singular values, energies)
+    are multiplied back by ``c``. Anything but a square 2-D array with a finite
+    positive trace is returned as it is, for the checks of :func:`metric` to report.
+    """
+    if G is None or len(getattr(G, "shape", ())) != 2 or G.shape[0] != G.shape[1] or G.shape[0] == 0:
+        return G, 1.0
+    xp = B.namespace(G)
+    t = B.scalar(xp.real(xp.linalg.trace(G))) / G.shape[0]
+    lo, hi = _window(xp_w, dtype)
+    if not (math.isfinite(t) and t > 0.0) or lo <= t <= hi:
+        return G, 1.0
+    c = 2.0 ** round(math.log2(t) / 2)
+    return G / (c * c), c
+
+
 def whiten(W, m):
     """``M = R^H W L`` in ``W``'s dtype (``W`` itself for the identity metric).
 
@@ -564,6 +592,7 @@ class _Job(NamedTuple):
     m: Metric
     units: str
     name: str
+    scale: float = 1.0
 
 
 def _job(W, rank_options, *, gram, output_gram, whitening, ridge, name, check_finite):
@@ -572,17 +601,19 @@ def _job(W, rank_options, *, gram, output_gram, whitening, ridge, name, check_fi
     shape = tuple(int(s) for s in Ww.shape)
     mode, value = check_rank_mode(**rank_options, allow_budget=False)
     r = None if mode == "rtol" else select_rank(shape, **{mode: value})
+    gram, c_in = _unit_gram(gram, xp, Ww.dtype)
+    output_gram, c_out = _unit_gram(output_gram, xp, Ww.dtype)
     m = _resolve_metric(shape, gram, output_gram, whitening, ridge)
     if m.zero_output:
-        m = m._replace(R=None)
-    return _Job(Ww, xp, out_dtype, shape, mode, value, r, m, metric_units(m), name)
+        m, c_out = m._replace(R=None), 1.0
+    return _Job(Ww, xp, out_dtype, shape, mode, value, r, m, metric_units(m), name, c_in * c_out)
 
 
 def _finish(job, M, U, S, Vh, *, method, split, estimate_error, rng, t0, shared_seconds=0.0):
     """Factors and report of ``job`` from a truncated SVD ``(U, S, Vh)`` of ``M = R^H W L``
     (at least ``job.r`` columns; the rest, the oversampling, only informs ``S``)."""
     xp, r, m, shape = job.xp, job.r, job.m, job.shape
-    S_host = B.to_numpy(S).astype(np.float64)
+    S_host = B.to_numpy(S).astype(np.float64)  # of M = R^H W L / job.scale (see _unit_gram)
     energy = _energy(M)
     nerr = None
     if estimate_error and job.mode != "rtol" and not B.is_lazy(M):
@@ -596,7 +627,8 @@ def _finish(job, M, U, S, Vh, *, method, split, estimate_error, rng, t0, shared_
         Bf, Af = _rebalance(xp, *_unwhiten(xp, Bf, Af, m, job.W.dtype), split)
     report = LayerReport(job.name, shape, r, shape[0] * shape[1], parameter_count(shape, r), nerr, rel, out_err,
                          time.perf_counter() - t0 + shared_seconds, method, job.units)
-    return Factors(_cast_back(Bf, xp, job.out_dtype), _cast_back(Af, xp, job.out_dtype), S_host, energy, report)
+    return Factors(_cast_back(Bf, xp, job.out_dtype), _cast_back(Af, xp, job.out_dtype), S_host * job.scale,
+                   energy * job.scale * job.scale, report)
 
 
 def _output_error(xp, W, m, U, S, Vh):
