@@ -34,6 +34,7 @@ from randla.compress import (
     uniform_ranks,
     whitener,
 )
+from randla.compress.correct import TransferStats, fit_corrected
 from randla.testing import matrix
 
 
@@ -238,6 +239,17 @@ def test_single_precision_weights_at_any_calibration_scale(backend, scale):
     ref = summarize(W0, gram=G0, folds=folds0, cap=8, method="exact")
     got = summarize(W, gram=G, folds=[backend.asarray(scale * F) for F in folds0], cap=8, method="exact")
     np.testing.assert_allclose(got.gains, ref.gains * scale, rtol=1e-3)
+    # the data-aware correction (Gram matrices of the compressed model's inputs), without the
+    # bias shift, which is in the activations' own units
+    Xt = X @ (np.eye(40) + 0.2 * np.random.default_rng(3).standard_normal((40, 40)) / np.sqrt(40))
+
+    def stats(a, b, c):
+        return TransferStats(*(backend.asarray(c * u.T @ v) for u, v in ((a, a), (a, b), (b, b))), count=len(a))
+
+    fits = [fit_corrected(W, stats(Xt, X, c), folds=[stats(Xt[:150], X[:150], c), stats(Xt[150:], X[150:], c)],
+                          rank=6, bias=False, method="exact") for c in (1.0, scale)]
+    P0, P = (backend.to_numpy(fc.B).astype(np.float64) @ backend.to_numpy(fc.A) for fc in fits)
+    assert fits[1].shrinkage == fits[0].shrinkage and np.linalg.norm(P - P0) <= 1e-5 * np.linalg.norm(P0)
     [(a, b)], [(a0, b0)] = truncation_directions(W, gram=G, output_gram=H), truncation_directions(W0, gram=G0,
                                                                                                 output_gram=H0)
     a, b = backend.to_numpy(a).astype(np.float64), backend.to_numpy(b)

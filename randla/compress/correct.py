@@ -38,7 +38,7 @@ import time
 from typing import Any, NamedTuple
 
 from .. import _backend as B
-from .factor import DEFAULT_RIDGE, _check_method, factor, metric
+from .factor import DEFAULT_RIDGE, _check_method, _unit_gram, factor, metric, working_matrix
 from .report import LayerReport
 
 __all__ = ["DEFAULT_SHRINKAGE", "CorrectedFactors", "TransferStats", "corrected_weight", "transfer_error",
@@ -360,12 +360,15 @@ def fit_corrected(W, stats, *, folds=None, shrinkage=DEFAULT_SHRINKAGE, rank=Non
     _check_method(method, split, q, p)
     gen = B.as_generator(rng)
     options = {"rank": rank, "rank_fraction": rank_fraction, "param_fraction": param_fraction, "rtol": rtol}
+    xp, work = B.namespace(W), working_matrix(W, check_finite=False)[0].dtype
 
     def fit(s, lams, estimate):
         """``{shrinkage: (factors, P or None, shift)}`` fitted on ``s``: one eigendecomposition
         and one whitener of ``G~`` for all ridges."""
         sol = _solver(W, s) if any(math.isfinite(lam) for lam in lams) else None
-        m = metric(tuple(W.shape), gram=s.gram, output_gram=output_gram, ridge=ridge)
+        # the metric of Gram matrices scaled by powers of two (factor._unit_gram): the same factors B A
+        m = metric(tuple(W.shape), gram=_unit_gram(s.gram, xp, work)[0],
+                   output_gram=_unit_gram(output_gram, xp, work)[0], ridge=ridge)
         out = {}
         for lam in lams:
             M = W if math.isinf(lam) else _solve(W, sol, lam)
