@@ -714,6 +714,8 @@ def from_numpy(a, *, like):
 def as_generator(rng) -> np.random.Generator:
     """SPEC 7: ``None`` (fresh entropy), an int seed, or a ``numpy.random.Generator``."""
     if rng is None or isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        if rng is not None and rng < 0:
+            raise ValueError(f"rng must be a non-negative int seed, got {int(rng)}")
         return np.random.default_rng(rng)
     if isinstance(rng, np.random.Generator):
         return rng

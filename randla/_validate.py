@@ -263,7 +263,7 @@ def name_filter(include, exclude, *, options=("include", "exclude"), error=Value
             raise TypeError(f"{option} must be a regular expression (str), got {type(pattern).__name__}")
         try:
             return re.compile(pattern)
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError) as exc:  # a{99999999999}: OverflowError
             raise error(f"{option} {pattern!r} is not a valid regular expression ({exc})") from None
 
     inc, exc = compiled(include, options[0]), compiled(exclude, options[1])

@@ -91,6 +91,11 @@ def test_bad_rng(bad):
         B.as_generator(bad)
 
 
+def test_negative_seed_names_rng():
+    with pytest.raises(ValueError, match="rng must be a non-negative int seed, got -1"):
+        B.as_generator(-1)
+
+
 def test_mH_and_at_set(backend):
     x0 = np.array([[1 + 2j, 3], [4, 5j]])
     x = backend.asarray(x0)

@@ -21,6 +21,7 @@ from randla.compress import (
     compress_weights,
     factor,
     factor_many,
+    fit_range,
     max_saving_rank,
     parameter_count,
     rank_for_rtol,
@@ -267,6 +268,22 @@ def test_summary_whose_squared_errors_leave_float64_is_an_error():
     s = summarize(W, gram=1e100 * X.T @ X, output_gram=1e100 * Y.T @ Y, cap=5)
     ref = summarize(W, gram=X.T @ X, output_gram=Y.T @ Y, cap=5)
     np.testing.assert_allclose(s.gains, ref.gains * 1e200, rtol=1e-8)
+
+
+@pytest.mark.parametrize("split", ["left", "balanced"])
+def test_float16_weights_whose_factors_would_overflow(split):
+    """Every entry of ``W`` fits float16 but ``B = U_r S_r`` does not (row norms 8e4, or
+    whitened by a Gram matrix of large scale): the overflowing ranks are rescaled; a
+    rank that cannot fit even balanced is an error, not Inf."""
+    W = np.full((64, 64), 1e4, dtype=np.float16)
+    for gram in (None, 1e6 * np.eye(64)):
+        f = factor(W, rank=1, gram=gram, split=split, rng=0)
+        assert f.B.dtype == np.float16 and np.isfinite(f.B).all() and np.isfinite(f.A).all()
+        np.testing.assert_allclose(f.B.astype(np.float64) @ f.A.astype(np.float64), 1e4, rtol=1e-3)
+    with pytest.raises(ValueError, match="fc: its factors do not fit"):
+        fit_range(np.full((4, 1), 1e5, np.float32), np.full((1, 4), 1e5, np.float32), np.float16, name="fc")
+    B0, A0 = np.ones((4, 2), np.float32), np.ones((2, 4), np.float32)
+    assert fit_range(B0, A0, np.float16)[0] is B0  # in range: untouched
 
 
 @pytest.mark.parametrize("seed", range(3))

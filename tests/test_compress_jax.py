@@ -75,3 +75,26 @@ def test_errors():
         rj.compress(params, rank=2, include="nothing")
     with pytest.raises(ValueError, match="Dense_1.*not factored plain"):
         rj.compress(params, rank=2, calibration={"params/Dense_0/kernel": np.eye(48)})
+
+
+def test_float16_kernels_with_large_rows_stay_finite():
+    """Every entry of the kernel fits float16, but ``B = U S`` of its transpose does not
+    (row norms 8e4): the ranks are rescaled instead of overflowing to Inf."""
+    K = jnp.full((64, 64), 1e4, dtype=jnp.float16)
+    small, _ = rj.compress({"D": {"kernel": K}}, rank=1, rng=0)
+    K1, K2 = small["D"]["kernel"]
+    assert K1.dtype == K2.dtype == jnp.float16
+    np.testing.assert_allclose(np.asarray(K1, np.float64) @ np.asarray(K2, np.float64), 1e4, rtol=1e-3)
+
+
+def test_selection_edge_cases():
+    empty = {"D": {"kernel": jnp.ones((16, 16))}, "E": {"kernel": jnp.ones((0, 16))}}
+    small, report = rj.compress(empty, rank=1, rng=0)
+    assert small["E"]["kernel"].shape == (0, 16) and [r.name for r in report] == ["D/kernel"]
+    clash = {"a/b": {"kernel": jnp.ones((8, 8))}, "a": {"b": {"kernel": jnp.ones((8, 8))}}}
+    with pytest.raises(ValueError, match="two kernels have the path 'a/b/kernel'"):
+        rj.compress(clash, rank=1)
+    with pytest.raises(ValueError, match="include .* not a valid regular expression"):
+        rj.compress(empty, rank=1, include="a{99999999999}")
+    with pytest.raises(ValueError, match="rng must be a non-negative int seed"):
+        rj.compress(empty, rank=1, rng=-1)

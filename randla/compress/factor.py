@@ -38,7 +38,7 @@ from .ranks import check_rank_mode, max_saving_rank, parameter_count, rank_for_r
 from .report import LayerReport
 
 __all__ = ["Factors", "Metric", "METHODS", "SPLITS", "factor", "truncate", "whitener", "metric", "metric_units",
-           "whiten", "working_matrix", "DEFAULT_RIDGE"]
+           "whiten", "working_matrix", "fit_range", "DEFAULT_RIDGE"]
 
 METHODS = ("rsi", "rsvd", "krylov", "exact")
 SPLITS = ("left", "balanced")
@@ -70,6 +70,8 @@ class Factors(NamedTuple):
 
 
 _LOW_PRECISION = ("float16", "bfloat16")
+# largest finite values of the low-precision storage dtypes
+_LOW_PRECISION_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38}
 
 
 def working_matrix(W, name="W", *, check_finite=True):
@@ -91,6 +93,63 @@ def working_matrix(W, name="W", *, check_finite=True):
         W = W.astype(np.float32) if isinstance(W, np.ndarray) else xp.astype(W, xp.float32)
     W, xp = V.as_matrix(W, name, check_finite=check_finite)
     return W, xp, out_dtype if out_dtype is not None else W.dtype
+
+
+def fit_range(Bf, Af, dtype, *, name=""):
+    """Factors ``(B D, D^{-1} A)`` whose entries fit ``dtype``'s range, ``D`` diagonal.
+
+    Nothing changes unless ``dtype`` is float16 or bfloat16 and an entry of ``B`` or
+    ``A`` exceeds a quarter of its largest value; then each such rank is rescaled so
+    that its largest entries in ``B`` and ``A`` are equal (``B = U_r S_r`` of a float16
+    weight whose rows have norms above 65504 overflowed, although every entry of the
+    weight fits). The product ``B A`` is unchanged up to rounding.
+
+    Parameters
+    ----------
+    Bf : array (out, r)
+    Af : array (r, in)
+        In a wider dtype (float32), any array-API namespace.
+    dtype : dtype or str
+        The storage dtype the factors are cast to next (NumPy, ``ml_dtypes``, torch
+        or JAX dtype).
+    name : str
+        The layer, for the error message.
+
+    Returns
+    -------
+    (Bf, Af)
+
+    Raises
+    ------
+    ValueError
+        Some rank's largest entries exceed the range even when equalised.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from randla.compress import fit_range
+    >>> B_, A_ = fit_range(np.full((4, 1), 8e4, np.float32), np.full((1, 4), 0.125, np.float32), np.float16)
+    >>> float(B_.max()), float(A_.max())
+    (100.0, 100.0)
+    """
+    try:
+        dtype_name = np.dtype(dtype).name
+    except TypeError:  # a torch dtype
+        dtype_name = str(dtype).removeprefix("torch.")
+    limit = _LOW_PRECISION_MAX.get(dtype_name)
+    if limit is None or Bf.shape[1] == 0:
+        return Bf, Af
+    xp = B.namespace(Bf)
+    b, a = xp.max(xp.abs(Bf), axis=0), xp.max(xp.abs(Af), axis=1)
+    bound = limit / 4  # headroom for the rounding of the cast and of the products that follow
+    if B.scalar(xp.max(b)) <= bound and B.scalar(xp.max(a)) <= bound:
+        return Bf, Af
+    over = (b > bound) | (a > bound)
+    d = xp.where(over & (a > 0) & (b > 0), xp.sqrt(a) / xp.sqrt(_positive(xp, b)), xp.ones_like(a))
+    if B.scalar(xp.max(xp.sqrt(a) * xp.sqrt(b))) > bound:
+        raise ValueError(f"{name or 'the weight'}: its factors do not fit {dtype_name}'s range even with each rank "
+                         f"balanced; factor it in float32")
+    return Bf * d[None, :], Af / d[:, None]
 
 
 def _cast_back(X, xp, dtype):
@@ -496,7 +555,9 @@ def factor(W, rank=None, *, rank_fraction=None, param_fraction=None, rtol=None, 
         fine-tuning and to low-precision storage). Whitened: ``A`` is then multiplied
         by ``L^{-1}`` on the right (and ``B`` by ``R^{-H}`` on the left), and each rank
         rescaled so that ``A``'s rows have unit norm (``"left"``) or each rank has
-        equal norms in ``B`` and ``A`` (``"balanced"``).
+        equal norms in ``B`` and ``A`` (``"balanced"``). float16/bfloat16 weights: a
+        rank whose entries would leave the dtype's range is rescaled between ``B`` and
+        ``A`` (:func:`fit_range`).
     ridge : float, default 1e-6
         Relative ridge of the Gram matrices (see :func:`whitener`).
     estimate_error : bool, default True
@@ -625,6 +686,7 @@ def _finish(job, M, U, S, Vh, *, method, split, estimate_error, rng, t0, shared_
     Bf, Af = _split(xp, U[:, :r], S[:r], Vh[:r, :], split)
     if m.L is not None or m.R is not None:
         Bf, Af = _rebalance(xp, *_unwhiten(xp, Bf, Af, m, job.W.dtype), split)
+    Bf, Af = fit_range(Bf, Af, job.out_dtype, name=job.name)
     report = LayerReport(job.name, shape, r, shape[0] * shape[1], parameter_count(shape, r), nerr, rel, out_err,
                          time.perf_counter() - t0 + shared_seconds, method, job.units)
     return Factors(_cast_back(Bf, xp, job.out_dtype), _cast_back(Af, xp, job.out_dtype), S_host * job.scale,

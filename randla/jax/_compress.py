@@ -14,7 +14,7 @@ import numpy as np
 
 from .._validate import name_filter
 from ..compress import check_rank_mode, compress_weights
-from ..compress.factor import DEFAULT_RIDGE
+from ..compress.factor import DEFAULT_RIDGE, fit_range
 
 __all__ = ["compress", "leaf_paths"]
 
@@ -62,7 +62,7 @@ def compress(params, *, rank=None, rank_fraction=None, param_fraction=None, rtol
              split="left", ridge=DEFAULT_RIDGE, batch=True):
     """Factor the 2-D kernels of a parameter pytree: ``K (in x out) ~= K1 (in x r) @ K2 (r x out)``.
 
-    Selected leaves are 2-D floating arrays whose last path component is ``kernel``
+    Selected leaves are non-empty 2-D floating arrays whose last path component is ``kernel``
     (Flax's ``Dense``) and whose ``/``-joined path matches ``include`` and not
     ``exclude``. Each is factored by :func:`randla.compress.compress_weights` as the
     ``out x in`` weight ``K^T`` and replaced by the tuple ``(K1, K2) = (A^T, B^T)``;
@@ -120,8 +120,10 @@ def compress(params, *, rank=None, rank_fraction=None, param_fraction=None, rtol
     paths = ["/".join(_key_name(k) for k in path) for path, _ in flat]
     chosen = {}
     for i, ((path, leaf), name) in enumerate(zip(flat, paths, strict=True)):
-        if (getattr(leaf, "ndim", None) == 2 and jnp.issubdtype(leaf.dtype, jnp.floating)
+        if (getattr(leaf, "ndim", None) == 2 and min(leaf.shape) > 0 and jnp.issubdtype(leaf.dtype, jnp.floating)
                 and _key_name(path[-1]) == "kernel" and keep(name)):
+            if name in chosen:
+                raise ValueError(f"two kernels have the path {name!r} (a key containing '/'): rename that key")
             chosen[name] = i
     if not chosen:
         raise ValueError("no 2-D kernel leaf matches include/exclude")
@@ -144,5 +146,6 @@ def compress(params, *, rank=None, rank_fraction=None, param_fraction=None, rtol
         f = factors[n]
         if f.B is not None:
             like = leaves[i]
-            leaves[i] = (_back(f.A.T, like), _back(f.B.T, like))
+            Bf, Af = fit_range(f.B, f.A, like.dtype, name=n)
+            leaves[i] = (_back(Af.T, like), _back(Bf.T, like))
     return jax.tree_util.tree_unflatten(treedef, leaves), report
