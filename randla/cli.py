@@ -7,7 +7,10 @@
   ``randla demo layers``: the single-layer study of the randomized SVD family.
 
 Argument parsing and printing only; the work lives in :mod:`randla.compress.pipeline`
-and :mod:`randla._demo`. Every user error is one line on stderr and a non-zero exit.
+and :mod:`randla._demo`. Every user error is one line on stderr and a non-zero exit,
+found before any work where it can be: no destination (``-o``, ``--report``, ``--plot``)
+may be an input (checkpoint files, index, ``--calibration``) or another destination, and
+when a later step fails, what this run wrote is removed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
@@ -42,6 +46,17 @@ def _budget(text):
     return int(v) if v > 1 and v.is_integer() else v
 
 
+def _count(text):
+    """``--seed``, ``--cap``: an int >= 0."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}")
+    return v
+
+
 def _add_selection(p):
     p.add_argument("--include", metavar="REGEX", help="factor only weights whose name matches")
     p.add_argument("--exclude", metavar="REGEX", default=None,
@@ -52,7 +67,7 @@ def _add_selection(p):
     p.add_argument("--method", default="rsi", choices=("rsi", "rsvd", "krylov", "exact"),
                    help="factorisation (default rsi)")
     p.add_argument("--q", type=int, default=2, help="power iterations (rsi) or Krylov depth (default 2)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_count, default=0, help="random seed, an int >= 0 (default 0)")
     p.add_argument("--plot", metavar="FILE.png", help="plot the spectra (matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
 
@@ -85,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("input", metavar="IN", help="a .safetensors file or a sharded checkpoint folder")
     i.add_argument("--rtol", type=float, nargs="+", default=None, metavar="T",
                    help="tolerances to suggest ranks for (default 0.5 0.4 0.3 0.2 0.1)")
-    i.add_argument("--cap", type=int, default=256, help="singular values computed per weight (default 256)")
+    i.add_argument("--cap", type=_count, default=256,
+                   help="singular values computed per weight (default 256; 0: every useful one)")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_selection(i)
     i.set_defaults(func=_inspect)
@@ -95,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "parameters kept, spectral error, embedding cosine and retrieval agreement.")
     d.add_argument("--quick", action="store_true", help="a small, fast version (for tests)")
     d.add_argument("--plot", metavar="FILE.png", help="cosine against parameters kept, one line per method")
-    d.add_argument("--seed", type=int, default=0, help="random seed")
+    d.add_argument("--seed", type=_count, default=0, help="random seed, an int >= 0")
     d.set_defaults(func=_demo_model)
     dsub = d.add_subparsers(dest="study", parser_class=_Parser)
     lay = dsub.add_parser("layers", help="single-layer study of RSVD, RSI and block Krylov on pretrained weights")
@@ -104,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     lay.add_argument("--alpha", type=float, default=0.2, help="rank fraction: k = floor(alpha min(m, n))")
     lay.add_argument("--limit", type=int, default=0, help="only the first LIMIT matrices (0: all)")
     lay.add_argument("--repeat", type=int, default=3, help="timing repeats (the best is shown)")
-    lay.add_argument("--seed", type=int, default=0, help="random seed")
+    lay.add_argument("--seed", type=_count, default=0, help="random seed, an int >= 0")
     lay.set_defaults(func=_demo_layers)
     return parser
 
@@ -126,6 +142,57 @@ def _check_plot(path):
         raise _UsageError("--plot needs matplotlib: pip install matplotlib") from None
 
 
+def _check_shard_size(args):
+    from .compress.checkpoint import CheckpointError, parse_size
+
+    if args.max_shard_size is None:
+        return
+    try:
+        parse_size(args.max_shard_size)
+    except CheckpointError:
+        raise _UsageError(f"--max-shard-size must be a positive number of bytes or a size such as 500MB or 5GB, "
+                          f"got {args.max_shard_size!r}") from None
+
+
+def _inputs(ckpt, calibration):
+    """Every file the run reads: the checkpoint's files, its index (even one still absent), the calibration."""
+    from .compress.checkpoint import INDEX_NAME
+
+    files = [ckpt.path / INDEX_NAME if ckpt.path.is_dir() else ckpt.path, *ckpt.files]
+    return files + ([Path(calibration)] if calibration is not None else [])
+
+
+def _check_destinations(dests, inputs, output=None):
+    """Each ``(option, path)`` of ``dests`` can be written and is no input, output or other destination.
+
+    ``output`` is the checkpoint output: a ``.safetensors`` file, or a folder whose every
+    path is the output's. Paths are compared resolved (symlinks, ``..``, ``./``).
+    """
+    taken = {Path(p).resolve(): "an input" for p in inputs}
+    out = None if output is None else Path(output).resolve()
+    for option, path in dests:
+        if path is None:
+            continue
+        target = Path(path).resolve()
+        if target == out:
+            raise _UsageError(f"{option} {path}: would overwrite the output {output}; choose another file")
+        if out is not None and Path(output).suffix != ".safetensors" and out in target.parents:
+            raise _UsageError(f"{option} {path}: is inside the output folder {output}; choose a file outside it")
+        if target in taken:
+            raise _UsageError(f"{option} {path}: would overwrite {taken[target]}; choose another file")
+        if Path(path).is_dir():
+            raise _UsageError(f"{option} {path}: is a folder; give a file name")
+        if not target.parent.is_dir():
+            raise _UsageError(f"{option} {path}: no such folder {target.parent}")
+        try:
+            fd, probe = tempfile.mkstemp(dir=target.parent, prefix=".randla-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise _UsageError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
+        taken[target] = option
+
+
 def _progress(args, total, desc):
     """A tqdm bar over tensors on stderr (None when --quiet); returns (callback, close)."""
     if args.quiet:
@@ -142,19 +209,40 @@ def _progress(args, total, desc):
     return step, bar.close
 
 
+def _check_names(ckpt, targets):
+    """No factor of a selected weight may take the name of a tensor the checkpoint already holds,
+    and the checkpoint holds no factors (the output's metadata describes only the factors it makes).
+    """
+    from .compress.checkpoint import CheckpointError
+
+    factors = (".lowrank_A", ".lowrank_B")
+    for n in targets:
+        for factor in (n[: -len(".weight")] + f for f in factors):
+            if factor in ckpt.specs:
+                raise CheckpointError(f"{ckpt.path}: holds both {n!r} and {factor!r}, the name of its factor; "
+                                      f"leave {n!r} out with --exclude")
+    done = next((n for n in ckpt.specs if n.endswith(factors)), None)
+    if done is not None:
+        raise CheckpointError(f"{ckpt.path}: holds {done!r}, already factored; compress the original checkpoint")
+
+
 def _compress(args) -> int:
-    from .compress.checkpoint import open_checkpoint
+    from .compress.checkpoint import _existing_parent, check_output, open_checkpoint
     from .compress.pipeline import compress_checkpoint, select_weights
-    from .compress.plot import plot_spectra
 
     report_path = args.report
     if report_path is not None and Path(report_path).suffix.lower() not in (".json", ".md"):
         raise _UsageError(f"--report {report_path}: use a .json or .md file")
     _check_plot(args.plot)
-    with open_checkpoint(args.input) as ckpt:  # the progress bar's length
-        total = len(ckpt.specs)
-        if args.budget is not None:
-            total += len(select_weights(ckpt.specs, include=args.include, exclude=_exclude(args)))
+    _check_shard_size(args)
+    with open_checkpoint(args.input) as ckpt:
+        inputs = _inputs(ckpt, args.calibration)
+        check_output(args.output, inputs)
+        _check_destinations((("--report", report_path), ("--plot", args.plot)), inputs, args.output)
+        targets = select_weights(ckpt.specs, include=args.include, exclude=_exclude(args))
+        _check_names(ckpt, targets)
+        total = len(ckpt.specs) + (len(targets) if args.budget is not None else 0)  # the progress bar's length
+    top = _existing_parent(Path(args.output))  # folders below it that the output creates are removed on failure
     step, close = _progress(args, total, "compress")
     try:
         res = compress_checkpoint(
@@ -165,11 +253,14 @@ def _compress(args) -> int:
     finally:
         close()
     rep = res.report
-    if report_path is not None:
-        _write_report(res, report_path)
-    if args.plot is not None:
-        plot_spectra(res.spectra, rep.ranks(), args.plot,
-                     title=f"{Path(args.input).name}: singular values and chosen ranks")
+    try:
+        _write_files(("report", report_path, lambda tmp: _write_report(res, tmp)),
+                     ("plot", args.plot, lambda tmp: _plot(res.spectra, rep.ranks(), tmp,
+                                                           f"{Path(args.input).name}: singular values and chosen "
+                                                           f"ranks")))
+    except BaseException:
+        _remove_output(res.files, Path(args.output), top)
+        raise
     if not args.quiet:
         print(rep)
         n = sum(r.factored for r in rep)
@@ -179,9 +270,56 @@ def _compress(args) -> int:
     return 0
 
 
-def _write_report(res, path):
+def _remove_output(files, out, top):
+    """Remove the checkpoint files written, and the folders the output created."""
+    from .compress.checkpoint import _remove_created
+
+    for f in files:
+        Path(f).unlink(missing_ok=True)
+    if out.suffix != ".safetensors":
+        _remove_created(out, top)
+
+
+def _plot(spectra, ranks, path, title):
+    from .compress.plot import plot_spectra
+
+    plot_spectra(spectra, ranks, path, title=title)
+
+
+def _write_files(*items):
+    """Write ``(what, path, write)`` items (``path`` None: skipped) all or none.
+
+    Each ``write(tmp)`` fills a temporary file beside ``path`` (same suffix); all are
+    renamed once all are written. On any error the temporary files are removed and no
+    ``path`` is replaced.
+    """
     from .compress.checkpoint import CheckpointError
 
+    umask = os.umask(0)
+    os.umask(umask)
+    temps = []
+    try:
+        for what, path, write in items:
+            if path is None:
+                continue
+            target = Path(path).resolve()  # through a symlink: its target is the file written
+            try:
+                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
+                os.close(fd)
+                temps.append((Path(tmp), target))
+                write(tmp)
+                os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+            except OSError as exc:
+                raise CheckpointError(f"{path}: cannot write the {what} ({exc.strerror or exc})") from None
+        for tmp, target in temps:
+            os.replace(tmp, target)
+    except BaseException:
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_report(res, path):
     if Path(path).suffix.lower() == ".json":
         import json
 
@@ -191,32 +329,31 @@ def _write_report(res, path):
         text = (rep.to_markdown() + f"\n\nParameters of the factored weights: {rep.params_before:,} -> "
                 f"{rep.params_after:,} ({rep.param_fraction:.1%}). Time {res.seconds:.2f} s, factorisation "
                 f"{res.factor_seconds:.2f} s.\n")
-    try:
-        Path(path).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot write the report ({exc.strerror or exc})") from None
+    Path(path).write_text(text, encoding="utf-8")
 
 
 def _inspect(args) -> int:
     from .compress.checkpoint import open_checkpoint
     from .compress.pipeline import DEFAULT_RTOLS, inspect_checkpoint, rows_to_json, rows_to_text, select_weights
-    from .compress.plot import plot_spectra
 
     _check_plot(args.plot)
     rtols = tuple(args.rtol) if args.rtol else DEFAULT_RTOLS
     with open_checkpoint(args.input) as ckpt:
+        _check_destinations((("--plot", args.plot),), _inputs(ckpt, args.calibration))
         total = len(select_weights(ckpt.specs, include=args.include, exclude=_exclude(args)))
     step, close = _progress(args, total, "inspect")
     try:
         rows = inspect_checkpoint(args.input, rtols=rtols, calibration=args.calibration, include=args.include,
-                                  exclude=_exclude(args), cap=args.cap if args.cap > 0 else None,
+                                  exclude=_exclude(args), cap=args.cap or None,
                                   method=args.method, q=args.q, rng=args.seed, progress=step)
     finally:
         close()
     if args.plot is not None:
         t = rtols[len(rtols) // 2]
-        plot_spectra({r.name: r.S for r in rows}, {r.name: r.suggestions[t][0] for r in rows}, args.plot,
-                     title=f"{Path(args.input).name}: estimated singular values, ranks for rtol {t:g}")
+        _write_files(("plot", args.plot, lambda tmp: _plot({r.name: r.S for r in rows},
+                                                           {r.name: r.suggestions[t][0] for r in rows}, tmp,
+                                                           f"{Path(args.input).name}: estimated singular values, "
+                                                           f"ranks for rtol {t:g}")))
     if args.json:
         print(rows_to_json(rows))
     elif not rows:
@@ -224,8 +361,9 @@ def _inspect(args) -> int:
               f"(check --include/--exclude)")
     elif not args.quiet:
         what = "of each layer's output (calibrated)" if args.calibration else "of each weight"
+        computed = f"the {args.cap} computed values" if args.cap else "the values computed"
         print(f"randla inspect {args.input}: decay = beta of a fit s_i ~ i^-beta; suggested rank (parameters kept) "
-              f"for a relative Frobenius error {what}; ~ marks a rank beyond the {args.cap} computed values\n")
+              f"for a relative Frobenius error {what}; ~ marks a rank beyond {computed}\n")
         print(rows_to_text(rows, rtols))
     return 0
 

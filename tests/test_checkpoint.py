@@ -89,7 +89,7 @@ def test_plan_shards_uses_sizes_only():
     assert plan_shards(specs, 10**9) == {"model.safetensors": list(specs)}
 
 
-@pytest.mark.parametrize("bad", ["12XB", "-5", "zero", 0])
+@pytest.mark.parametrize("bad", ["12XB", "-5", "zero", 0, "infKB", "1e400MB", "nanGB"])
 def test_bad_shard_size(tmp_path, bad):
     T = _tensors(np.random.default_rng(0))
     with pytest.raises(CheckpointError, match="shard size"):

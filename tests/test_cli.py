@@ -263,7 +263,7 @@ def test_overwrite_and_option_failures(tmp_path, checkpoint):
         (["compress", str(checkpoint), "-o", str(tmp_path / "o.safetensors"), "--rank", "4",
           "--max-shard-size", "1MB"], "cannot be sharded"),
         (["compress", str(checkpoint), "-o", str(tmp_path / "o"), "--rank", "4", "--max-shard-size", "big"],
-         "shard size"),
+         "--max-shard-size"),
         (["compress", str(checkpoint), "-o", str(tmp_path / "o.safetensors"), "--rank", "4", "--include", "("],
          "regular expression"),
         (["compress", str(checkpoint), "-o", str(tmp_path / "o.safetensors"), "--rank", "4", "--report", "r.txt"],
@@ -276,6 +276,156 @@ def test_overwrite_and_option_failures(tmp_path, checkpoint):
         assert needle in r.stderr, (args, r.stderr)
         assert _outputs(tmp_path) == listing, args
     assert _digest(checkpoint) == before
+
+
+def _fails(capsys, args, needle):
+    """``main(args)`` is a user error (exit 1 or 2): one line on stderr holding ``needle``."""
+    capsys.readouterr()
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code in (1, 2), (args, code, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "error" in lines[0] and needle in lines[0], (args, err)
+
+
+@pytest.fixture
+def sharded(tmp_path):
+    """A sharded checkpoint folder ``ck`` and a calibration file ``grams.safetensors``."""
+    T, _ = _model()
+    write_checkpoint(tmp_path / "ck", T.items(), max_shard_size=20_000)
+    g = np.random.default_rng(0).standard_normal((100, 64))
+    save_grams({"enc.fc1": g.T @ g}, tmp_path / "grams.safetensors")
+    return tmp_path / "ck", tmp_path / "grams.safetensors"
+
+
+def test_report_and_plot_never_overwrite_inputs_or_outputs(tmp_path, sharded, capsys):
+    pytest.importorskip("matplotlib")
+    ck, grams = sharded
+    before = _digest(ck), _digest(grams)
+    (tmp_path / "index.json").symlink_to(ck / INDEX_NAME)
+    (tmp_path / "grams.json").symlink_to(grams)
+    (tmp_path / "shard.png").symlink_to(next(ck.glob("model-*.safetensors")))
+    (tmp_path / "out.json").symlink_to(tmp_path / "out.safetensors")
+    (tmp_path / "sub").mkdir()
+    listing = _outputs(tmp_path)
+    run = ["compress", str(ck), "--rank", "4", "--quiet", "--calibration", str(grams), "--exclude", "fc2|embed|scale"]
+    for out, option, dest, needle in [
+        ("out.safetensors", "--report", ck / INDEX_NAME, "would overwrite an input"),
+        ("out.safetensors", "--report", tmp_path / "sub" / ".." / "ck" / INDEX_NAME, "would overwrite an input"),
+        ("out.safetensors", "--report", tmp_path / "index.json", "would overwrite an input"),  # symlink
+        ("out.safetensors", "--report", tmp_path / "grams.json", "would overwrite an input"),  # the calibration
+        ("out.safetensors", "--plot", tmp_path / "shard.png", "would overwrite an input"),
+        ("out.safetensors", "--report", tmp_path / "out.json", "would overwrite the output"),
+        ("od", "--report", tmp_path / "od" / INDEX_NAME, "inside the output folder"),
+        ("sub", "--plot", tmp_path / "sub" / "p.png", "inside the output folder"),
+    ]:
+        _fails(capsys, [*run, "-o", str(tmp_path / out), option, str(dest)], needle)
+        assert _outputs(tmp_path) == listing, (out, dest)
+        assert _outputs(tmp_path / "sub") == []
+    assert (_digest(ck), _digest(grams)) == before
+    # the input given as its index file: the index is still protected
+    _fails(capsys, ["compress", str(ck / INDEX_NAME), "-o", str(tmp_path / "o2"), "--rank", "4", "--report",
+                    str(ck / INDEX_NAME)], "would overwrite an input")
+    # the report and the plot are one file (through a symlink)
+    (tmp_path / "same.png").symlink_to(tmp_path / "same.json")
+    _fails(capsys, [*run, "-o", str(tmp_path / "o3"), "--report", str(tmp_path / "same.json"), "--plot",
+                    str(tmp_path / "same.png")], "would overwrite --report")
+    assert (_digest(ck), _digest(grams)) == before
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+def test_output_never_overwrites_the_calibration(tmp_path, checkpoint, capsys):
+    g = np.random.default_rng(0).standard_normal((100, 64))
+    grams = save_grams({"enc.fc1": g.T @ g}, tmp_path / "grams.safetensors")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.safetensors").symlink_to(grams)
+    before = _digest(grams)
+    listing = _outputs(tmp_path)
+    for out in (grams, tmp_path / "sub" / ".." / "grams.safetensors", tmp_path / "link.safetensors"):
+        _fails(capsys, ["compress", str(checkpoint), "-o", str(out), "--calibration", str(grams), "--rank", "4",
+                        "--quiet", "--exclude", "fc2|embed|scale"], "overwrite the input")
+        assert _outputs(tmp_path) == listing
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        _fails(capsys, ["compress", str(checkpoint), "-o", "./grams.safetensors", "--calibration",
+                        "grams.safetensors", "--rank", "4", "--quiet", "--exclude", "fc2|embed|scale"],
+               "overwrite the input")
+    finally:
+        os.chdir(cwd)
+    assert _digest(grams) == before and _outputs(tmp_path) == listing
+
+
+def test_failed_report_or_plot_leaves_no_output(tmp_path, checkpoint, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import randla.cli
+
+    listing = _outputs(tmp_path)
+    run = ["compress", str(checkpoint), "--rank", "4", "--quiet"]
+    (tmp_path / "r.json").mkdir()
+    for out, option, dest, needle in [
+        ("o.safetensors", "--report", tmp_path / "nodir" / "r.json", "no such folder"),
+        ("o.safetensors", "--plot", tmp_path / "nodir" / "p.png", "no such folder"),
+        ("deep/od", "--report", tmp_path / "r.json", "is a folder"),
+    ]:
+        _fails(capsys, [*run, "-o", str(tmp_path / out), option, str(dest)], needle)
+        assert _outputs(tmp_path) == sorted([*listing, "r.json"]) and _outputs(tmp_path / "r.json") == []
+
+    def broken_plot(*args):  # fails after the checkpoint and the report are written
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(randla.cli, "_plot", broken_plot)
+    (tmp_path / "old.md").write_text("an older report\n")
+    for out in ("o.safetensors", "deep/od"):
+        _fails(capsys, [*run, "-o", str(tmp_path / out), "--report", str(tmp_path / "old.md"), "--plot",
+                        str(tmp_path / "p.png")], "cannot write the plot")
+        assert _outputs(tmp_path) == sorted([*listing, "r.json", "old.md"]), out  # no output, no temporary
+        assert (tmp_path / "old.md").read_text() == "an older report\n"  # nothing replaced
+
+
+def test_user_errors_are_not_internal_errors(tmp_path, checkpoint, capsys):
+    listing = _outputs(tmp_path)
+    run = ["compress", str(checkpoint), "--rank", "4", "--quiet", "-o"]
+    for args, needle in [
+        ([*run, str(tmp_path / "od"), "--max-shard-size", "infKB"], "--max-shard-size"),
+        ([*run, str(tmp_path / "od"), "--max-shard-size", "1e400MB"], "--max-shard-size"),
+        ([*run, str(tmp_path / "o.safetensors"), "--include", "a{99999999999}"], "--include"),
+        ([*run, str(tmp_path / "o.safetensors"), "--exclude", "a{99999999999}"], "--exclude"),
+        ([*run, str(tmp_path / "o.safetensors"), "--include", "(" * 100_000 + ")" * 100_000], "--include"),
+        (["inspect", str(checkpoint), "--include", "a{99999999999}"], "--include"),
+        (["inspect", str(checkpoint), "--exclude", "a{99999999999}"], "--exclude"),
+    ]:
+        _fails(capsys, args, needle)
+    assert _outputs(tmp_path) == listing
+    T, _ = _model()
+    for extra in (["fc.lowrank_A"], ["fc.lowrank_A", "fc.lowrank_B"]):  # the factors' names are taken
+        clash = tmp_path / "clash.safetensors"
+        save_file({"fc.weight": T["enc.fc1.weight"], "head.weight": T["enc.fc2.weight"],
+                   **{n: T["enc.fc1.weight"][:4] for n in extra}}, str(clash))
+        _fails(capsys, ["compress", str(clash), "-o", str(tmp_path / "o.safetensors"), "--rank", "4", "--quiet"],
+               "'fc.weight' and 'fc.lowrank_A'")
+        assert _outputs(tmp_path) == sorted([*listing, "clash.safetensors"])
+        # the weight excluded: the factors already there are refused too (not an internal error at the end)
+        _fails(capsys, ["compress", str(clash), "-o", str(tmp_path / "o.safetensors"), "--rank", "4", "--quiet",
+                        "--exclude", "^fc"], "'fc.lowrank_A', already factored")
+        assert _outputs(tmp_path) == sorted([*listing, "clash.safetensors"])
+
+
+def test_seed_and_cap_are_counts(tmp_path, checkpoint, capsys):
+    for args in (["compress", str(checkpoint), "-o", str(tmp_path / "o.safetensors"), "--rank", "4", "--seed", "-1"],
+                 ["inspect", str(checkpoint), "--seed", "-1"], ["demo", "--seed", "-1"],
+                 ["demo", "layers", "--seed", "-1"]):
+        _fails(capsys, args, "--seed")
+    _fails(capsys, ["inspect", str(checkpoint), "--cap", "-1"], "--cap")
+    assert not (tmp_path / "o.safetensors").exists()
+    assert main(["inspect", str(checkpoint), "--cap", "0"]) == 0  # 0: every useful value
+    text = capsys.readouterr().out
+    assert "beyond the values computed" in text and "0 computed" not in text
+    assert main(["inspect", str(checkpoint), "--cap", "8"]) == 0
+    assert "beyond the 8 computed values" in capsys.readouterr().out
 
 
 def test_read_only_target_folder(tmp_path, checkpoint):

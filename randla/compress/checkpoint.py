@@ -259,7 +259,7 @@ def parse_size(size) -> int:
         text = size.strip().upper()
         try:
             n = int(text) if text.isdigit() else int(float(text[:-2]) * _UNITS[text[-2:]])
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, OverflowError):  # OverflowError: "infKB", "1e400MB"
             n = None
     if n is None or n <= 0:
         raise CheckpointError(f"max shard size must be a positive number of bytes or a size such as 500MB or 5GB, "
