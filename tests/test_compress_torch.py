@@ -600,3 +600,189 @@ def test_budget_on_sample_errors_beats_uniform_and_needs_a_list():
         rt.calibrate(block, batches, sample_probes=2)
     with pytest.raises(ValueError, match="sample_probes must be"):
         rt.calibrate(block, batches, output=_pooled, sample_probes=0)
+
+
+# ----------------------------------------------------------------------------------
+# complex and half-precision layers, folds, drop-in replacement, checkpoints
+# ----------------------------------------------------------------------------------
+
+
+def _low_rank_inputs(n, d, r, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, r, generator=g, dtype=dtype) @ torch.randn(r, d, generator=g, dtype=dtype)
+
+
+def test_complex_calibration_is_the_gram_matrix_of_the_input_columns():
+    # a layer computes W x per position: its output error is ||(W - B A) X^T||_F, whose
+    # Gram matrix for complex inputs is X^T conj(X), the conjugate of X^H X; with X^H X
+    # the calibrated factors missed the input subspace (error 0.85) and the report said 1e-3
+    torch.manual_seed(0)
+    dt = torch.complex128
+    net = nn.Sequential(nn.Linear(32, 32, bias=False, dtype=dt), nn.Linear(32, 8, bias=False, dtype=dt))
+    X = _low_rank_inputs(200, 32, 4, dt)
+    G = rt.calibrate(net, [X[:100], X[100:]])
+    torch.testing.assert_close(G["0"], X.T @ X.conj())
+    err = lambda m, ref: float((m(X) - ref(X)).detach().norm() / ref(X).detach().norm())  # noqa: E731
+    small, rep = rt.compress(net, rank=4, calibration=G, method="exact", include="^0$", rng=0)
+    assert err(small[0], net[0]) < 1e-5 and rep[0].output_error < 1e-2
+    small, rep = rt.compress(net, rank=2, calibration=G, method="exact", include="^0$", rng=0)
+    assert err(small[0], net[0]) > 0.1 and rep[0].output_error == pytest.approx(err(small[0], net[0]), rel=1e-3)
+    # the output-gradient Gram matrices (sum g g^H) and the per-sample errors agree
+    G = rt.calibrate(net, [X[:100], X[100:]], output=lambda y, batch: y, probes=4, sample_probes=4, rng=0)
+    small, _ = rt.compress(net, rank=4, calibration=G, method="exact", include="^0$", rng=0)
+    assert err(small, net) < 1e-5
+    E = G.errors["0"]
+    assert E[3] > 1e-3 * E[0] and E[4] < 1e-9 * E[0]
+    # the data-aware correction whitens by the same Gram matrix of columns (was: 0.85)
+    small, rep = rt.compress(net, rank=4, data=[X[:100], X[100:]], include="^0$", rng=0)
+    assert err(small, net) < 1e-5 and rep[0].output_error < 1e-5
+
+
+def test_complex_conv_calibration():
+    torch.manual_seed(0)
+    dt = torch.complex128
+    conv = nn.Sequential(nn.Conv2d(3, 16, 3, bias=False, dtype=dt))
+    x = torch.randn(8, 1, 6, 6, dtype=dt) * torch.randn(3, 1, 1, dtype=dt)  # one channel direction: rank 9
+    small, rep = rt.compress(conv, rank=9, calibration=rt.calibrate(conv, [x]), method="exact", rng=0)
+    assert float((small(x) - conv(x)).detach().norm() / conv(x).detach().norm()) < 1e-5
+    assert rep[0].output_error < 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_output_grams_are_summed_in_float64(dtype):
+    # the batch's sum of g g^H formed in half precision was not positive semidefinite
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4)).to(dtype)
+    x = torch.randn(4, 16, dtype=dtype)
+    G = rt.calibrate(net, [x], output=lambda y, batch: y, rng=0)
+    for n, H in G.output_grams.items():
+        g = H.dtype == torch.float64 and torch.linalg.eigvalsh(H).min() >= -1e-12 * H.diagonal().sum()
+        assert g, n
+    small, _ = rt.compress(net, rank=4, calibration=G, rng=0)
+    assert small[0].lowrank_A.dtype == dtype
+
+
+def test_batches_with_fewer_samples_than_folds():
+    net = _mlp()
+    X = torch.randn(11, 32, dtype=torch.float64)
+    for folds in (2, 3, 4):
+        G = rt.calibrate(net, [X[:10], X[10:]], folds=folds)
+        # samples dealt in turn over the batches: the last one goes to fold 10 % folds
+        for f, Gf in enumerate(G.folds):
+            torch.testing.assert_close(Gf["0"], X[f::folds].T @ X[f::folds])
+    small, _ = rt.compress(net, rank=2, data=[X[:10], X[10:]], folds=4, rng=0)
+    assert type(small[0]).__name__ == "LowRankLinear"
+
+
+def test_counts_are_validated():
+    net = _mlp()
+    x = torch.randn(8, 32, dtype=torch.float64)
+    for bad in (2.5, 0, True):
+        with pytest.raises(ValueError, match="probes"):
+            rt.calibrate(net, [x], output=lambda y, batch: y, probes=bad)
+    with pytest.raises(ValueError, match="folds"):
+        rt.calibrate(net, [x], folds=2.0)
+    assert rt.calibrate(net, [x], folds=np.int64(2)).folds is not None
+
+
+def test_unbatched_conv_inputs_are_one_sample():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3)).double()
+    x = torch.randn(3, 8, 8, dtype=torch.float64)
+    G = rt.calibrate(net, [x, x.unsqueeze(0)], output=lambda y, batch: y.sum(), rng=0)
+    torch.testing.assert_close(G.folds[0]["0"], G.folds[1]["0"])
+    assert set(G.output_grams) == {"0", "2"}
+
+
+def test_low_rank_layers_take_input_by_keyword():
+    t = torch.randn(2, 3, 6, 6)
+    small, _ = rt.compress(nn.Sequential(nn.Linear(64, 64), nn.Conv2d(3, 8, 3)), rank=2, rng=0)
+    assert small[0](input=torch.randn(2, 64)).shape == (2, 64)
+    assert torch.equal(small[1](input=t), small[1](t))
+
+
+class _Scaled(nn.Linear):
+    def forward(self, input):
+        return 2 * super().forward(input)
+
+
+class _Tagged(nn.Linear):
+    """A subclass that keeps Linear's computation."""
+
+
+class _ScaledConv(nn.Conv2d):
+    def _conv_forward(self, input, weight, bias):
+        return 2 * super()._conv_forward(input, weight, bias)
+
+
+def test_subclasses_that_change_forward_are_not_replaced():
+    net = nn.Sequential(_Scaled(16, 16), _Tagged(16, 16), nn.Linear(16, 16), _ScaledConv(1, 2, 1))
+    assert [n for n, _ in rt.eligible_layers(net)] == ["1", "2"]
+    small, rep = rt.compress(net, rank=2, rng=0)
+    assert [r.name for r in rep] == ["1", "2"] and type(small[0]) is _Scaled and type(small[3]) is _ScaledConv
+    assert type(small[1]).__name__ == "LowRankLinear"
+    assert set(rt.calibrate(net[:3], [torch.randn(4, 16)])) == {"1", "2"}
+
+
+def _grads(model):
+    return {n: p.requires_grad for n, p in model.named_parameters()}
+
+
+def test_replaced_layers_keep_requires_grad_and_mode():
+    torch.manual_seed(0)
+    net = _mlp()
+    net[0].requires_grad_(False)
+    net[2].bias.requires_grad_(False)
+    x = torch.randn(40, 32, dtype=torch.float64)
+    for kw in ({}, {"data": [x[:20], x[20:]]}):
+        small, _ = rt.compress(net, rank=4, rng=0, **kw)
+        assert _grads(small) == {"0.lowrank_A": False, "0.lowrank_B": False, "0.bias": False,
+                                 "2.lowrank_A": True, "2.lowrank_B": True, "2.bias": False,
+                                 "4.lowrank_A": True, "4.lowrank_B": True, "4.bias": True}, kw
+        assert not any(m.training for m in small.modules())
+
+
+def test_load_lowrank_keeps_requires_grad_and_mode(tmp_path):
+    small, _ = rt.compress(_mlp(), rank=4, rng=0)
+    path = tmp_path / "small.safetensors"
+    rt.save_lowrank(small, path)
+    fresh = _mlp(seed=1).eval().requires_grad_(False)
+    rt.load_lowrank(fresh, path)
+    assert not any(_grads(fresh).values()) and not any(m.training for m in fresh.modules())
+    fresh = _mlp(seed=1).train()
+    rt.load_lowrank(fresh, path)
+    assert all(_grads(fresh).values()) and all(m.training for m in fresh.modules())
+
+
+def test_load_lowrank_shared_module_round_trip(tmp_path):
+    lin = nn.Linear(32, 32).double()
+    small, _ = rt.compress(nn.Sequential(lin, nn.ReLU(), lin), rank=4, rng=0)
+    path = tmp_path / "shared.safetensors"
+    rt.save_lowrank(small, path)
+    lin2 = nn.Linear(32, 32).double()
+    fresh = rt.load_lowrank(nn.Sequential(lin2, nn.ReLU(), lin2), path)
+    assert fresh[0] is fresh[2] and type(fresh[0]).__name__ == "LowRankLinear"
+    x = torch.randn(5, 32, dtype=torch.float64)
+    assert torch.equal(fresh(x), small(x))
+
+
+def test_load_lowrank_not_strict_skips_factors_of_absent_modules(tmp_path):
+    small, _ = rt.compress(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32)), rank=4, rng=0)
+    path = tmp_path / "small.safetensors"
+    rt.save_lowrank(small, path)
+    with pytest.raises(ValueError, match="no such module"):
+        rt.load_lowrank(nn.Sequential(nn.Linear(64, 64)), path)
+    fresh = rt.load_lowrank(nn.Sequential(nn.Linear(64, 64)), path, strict=False)
+    assert torch.equal(fresh[0].lowrank_A, small[0].lowrank_A) and len(fresh) == 1
+
+
+def test_float16_layer_whose_factors_would_overflow():
+    # every weight entry fits float16, but B = U S of the rank-1 factor has entries 8e4
+    net = nn.Sequential(nn.Linear(64, 64)).half()
+    with torch.no_grad():
+        net[0].weight.fill_(1e4)
+    small, _ = rt.compress(net, rank=1, rng=0)
+    B_, A_ = small[0].lowrank_B.detach(), small[0].lowrank_A.detach()
+    assert B_.dtype == torch.float16 and bool(torch.isfinite(B_).all() & torch.isfinite(A_).all())
+    torch.testing.assert_close(B_.double() @ A_.double(), torch.full((64, 64), 1e4, dtype=torch.float64), rtol=1e-3,
+                               atol=0)

@@ -366,8 +366,10 @@ def fit_corrected(W, stats, *, folds=None, shrinkage=DEFAULT_SHRINKAGE, rank=Non
         """``{shrinkage: (factors, P or None, shift)}`` fitted on ``s``: one eigendecomposition
         and one whitener of ``G~`` for all ridges."""
         sol = _solver(W, s) if any(math.isfinite(lam) for lam in lams) else None
-        # the metric of Gram matrices scaled by powers of two (factor._unit_gram): the same factors B A
-        m = metric(tuple(W.shape), gram=_unit_gram(s.gram, xp, work)[0],
+        # the metric of Gram matrices scaled by powers of two (factor._unit_gram): the same factors B A;
+        # factor's input Gram matrix is sum_t x_t x_t^H, the conjugate of the rows' X~^H X~ (complex layers)
+        gram = xp.conj(s.gram) if xp.isdtype(s.gram.dtype, "complex floating") else s.gram
+        m = metric(tuple(W.shape), gram=_unit_gram(gram, xp, work)[0],
                    output_gram=_unit_gram(output_gram, xp, work)[0], ridge=ridge)
         out = {}
         for lam in lams:

@@ -513,7 +513,8 @@ def factor(W, rank=None, *, rank_fraction=None, param_fraction=None, rtol=None, 
     """Factor one weight ``W (out x in) ~= B (out x r) @ A (r x in)``, plain or whitened.
 
     Plain: ``B = U_r S_r``, ``A = V_r^H`` from a truncated SVD of ``W``. With ``gram``
-    (the layer's input Gram matrix ``G = X^H X``): the truncated SVD of ``M = W L``,
+    (the layer's input Gram matrix ``G = sum_t x_t x_t^H``, ``X^T X`` for real rows
+    ``x_t`` of ``X``; ``X^T conj(X)`` for complex ones): the truncated SVD of ``M = W L``,
     ``L L^H = G + ridge tr(G)/in I``, and ``A = V_r^H L^{-1}`` by a triangular solve
     (each rank rescaled between ``B`` and ``A`` so that ``A``'s rows have unit norm,
     whatever the scale of ``G``), which minimises the layer's output error ``||(W - B A) X^T||_F`` on the calibration
@@ -536,7 +537,8 @@ def factor(W, rank=None, *, rank_fraction=None, param_fraction=None, rtol=None, 
         when ``gram`` is given; its rank is found by :func:`randla.adaptive_range_finder`
         (``method="exact"``: from the exact spectrum).
     gram : array (in, in), optional
-        Input Gram matrix ``X^H X`` of the layer on calibration data, in ``W``'s
+        Input Gram matrix ``sum_t x_t x_t^H`` (``X^T X``, or ``X^T conj(X)`` for complex
+        inputs: ``randla.torch.calibrate`` returns it) of the layer on calibration data, in ``W``'s
         namespace (float64 recommended). Switches to the whitened factorisation.
     output_gram : array (out, out), optional
         Gram matrix of the output gradients (see above), e.g. from

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 
 import numpy as np
@@ -30,6 +31,7 @@ def layer_inputs(module, x):
     >>> layer_inputs(conv, torch.randn(2, 3, 5, 5)).shape
     torch.Size([50, 27])
     """
+    x = as_batch(module, x)
     if isinstance(module, nn.Conv2d):
         padding = module.padding
         if module.padding_mode != "zeros" or padding == "same":
@@ -43,8 +45,16 @@ def layer_inputs(module, x):
     return x.reshape(-1, x.shape[-1])
 
 
+def as_batch(module, t):
+    """A layer's input or output with a leading sample dimension: an unbatched one (a
+    vector for ``nn.Linear``, ``(C, H, W)`` for ``nn.Conv2d``) as a batch of one."""
+    unbatched = t.ndim == 3 if isinstance(module, nn.Conv2d) else t.ndim == 1
+    return t.unsqueeze(0) if unbatched else t
+
+
 def _layer_outputs(module, y):
     """The rows of a layer's output: ``(N, out)`` (channels last for a convolution)."""
+    y = as_batch(module, y)
     if isinstance(module, nn.Conv2d):
         return y.movedim(1, -1).reshape(-1, y.shape[1])
     return y.reshape(-1, y.shape[-1])
@@ -63,7 +73,7 @@ def fold_rows(module, x, mask, start, folds):
     rows : list
         Per fold, ``X (N_f x in)`` or ``None`` when no sample of this batch falls in it.
     n_samples : int
-        Samples in ``x`` (1 for a vector).
+        Samples in ``x`` (1 for an unbatched input, see :func:`as_batch`).
 
     Examples
     --------
@@ -76,23 +86,18 @@ def fold_rows(module, x, mask, start, folds):
     """
     if not masks_positions(mask, module, x):
         mask = None
-    n_samples = x.shape[0] if x.ndim >= 2 else 1
+    x = as_batch(module, x)
+    n_samples = x.shape[0]
     rows = []
     for f in range(folds):
-        if x.ndim >= 2:
-            sel = torch.arange((f - start) % folds, n_samples, folds, device=x.device)
-            if sel.numel() == 0:
-                rows.append(None)
-                continue
-            xf = x.index_select(0, sel)
-            mf = None if mask is None else mask.to(x.device).index_select(0, sel)
-        else:
-            if start % folds != f:
-                rows.append(None)
-                continue
-            xf, mf = x, None
-        if mf is not None:
-            xf = xf[mf != 0]
+        first = (f - start) % folds
+        if first >= n_samples:  # fewer samples in this batch than folds
+            rows.append(None)
+            continue
+        sel = torch.arange(first, n_samples, folds, device=x.device)
+        xf = x.index_select(0, sel)
+        if mask is not None:
+            xf = xf[mask.to(x.device).index_select(0, sel) != 0]
         rows.append(layer_inputs(module, xf))
     return rows, n_samples
 
@@ -109,6 +114,26 @@ def wide(X):
     return X.to(torch.complex128 if torch.is_complex(X) else torch.float64)
 
 
+def column_gram(rows):
+    """``X^T conj(X)`` in float64 for the rows ``X (N x d)``: the Gram matrix ``sum x x^H``
+    of the rows as column vectors (``X^H X`` for real rows; its conjugate for complex ones).
+
+    A layer computes ``y = W x`` per position (``rows @ W^T``), so ``W - B A`` changes
+    its outputs by ``||(W - B A) X^T||_F``, which :func:`randla.compress.factor` measures
+    with ``G = L L^H = X^T conj(X)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from randla.torch._calibration import column_gram
+    >>> X = torch.tensor([[1j, 0], [0, 2]])
+    >>> column_gram(X)[0, 0] == (X.T @ X.conj())[0, 0]
+    tensor(True)
+    """
+    X = wide(rows)
+    return X.mT @ X.conj()
+
+
 def batch_mask(batch, ignore_padding=True):
     """The ``attention_mask`` (``(batch, seq)``) of a mapping batch, or ``None``."""
     mask = batch.get("attention_mask") if ignore_padding and isinstance(batch, Mapping) else None
@@ -116,7 +141,8 @@ def batch_mask(batch, ignore_padding=True):
 
 
 class Calibration(dict):
-    """``{layer_name: G}``, input Gram matrices, with what else :func:`calibrate` measured.
+    """``{layer_name: G}``, input Gram matrices ``sum x x^H`` (see :func:`calibrate`), with
+    what else :func:`calibrate` measured.
 
     Attributes
     ----------
@@ -139,15 +165,17 @@ class Calibration(dict):
     errors: dict | None = None
 
 
-def _check_folds(folds):
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
-        raise ValueError(f"folds must be an int >= 1, got {folds!r}")
-    return folds
+def check_count(value, name):
+    """``value`` as an int when it is an integer >= 1 (not a bool), else a ``ValueError``
+    naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
 
 
 def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True, output=None, probes=8, folds=2,
               sample_probes=None, rng=None):
-    """Per-layer input Gram matrices ``G = X^H X`` on calibration batches (float64).
+    """Per-layer input Gram matrices ``G = sum x x^H`` on calibration batches (float64).
 
     Feeds every batch to ``model`` (evaluation mode) and accumulates, for each layer
     :func:`compress` can factor (:func:`eligible_layers`), the Gram matrix of the inputs it
@@ -209,7 +237,12 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
         A dict ``{module_name: G}``, ``G`` a float64 tensor ``(in, in)`` (``in kh kw``
         for a convolution) on the model's device, with ``output_grams`` and ``folds``
         attributes; pass it to :func:`compress` as ``calibration``. A layer that never
-        ran on the batches is absent.
+        ran on the batches is absent. ``G = sum x x^H`` over the input vectors ``x``
+        (the rows of :func:`layer_inputs`, ``X``) is ``X^T conj(X)``: ``X^T X`` for a
+        real layer, but for a complex layer (complex128) the conjugate of ``X^H X``,
+        as the layer computes ``W x`` and :func:`randla.compress.factor` measures the
+        output error ``||(W - B A) X^T||_F`` with ``G = L L^H`` (see
+        :func:`column_gram`). The output Gram matrices are ``sum g g^H`` likewise.
 
     References
     ----------
@@ -238,17 +271,14 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
     >>> E.shape, bool(E[0] > E[1] > E[2] == 0.0)
     ((3,), True)
     """
-    folds = _check_folds(folds)
-    probes = int(probes)
+    folds = check_count(folds, "folds")
+    probes = check_count(probes, "probes")
     if sample_probes is not None:
         if output is None:
             raise ValueError("sample_probes needs output")
-        if isinstance(sample_probes, bool) or not isinstance(sample_probes, int) or sample_probes < 1:
-            raise ValueError(f"sample_probes must be an int >= 1, got {sample_probes!r}")
+        check_count(sample_probes, "sample_probes")
         if iter(batches) is batches:
             raise ValueError("sample_probes reads batches twice: give a list, not a one-shot iterator")
-    if output is not None and probes < 1:
-        raise ValueError(f"probes must be >= 1, got {probes}")
     if output is not None and not callable(output):
         raise TypeError(f"output must be a callable (model_output, batch) -> tensor, got {type(output).__name__}")
     layers = eligible_layers(model, include=include, exclude=exclude)
@@ -268,8 +298,7 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
         for f, X in enumerate(rows):
             if X is None:
                 continue
-            X = wide(X)
-            G = X.mH @ X
+            G = column_gram(X)
             parts[f][name] = G if name not in parts[f] else parts[f][name] + G
 
     def keep_output(name, module, y):
@@ -297,8 +326,11 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
                 if mask is not None and g.ndim >= 3 and tuple(g.shape[:2]) == tuple(mask.shape):
                     g = g[mask.to(g.device) != 0]  # padding positions do not reach the output
                 rows = _layer_outputs(outs[n][0], g)
-                # one batch's sum in the gradient's precision (GEMM-bound), accumulated in float64
-                Hn = wide(rows.mH @ rows) / probes
+                if rows.dtype in (torch.float16, torch.bfloat16):  # a half-precision sum of squares is not PSD
+                    rows = wide(rows)
+                # sum g g^H (column_gram's convention), one batch in the gradient's precision (GEMM-bound),
+                # accumulated in float64
+                Hn = wide(rows.mT @ rows.conj()) / probes
                 H[n] = Hn if n not in H else H[n] + Hn
         outs.clear()
 
@@ -378,8 +410,9 @@ def _sample_pass(model, layers, cal, batches, output, probes, gen, ignore_paddin
             module, x = ys[n][0], xs[n]
             if masks_positions(mask, module, x):
                 x = x * (mask.to(x.device) != 0).unsqueeze(-1).to(x.dtype)  # padding positions: no error
-            n_samples = x.shape[0] if x.ndim >= 2 else 1
-            X = layer_inputs(module, x if x.ndim >= 2 else x.unsqueeze(0))
+            x = as_batch(module, x)
+            n_samples = x.shape[0]
+            X = layer_inputs(module, x)
             start = seen.get(n, 0)
             seen[n] = start + n_samples
             fold = (start + torch.arange(n_samples, device=X.device)) % len(dirs[n])
@@ -393,7 +426,7 @@ def _sample_pass(model, layers, cal, batches, output, probes, gen, ignore_paddin
                 if g is None:
                     continue
                 fold, xb = inputs[n]
-                gs = _layer_outputs(ys[n][0], g if g.ndim >= 2 else g.unsqueeze(0))
+                gs = _layer_outputs(ys[n][0], g)
                 gs = gs.reshape(fold.shape[0], -1, gs.shape[-1])
                 for f, ((A, _), xbf) in enumerate(zip(dirs[n], xb, strict=True)):
                     sel = fold == f

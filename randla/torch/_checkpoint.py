@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..compress.checkpoint import open_checkpoint, write_checkpoint
-from ._compress import _references
+from ._compress import _references, inherit_state
 from ._modules import LowRankConv2d, LowRankLinear
 
 __all__ = ["save_lowrank", "load_lowrank"]
@@ -39,7 +39,8 @@ def _to_torch(a: np.ndarray) -> torch.Tensor:
 
 
 def _ranks(model):
-    return {n: m.rank for n, m in model.named_modules() if isinstance(m, (LowRankLinear, LowRankConv2d))}
+    return {n: m.rank for n, m in model.named_modules(remove_duplicate=False)
+            if isinstance(m, (LowRankLinear, LowRankConv2d))}
 
 
 def save_lowrank(model: nn.Module, path, *, max_shard_size=None):
@@ -106,8 +107,9 @@ def _low_rank_like(module, name, shape_A, shape_B):
                              f"{type(module).__name__}(in_features={module.in_features}, "
                              f"out_features={module.out_features})")
         ref = module.lowrank_A if isinstance(module, LowRankLinear) else module.weight
-        return LowRankLinear(module.in_features, module.out_features, rank, bias=module.bias is not None,
-                             device=ref.device, dtype=ref.dtype)
+        new = LowRankLinear(module.in_features, module.out_features, rank, bias=module.bias is not None,
+                            device=ref.device, dtype=ref.dtype)
+        return inherit_state(new, module)
     if isinstance(module, (LowRankConv2d, nn.Conv2d)):
         if isinstance(module, nn.Conv2d) and module.groups != 1:
             raise ValueError(f"{name!r} is a grouped convolution; its factors cannot be loaded")
@@ -117,9 +119,10 @@ def _low_rank_like(module, name, shape_A, shape_B):
             raise ValueError(f"factors of {name!r} are {shape_B} @ {shape_A}, which do not fit a convolution "
                              f"{inp} -> {out} with kernel {tuple(module.kernel_size)}")
         ref = module.lowrank_A if isinstance(module, LowRankConv2d) else module.weight
-        return LowRankConv2d(inp, out, module.kernel_size, rank, stride=module.stride, padding=module.padding,
-                             dilation=module.dilation, bias=module.bias is not None, padding_mode=module.padding_mode,
-                             device=ref.device, dtype=ref.dtype)
+        new = LowRankConv2d(inp, out, module.kernel_size, rank, stride=module.stride, padding=module.padding,
+                            dilation=module.dilation, bias=module.bias is not None, padding_mode=module.padding_mode,
+                            device=ref.device, dtype=ref.dtype)
+        return inherit_state(new, module)
     raise ValueError(f"the checkpoint factors {name!r}, but the model's {name!r} is a {type(module).__name__} "
                      f"(only Linear and Conv2d layers take low-rank factors)")
 
@@ -150,13 +153,16 @@ def load_lowrank(model: nn.Module, path, *, strict: bool = True) -> nn.Module:
         in place: every ``nn.Linear`` (``nn.Conv2d``) ``NAME`` for which the checkpoint
         holds ``NAME.lowrank_A`` and ``NAME.lowrank_B`` becomes a
         :class:`LowRankLinear` (:class:`LowRankConv2d`) of the stored rank, on the
-        layer's device and in its dtype; then every tensor is copied in.
+        layer's device and in its dtype, in its training mode and with its
+        ``requires_grad``; then every tensor is copied in. A module reached by several
+        names (shared) is replaced by one low-rank module everywhere.
     path : str or Path
         A ``.safetensors`` file or a sharded folder, as written by :func:`save_lowrank`
         or ``randla compress``.
     strict : bool, default True
         A key of the model missing from the checkpoint, or a tensor of the checkpoint
-        the model does not have, is an error; ``False`` loads the keys both have. A
+        the model does not have, is an error; ``False`` loads the keys both have (and
+        skips the factors of modules the model does not have). A
         tensor matching one of the model's non-persistent buffers (which ``state_dict``
         leaves out, such as Hugging Face's ``position_ids``) is loaded into it.
 
@@ -188,15 +194,22 @@ def load_lowrank(model: nn.Module, path, *, strict: bool = True) -> nn.Module:
         lonely = [n for n in specs if n.endswith(_SUFFIX_B) and n[: -len(_SUFFIX_B)] not in factored]
         if lonely:
             raise ValueError(f"{path}: {lonely[0]!r} has no matching {_SUFFIX_A}")
-        modules = dict(model.named_modules())
-        new = {}  # everything is checked before the model is touched
+        modules = dict(model.named_modules(remove_duplicate=False))  # a shared module under each name
+        new, by_id = {}, {}  # everything is checked before the model is touched
         for name in factored:
             if name + _SUFFIX_B not in specs:
                 raise ValueError(f"{path}: {name + _SUFFIX_A!r} has no matching {_SUFFIX_B}")
             if name not in modules:
+                if not strict:
+                    continue  # its factors are unexpected keys
                 raise ValueError(f"{path}: the checkpoint factors {name!r}, but the model has no such module")
-            new[name] = _low_rank_like(modules[name], name, specs[name + _SUFFIX_A].shape,
-                                       specs[name + _SUFFIX_B].shape)
+            module = _low_rank_like(modules[name], name, specs[name + _SUFFIX_A].shape,
+                                    specs[name + _SUFFIX_B].shape)
+            # a shared module: one replacement for all its names (factors of another rank do not fit it)
+            new[name] = by_id.setdefault(id(modules[name]), module)
+            if new[name].rank != module.rank:
+                raise ValueError(f"{path}: {name!r} is shared with a module factored at rank {new[name].rank}, "
+                                 f"but its own factors have rank {module.rank}")
         shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         for name, module in new.items():
             for k in [k for k in shapes if k.startswith(name + ".")]:

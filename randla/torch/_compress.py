@@ -19,7 +19,7 @@ from torch import nn
 from .. import _backend as _B
 from ..compress import Report, check_rank_mode, compress_weights
 from ..compress.correct import DEFAULT_SHRINKAGE
-from ..compress.factor import DEFAULT_RIDGE, _dense
+from ..compress.factor import DEFAULT_RIDGE, _dense, fit_range
 from ._hooks import eligible_layers
 from ._modules import LowRankConv2d, LowRankLinear
 
@@ -85,13 +85,32 @@ def _references(model):
     return refs
 
 
-def _low_rank_module(module, B, A):
+def inherit_state(new, module):
+    """``new`` (a low-rank layer replacing ``module``) with ``module``'s training flag and
+    ``requires_grad``: the factors' from the weight, the bias's from the bias."""
+    weight = module.lowrank_A if isinstance(module, (LowRankLinear, LowRankConv2d)) else module.weight
+    new.lowrank_A.requires_grad_(weight.requires_grad)
+    new.lowrank_B.requires_grad_(weight.requires_grad)
+    if new.bias is not None and module.bias is not None:
+        new.bias.requires_grad_(module.bias.requires_grad)
+    return new.train(module.training)
+
+
+def _low_rank_module(module, B, A, shift=None):
+    """The low-rank replacement of ``module`` with factors ``B``, ``A`` (arrays), its bias
+    moved by ``shift`` when given."""
     W = module.weight
+    B, A = fit_range(B, A, W.dtype)  # float16: ranks rescaled where U S would overflow
     B, A = from_array(B, like=W), from_array(A, like=W)
+    bias = module.bias
+    if bias is not None and shift is not None:
+        bias = bias.detach() + from_array(shift, like=bias)
     if isinstance(module, nn.Conv2d):
-        return LowRankConv2d.from_conv(module, B, A)
-    bias = None if module.bias is None else module.bias
-    return LowRankLinear.from_factors(B, A, bias)
+        new = LowRankConv2d.from_conv(module, B, A)
+        new.bias = None if bias is None else nn.Parameter(bias.detach())
+    else:
+        new = LowRankLinear.from_factors(B, A, bias)
+    return inherit_state(new, module)
 
 
 def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=None, budget=None, calibration=None,
@@ -187,9 +206,10 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
     Weights are read through DLPack (zero-copy on the CPU) after ``detach()`` and
     ``resolve_conj()``; float16 and bfloat16 weights are upcast to float32 for the math
     and the factors are cast back; factors live on the layer's device. Grouped
-    convolutions and the ``nn.Linear`` children of ``nn.MultiheadAttention`` and of
-    torch's transformer layers are not selected (see :func:`eligible_layers`). A module
-    reached by several names (shared) is replaced everywhere.
+    convolutions, the ``nn.Linear`` children of ``nn.MultiheadAttention`` and of
+    torch's transformer layers, and subclasses that override ``forward`` are not selected
+    (see :func:`eligible_layers`). A module reached by several names (shared) is replaced
+    everywhere. A new layer keeps the replaced one's training mode and ``requires_grad``.
 
     Examples
     --------
@@ -246,7 +266,6 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
             continue
         module = target.get_submodule(name)
         new = _low_rank_module(module, f.B, f.A)
-        new.train(module.training)
         for parent, attr in refs[id(module)]:
             setattr(parent, attr, new)
     return target, report
@@ -254,10 +273,10 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
 
 def _compress_with_data(model, layers, data, *, calibration, inplace, budget, shrinkage, folds, rng, **options):
     """``compress(..., data=...)``: see :mod:`randla.torch._sequential`."""
-    from ._calibration import _check_folds, calibrate
+    from ._calibration import calibrate, check_count
     from ._sequential import compress_sequential
 
-    folds = _check_folds(folds)
+    folds = check_count(folds, "folds")
     output_grams = None if calibration is None else getattr(calibration, "output_grams", None)
     if calibration is not None and budget is None and output_grams is None:
         raise ValueError("give calibration or data, not both: with data, calibration only allocates a budget and "

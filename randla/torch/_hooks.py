@@ -52,9 +52,11 @@ def eligible_layers(model, *, include=None, exclude=None):
     """``[(name, module)]`` that :func:`compress` and :func:`calibrate` consider.
 
     ``nn.Linear`` and ``nn.Conv2d`` modules matching ``include``/``exclude``, except
-    grouped convolutions and the ``nn.Linear`` children of ``nn.MultiheadAttention``
+    grouped convolutions, the ``nn.Linear`` children of ``nn.MultiheadAttention``
     and of torch's transformer layers, which read their children's ``weight``
-    directly and so cannot take a low-rank pair.
+    directly and so cannot take a low-rank pair, and subclasses that override
+    ``forward`` (or a convolution's ``_conv_forward``), whose behaviour a low-rank
+    pair would lose. A subclass that keeps the parent's computation is eligible.
 
     Examples
     --------
@@ -68,7 +70,14 @@ def eligible_layers(model, *, include=None, exclude=None):
     fixed = {id(c) for m in model.modules() if isinstance(m, owners) for c in m.modules() if c is not m}
     return [(n, m) for n, m in select_modules(model, (torch.nn.Linear, torch.nn.Conv2d), include=include,
                                               exclude=exclude)
-            if not (isinstance(m, torch.nn.Conv2d) and m.groups != 1) and id(m) not in fixed]
+            if not (isinstance(m, torch.nn.Conv2d) and m.groups != 1) and id(m) not in fixed and _plain(m)]
+
+
+def _plain(module):
+    """True when ``module`` computes what its ``nn.Linear`` / ``nn.Conv2d`` base does."""
+    base = torch.nn.Conv2d if isinstance(module, torch.nn.Conv2d) else torch.nn.Linear
+    methods = ("forward", "_conv_forward") if base is torch.nn.Conv2d else ("forward",)
+    return all(getattr(type(module), k) is getattr(base, k) for k in methods)
 
 
 def _device(model):

@@ -124,8 +124,8 @@ class LowRankLinear(nn.Module):
         layer.bias = None if bias is None else nn.Parameter(bias.detach())
         return layer
 
-    def forward(self, x):
-        return F.linear(F.linear(x, self.lowrank_A), self.lowrank_B, self.bias)
+    def forward(self, input):
+        return F.linear(F.linear(input, self.lowrank_A), self.lowrank_B, self.bias)
 
     def weight_product(self):
         """The dense weight ``B @ A`` (out x in), without autograd history.
@@ -264,12 +264,12 @@ class LowRankConv2d(nn.Module):
         layer.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach())
         return layer
 
-    def forward(self, x):
+    def forward(self, input):
         if self.padding_mode != "zeros":
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            y = F.conv2d(x, self.lowrank_A, None, self.stride, 0, self.dilation)
+            padded = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            y = F.conv2d(padded, self.lowrank_A, None, self.stride, 0, self.dilation)
         else:
-            y = F.conv2d(x, self.lowrank_A, None, self.stride, self.padding, self.dilation)
+            y = F.conv2d(input, self.lowrank_A, None, self.stride, self.padding, self.dilation)
         return F.conv2d(y, self.lowrank_B[:, :, None, None], self.bias)
 
     def weight_product(self):

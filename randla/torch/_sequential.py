@@ -20,7 +20,7 @@ from torch import nn
 from .. import _backend as _B
 from ..compress.correct import TransferStats, _check_shrinkage, fit_corrected
 from ._calibration import batch_mask, fold_rows, wide
-from ._compress import _flat_weight, _low_rank_module, _references, from_array, to_array
+from ._compress import _flat_weight, _low_rank_module, _references, to_array
 from ._hooks import run_with_hooks
 
 __all__ = ["compress_sequential"]
@@ -95,6 +95,7 @@ def _reference_inputs(original, batches, names, limit):
 
 
 def _stats(X_new, X_ref):
+    # TransferStats's convention: rows, X~^H X~ (not calibrate's X^T conj(X))
     Xr = wide(X_ref)
     if X_new is X_ref:
         G, t = Xr.mH @ Xr, Xr.sum(0)
@@ -139,10 +140,7 @@ def _replace(target, refs, name, cf):
     """Put the factors of ``cf`` in place of ``target``'s layer ``name`` (every path to
     it), its bias moved by ``cf.shift``."""
     module = target.get_submodule(name)
-    new = _low_rank_module(module, cf.B, cf.A)
-    if new.bias is not None and cf.shift is not None:
-        new.bias = nn.Parameter(module.bias.detach() + from_array(cf.shift, like=module.bias))
-    new.train(module.training)
+    new = _low_rank_module(module, cf.B, cf.A, shift=cf.shift)
     for parent, attr in refs[id(module)]:
         setattr(parent, attr, new)
 
