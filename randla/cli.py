@@ -209,25 +209,8 @@ def _progress(args, total, desc):
     return step, bar.close
 
 
-def _check_names(ckpt, targets):
-    """No factor of a selected weight may take the name of a tensor the checkpoint already holds,
-    and the checkpoint holds no factors (the output's metadata describes only the factors it makes).
-    """
-    from .compress.checkpoint import CheckpointError
-
-    factors = (".lowrank_A", ".lowrank_B")
-    for n in targets:
-        for factor in (n[: -len(".weight")] + f for f in factors):
-            if factor in ckpt.specs:
-                raise CheckpointError(f"{ckpt.path}: holds both {n!r} and {factor!r}, the name of its factor; "
-                                      f"leave {n!r} out with --exclude")
-    done = next((n for n in ckpt.specs if n.endswith(factors)), None)
-    if done is not None:
-        raise CheckpointError(f"{ckpt.path}: holds {done!r}, already factored; compress the original checkpoint")
-
-
 def _compress(args) -> int:
-    from .compress.checkpoint import _existing_parent, check_output, open_checkpoint
+    from .compress.checkpoint import _existing_parent, open_checkpoint
     from .compress.pipeline import compress_checkpoint, select_weights
 
     report_path = args.report
@@ -237,10 +220,8 @@ def _compress(args) -> int:
     _check_shard_size(args)
     with open_checkpoint(args.input) as ckpt:
         inputs = _inputs(ckpt, args.calibration)
-        check_output(args.output, inputs)
         _check_destinations((("--report", report_path), ("--plot", args.plot)), inputs, args.output)
         targets = select_weights(ckpt.specs, include=args.include, exclude=_exclude(args))
-        _check_names(ckpt, targets)
         total = len(ckpt.specs) + (len(targets) if args.budget is not None else 0)  # the progress bar's length
     top = _existing_parent(Path(args.output))  # folders below it that the output creates are removed on failure
     step, close = _progress(args, total, "compress")

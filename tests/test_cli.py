@@ -359,6 +359,22 @@ def test_output_never_overwrites_the_calibration(tmp_path, checkpoint, capsys):
     assert _digest(grams) == before and _outputs(tmp_path) == listing
 
 
+def test_library_refuses_the_same_before_any_work(tmp_path, checkpoint):
+    from randla.compress.checkpoint import CheckpointError
+    from randla.compress.pipeline import compress_checkpoint
+
+    g = np.random.default_rng(0).standard_normal((100, 64))
+    grams = save_grams({"enc.fc1": g.T @ g}, tmp_path / "grams.safetensors")
+    before = _digest(grams)
+    with pytest.raises(CheckpointError, match="overwrite the input"):
+        compress_checkpoint(checkpoint, grams, rank=4, calibration=grams, exclude="fc2|embed|scale")
+    assert _digest(grams) == before
+    done = compress_checkpoint(checkpoint, tmp_path / "small.safetensors", rank=4).files[0]
+    with pytest.raises(CheckpointError, match="already factored"):
+        compress_checkpoint(done, tmp_path / "again.safetensors", rank=2)
+    assert not (tmp_path / "again.safetensors").exists()
+
+
 def test_failed_report_or_plot_leaves_no_output(tmp_path, checkpoint, capsys, monkeypatch):
     pytest.importorskip("matplotlib")
     import randla.cli

@@ -38,6 +38,21 @@ DEFAULT_RTOLS = (0.5, 0.4, 0.3, 0.2, 0.1)
 _WEIGHT = ".weight"
 
 
+def _check_names(path, specs, targets):
+    """No factor of a selected weight may take the name of a tensor the checkpoint already
+    holds, and the checkpoint holds no factors (the output's metadata describes the factors
+    this run makes): a :class:`CheckpointError` before any work."""
+    factors = (".lowrank_A", ".lowrank_B")
+    for n in targets:
+        for name in (n[: -len(".weight")] + f for f in factors):
+            if name in specs:
+                raise CheckpointError(f"{path}: holds both {n!r} and {name!r}, the name of its factor; "
+                                      f"leave {n!r} out with --exclude")
+    done = next((n for n in specs if n.endswith(factors)), None)
+    if done is not None:
+        raise CheckpointError(f"{path}: holds {done!r}, already factored; compress the original checkpoint")
+
+
 def select_weights(specs, *, include=None, exclude=DEFAULT_EXCLUDE) -> list[str]:
     """Names of the tensors to factor: 2-D floating ``*.weight`` tensors, filtered.
 
@@ -249,13 +264,14 @@ def compress_checkpoint(src, out, *, rank=None, rank_fraction=None, param_fracti
         raise CheckpointError(f"--q must be an int >= 0, got {q!r}")
     gen = np.random.default_rng(rng)
     with open_checkpoint(src) as ckpt:
-        out = check_output(out, [ckpt.path, *ckpt.files])
+        out = check_output(out, [ckpt.path, *ckpt.files, *([] if calibration is None else [calibration])])
         if max_shard_size is not None and Path(out).suffix == ".safetensors":
             raise CheckpointError(f"{out}: a single .safetensors file cannot be sharded; give a folder as output "
                                   f"to use --max-shard-size")
         targets = select_weights(ckpt.specs, include=include, exclude=exclude)
         if not targets:
             raise CheckpointError(f"{src}: no 2-D floating '*.weight' tensor is selected (check --include/--exclude)")
+        _check_names(ckpt.path, ckpt.specs, targets)
         grams = _grams_for(calibration, ckpt, targets)
         ranks: dict[str, int] = {}
         spectra: dict[str, np.ndarray] = {}
