@@ -230,9 +230,7 @@ def summarize(W, *, gram=None, output_gram=None, folds=None, whitening=None, cap
             gram = sum(folds[1:], folds[0])
     c = 1.0  # M = R^H W L / c below (see factor._unit_gram): gains and totals are multiplied by c^2
     if whitening is None or folds is not None:
-        gram, c = _unit_gram(gram, xp, Ww.dtype)
-        if folds is not None and c != 1.0:
-            folds = [Gk / (c * c) for Gk in folds]
+        gram, folds, c = _unit_grams(gram, folds, xp, Ww.dtype)
     output_gram, c_out = _unit_gram(output_gram, xp, Ww.dtype)
     if whitening is not None:
         m = _resolve_metric(shape, None, None, whitening, ridge)
@@ -263,6 +261,15 @@ def summarize(W, *, gram=None, output_gram=None, folds=None, whitening=None, cap
         total_k = B.scalar(xp.real(xp.sum(xp.conj(RW) * (RW @ Gw))))
         loss += total_k - np.concatenate([[0.0], np.cumsum(held)])
     return LayerSummary.from_errors(name, shape, _times(loss, c, name), units=units, folds=len(folds))
+
+
+def _unit_grams(gram, folds, xp, dtype):
+    """``(gram, folds, c)``: ``gram`` by :func:`~randla.compress.factor._unit_gram` and its
+    per-fold parts divided by the same ``c^2``."""
+    gram, c = _unit_gram(gram, xp, dtype)
+    if folds is not None and c != 1.0:
+        folds = [Gk / (c * c) for Gk in folds]
+    return gram, folds, c
 
 
 def _times(x, c, name):
@@ -337,9 +344,7 @@ def truncation_directions(W, *, gram, output_gram, folds=None, ridge=DEFAULT_RID
     if output_gram is None or gram is None:
         raise ValueError("truncation_directions needs gram and output_gram")
     # both sides scaled by powers of two (factor._unit_gram): a_i b_i^H is unchanged
-    gram, c = _unit_gram(gram, xp, Ww.dtype)
-    if folds is not None and c != 1.0:
-        folds = [Gk / (c * c) for Gk in folds]
+    gram, folds, _ = _unit_grams(gram, folds, xp, Ww.dtype)
     output_gram, _ = _unit_gram(output_gram, xp, Ww.dtype)
     m = metric(shape, output_gram=output_gram, ridge=ridge)
     if m.zero_output:

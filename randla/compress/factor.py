@@ -74,6 +74,14 @@ _LOW_PRECISION = ("float16", "bfloat16")
 _LOW_PRECISION_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38}
 
 
+def _dtype_name(dtype):
+    """``"float16"``, ``"bfloat16"``, ...: a NumPy, ``ml_dtypes``, JAX or torch dtype by name."""
+    try:
+        return np.dtype(dtype).name
+    except TypeError:  # a torch dtype
+        return str(dtype).removeprefix("torch.")
+
+
 def working_matrix(W, name="W", *, check_finite=True):
     """``(W_work, xp, out_dtype)``: ``W`` in the dtype the math runs in.
 
@@ -86,7 +94,7 @@ def working_matrix(W, name="W", *, check_finite=True):
         xp = B.namespace(W)
     except TypeError:
         raise TypeError(f"{name} must be an array of an array-API library, got {type(W).__name__}") from None
-    dtype_name = str(W.dtype).removeprefix("torch.")
+    dtype_name = _dtype_name(W.dtype)
     out_dtype = None
     if dtype_name in _LOW_PRECISION:
         out_dtype = W.dtype
@@ -132,10 +140,7 @@ def fit_range(Bf, Af, dtype, *, name=""):
     >>> float(B_.max()), float(A_.max())
     (100.0, 100.0)
     """
-    try:
-        dtype_name = np.dtype(dtype).name
-    except TypeError:  # a torch dtype
-        dtype_name = str(dtype).removeprefix("torch.")
+    dtype_name = _dtype_name(dtype)
     limit = _LOW_PRECISION_MAX.get(dtype_name)
     if limit is None or Bf.shape[1] == 0:
         return Bf, Af
