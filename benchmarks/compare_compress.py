@@ -49,6 +49,18 @@ Sections:
     is not short of data. Beside it the error-corrected mode (``data=`` the same
     batches), which is: 0.840 and 0.692 with 128 sentences, 0.867 at alpha = 0.4 with
     512 (one thread; the 2,209-sentence row takes most of an hour on a busy machine).
+``domain``
+    How narrow the sentences are: calibration and evaluation sentences from the
+    varied corpus (the rest of this file) or from one narrow domain
+    (:func:`randla.testing.sentences` with ``corpus="template"``: disjoint sentences
+    of one small grammar), and across (calibrated on one, evaluated on the other).
+    Plain and whitened rsi at alpha = 0.8, 0.6, 0.4 and 0.2, the K-FAC budget at the
+    uniform parameters of alpha = 0.4 and 0.2, and FFN pruning to half and a quarter
+    of the width (as ``compare_prune``). One thread. Measured 2026-12-01 (template ->
+    template): whitened 0.999 / 0.996 / 0.990 / 0.971 at alpha 0.8 / 0.6 / 0.4 / 0.2
+    (varied: 0.981 / 0.948 / 0.830 / 0.656), plain 0.863 / 0.756 / 0.475 / 0.270,
+    budget 0.995 / 0.975, pruning 0.994 / 0.986; the whole table is in the guide ("How
+    narrow the data are").
 ``search``
     The reference the budget has to beat: a coordinate search over per-layer-type rank
     multipliers (query, key, value, attention output, FFN in, FFN out, pooler), each
@@ -69,7 +81,7 @@ import numpy as np
 
 from ._common import fmt_time, limit_threads, parse_sections, print_table
 
-SECTIONS = ["fidelity", "time", "grouped", "data", "search"]
+SECTIONS = ["fidelity", "time", "grouped", "data", "domain", "search"]
 DEFAULT = "fidelity,time,grouped"
 
 
@@ -237,6 +249,45 @@ def section_data(args):
                             "embedding cosine on the 128 evaluation sentences against the amount of calibration data")
 
 
+def section_domain(args):
+    import randla.torch as rt
+    from randla.compress import allocation_params, uniform_ranks
+    from randla.testing import embed, minilm, sentence_embedding, sentences
+
+    model, tok = minilm()
+    n = 48 if args.quick else 128  # 48 template sentences: enough tokens to keep 384 neurons
+    text = {(c, s): sentences(s, corpus=c)[:n] for c in ("varied", "template") for s in ("calibration", "evaluation")}
+    ref = {c: embed(model, tok, text[c, "evaluation"]) for c in ("varied", "template")}
+    shapes = _shapes(model)
+    pairs = [(f"encoder.layer.{i}.intermediate.dense", f"encoder.layer.{i}.output.dense") for i in range(6)]
+    cols = {}
+    for cal_corpus, ev_corpus in (("varied", "varied"), ("template", "template"), ("varied", "template"),
+                                  ("template", "varied")):
+        def cosine(m, ev=ev_corpus):
+            return f"{float((embed(m, tok, text[ev, 'evaluation']) * ref[ev]).sum(1).mean()):.4f}"
+
+        batches = _batches(tok, text[cal_corpus, "calibration"])
+        cal = rt.calibrate(model, batches, output=sentence_embedding, probes=args.probes, rng=0)
+        col = cols[f"{cal_corpus} -> {ev_corpus}"] = {}
+        for alpha in (0.8, 0.6, 0.4, 0.2):
+            col[f"plain rsi, alpha {alpha}"] = cosine(rt.compress(model, rank_fraction=alpha, rng=0)[0])
+            col[f"whitened rsi, alpha {alpha}"] = cosine(rt.compress(model, rank_fraction=alpha,
+                                                                    calibration=dict(cal), rng=0)[0])
+        for alpha in (0.4, 0.2):
+            budget = allocation_params(uniform_ranks(shapes, alpha), shapes)
+            col[f"K-FAC budget, alpha {alpha}"] = cosine(rt.compress(model, budget=budget, calibration=cal,
+                                                                     rng=0)[0])
+        for keep in (0.25,) if args.quick else (0.5, 0.25):  # 48 short sentences: < 768 tokens
+            col[f"FFN pruned to {keep}"] = cosine(rt.prune_mlp(model, pairs, batches, keep_fraction=keep,
+                                                               rng=0)[0])
+        print(f"  {cal_corpus} -> {ev_corpus} done", flush=True)
+    rows = [{"mode": mode} | {pair: col[mode] for pair, col in cols.items()} for mode in next(iter(cols.values()))]
+    print_table(rows, title=f"mean embedding cosine to the original on {n} evaluation sentences; columns: the "
+                            f"corpus of the {n} calibration -> of the {n} evaluation sentences (plain and whitened "
+                            f"rsi at r = floor(alpha min(m, n)); the K-FAC budget at the same parameters; FFN "
+                            f"pruning to a share of the width)")
+
+
 def section_search(args):
     """The per-layer-type coordinate search (PERF-NOTES' reference allocation)."""
     import randla.torch as rt
@@ -317,7 +368,8 @@ def main(argv=None):
         else:
             torch.set_num_threads(1)
             with limit_threads(1):
-                {"fidelity": section_fidelity, "data": section_data, "search": section_search}[name](args)
+                {"fidelity": section_fidelity, "data": section_data, "domain": section_domain,
+                 "search": section_search}[name](args)
     return 0
 
 

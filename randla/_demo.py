@@ -156,7 +156,7 @@ def _linear_params(model):
     return total
 
 
-def model_study(*, quick=False, plot=None, seed=0, print_=print):
+def model_study(*, quick=False, plot=None, seed=0, corpus="varied", print_=print):
     """The whole-model compression study on the real MiniLM-L6 sentence encoder.
 
     Every ``nn.Linear`` (37 weights) is compressed at once at rank ``floor(alpha min(m, n))``
@@ -179,6 +179,9 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
     ``quick``: alpha 0.4 only, four methods, 32 evaluation sentences, and a cheap
     calibration (2 probes, no per-sentence pass: the budget is spent on the cross-
     validated K-FAC spectra instead; for the tests).
+    ``corpus``: the sentences, ``"varied"`` (every topic and length) or ``"template"``
+    (one narrow domain: calibration and evaluation sentences of one small grammar,
+    :func:`randla.testing.sentences`).
     ``plot``: an image file with the cosine against the parameters kept, one line per
     method. Returns the rows: dicts with ``method``, ``alpha``, ``seconds``, ``kept``,
     ``error``, ``cosine``, ``nn`` and ``spearman``.
@@ -191,7 +194,7 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
 
     t_start = time.perf_counter()
     model, tok = minilm()
-    cal, ev = sentences("calibration"), sentences("evaluation")
+    cal, ev = sentences("calibration", corpus=corpus), sentences("evaluation", corpus=corpus)
     if quick:
         ev = ev[:32]
     alphas = (0.4,) if quick else (0.8, 0.6, 0.4, 0.2)
@@ -211,8 +214,8 @@ def model_study(*, quick=False, plot=None, seed=0, print_=print):
     plain += [] if quick else [("block Krylov q=2", {"method": "krylov", "q": 2}), ("exact SVD", {"method": "exact"})]
     print_(f"randla demo: every nn.Linear of MiniLM-L6 (all-MiniLM-L6-v2; {len(grams)} weights, {n_linear / 1e6:.1f}M "
            f"parameters) compressed at once, rank floor(alpha min(m, n)); {len(cal)} calibration and {len(ev)} "
-           f"evaluation sentences (disjoint); calibration (input and output-gradient Gram matrices of every "
-           f"layer{'' if quick else ', and its truncation errors per sentence'}) {t_cal:.1f} s\n")
+           f"evaluation sentences (disjoint, {corpus} corpus); calibration (input and output-gradient Gram "
+           f"matrices of every layer{'' if quick else ', and its truncation errors per sentence'}) {t_cal:.1f} s\n")
     head = f"{'alpha':<7}{'method':<30}{'time':>8}{'kept':>8}{'error':>8}{'cosine':>9}{'NN@1':>7}{'Spearman':>10}"
     print_(head)
     rows = []

@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="a small, fast version (for tests)")
     d.add_argument("--plot", metavar="FILE.png", help="cosine against parameters kept, one line per method")
     d.add_argument("--seed", type=_count, default=0, help="random seed, an int >= 0")
+    d.add_argument("--corpus", choices=("varied", "template"), default="varied",
+                   help="sentences: varied (every topic and length, the default) or template (one narrow domain)")
     d.set_defaults(func=_demo_model)
     dsub = d.add_subparsers(dest="study", parser_class=_Parser)
     lay = dsub.add_parser("layers", help="single-layer study of RSVD, RSI and block Krylov on pretrained weights")
@@ -362,7 +364,7 @@ def _demo_model(args) -> int:
     from ._demo import model_study
 
     _check_plot(args.plot)
-    model_study(quick=args.quick, plot=args.plot, seed=args.seed)
+    model_study(quick=args.quick, plot=args.plot, seed=args.seed, corpus=args.corpus)
     return 0
 
 

@@ -21,6 +21,7 @@ Spectra (``sigma_1 = 1``; ``i = 1..r``, ``r = min(m, n)``):
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, NamedTuple
 
@@ -216,17 +217,36 @@ def pretrained_weights(path=None, *, min_dim=64):
     }
 
 
-def sentences(split="calibration"):
-    """A fixed, varied set of natural English sentences shipped with randla.
+# One narrow domain: every sentence is subject, verb, object and adverbial from these lists.
+_TEMPLATE = (
+    ("The cat", "A dog", "My neighbour", "The teacher", "Our team", "The old man", "A young girl",
+     "The company", "The doctor", "His brother"),
+    ("likes", "sees", "buys", "finds", "writes", "reads", "builds", "paints", "sells", "cleans"),
+    ("a red car", "the big house", "an old book", "the new computer", "a small garden", "the long letter",
+     "a cold drink", "the blue boat", "a warm coat", "the quiet room"),
+    ("today.", "every morning.", "in the city.", "after lunch.", "with great care.", "near the river.",
+     "on Sunday.", "before the storm."),
+)
+_TEMPLATE_STRIDE = 2741  # coprime with the 8,000 sentences: a fixed, well-mixed order
 
-    Two disjoint sets of 128 sentences on everyday topics (weather, cooking, science,
-    sport, travel, work, health, questions and instructions): ``"calibration"`` to
-    collect input statistics of a model, ``"evaluation"`` to judge the compressed
-    model on sentences it was not calibrated on.
+
+def sentences(split="calibration", *, corpus="varied"):
+    """Fixed sets of English sentences shipped with randla, for calibration and evaluation.
+
+    Each corpus has two disjoint sets of 128 sentences: ``"calibration"`` to collect
+    input statistics of a model, ``"evaluation"`` to judge the compressed model on
+    sentences it was not calibrated on.
 
     Parameters
     ----------
     split : {"calibration", "evaluation"}
+    corpus : {"varied", "template"}, default "varied"
+        ``"varied"``: natural sentences on everyday topics (weather, cooking, science,
+        sport, travel, work, health, questions and instructions), of every length.
+        ``"template"``: one narrow domain, the sentences of a small grammar (subject,
+        verb, object, adverbial; 8,000 sentences of which 256 are used), so that the
+        evaluation sentences are new but drawn from the calibration sentences'
+        distribution, as when a model is compressed for the one task it serves.
 
     Returns
     -------
@@ -238,11 +258,19 @@ def sentences(split="calibration"):
     >>> cal, ev = sentences("calibration"), sentences("evaluation")
     >>> len(cal), len(ev), len(set(cal) & set(ev))
     (128, 128, 0)
+    >>> sentences("evaluation", corpus="template")[0]
+    'The doctor reads a cold drink today.'
     """
     from importlib.resources import files
 
     if split not in ("calibration", "evaluation"):
         raise ValueError(f"split must be 'calibration' or 'evaluation'; got {split!r}")
+    if corpus == "template":
+        every = [" ".join(words) for words in itertools.product(*_TEMPLATE)]
+        start = 0 if split == "calibration" else 128
+        return [every[i * _TEMPLATE_STRIDE % len(every)] for i in range(start, start + 128)]
+    if corpus != "varied":
+        raise ValueError(f"corpus must be 'varied' or 'template'; got {corpus!r}")
     text = files("randla").joinpath("data", f"{split}.txt").read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 

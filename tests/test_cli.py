@@ -825,3 +825,19 @@ def test_budget_spends_per_sample_errors_from_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="miss layer '0'"):
         compress_checkpoint(tmp_path / "net.safetensors", tmp_path / "p-out.safetensors", budget=0.4, exclude=None,
                             calibration=tmp_path / "partial.safetensors")
+
+
+def test_demo_corpus_reaches_the_study(monkeypatch):
+    import randla._demo
+
+    seen = {}
+    monkeypatch.setattr(randla._demo, "model_study", lambda **kw: seen.update(kw))
+    assert main(["demo", "--corpus", "template", "--seed", "3"]) == 0
+    assert seen == {"quick": False, "plot": None, "seed": 3, "corpus": "template"}
+    assert main(["demo"]) == 0 and seen["corpus"] == "varied"
+
+
+def test_demo_unknown_corpus_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--corpus", "narrow"])
+    assert exc.value.code == 2 and "--corpus" in capsys.readouterr().err

