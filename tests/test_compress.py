@@ -23,6 +23,7 @@ from randla.compress import (
     factor_many,
     fit_range,
     max_saving_rank,
+    metric,
     parameter_count,
     rank_for_rtol,
     resolve_budget,
@@ -625,6 +626,18 @@ def test_factor_many_rtol_and_budget_ranks():
     for n in W:
         if fa[n].B is not None:
             assert fa[n].report.relative_error == pytest.approx(fb[n].report.relative_error, rel=1e-4)
+
+
+@pytest.mark.parametrize("ridge, exc", [(-1.0, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+                                        ("1e-3", TypeError), (None, TypeError)])
+def test_bad_ridge_is_an_error_with_or_without_a_gram(ridge, exc):
+    W, _ = _weight()
+    G = np.eye(W.shape[1])
+    for kw in ({}, {"gram": G}, {"whitening": metric(W.shape, gram=G)}):
+        with pytest.raises(exc, match="ridge must be"):
+            factor(W, rank=3, ridge=ridge, **kw)
+    with pytest.raises(exc, match="ridge must be"):
+        metric(W.shape, ridge=ridge)
 
 
 def test_factor_many_errors_name_the_layer():

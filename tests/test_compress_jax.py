@@ -75,6 +75,8 @@ def test_errors():
         rj.compress(params, rank=2, include="nothing")
     with pytest.raises(ValueError, match="Dense_1.*not factored plain"):
         rj.compress(params, rank=2, calibration={"params/Dense_0/kernel": np.eye(48)})
+    with pytest.raises(ValueError, match="ridge must be"):  # checked whether or not a Gram matrix uses it
+        rj.compress(params, rank=2, ridge=-1.0)
 
 
 def test_float16_kernels_with_large_rows_stay_finite():

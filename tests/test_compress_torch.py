@@ -360,6 +360,9 @@ def test_bad_options_get_one_clear_error():
         rt.compress(net, rank=4, calibration=cal)
     with pytest.raises(ValueError, match="no nn.Linear"):
         rt.compress(net, rank=4, include="nothing")
+    for kw in ({}, {"data": [torch.randn(10, 32)]}):  # checked whether or not a Gram matrix uses it
+        with pytest.raises(ValueError, match="ridge must be"):
+            rt.compress(net, rank=4, ridge=float("nan"), **kw)
     with pytest.raises(ValueError, match="include"):
         rt.compress(net, rank=4, include="(")
     with pytest.raises(TypeError, match="calibration"):

@@ -163,6 +163,19 @@ def _cast_back(X, xp, dtype):
     return X.astype(dtype) if isinstance(X, np.ndarray) else xp.astype(X, dtype)
 
 
+def _checked_ridge(ridge):
+    """``ridge`` as a float, or the error that names it (checked whether or not it is used)."""
+    try:
+        value = float(ridge) if not isinstance(ridge, (str, bytes)) else None
+    except (TypeError, ValueError):
+        value = None
+    if value is None:
+        raise TypeError(f"ridge must be a finite float >= 0, got {ridge!r}")
+    if not (value >= 0.0 and math.isfinite(value)):
+        raise ValueError(f"ridge must be a finite float >= 0, got {ridge!r}")
+    return value
+
+
 def whitener(gram, *, ridge=DEFAULT_RIDGE, name="gram"):
     """Lower Cholesky factor ``L`` of ``G + ridge tr(G)/n I`` (float64 or complex128).
 
@@ -204,9 +217,7 @@ def whitener(gram, *, ridge=DEFAULT_RIDGE, name="gram"):
     n = G.shape[0]
     if G.shape[1] != n:
         raise ValueError(f"{name} must be square (in x in), got shape {tuple(G.shape)}")
-    ridge = float(ridge)
-    if not (ridge >= 0.0 and math.isfinite(ridge)):
-        raise ValueError(f"ridge must be a finite float >= 0, got {ridge!r}")
+    ridge = _checked_ridge(ridge)
     wide = xp.complex128 if xp.isdtype(G.dtype, "complex floating") else xp.float64
     G = xp.astype(G, wide)
     G = (G + B.mH(G)) / 2  # Cholesky reads one triangle; symmetrise accumulated round-off
@@ -417,6 +428,7 @@ def metric(shape, *, gram=None, output_gram=None, ridge=DEFAULT_RIDGE):
     ((2, 2), None)
     """
     out, inp = shape
+    ridge = _checked_ridge(ridge)
     L = R = None
     zero = False
     if gram is not None:
@@ -440,6 +452,7 @@ def metric_units(m):
 
 
 def _resolve_metric(shape, gram, output_gram, whitening, ridge):
+    _checked_ridge(ridge)
     if whitening is None:
         return metric(shape, gram=gram, output_gram=output_gram, ridge=ridge)
     if gram is not None or output_gram is not None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import _backend as B
 from .budget import LayerSummary, allocate, resolve_budget, summarize
-from .factor import DEFAULT_RIDGE, _check_method, _dense, estimate_normalized_error, metric, truncate
+from .factor import DEFAULT_RIDGE, _check_method, _checked_ridge, _dense, estimate_normalized_error, metric, truncate
 from .group import factor_many
 from .ranks import check_rank_mode, max_saving_rank
 from .report import Report
@@ -138,6 +138,7 @@ def compress_weights(weights, *, rank=None, rank_fraction=None, param_fraction=N
     mode, value = check_rank_mode(rank=rank, rank_fraction=rank_fraction, param_fraction=param_fraction, rtol=rtol,
                                   budget=budget)
     _check_method(method, split, q, p)
+    _checked_ridge(ridge)
     names = list(weights)
     shapes = {}
     for n in names:

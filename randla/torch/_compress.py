@@ -19,7 +19,7 @@ from torch import nn
 from .. import _backend as _B
 from ..compress import Report, check_rank_mode, compress_weights
 from ..compress.correct import DEFAULT_SHRINKAGE
-from ..compress.factor import DEFAULT_RIDGE, _dense, fit_range
+from ..compress.factor import DEFAULT_RIDGE, _checked_ridge, _dense, fit_range
 from ._hooks import eligible_layers
 from ._modules import LowRankConv2d, LowRankLinear
 
@@ -232,6 +232,7 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_rank_mode(rank=rank, rank_fraction=rank_fraction, param_fraction=param_fraction, rtol=rtol, budget=budget)
+    _checked_ridge(ridge)
     if calibration is not None and not isinstance(calibration, Mapping):
         raise TypeError(f"calibration must be a dict of Gram matrices, got {type(calibration).__name__}")
     if not isinstance(inplace, bool):
