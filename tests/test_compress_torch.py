@@ -363,6 +363,10 @@ def test_bad_options_get_one_clear_error():
     for kw in ({}, {"data": [torch.randn(10, 32)]}):  # checked whether or not a Gram matrix uses it
         with pytest.raises(ValueError, match="ridge must be"):
             rt.compress(net, rank=4, ridge=float("nan"), **kw)
+    layer = torch.nn.Linear(32, 32)
+    for call in (lambda: rt.compress(layer, rank=4), lambda: rt.calibrate(layer, [torch.randn(4, 32)])):
+        with pytest.raises(TypeError, match="itself a layer.*Sequential"):  # was "no layer matches" / empty
+            call()
     with pytest.raises(ValueError, match="include"):
         rt.compress(net, rank=4, include="(")
     with pytest.raises(TypeError, match="calibration"):

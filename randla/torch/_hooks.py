@@ -57,6 +57,8 @@ def eligible_layers(model, *, include=None, exclude=None):
     directly and so cannot take a low-rank pair, and subclasses that override
     ``forward`` (or a convolution's ``_conv_forward``), whose behaviour a low-rank
     pair would lose. A subclass that keeps the parent's computation is eligible.
+    ``model`` itself must not be an ``nn.Linear`` or ``nn.Conv2d`` (``TypeError``):
+    nothing could hold its replacement.
 
     Examples
     --------
@@ -66,6 +68,10 @@ def eligible_layers(model, *, include=None, exclude=None):
     >>> [n for n, _ in eligible_layers(model)]
     ['1']
     """
+    if isinstance(model, (torch.nn.Linear, torch.nn.Conv2d)):
+        raise TypeError(f"model is itself a layer ({type(model).__name__}), which has no parent to take its "
+                        f"low-rank replacement: pass a module that contains it, e.g. torch.nn.Sequential(layer), "
+                        f"or factor its weight with randla.compress.factor")
     owners = (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)
     fixed = {id(c) for m in model.modules() if isinstance(m, owners) for c in m.modules() if c is not m}
     return [(n, m) for n, m in select_modules(model, (torch.nn.Linear, torch.nn.Conv2d), include=include,
