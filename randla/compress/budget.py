@@ -48,6 +48,7 @@ from .factor import (
     _resolve_metric,
     _svd_at,
     _unit_gram,
+    _unit_metric,
     metric,
     metric_units,
     whiten,
@@ -233,7 +234,8 @@ def summarize(W, *, gram=None, output_gram=None, folds=None, whitening=None, cap
         gram, folds, c = _unit_grams(gram, folds, xp, Ww.dtype)
     output_gram, c_out = _unit_gram(output_gram, xp, Ww.dtype)
     if whitening is not None:
-        m = _resolve_metric(shape, None, None, whitening, ridge)
+        m, c_in, c_out = _unit_metric(_resolve_metric(shape, None, None, whitening, ridge), xp, Ww.dtype)
+        c = c_in if folds is None else c
     else:  # with folds only the output side is used whole; the input side is refitted per fold
         m = metric(shape, gram=gram if folds is None else None, output_gram=output_gram, ridge=ridge)
     units = metric_units(m) if folds is None else ("loss" if m.R is not None else "output")

@@ -493,6 +493,29 @@ def _unit_gram(G, xp_w, dtype):
     return G / (c * c), c
 
 
+def _unit_metric(m, xp_w, dtype):
+    """``(m', c_in, c_out)``: a caller's :class:`Metric` with ``L`` and ``R`` divided by
+    the powers of two :func:`_unit_gram` would have taken from their Gram matrices
+    (``tr(L L^H) / n = tr(G) / n``, up to the ridge), the same exact rescaling for a
+    metric built by hand."""
+    sides, scales = [], []
+    for F in (m.L, m.R):
+        c = 1.0
+        if F is not None and F.shape[0] > 0:
+            xp = B.namespace(F)
+            big = B.scalar(xp.max(xp.abs(F)))  # ||F||_F^2 / n from F / big: no overflow on the way
+            if math.isfinite(big) and big > 0.0:
+                mean_square = B.scalar(xp.sum(xp.abs(F / big) ** 2)) / F.shape[0]
+                log_t = 2.0 * math.log2(big) + math.log2(mean_square)
+                lo, hi = _window(xp_w, dtype)
+                if not math.log2(lo) <= log_t <= math.log2(hi):
+                    c = 2.0 ** round(log_t / 2)
+                    F = F / c
+        sides.append(F)
+        scales.append(c)
+    return m._replace(L=sides[0], R=sides[1]), scales[0], scales[1]
+
+
 def whiten(W, m):
     """``M = R^H W L`` in ``W``'s dtype (``W`` itself for the identity metric).
 
@@ -685,6 +708,8 @@ def _job(W, rank_options, *, gram, output_gram, whitening, ridge, name, check_fi
     gram, c_in = _unit_gram(gram, xp, Ww.dtype)
     output_gram, c_out = _unit_gram(output_gram, xp, Ww.dtype)
     m = _resolve_metric(shape, gram, output_gram, whitening, ridge)
+    if whitening is not None:
+        m, c_in, c_out = _unit_metric(m, xp, Ww.dtype)
     if m.zero_output:
         m, c_out = m._replace(R=None), 1.0
     return _Job(Ww, xp, out_dtype, shape, mode, value, r, m, metric_units(m), name, c_in * c_out)
