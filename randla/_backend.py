@@ -151,6 +151,16 @@ def mH(x):
     return xp.conj(xt) if xp.isdtype(x.dtype, "complex floating") else xt
 
 
+def mT(x):
+    """Transpose of the last two axes (no conjugation)."""
+    if type(x) is np.ndarray:
+        return x.swapaxes(-1, -2)
+    xp = namespace(x)
+    if backend_name(xp) == "torch":
+        return x.mT
+    return xp.matrix_transpose(x)
+
+
 def real_dtype(xp, dtype):
     """The real floating dtype of the same precision as ``dtype``."""
     if dtype == xp.complex64:

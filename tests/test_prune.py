@@ -297,3 +297,66 @@ def test_report():
     assert rep.seconds == 3.0 and rep.to_dicts()[1]["name"] == "c -> d"
     text = str(rep)
     assert text.splitlines()[-1].startswith("total") and "75" in text.splitlines()[-1]
+
+
+# ----------------------------------------------------------------------------------
+# complex data, the interpolating edge of the ridge choice, extreme scales
+# ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ridge", ["gcv", 0.0])
+def test_complex_layers_get_w2_t_transposed_not_conjugated(ridge):
+    """The output is ``Z W2^T``: the pruned second layer is ``W2 T^T``, and the reported
+    output error is the true one (was ``W2 T^H``: true error 0.8, reported 4e-16)."""
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((4, 5)) + 1j * rng.standard_normal((4, 5))
+    W1 = np.repeat(base, 3, axis=0)
+    X = rng.standard_normal((80, 5))
+    Z = (X @ W1.T) * (rng.uniform(0.5, 2, 12) * np.exp(1j * rng.uniform(0, 6.28, 12)))  # rank 4
+    W2 = rng.standard_normal((3, 12)) + 1j * rng.standard_normal((3, 12))
+    b2 = rng.standard_normal(3) + 1j * rng.standard_normal(3)
+    Y = Z @ W2.T + b2
+    for k in (4, 3):
+        p = prune_neurons(Z, [(W1, None)], W2, b2=b2, k=k, ridge=ridge)
+        idx = np.asarray(p.selection.idx)
+        true = np.linalg.norm(Z[:, idx] @ p.W2.T + b2 - Y) / np.linalg.norm(Y)
+        assert p.output_error == pytest.approx(true, rel=1e-9, abs=1e-12)
+        if k == 4:
+            assert true < 1e-12
+    with pytest.raises(TypeError, match="W2 is real"):
+        prune_neurons(Z, [(W1, None)], W2.real, k=4)
+
+
+def test_gcv_keeps_the_plain_id_when_the_skeleton_interpolates_the_rows():
+    """As many calibration rows as kept neurons: nothing to cross-validate, so the
+    plain ID (exact here, the activations have rank k on every input) and not a ridge."""
+    X, W1, b1, W2, b2 = _duplicated_mlp(distinct=6, copies=4)
+    p = prune_neurons(_relu(X[:6] @ W1.T + b1), [(W1, b1)], W2, k=6)
+    (W1p, b1p), = p.first
+    Xn = X[6:]
+    Y = _relu(Xn @ W1.T + b1) @ W2.T
+    assert p.selection.ridge == 0.0
+    assert np.linalg.norm(_relu(Xn @ W1p.T + b1p) @ p.W2.T - Y) <= 1e-10 * np.linalg.norm(Y)
+
+
+@pytest.mark.parametrize("dtype, scales", [("float32", (1e-20, 1e-25, 1e17)), ("float64", (1e-170, 1e160))])
+def test_pruning_is_the_same_at_any_scale(dtype, scales):
+    """Scaling the activations or W2 by any factor changes nothing but the scale: the same
+    skeleton, ridge and relative errors (the error sums squared tiny or huge entries:
+    errors reported 0 or NaN, a different ridge, an overflow warning)."""
+    X, W1, b1, W2, b2 = _generic_mlp()
+    Z = _relu(X @ W1.T + b1).astype(dtype)
+    W2, b2 = W2.astype(dtype), b2.astype(dtype)
+    ref = prune_neurons(Z, [(W1, b1)], W2, b2=b2, k=12)
+    for s in scales:
+        for Zs, W2s, b2s in ((Z * _scalar(s, dtype), W2, b2 * _scalar(s, dtype)),
+                             (Z, W2 * _scalar(s, dtype), b2 * _scalar(s, dtype))):
+            p = prune_neurons(Zs, [(W1, b1)], W2s, b2=b2s, k=12)
+            np.testing.assert_array_equal(np.asarray(p.selection.idx), np.asarray(ref.selection.idx))
+            assert p.selection.ridge == ref.selection.ridge
+            assert p.selection.error == pytest.approx(ref.selection.error, rel=1e-4)
+            assert p.output_error == pytest.approx(ref.output_error, rel=1e-4)
+
+
+def _scalar(s, dtype):
+    return np.asarray(s, dtype=dtype)

@@ -26,7 +26,8 @@ Two refinements over the plain ID, both measured on MiniLM (``benchmarks/compare
   ``T[:, R] = (Z_C^T Z_C + lambda I)^{-1} Z_C^T Z_R``, ``lambda`` chosen by generalized
   cross-validation [GHW1979] on the second layer's output (closed form from an SVD of
   the ``k x k`` triangular factor of ``Z[:, C]``; ``lambda = 0``, the plain ID, when it
-  fits best, e.g. when ``k`` reaches the numerical rank of ``Z``).
+  fits best, e.g. when ``k`` reaches the numerical rank of ``Z``, and when the skeleton
+  interpolates the calibration rows, which leaves nothing to cross-validate).
 
 A least-squares refit of ``W2`` on the kept activations,
 ``argmin_V ||Z[:, C] V^T - Z W2^T||_F = W2 (Z[:, C]^+ Z)^T``, is exactly ``W2 T^T`` for
@@ -57,6 +58,7 @@ import numpy as np
 
 from .. import _backend as B
 from .. import _validate as V
+from .._scale import unit_scale
 from ..interpolative import ID_METHODS, interp_decomp
 from .factor import _cast_back, working_matrix
 
@@ -376,8 +378,8 @@ def _interpolation(M, idx, count, Wr, ridge, xp):
     rows_id = np.asarray(B.to_numpy(xp.sum(xp.abs(UR) ** 2, axis=1)), dtype=np.float64)
     perp_id = _sq(xp, P)
     if Wr is not None:
-        rows_out = np.asarray(B.to_numpy(xp.sum(xp.abs(UR @ B.mH(Wr)) ** 2, axis=1)), dtype=np.float64)
-        perp_out = _sq(xp, P @ B.mH(Wr))
+        rows_out = np.asarray(B.to_numpy(xp.sum(xp.abs(UR @ B.mT(Wr)) ** 2, axis=1)), dtype=np.float64)
+        perp_out = _sq(xp, P @ B.mT(Wr))
     else:
         rows_out, perp_out = rows_id, perp_id
     cut = max(M.shape) * B.eps(xp, M.dtype) * (s[0] if s.size else 0.0)
@@ -399,7 +401,9 @@ def _interpolation(M, idx, count, Wr, ridge, xp):
         return (perp_out + float(((1.0 - f) ** 2 * rows_out).sum())) / (1.0 - dof / count) ** 2
 
     if ridge == "gcv":
-        scores = [gcv(mu) for mu in RIDGE_GRID]
+        # the plain ID interpolates the calibration rows (as many live skeleton columns as
+        # rows): no estimate of its error to weigh against a ridge; k is the data's rank
+        scores = [math.inf] if math.isinf(gcv(0.0)) else [gcv(mu) for mu in RIDGE_GRID]
         mu = RIDGE_GRID[int(np.argmin(scores))] if np.isfinite(min(scores)) else 0.0
     else:
         mu = ridge
@@ -519,7 +523,8 @@ def select_neurons(Z, k=None, *, keep_fraction=None, rtol=None, W2=None, method=
     True
     """
     M, _, count, xp, mode, value, ridge, W2w, _ = _prepare(Z, W2, k, keep_fraction, rtol, method, ridge)
-    return _selection(M, count, xp, mode, value, W2w, method, ridge, rng)[0]
+    M, _, W2s, _ = _unit_problem(M, None, W2w, None)
+    return _selection(M, count, xp, mode, value, W2s, method, ridge, rng)[0]
 
 
 def _prepare(Z, W2, k, keep_fraction, rtol, method, ridge):
@@ -537,16 +542,33 @@ def _prepare(Z, W2, k, keep_fraction, rtol, method, ridge):
     if W2.shape[1] != h:
         raise ValueError(f"W2 must have h = {h} columns (out x h) like the activations, got shape "
                          f"{tuple(W2.shape)}: the pair is not Linear -> elementwise -> Linear")
+    if xp.isdtype(M.dtype, "complex floating") and not xp.isdtype(W2.dtype, "complex floating"):
+        raise TypeError("Z is complex but W2 is real: the pruned W2 T^T would be complex")
     return M, total, count, xp, mode, value, ridge, W2, out_dtype
+
+
+def _unit_problem(M, total, W2, b2):
+    """``M``, ``total``, ``W2`` and ``b2`` divided by powers of two (:func:`randla._scale.unit_scale`)
+    where squares of their entries would leave the dtype's range: the skeleton, ``T``, the
+    relative ridge and every relative error are unchanged (``Z -> Z / c`` leaves
+    ``Z ~= Z[:, C] T`` as it is), the error sums no longer under- or overflow."""
+    M, c = unit_scale(M)
+    total = total if total is None or c == 1.0 else total / c
+    d = 1.0
+    if W2 is not None:
+        W2, d = unit_scale(W2)
+    if b2 is not None and c * d != 1.0:
+        b2 = b2 / (c * d)
+    return M, total, W2, b2
 
 
 def _output_norm2(xp, M, total, count, W2, b2):
     """``||Z W2^T + 1 b2^T||_F^2`` from ``M^H M = Z^H Z`` and the column sums."""
     W = xp.astype(W2, M.dtype)
-    n2 = _sq(xp, M @ B.mH(W))
+    n2 = _sq(xp, M @ B.mT(W))  # the output is Z W2^T: a transpose, also for complex data
     if b2 is not None:
         b = xp.astype(b2, M.dtype)
-        cross = xp.sum((W @ xp.astype(total, M.dtype)) * b)
+        cross = xp.sum((W @ xp.astype(total, M.dtype)) * (xp.conj(b) if xp.isdtype(b.dtype, "complex floating") else b))
         n2 += 2.0 * B.scalar(xp.real(cross) if xp.isdtype(cross.dtype, "complex floating") else cross)
         n2 += count * _sq(xp, b)
     return max(n2, 0.0)
@@ -626,11 +648,12 @@ def prune_neurons(Z, first, W2, *, b2=None, k=None, keep_fraction=None, rtol=Non
                              f"the pair is not Linear -> elementwise -> Linear")
         _check_bias(b, h, xp, f"first[{i}] bias")
     _check_bias(b2, W2w.shape[0], xp, "b2")
-    sel, out_err2 = _selection(M, count, xp, mode, value, W2w, method, ridge, rng)
+    Ms, totals, W2s, b2s = _unit_problem(M, total, W2w, b2)
+    sel, out_err2 = _selection(Ms, count, xp, mode, value, W2s, method, ridge, rng)
     idx_h = np.asarray(B.to_numpy(sel.idx), dtype=np.int64)
     pruned = [(B.take(W, idx_h, axis=0), None if b is None else B.take(b, idx_h, axis=0)) for W, b in first]
     work = xp.result_type(W2w.dtype, sel.T.dtype)
-    W2p = _cast_back(xp.astype(W2w, work) @ B.mH(xp.astype(sel.T, work)), xp, out_dtype)
-    denom = _output_norm2(xp, M, total, count, W2w, b2)
+    W2p = _cast_back(xp.astype(W2w, work) @ B.mT(xp.astype(sel.T, work)), xp, out_dtype)
+    denom = _output_norm2(xp, Ms, totals, count, W2s, b2s)
     out_err = math.sqrt(out_err2 / denom) if denom > 0 and out_err2 else 0.0
     return PrunedNeurons(pruned, W2p, sel, out_err)

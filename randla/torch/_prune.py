@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .. import _backend as _B
-from ..compress.prune import PairReport, PruneReport, accumulate, neuron_count, prune_neurons
+from ..compress.prune import PairReport, PruneReport, _check_ridge, accumulate, neuron_count, prune_neurons
 from ..interpolative import ID_METHODS
 from ._calibration import batch_mask
 from ._compress import from_array, to_array
@@ -69,10 +69,10 @@ def _resolve_pairs(model, pairs):
 
 
 def _rows(x, mask):
-    """The activation rows of a batch, float64, padding positions left out."""
+    """The activation rows of a batch, float64 (complex128), padding positions left out."""
     if mask is not None and x.ndim >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
         x = x[mask.to(x.device) != 0]
-    x = x.reshape(-1, x.shape[-1]).to(torch.float64)
+    x = x.reshape(-1, x.shape[-1]).to(torch.complex128 if x.is_complex() else torch.float64)
     return to_array(x)
 
 
@@ -205,27 +205,37 @@ def prune_mlp(model, pairs, batches, *, keep_fraction=None, k=None, rtol=None, m
         neuron_count(model.get_submodule(second).in_features, k=k, keep_fraction=keep_fraction, rtol=rtol)
     if method not in ID_METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, ID_METHODS))}; got {method!r}")
+    _check_ridge(ridge)
+    if not isinstance(ignore_padding, bool):
+        raise TypeError(f"ignore_padding must be a bool, got {type(ignore_padding).__name__}")
     target = model if inplace else copy.deepcopy(model)
     t0 = time.perf_counter()
     acts = _capture(target, [s for _, s in resolved], batches, ignore_padding)
     report = PruneReport()
     report.capture_seconds = time.perf_counter() - t0
-    for firsts, second in resolved:
+    for _, second in resolved:
         if second not in acts:
             raise ValueError(f"{second!r} never ran on the calibration batches")
+    results = []  # every pair is pruned before any module changes: an error leaves the model whole
+    for firsts, second in resolved:
         t1 = time.perf_counter()
         lin2 = target.get_submodule(second)
-        lins1 = [target.get_submodule(n) for n in firsts]
+        first = [(to_array(m.weight), None if m.bias is None else to_array(m.bias))
+                 for m in (target.get_submodule(n) for n in firsts)]
+        try:
+            result = prune_neurons(acts.pop(second), first, to_array(lin2.weight),
+                                   b2=None if lin2.bias is None else to_array(lin2.bias), k=k,
+                                   keep_fraction=keep_fraction, rtol=rtol, method=method, ridge=ridge, rng=rng)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"pair {'+'.join(firsts)} -> {second}: {exc}") from exc
+        results.append((firsts, second, result, time.perf_counter() - t1))
+    for firsts, second, result, seconds in results:
+        lin2 = target.get_submodule(second)
         h = lin2.in_features
-        first = [(to_array(m.weight), None if m.bias is None else to_array(m.bias)) for m in lins1]
-        result = prune_neurons(acts.pop(second), first, to_array(lin2.weight),
-                               b2=None if lin2.bias is None else to_array(lin2.bias), k=k,
-                               keep_fraction=keep_fraction, rtol=rtol, method=method, ridge=ridge, rng=rng)
         idx = np.asarray(_B.to_numpy(result.selection.idx), dtype=np.int64)
-        for m in lins1:
-            _shrink_rows(m, idx)
+        for name in firsts:
+            _shrink_rows(target.get_submodule(name), idx)
         _set_inputs(lin2, result.W2)
-        name = f"{'+'.join(firsts)} -> {second}"
-        report.append(PairReport(name, h, len(idx), result.selection.error, result.output_error,
-                                 result.selection.ridge, time.perf_counter() - t1))
+        report.append(PairReport(f"{'+'.join(firsts)} -> {second}", h, len(idx), result.selection.error,
+                                 result.output_error, result.selection.ridge, seconds))
     return target, report
