@@ -601,10 +601,16 @@ def lu(x):
     if name == "torch":
         import torch
 
-        # lu() would form the m x m permutation matrix; PL = x U^{-1} instead
-        lu_, _ = torch.linalg.lu_factor(x)
-        u = torch.triu(lu_[: x.shape[1]])
-        return torch.linalg.solve_triangular(u, x, upper=True, left=False), u
+        # lu() would form the m x m permutation matrix: apply getrf's row swaps to the
+        # rows of L instead (a singular U, e.g. of a zero sketch, is fine)
+        m, n = x.shape
+        lu_, pivots, _ = torch.linalg.lu_factor_ex(x)
+        perm = list(range(m))
+        for j, p in enumerate(pivots.tolist()):  # LAPACK's 1-based swaps, in order
+            perm[j], perm[p - 1] = perm[p - 1], perm[j]
+        low = torch.tril(lu_, diagonal=-1) + torch.eye(m, n, dtype=x.dtype, device=x.device)
+        inverse = torch.argsort(torch.as_tensor(perm, device=x.device))
+        return low.index_select(0, inverse), torch.triu(lu_[:n])
     if name == "jax":
         import jax.scipy.linalg as jsl
 

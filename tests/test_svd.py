@@ -123,7 +123,8 @@ def test_oversampling_is_clipped(backend):
 
 def test_zero_matrix(backend):
     A = backend.asarray(np.zeros((20, 15)))
-    for res in (randla.rsvd(A, 4, q=1, rng=0), randla.rsi(A, 4, rng=0), randla.block_krylov_svd(A, 4, rng=0)):
+    lu = randla.rsvd(A, 4, q=1, stabilizer="lu", solver="randomized", rng=0)  # torch's LU of a zero sketch raised
+    for res in (randla.rsvd(A, 4, q=1, rng=0), randla.rsi(A, 4, rng=0), randla.block_krylov_svd(A, 4, rng=0), lu):
         U, S, Vh = (backend.to_numpy(x) for x in res)
         assert np.all(np.isfinite(U)) and np.all(np.isfinite(Vh))
         np.testing.assert_array_equal(S, 0)
@@ -132,6 +133,10 @@ def test_zero_matrix(backend):
 
 def test_rank_below_k(backend):
     A0, s = matrix(30, 20, spectrum="low_rank", rank=3, rng=0)
+    lu = randla.rsvd(backend.asarray(A0), 6, q=1, stabilizer="lu", solver="randomized", rng=0)  # singular LU
+    S = backend.to_numpy(lu[1])
+    np.testing.assert_allclose(S[:3], s[:3], rtol=1e-10)
+    assert np.all(S[3:] < 1e-12)
     U, S, Vh = (backend.to_numpy(x) for x in randla.rsi(backend.asarray(A0), 6, rng=0))
     np.testing.assert_allclose(S[:3], s[:3], rtol=1e-10)
     assert np.all(S[3:] < 1e-12)
