@@ -19,6 +19,7 @@ import numpy as np
 from . import _backend as B
 from . import _validate as V
 from . import qr as _qr
+from ._scale import unit_scale
 from .sketch import gaussian
 
 __all__ = ["DENSE", "id_from_qr", "operator_id", "default_rtol"]
@@ -46,6 +47,7 @@ def id_from_qr(R, perm, k, xp, like, shape=None):
     if R.dtype != dt:
         R = xp.astype(R, dt)
     (R,) = B.persist(R)  # its diagonal is read, T is made from it (Dask: evaluated once)
+    R, _ = unit_scale(R)  # T = R11^+ R12 is scale-free; a subnormal R11 would overflow the solve
     d = np.abs(B.to_numpy(xp.linalg.diagonal(R[:, :k])))
     u = B.eps(xp, dt)
     big = max(like.shape if shape is None else shape)

@@ -215,16 +215,18 @@ def _normalized_gram(Y):
 # Largest divisor d whose reciprocal is applied as one single-precision factor: 1/d
 # stays in float32's normal range (above 2^-126) with room to spare. XLA on the CPU
 # flushes subnormal factors to zero (JAX, A near 1e37: singular values off by 2.5x).
+# Below 1 / _ONE_FACTOR (a subnormal A), 1/d would overflow float32: two factors too.
 _ONE_FACTOR = 2.0**120
 
 
 def _times_reciprocal(Y, d):
     """``Y / d`` for a positive float64 ``d`` (broadcast against ``Y``) as products in
     ``Y``'s precision: one factor ``1/d``, or two factors ``d^{-1/2}`` where some
-    ``d > _ONE_FACTOR`` (read eagerly; always two on lazy arrays)."""
+    ``d`` lies outside ``[1 / _ONE_FACTOR, _ONE_FACTOR]`` (read eagerly; always two on
+    lazy arrays)."""
     xp = B.namespace(Y)
     real = B.real_dtype(xp, Y.dtype)
-    if not B.is_lazy(d) and bool(xp.all(d <= _ONE_FACTOR)):
+    if not B.is_lazy(d) and bool(xp.all((d <= _ONE_FACTOR) & (d >= 1.0 / _ONE_FACTOR))):
         return Y * xp.astype(1.0 / d, real)
     r = xp.astype(xp.sqrt(1.0 / d), real)
     return (Y * r) * r
@@ -355,10 +357,12 @@ def _gram_svd(C, k):
         if not bool(xp.all(ratio > _GRAM_TAU)):
             return None
     S = xp.sqrt(w)
+    if not bool(xp.all(S[..., 0] <= float(xp.finfo(B.real_dtype(xp, C.dtype)).max))):
+        raise ValueError(f"A is finite but its singular values overflow {C.dtype}; rescale A")
     if bool(xp.all(ratio >= _SINGLE_PRODUCT)):
-        if bool(xp.all(S[..., 0] <= _ONE_FACTOR)):
+        if bool(xp.all((S[..., 0] <= _ONE_FACTOR) & (S[..., k - 1] >= 1.0 / _ONE_FACTOR))):
             W = C @ xp.astype(X / S[..., None, :], C.dtype)
-        else:  # W = (C X / h) / h, h = sqrt(S): X / S would leave float32's normal range
+        else:  # W = (C X / h) / h, h = sqrt(S): X / S would leave float32's normal range (either way)
             h = xp.sqrt(S)
             W = _times_reciprocal(C @ xp.astype(X / h[..., None, :], C.dtype), h[..., None, :])
     else:
@@ -387,6 +391,8 @@ def _tall_svd(C, k):
             Ur, S, Xh = B.svd(qr[1])
         W = qr[0] @ xp.astype(Ur, C.dtype)
         S, Xh = xp.astype(S, B.real_dtype(xp, C.dtype)), xp.astype(Xh, C.dtype)
+    if not B.is_lazy(S) and not bool(xp.all(xp.isfinite(S))) and bool(xp.all(xp.isfinite(C))):
+        raise ValueError(f"A is finite but its singular values overflow {C.dtype}; rescale A")
     return W[..., :k], S[..., :k], Xh[..., :k, :]
 
 

@@ -233,3 +233,48 @@ def test_qr_lq_adjoints(backend, shape):
         np.testing.assert_allclose(np.asarray(dR, dtype=np.float64) / scale, np.asarray(R, dtype=np.float64) / scale,
                                    atol=tol * 10)
         assert np.abs(np.asarray(dQ, dtype=np.float64)).max() < tol * 100
+
+
+# ----------------------------------------------------------------------------------
+# beyond the normal range: every entry subnormal; singular values above the dtype's max
+# ----------------------------------------------------------------------------------
+
+_SUBNORMAL = [("float32", 1e-40), ("float64", 1e-310)]
+
+
+def _as(lib, X):
+    if lib == "torch":
+        torch = pytest.importorskip("torch")
+        return torch.from_numpy(X)
+    return X
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@pytest.mark.parametrize(("dtype", "scale"), _SUBNORMAL)
+def test_subnormal_matrices(lib, dtype, scale):
+    """A matrix whose entries are all subnormal is still the same problem: the SVD
+    family's reciprocals of its singular values overflowed (float32: warnings, Inf in
+    ``Vh``, eigh failures) and the ID's triangular solve gave NaN."""
+    A0 = _problem(dtype) / np.abs(_problem(dtype)).max()
+    s = np.linalg.svd(A0, compute_uv=False)
+    A = _as(lib, (A0 * scale).astype(dtype))
+    assert np.abs(np.asarray(A)).max() < np.finfo(dtype).smallest_normal
+    for name in ("rsvd", "rsi", "block_krylov"):
+        res = [np.asarray(x) for x in SVDS[name](A)]
+        assert all(np.isfinite(x).all() for x in res), name
+        err = np.linalg.norm(A0 - (res[0] * (res[1] / scale)) @ res[2], 2) / s[K]
+        assert err < 2.0, (name, err)  # as at unit scale (normalized error ~1)
+    for method in ("cpqr", "srrqr"):
+        idx, T = randla.interp_decomp(A, K, method=method, rng=0)
+        idx, T = np.asarray(idx), np.asarray(T, dtype=np.float64)
+        assert np.isfinite(T).all()
+        assert np.linalg.norm(A0 - A0[:, idx] @ T, 2) < 30 * s[K]
+
+
+@pytest.mark.parametrize("method", ["rsvd", "rsi", "block_krylov"])
+def test_singular_values_above_the_dtype_range_are_an_error(method):
+    """Finite float32 data whose singular values exceed float32's range: the randomized
+    paths warned and returned Inf; now the exact path's error."""
+    A = np.full((60, 40), 1e37, dtype=np.float32)  # sigma_1 = 4.9e38
+    with pytest.raises(ValueError, match="singular values overflow"):
+        SVDS[method](A)
