@@ -304,6 +304,29 @@ def _unit_complement(A, xp, Qj):
     return v, B.scalar(xp.linalg.vector_norm(v))
 
 
+def _orthonormal_to(A, xp, Qp, Qb):
+    """``Qb`` itself where ``[Qp, Qb]`` has orthonormal columns (to ``sqrt(eps)``), else
+    ``Qb`` re-orthonormalised column by column against ``Qp`` and its own earlier
+    columns, a column with nothing left of it (the residual of an exactly
+    rank-deficient ``A``, which Householder QR turns into unit vectors that ignore
+    ``Qp``) replaced by a unit vector orthogonal to all of them."""
+    b = Qb.shape[1]
+    dev = B.device(Qb)
+    err = B.scalar(xp.linalg.matrix_norm(B.mH(Qb) @ Qb - xp.eye(b, dtype=Qb.dtype, device=dev)))
+    err += B.scalar(xp.linalg.matrix_norm(B.mH(Qp) @ Qb))
+    if err <= math.sqrt(B.eps(xp, Qb.dtype)):
+        return Qb
+    basis = Qp
+    for i in range(b):
+        v = _cgs2(xp, basis, Qb[:, i:i + 1])[0]
+        nv = B.scalar(xp.linalg.vector_norm(v))
+        if nv < 0.5:
+            v, nv = _unit_complement(A, xp, basis)
+            v = xp.reshape(v, (-1, 1))
+        basis = xp.concat([basis, v / nv], axis=1)
+    return basis[:, Qp.shape[1]:]
+
+
 def _recompute(A, xp, Q, R, norms2, cols, rdt):
     """Exact residual norms^2 of columns ``cols``: ``||A[:, c] - Q R[:, c]||^2``."""
     if len(cols) == 0:
@@ -465,7 +488,8 @@ def _rcpqr(A, xp, k, p, q, block_size, gen, rtol=None, candidates=None):
     # the bookkeeping squares norms on the host: bring A into a safe range (judged on
     # its sketch, which has A's magnitude: no extra pass) by an exact power of two
     A, c = _S.unit_scale(A, ref=Y)
-    Y = _S.unscale(Y, 1.0 / c)
+    if c != 1.0:  # Y / c, not Y * (1 / c): 1 / c is Inf where c is subnormal
+        Y = Y / xp.asarray(c, dtype=B.real_dtype(xp, Y.dtype), device=B.device(Y))
     if rtol is not None or candidates is not None:
         full2 = _column_norms2(xp, A)  # one pass over A
     if rtol is not None:
@@ -540,6 +564,7 @@ def _sketched_block(A, xp, Yr, remaining, bc, Qp):
     Qb, _ = _cholqr_precond(C, Rs)
     if Qp is not None:  # keep the block orthogonal to the previous ones after rounding
         Qb, _ = _cholqr_precond(_cgs2(xp, Qp, Qb)[0], xp.eye(bc, dtype=A.dtype, device=B.device(A)))
+        Qb = _orthonormal_to(A, xp, Qp, Qb)
     return pv, Qb
 
 
@@ -561,7 +586,7 @@ def _candidate_block(A, xp, Yr, remaining, bc, candidates, Qp):
         Q2 = Q2[:, :bc]
         Qb = Qc @ (Q2 if Q2.dtype == A.dtype else xp.astype(Q2, A.dtype))
         if Qp is not None:  # keep the block orthogonal to the previous ones after rounding
-            Qb = B.qr(_cgs2(xp, Qp, Qb)[0])[0]
+            Qb = _orthonormal_to(A, xp, Qp, B.qr(_cgs2(xp, Qp, Qb)[0])[0])
     return np.concatenate([cand[p2], pv[cand.size:]]), Qb
 
 

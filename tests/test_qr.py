@@ -141,6 +141,28 @@ def test_rcpqr_invariants(backend, dtype):
     assert ratio.min() >= 0.2
 
 
+@pytest.mark.parametrize("candidates", [None, 8])
+def test_rcpqr_rank_deficient_over_several_blocks(backend, candidates):
+    """Blocks after the rank is exhausted have zero residuals: Q stays orthonormal
+    (their Householder QR gave unit vectors that ignored the earlier blocks:
+    ||Q^H Q - I||_F = 2.1, with A P = Q R still exact)."""
+    A_np = np.zeros((80, 60))
+    A_np[:, :2] = np.random.default_rng(0).standard_normal((80, 2))
+    for M in (A_np, np.zeros((80, 60))):
+        res = rcpqr(backend.asarray(M), 12, block_size=4, rng=0) if candidates is None else \
+            _rcpqr_candidates(backend.asarray(M), 12, candidates)
+        Qn, Rn, pn = (backend.to_numpy(x) for x in res)
+        assert np.linalg.norm(Qn.T @ Qn - np.eye(12)) < 1e-10
+        assert np.linalg.norm(M[:, pn] - Qn @ Rn) <= 1e-12 * max(1.0, np.linalg.norm(M))
+
+
+def _rcpqr_candidates(A, k, candidates):
+    from randla import _backend as B
+    from randla.qr import _rcpqr
+
+    return _rcpqr(A, B.namespace(A), k, 10, 0, 4, B.as_generator(0), candidates=candidates)
+
+
 def test_rcpqr_blocked_full(backend):
     A_np, s = _mat(30, 24, "float64", decay=0.3)
     res = rcpqr(backend.asarray(A_np), block_size=9, p=4, rng=0)

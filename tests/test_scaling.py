@@ -264,7 +264,7 @@ def test_subnormal_matrices(lib, dtype, scale):
         assert all(np.isfinite(x).all() for x in res), name
         err = np.linalg.norm(A0 - (res[0] * (res[1] / scale)) @ res[2], 2) / s[K]
         assert err < 2.0, (name, err)  # as at unit scale (normalized error ~1)
-    for method in ("cpqr", "srrqr"):
+    for method in ("cpqr", "srrqr", "randomized"):  # randomized: rcpqr's sketch became Inf
         idx, T = randla.interp_decomp(A, K, method=method, rng=0)
         idx, T = np.asarray(idx), np.asarray(T, dtype=np.float64)
         assert np.isfinite(T).all()
