@@ -84,7 +84,10 @@ def _lanczos_norm(op, steps, rng):
         T = B.at_set(T, (i, i), xp.astype(a, rdt))
     for i, b in enumerate(betas):
         T = B.at_set(T, (i, i + 1), xp.astype(b, rdt))
-    return xp.max(B.svd(T)[1]) * xp.real(c)
+    top = xp.max(B.svd(T)[1])
+    if not B.is_lazy(top) and B.scalar(top) * B.scalar(xp.real(c)) > float(xp.finfo(rdt).max):
+        raise ValueError(f"A is finite but its norm overflows {rdt}; rescale A")
+    return top * xp.real(c)
 
 
 def spectral_norm(A, *, steps=30, rng=None, check_finite=True):

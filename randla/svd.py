@@ -333,6 +333,9 @@ def _top_eigh(G, k):
     return w, X, ratio
 
 
+_OVERFLOW = "A is finite but its singular values overflow {}; rescale A"
+
+
 def _gram_svd(C, k):
     """Top-``k`` SVD of a single-precision ``C`` (n x l) through its float64 Gram matrix.
 
@@ -358,7 +361,7 @@ def _gram_svd(C, k):
             return None
     S = xp.sqrt(w)
     if not bool(xp.all(S[..., 0] <= float(xp.finfo(B.real_dtype(xp, C.dtype)).max))):
-        raise ValueError(f"A is finite but its singular values overflow {C.dtype}; rescale A")
+        raise ValueError(_OVERFLOW.format(C.dtype))
     if bool(xp.all(ratio >= _SINGLE_PRODUCT)):
         if bool(xp.all((S[..., 0] <= _ONE_FACTOR) & (S[..., k - 1] >= 1.0 / _ONE_FACTOR))):
             W = C @ xp.astype(X / S[..., None, :], C.dtype)
@@ -391,9 +394,16 @@ def _tall_svd(C, k):
             Ur, S, Xh = B.svd(qr[1])
         W = qr[0] @ xp.astype(Ur, C.dtype)
         S, Xh = xp.astype(S, B.real_dtype(xp, C.dtype)), xp.astype(Xh, C.dtype)
-    if not B.is_lazy(S) and not bool(xp.all(xp.isfinite(S))) and bool(xp.all(xp.isfinite(C))):
-        raise ValueError(f"A is finite but its singular values overflow {C.dtype}; rescale A")
+    _check_overflow(S, C)
     return W[..., :k], S[..., :k], Xh[..., :k, :]
+
+
+def _check_overflow(S, C):
+    """The exact path's error where the singular values ``S`` of a finite ``C`` (a
+    projection of ``A``) left the dtype's range."""
+    xp = B.namespace(S)
+    if not B.is_lazy(S) and not bool(xp.all(xp.isfinite(S))) and bool(xp.all(xp.isfinite(C))):
+        raise ValueError(_OVERFLOW.format(C.dtype))
 
 
 # ----------------------------------------------------------------------------------
@@ -752,7 +762,7 @@ def _full_svd(op, k, l, sketch, rng, check_finite):
         V.check_finite_array(op.A)
     U, S, Vh = B.svd(op.A)
     if check_finite and not B.is_lazy(S) and not bool(op.xp.all(op.xp.isfinite(S))):
-        raise ValueError(f"A is finite but its singular values overflow {op.dtype}; rescale A")
+        raise ValueError(_OVERFLOW.format(op.dtype))
     return SVDResult(U[..., :k], S[..., :k], Vh[..., :k, :])
 
 
@@ -1001,4 +1011,5 @@ def _rsvd_rtol(A, rtol, *, q, block_size, norm, rng, check_finite):
     if Q.shape[1] == 0:
         return SVDResult(Q, xp.zeros((0,), dtype=B.real_dtype(xp, Q.dtype), device=B.device(Q)), Bm)
     W, S, Xh = B.svd(B.mH(Bm))
+    _check_overflow(S, Bm)
     return SVDResult(Q @ B.mH(Xh), S, B.mH(W))

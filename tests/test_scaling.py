@@ -278,3 +278,14 @@ def test_singular_values_above_the_dtype_range_are_an_error(method):
     A = np.full((60, 40), 1e37, dtype=np.float32)  # sigma_1 = 4.9e38
     with pytest.raises(ValueError, match="singular values overflow"):
         SVDS[method](A)
+
+
+def test_norms_above_the_dtype_range_are_an_error():
+    """The same for the tolerance-driven rsvd (returned S = [inf]) and spectral_norm
+    (an overflow warning and Inf)."""
+    A = np.full((60, 40), 1e37, dtype=np.float32)
+    with pytest.raises(ValueError, match="singular values overflow"):
+        randla.rsvd(A, rtol=0.1, rng=0)
+    with pytest.raises(ValueError, match="norm overflows"):
+        randla.spectral_norm(A, rng=0)
+    np.testing.assert_allclose(float(randla.spectral_norm(A / 10, rng=0)), np.sqrt(2400) * 1e36, rtol=1e-5)
