@@ -153,6 +153,9 @@ def posterior_error_estimate(A, Q, *, n_probes=10, rng=None, check_finite=True):
     op = V.as_operand(A, check_finite=check_finite)
     r = V.check_count(n_probes, "n_probes", minimum=1)
     xp = op.xp
+    Q, _ = V.as_matrix(Q, "Q", check_finite=check_finite)
+    if Q.shape[0] != op.shape[0]:
+        raise ValueError(f"Q must have m = {op.shape[0]} rows like A, got shape {tuple(Q.shape)}")
     Y = op.matmat(gaussian(op.shape[1], r, like=V.operand_like(op), rng=rng))
     Y = Y - Q @ (B.mH(Q) @ Y)
     return 10 * math.sqrt(2 / math.pi) * xp.max(_norm(Y, axis=0))
@@ -198,9 +201,14 @@ def normalized_error(A, U, S, Vh, *, s=None, method="svd", rng=None):
         )
     if k >= min(A.shape):
         raise ValueError(f"a rank-{k} approximation of a {tuple(A.shape)} matrix has no sigma_(k+1)")
+    if not np.isfinite(np.asarray(B.to_numpy(S))).all():
+        raise ValueError("S contains NaN or Inf")
     if s is None:
         s = xp.linalg.svdvals(A) if B.backend_name(xp) != "dask" else B.svd(A)[1]
-    s = np.asarray(B.to_numpy(s), dtype=np.float64)
+    s = np.asarray(B.to_numpy(s), dtype=np.float64).reshape(-1)
+    if s.size <= k or not np.isfinite(s).all():
+        raise ValueError(f"s must hold at least k + 1 = {k + 1} finite singular values of A, got {s.size}"
+                         f"{'' if np.isfinite(s).all() else ' with NaN or Inf'}")
     res = residual_norm(A, U, S, Vh, rng)
     if s[k] == 0.0:
         return 1.0 if res <= 1e3 * B.eps(xp, A.dtype) * s[0] else math.inf

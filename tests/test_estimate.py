@@ -80,3 +80,19 @@ def test_normalized_error_rank_deficient():
     assert normalized_error(A, U[:, :2], S[:2], Vh[:2]) == 1.0
     with pytest.raises(ValueError, match="no sigma"):
         normalized_error(A, U, S, Vh)
+
+
+def test_estimators_name_bad_factors():
+    A = np.random.default_rng(7).standard_normal((40, 30))
+    U, S, Vh = np.linalg.svd(A, full_matrices=False)
+    k = 5
+    with pytest.raises(ValueError, match="k \\+ 1 = 6"):  # was an IndexError
+        normalized_error(A, U[:, :k], S[:k], Vh[:k], s=S[:k])
+    with pytest.raises(ValueError, match="NaN or Inf"):  # was nan
+        normalized_error(A, U[:, :k], S[:k], Vh[:k], s=np.full(30, np.nan))
+    with pytest.raises(ValueError, match="S contains NaN"):  # was LinAlgError
+        normalized_error(A, U[:, :k], np.full(k, np.nan), Vh[:k])
+    with pytest.raises(ValueError, match="Q contains NaN"):  # was nan
+        posterior_error_estimate(A, np.full((40, 5), np.nan), rng=0)
+    with pytest.raises(ValueError, match="Q must have m = 40 rows"):  # was a matmul error
+        posterior_error_estimate(A, U[:20, :5], rng=0)
