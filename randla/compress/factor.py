@@ -486,11 +486,17 @@ def _unit_gram(G, xp_w, dtype):
         return G, 1.0
     xp = B.namespace(G)
     t = B.scalar(xp.real(xp.linalg.trace(G))) / G.shape[0]
-    lo, hi = _window(xp_w, dtype)
-    if not (math.isfinite(t) and t > 0.0) or lo <= t <= hi:
+    if not (math.isfinite(t) and t > 0.0):
         return G, 1.0
-    c = 2.0 ** round(math.log2(t) / 2)
-    return G / (c * c), c
+    c = _unit_power(math.log2(t), xp_w, dtype)
+    return (G, 1.0) if c == 1.0 else (G / (c * c), c)
+
+
+def _unit_power(log_t, xp_w, dtype):
+    """``c``, a power of two near ``sqrt(t)``, where ``t = 2^log_t`` (a mean squared
+    entry size) leaves the window of :func:`randla._scale._window` for ``dtype``; else 1."""
+    lo, hi = _window(xp_w, dtype)
+    return 1.0 if math.log2(lo) <= log_t <= math.log2(hi) else 2.0 ** round(log_t / 2)
 
 
 def _unit_metric(m, xp_w, dtype):
@@ -506,10 +512,8 @@ def _unit_metric(m, xp_w, dtype):
             big = B.scalar(xp.max(xp.abs(F)))  # ||F||_F^2 / n from F / big: no overflow on the way
             if math.isfinite(big) and big > 0.0:
                 mean_square = B.scalar(xp.sum(xp.abs(F / big) ** 2)) / F.shape[0]
-                log_t = 2.0 * math.log2(big) + math.log2(mean_square)
-                lo, hi = _window(xp_w, dtype)
-                if not math.log2(lo) <= log_t <= math.log2(hi):
-                    c = 2.0 ** round(log_t / 2)
+                c = _unit_power(2.0 * math.log2(big) + math.log2(mean_square), xp_w, dtype)
+                if c != 1.0:
                     F = F / c
         sides.append(F)
         scales.append(c)
