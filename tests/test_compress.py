@@ -439,6 +439,28 @@ def test_greedy_allocation_is_optimal_on_separable_objectives():
     assert got <= best[0] + step
 
 
+def test_allocation_never_overspends_when_the_tail_beyond_the_cap_is_heavier():
+    """A summary's flat tail beyond its cap can exceed its last gain (a cap that
+    underestimates a flat spectrum, a rising error curve): the budget still holds."""
+    rng = np.random.default_rng(0)
+    cases = [[LayerSummary("a", (20, 30), np.array([4.0, 2.0, 1.0]), 50.0, "weight")],
+             [LayerSummary.from_errors("a", (20, 30), [1.0, 2.0, 3.0])]]
+    for _ in range(20):
+        cases.append([LayerSummary(f"l{i}", (int(rng.integers(8, 40)), int(rng.integers(8, 40))),
+                                   np.sort(rng.random(3))[::-1], float(rng.uniform(1, 30)), "weight")
+                      for i in range(3)])
+    for sums in cases:
+        shapes = {s.name: s.shape for s in sums}
+        for budget in (0.3, 0.6, 0.9):
+            ranks = allocate(sums, budget)
+            assert allocation_params(ranks, shapes) <= resolve_budget(budget, shapes)
+    # through the public path: error curves shorter than the ranks the budget reaches
+    Ws = {"a": rng.standard_normal((100, 100)), "b": rng.standard_normal((100, 100))}
+    errors = {"a": np.array([10.0, 9.9, 9.85]), "b": np.array([10.0, 9.9, 9.85])}
+    _, rep = compress_weights(Ws, budget=4000, errors=errors, rng=0)
+    assert rep.params_after <= 4000
+
+
 def test_budget_beats_uniform_on_summed_error_at_equal_parameters():
     rng = np.random.default_rng(0)
     weights = {}

@@ -551,7 +551,9 @@ def allocate(summaries, budget, *, weights=None):
         ranks[s.name] = 1
         spent += out + inp
         g = s.gains_upto(rmax) * w[s.name]
-        ratio = g[1:] / (out + inp)  # rank i -> i + 1 for i = 1 .. rmax - 1
+        # rank i -> i + 1 for i = 1 .. rmax - 1, made non-increasing (a flat tail beyond
+        # the summary's cap can exceed its last gain): the greedy order is then the rank order
+        ratio = _concave_gains(-np.concatenate([[0.0], np.cumsum(g[1:])])) / (out + inp)
         jump_cost = out * inp - rmax * (out + inp)
         jump_gain = w[s.name] * s.squared_tail(rmax)
         last = ratio[-1] if ratio.size else np.inf
@@ -559,7 +561,7 @@ def allocate(summaries, budget, *, weights=None):
         items += [(-rt, idx, i + 2, out + inp) for i, rt in enumerate(ratio) if rt > 0]
         if jump_ratio > 0:
             items.append((-jump_ratio, idx, -1, jump_cost))
-    # items of one layer have non-increasing ratios, so a stable sort keeps their order
+    # items of one layer have non-increasing ratios, so the sort keeps their rank order
     items.sort(key=lambda t: (t[0], t[1], t[2] if t[2] > 0 else 1 << 60))
     left = total - spent
     blocked = set()
