@@ -389,6 +389,50 @@ def test_low_precision_weights_are_upcast_and_cast_back():
         assert err <= 1.2 * s[8] + 0.02 * s[0]  # half-precision rounding of W and of the factors
 
 
+def test_complex_weight_with_a_real_gram_keeps_its_imaginary_part(backend):
+    """A complex layer fed real inputs: a real Gram matrix is a valid Hermitian one, and
+    the factors, the reported output error and rtol are those of the complex problem
+    (the triangular solve used to run in float64 and dropped A's imaginary part)."""
+    rng = np.random.default_rng(0)
+    W0 = rng.standard_normal((48, 32)) + 1j * rng.standard_normal((48, 32))
+    X = _anisotropic_inputs(200, 32)
+    W, G = backend.asarray(W0), backend.asarray(X.T @ X)
+    for options in ({"rank": 8}, {"rtol": 0.6}):
+        f = factor(W, **options, gram=G, method="exact", ridge=0.0)
+        ref = factor(W0, **options, gram=(X.T @ X).astype(np.complex128), method="exact", ridge=0.0)
+        P = backend.to_numpy(f.B) @ backend.to_numpy(f.A)
+        true = np.linalg.norm((W0 - P) @ X.T) / np.linalg.norm(W0 @ X.T)
+        assert f.report.output_error == pytest.approx(true, rel=1e-6)
+        assert f.report.rank == ref.report.rank and true == pytest.approx(ref.report.output_error, rel=1e-6)
+        assert true <= options.get("rtol", 1.0)
+
+
+def test_real_weight_with_complex_metric_is_a_type_error():
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((12, 10))
+    X = rng.standard_normal((40, 10)) + 1j * rng.standard_normal((40, 10))
+    G = X.T @ X.conj()
+    for kwargs, words in (({"gram": G}, "gram is complex"), ({"output_gram": np.eye(12) + 0j, "gram": np.eye(10)},
+                                                                "output_gram is complex"),
+                          ({"whitening": metric((12, 10), gram=G)}, "whitening.L is complex")):
+        with pytest.raises(TypeError, match=words):
+            factor(W, rank=3, **kwargs)
+    with pytest.raises(TypeError, match=r"folds\[1\] is complex"):
+        summarize(W, folds=[np.eye(10), G])
+
+
+def test_rank_deficient_weights_report_an_optimal_error():
+    """sigma_(r+1) of a matrix of rank <= r is rounding; so is the residual: their ratio
+    was reported (1e109 for a matrix of ones at rank 8), not 1."""
+    rng = np.random.default_rng(0)
+    low = rng.standard_normal((64, 3)) @ rng.standard_normal((3, 48))
+    for W in (np.ones((64, 48)), low):
+        for method in ("rsi", "rsvd", "krylov"):
+            f = factor(W, rank=5, method=method, rng=0)
+            assert np.linalg.norm(W - f.B @ f.A, 2) <= 1e-12 * np.linalg.norm(W, 2)
+            assert f.report.normalized_error == 1.0
+
+
 def test_degenerate_weights():
     f = factor(np.zeros((30, 20)), rank=3, rng=0)
     np.testing.assert_array_equal(f.B @ f.A, np.zeros((30, 20)))

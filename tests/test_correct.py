@@ -123,7 +123,48 @@ def test_a_layer_that_would_not_save_stays_dense():
     assert fc.B is None and fc.A is None and fc.shift is None and fc.report.rank is None
 
 
-@pytest.mark.parametrize("bad", [0.0, -1.0, (), (0.1, 0.0), True])
+def test_a_layer_left_dense_reports_its_error_on_the_compressed_inputs():
+    """Left dense, the layer still reads X~: the report's output_error is that error, not 0."""
+    X, Xt = _inputs(d=8)
+    W = np.random.default_rng(7).standard_normal((8, 8))
+    fc = fit_corrected(W, _stats(Xt, X), shrinkage=0.1, rank=4)
+    true = np.linalg.norm(X @ W.T - Xt @ W.T) / np.linalg.norm(X @ W.T)
+    assert fc.report.output_error == pytest.approx(true, rel=1e-8) and true > 0.05
+
+
+def test_complex_weight_with_real_statistics(backend):
+    """A complex layer fed real inputs: the statistics are widened to the weight's
+    complex type (torch refused the mixed product)."""
+    X, Xt = _inputs(d=12)
+    rng = np.random.default_rng(3)
+    W0 = rng.standard_normal((10, 12)) + 1j * rng.standard_normal((10, 12))
+    fc = fit_corrected(backend.asarray(W0), _stats(Xt, X, backend.asarray), shrinkage=0.1, rank=3, bias=False)
+    P = backend.to_numpy(fc.B) @ backend.to_numpy(fc.A)
+    true = np.linalg.norm(X @ W0.T - Xt @ P.T) / np.linalg.norm(X @ W0.T)
+    assert fc.report.output_error == pytest.approx(true, rel=1e-5)
+    ref = fit_corrected(W0, _stats(Xt.astype(complex), X.astype(complex)), shrinkage=0.1, rank=3, bias=False)
+    assert true == pytest.approx(ref.report.output_error, rel=1e-5)
+
+
+def test_bad_statistics_are_errors_naming_them():
+    X, Xt = _inputs(d=8)
+    W = np.ones((4, 8))
+    good = _stats(Xt, X)
+    nan = good._replace(gram=np.full((8, 8), np.nan))
+    for stats, exc, words in ((_stats(Xt[:, :3], X[:, :3]), ValueError, r"stats.gram must have shape \(8, 8\)"),
+                              (nan, ValueError, "stats.gram has NaN"),
+                              ((1, 2, 3), TypeError, "TransferStats"),
+                              (good._replace(cross=good.cross + 1j), TypeError, "stats.cross is complex")):
+        with pytest.raises(exc, match=words):
+            fit_corrected(W, stats, shrinkage=0.1, rank=1)
+    with pytest.raises(ValueError, match="folds\\[0\\].gram must have shape"):
+        fit_corrected(W, good, folds=[_stats(Xt[:, :3], X[:, :3])], shrinkage=(0.1, 1.0), rank=1)
+    with pytest.raises(ValueError, match="shift needs stats.total"):
+        transfer_error(W, W, good._replace(total=None), shift=np.ones(4))
+    assert fit_corrected(W, good, shrinkage=np.float32(0.1), rank=1).shrinkage == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, (), (0.1, 0.0), True, None])
 def test_bad_shrinkage_is_an_error(bad):
     X, Xt = _inputs(d=8)
     W = np.ones((4, 8))

@@ -43,12 +43,14 @@ from .. import _backend as B
 from .. import _validate as V
 from .factor import (
     DEFAULT_RIDGE,
+    _check_complex_side,
     _check_method,
     _energy,
     _resolve_metric,
     _svd_at,
     _unit_gram,
     _unit_metric,
+    _wide_for,
     metric,
     metric_units,
     whiten,
@@ -232,7 +234,7 @@ def summarize(W, *, gram=None, output_gram=None, folds=None, whitening=None, cap
     c = 1.0  # M = R^H W L / c below (see factor._unit_gram): gains and totals are multiplied by c^2
     if whitening is None or folds is not None:
         gram, folds, c = _unit_grams(gram, folds, xp, Ww.dtype)
-    output_gram, c_out = _unit_gram(output_gram, xp, Ww.dtype)
+    output_gram, c_out = _unit_gram(output_gram, xp, Ww.dtype, "output_gram")
     if whitening is not None:
         m, c_in, c_out = _unit_metric(_resolve_metric(shape, None, None, whitening, ridge), xp, Ww.dtype)
         c = c_in if folds is None else c
@@ -255,6 +257,7 @@ def summarize(W, *, gram=None, output_gram=None, folds=None, whitening=None, cap
             raise ValueError(f"folds[{i}] must be in x in = {shape[1]} x {shape[1]}, got {tuple(Gk.shape)}")
         Lk = whitener(gram - Gk, ridge=ridge, name=f"gram - folds[{i}]")
         _, S, Vh = _svd_at(RW @ xp.astype(Lk, Ww.dtype), k, method, q, p, gen)
+        Lk = _wide_for(xp, Lk, Vh)
         Wk = B.solve_triangular(B.mH(Lk), B.mH(xp.astype(Vh[:k, :], Lk.dtype)), lower=False)  # w_i = L^{-H} v_i
         Gw = xp.astype(Gk, Ww.dtype)  # the held-out quadratic forms in the weight's precision (GEMM-bound)
         Wk = xp.astype(Wk, Ww.dtype)
@@ -268,6 +271,8 @@ def summarize(W, *, gram=None, output_gram=None, folds=None, whitening=None, cap
 def _unit_grams(gram, folds, xp, dtype):
     """``(gram, folds, c)``: ``gram`` by :func:`~randla.compress.factor._unit_gram` and its
     per-fold parts divided by the same ``c^2``."""
+    for i, Gk in enumerate(folds or ()):
+        _check_complex_side(Gk, xp, dtype, f"folds[{i}]")
     gram, c = _unit_gram(gram, xp, dtype)
     if folds is not None and c != 1.0:
         folds = [Gk / (c * c) for Gk in folds]
@@ -347,7 +352,7 @@ def truncation_directions(W, *, gram, output_gram, folds=None, ridge=DEFAULT_RID
         raise ValueError("truncation_directions needs gram and output_gram")
     # both sides scaled by powers of two (factor._unit_gram): a_i b_i^H is unchanged
     gram, folds, _ = _unit_grams(gram, folds, xp, Ww.dtype)
-    output_gram, _ = _unit_gram(output_gram, xp, Ww.dtype)
+    output_gram, _ = _unit_gram(output_gram, xp, Ww.dtype, "output_gram")
     m = metric(shape, output_gram=output_gram, ridge=ridge)
     if m.zero_output:
         raise ValueError("output_gram is all zero: the output does not depend on this weight")

@@ -34,6 +34,7 @@ compression against the compressed model's own inputs).
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from typing import Any, NamedTuple
 
@@ -90,6 +91,39 @@ class TransferStats(NamedTuple):
         return TransferStats(self.gram - other.gram, self.cross - other.cross, self.gram_ref - other.gram_ref,
                              sub(self.total, other.total), sub(self.total_ref, other.total_ref),
                              self.count - other.count)
+
+
+def _checked_stats(W, stats, name="stats"):
+    """``stats`` checked against the weight ``W`` (``TypeError`` / ``ValueError`` naming
+    ``name``): a :class:`TransferStats` of finite ``in x in`` Gram matrices and
+    ``(in,)`` totals in ``W``'s namespace, real for a real ``W`` (a real layer reads real
+    inputs), widened to complex128 for a complex one (the products below mix them)."""
+    if not isinstance(stats, TransferStats):
+        raise TypeError(f"{name} must be a TransferStats, got {type(stats).__name__}")
+    xp = B.namespace(W)
+    n = int(W.shape[1])
+    complex_w = xp.isdtype(W.dtype, "complex floating")
+    fields = {}
+    for field, shape in (("gram", (n, n)), ("cross", (n, n)), ("gram_ref", (n, n)), ("total", (n,)),
+                         ("total_ref", (n,))):
+        x = getattr(stats, field)
+        if x is None and field.startswith("total"):
+            fields[field] = None
+            continue
+        if not hasattr(x, "shape") or B.namespace(x) is not xp:
+            raise TypeError(f"{name}.{field} must be an array of W's namespace, got {type(x).__name__}")
+        if tuple(x.shape) != shape:
+            raise ValueError(f"{name}.{field} must have shape {shape} for a weight with {n} inputs, "
+                             f"got {tuple(x.shape)}")
+        if xp.isdtype(x.dtype, "complex floating") and not complex_w:
+            raise TypeError(f"{name}.{field} is complex but the weight is real: a real layer reads real inputs")
+        x = _wide(xp, x)
+        if complex_w:
+            x = xp.astype(x, xp.complex128)
+        if not bool(xp.all(xp.isfinite(x))):
+            raise ValueError(f"{name}.{field} has NaN or Inf entries")
+        fields[field] = x
+    return stats._replace(**fields)
 
 
 def _wide(xp, x):
@@ -172,6 +206,7 @@ def corrected_weight(W, stats, *, shrinkage):
     shrinkage = _check_shrinkage(shrinkage)
     if len(shrinkage) != 1:
         raise ValueError(f"shrinkage must be one float here, got {len(shrinkage)} values")
+    stats = _checked_stats(W, stats)
     if math.isinf(shrinkage[0]):
         return W
     return _solve(W, _solver(W, stats), shrinkage[0])
@@ -245,6 +280,9 @@ def transfer_error(W, P, stats, *, shift=None):
     >>> bool(np.isclose(transfer_error(W, P, s, shift=d), direct))
     True
     """
+    stats = _checked_stats(W, stats)
+    if shift is not None and (stats.total is None or stats.total_ref is None):
+        raise ValueError("shift needs stats.total and stats.total_ref (the sums of both models' inputs)")
     return _score(_scorer(W, stats), P, None, shift)
 
 
@@ -285,8 +323,12 @@ class CorrectedFactors(NamedTuple):
 
 
 def _check_shrinkage(shrinkage):
-    values = (shrinkage,) if isinstance(shrinkage, (int, float)) else tuple(shrinkage)
-    if not values or any(isinstance(v, bool) or not float(v) > 0.0 for v in values):
+    try:
+        values = (shrinkage,) if isinstance(shrinkage, numbers.Real) else tuple(shrinkage)
+    except TypeError:
+        values = (None,)
+    if not values or any(not isinstance(v, numbers.Real) or isinstance(v, bool) or not float(v) > 0.0
+                         for v in values):
         raise ValueError(f"shrinkage must be a float > 0 or a non-empty sequence of them (math.inf: no correction), "
                          f"got {shrinkage!r}")
     return tuple(float(v) for v in values)
@@ -358,6 +400,9 @@ def fit_corrected(W, stats, *, folds=None, shrinkage=DEFAULT_SHRINKAGE, rank=Non
     if len(grid) > 1 and not folds:
         raise ValueError("several shrinkage values need folds to choose between them")
     _check_method(method, split, q, p)
+    stats = _checked_stats(W, stats)
+    if folds:
+        folds = [_checked_stats(W, held, f"folds[{i}]") for i, held in enumerate(folds)]
     gen = B.as_generator(rng)
     options = {"rank": rank, "rank_fraction": rank_fraction, "param_fraction": param_fraction, "rtol": rtol}
     xp, work = B.namespace(W), working_matrix(W, check_finite=False)[0].dtype
@@ -370,7 +415,7 @@ def fit_corrected(W, stats, *, folds=None, shrinkage=DEFAULT_SHRINKAGE, rank=Non
         # factor's input Gram matrix is sum_t x_t x_t^H, the conjugate of the rows' X~^H X~ (complex layers)
         gram = xp.conj(s.gram) if xp.isdtype(s.gram.dtype, "complex floating") else s.gram
         m = metric(tuple(W.shape), gram=_unit_gram(gram, xp, work)[0],
-                   output_gram=_unit_gram(output_gram, xp, work)[0], ridge=ridge)
+                   output_gram=_unit_gram(output_gram, xp, work, "output_gram")[0], ridge=ridge)
         out = {}
         for lam in lams:
             M = W if math.isinf(lam) else _solve(W, sol, lam)
@@ -392,11 +437,13 @@ def fit_corrected(W, stats, *, folds=None, shrinkage=DEFAULT_SHRINKAGE, rank=Non
     else:
         best = grid[0]
     f, d = fit(stats, (best,), True)[best]
-    if f.B is None:
-        return CorrectedFactors(None, None, None, best, errors, f.report._replace(seconds=time.perf_counter() - t0))
-    xp = B.namespace(W)
     sc = _scorer(W, stats)
-    out_err = math.sqrt(_score(sc, f.B, f.A, d) / sc.ref) if sc.ref > 0 else 0.0
+    # against the original model's output; a layer left dense still reads X~
+    err2 = _score(sc, W, None) if f.B is None else _score(sc, f.B, f.A, d)
+    out_err = math.sqrt(err2 / sc.ref) if sc.ref > 0 else 0.0
     report = f.report._replace(output_error=out_err, seconds=time.perf_counter() - t0)
+    if f.B is None:
+        return CorrectedFactors(None, None, None, best, errors, report)
+    xp = B.namespace(W)
     shift = None if d is None else xp.astype(d, W.dtype)
     return CorrectedFactors(f.B, f.A, shift, best, errors, report)

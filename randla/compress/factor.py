@@ -299,7 +299,9 @@ def _residual_ratio(M, P, Q, sigma, top, rng):
     """``||M - P Q||_2 / sigma`` by 20 Lanczos steps on the residual operator.
 
     ``sigma`` is the sketch's ``s_{r+1}``, a lower bound of ``sigma_{r+1}(M)``, so the
-    estimate errs high; ``top`` (``s_1``) judges a zero ``sigma``.
+    estimate errs high. A residual at the rounding level of ``top`` (``s_1``) is as
+    good as any rank-``r`` factorisation can be, 1, whatever ``sigma`` (on a matrix of
+    rank below ``r + 1`` both are rounding, and their ratio is noise).
     """
     xp = B.namespace(M)
     if B.prefers_whole_matrix_kernels(xp):  # a loop of small operations: run it on the host
@@ -311,9 +313,9 @@ def _residual_ratio(M, P, Q, sigma, top, rng):
     op = V.Operand(M, xp, tuple(M.shape), M.dtype, lambda X: M @ X - P @ (Q @ X),
                    lambda X: MH @ X - QH @ (PH @ X), True)
     res = B.scalar(_lanczos_norm(op, 20, rng))
-    if sigma <= 0.0:
-        return 1.0 if res <= 1e3 * B.eps(xp, M.dtype) * max(top, 1e-300) else math.inf
-    return res / sigma
+    if res <= 1e3 * B.eps(xp, M.dtype) * max(top, 1e-300):
+        return 1.0
+    return math.inf if sigma <= 0.0 else res / sigma
 
 
 def estimate_normalized_error(W, factors, *, whitening=None, rng=None):
@@ -465,7 +467,19 @@ def _resolve_metric(shape, gram, output_gram, whitening, ridge):
     return whitening
 
 
-def _unit_gram(G, xp_w, dtype):
+def _check_complex_side(G, xp_w, dtype, name):
+    """A ``TypeError`` naming ``name`` where a complex Gram matrix (or metric factor) meets a
+    real weight: a real layer's inputs and output gradients are real, and its factors
+    cannot follow a complex metric (its imaginary part was dropped silently)."""
+    G_dtype = getattr(G, "dtype", None)
+    if G_dtype is None or xp_w.isdtype(dtype, "complex floating"):
+        return
+    if B.namespace(G).isdtype(G_dtype, "complex floating"):
+        raise TypeError(f"{name} is complex but the weight is real: a real layer sees real inputs and gradients; "
+                        f"pass the Gram matrix of real data")
+
+
+def _unit_gram(G, xp_w, dtype, name="gram"):
     """``(G / c^2, c)``, ``c`` a power of two near ``sqrt(tr(G) / n)`` (the typical size
     of ``G``'s Cholesky factor) where ``tr(G) / n`` leaves the window in which entries
     of ``dtype`` (in ``xp_w``, the weight's namespace) are safely squared and summed
@@ -481,7 +495,9 @@ def _unit_gram(G, xp_w, dtype):
     Absolute quantities computed from the scaled ``M`` (singular values, energies)
     are multiplied back by ``c``. Anything but a square 2-D array with a finite
     positive trace is returned as it is, for the checks of :func:`metric` to report.
+    A complex ``G`` for a real weight is a ``TypeError`` naming ``name``.
     """
+    _check_complex_side(G, xp_w, dtype, name)
     if G is None or len(getattr(G, "shape", ())) != 2 or G.shape[0] != G.shape[1] or G.shape[0] == 0:
         return G, 1.0
     xp = B.namespace(G)
@@ -505,7 +521,8 @@ def _unit_metric(m, xp_w, dtype):
     (``tr(L L^H) / n = tr(G) / n``, up to the ridge), the same exact rescaling for a
     metric built by hand."""
     sides, scales = [], []
-    for F in (m.L, m.R):
+    for F, side in ((m.L, "whitening.L"), (m.R, "whitening.R")):
+        _check_complex_side(F, xp_w, dtype, side)
         c = 1.0
         if F is not None and F.shape[0] > 0:
             xp = B.namespace(F)
@@ -540,10 +557,20 @@ def _unwhiten(xp, Bf, Af, m, dtype):
     """``(R^{-H} B, A L^{-1})`` by triangular solves in the precision of the metric's
     factors (float64)."""
     if m.L is not None:
-        Af = xp.astype(B.solve_triangular(m.L, xp.astype(Af, m.L.dtype), lower=True, left=False), dtype)
+        L = _wide_for(xp, m.L, Af)
+        Af = xp.astype(B.solve_triangular(L, xp.astype(Af, L.dtype), lower=True, left=False), dtype)
     if m.R is not None:
-        Bf = xp.astype(B.solve_triangular(B.mH(m.R), xp.astype(Bf, m.R.dtype), lower=False), dtype)
+        R = _wide_for(xp, m.R, Bf)
+        Bf = xp.astype(B.solve_triangular(B.mH(R), xp.astype(Bf, R.dtype), lower=False), dtype)
     return Bf, Af
+
+
+def _wide_for(xp, F, X):
+    """``F`` (a float64 or complex128 metric factor) as complex128 where ``X`` is complex:
+    a complex weight's factors solved against a real metric keep their imaginary part."""
+    if xp.isdtype(X.dtype, "complex floating") and not xp.isdtype(F.dtype, "complex floating"):
+        return xp.astype(F, xp.complex128)
+    return F
 
 
 def _check_method(method, split, q, p):
@@ -710,7 +737,7 @@ def _job(W, rank_options, *, gram, output_gram, whitening, ridge, name, check_fi
     mode, value = check_rank_mode(**rank_options, allow_budget=False)
     r = None if mode == "rtol" else select_rank(shape, **{mode: value})
     gram, c_in = _unit_gram(gram, xp, Ww.dtype)
-    output_gram, c_out = _unit_gram(output_gram, xp, Ww.dtype)
+    output_gram, c_out = _unit_gram(output_gram, xp, Ww.dtype, "output_gram")
     m = _resolve_metric(shape, gram, output_gram, whitening, ridge)
     if whitening is not None:
         m, c_in, c_out = _unit_metric(m, xp, Ww.dtype)
