@@ -76,6 +76,15 @@ def as_matrix(A, name: str = "A", *, check_finite: bool = True, ndim: int = 2, b
     return A, xp
 
 
+def as_factor(x, name: str, xp, *, ndim: int = 2, of: str = "A"):
+    """:func:`as_matrix` for an array that goes with ``of`` (factors, bases): also a
+    ``TypeError`` unless it is of the same namespace ``xp``."""
+    x, xp_x = as_matrix(x, name, ndim=ndim)
+    if xp_x is not xp:
+        raise TypeError(f"{name} must be an array of the same library as {of}, got {type(x).__name__}")
+    return x
+
+
 def check_finite_array(A, name: str = "A") -> None:
     """Scan a dense array for NaN/Inf (skipped on lazy arrays)."""
     xp = B.namespace(A)
@@ -215,8 +224,8 @@ def check_count(v, name: str, *, minimum: int = 0) -> int:
 
 def check_rtol(rtol, name: str = "rtol") -> float:
     """A relative tolerance in (0, 1)."""
-    if isinstance(rtol, bool):
-        raise TypeError(f"{name} must be a float, got bool")
+    if isinstance(rtol, (bool, str, bytes)):
+        raise TypeError(f"{name} must be a float, got {type(rtol).__name__}")
     try:
         r = float(rtol)
     except (TypeError, ValueError):

@@ -153,7 +153,9 @@ def posterior_error_estimate(A, Q, *, n_probes=10, rng=None, check_finite=True):
     op = V.as_operand(A, check_finite=check_finite)
     r = V.check_count(n_probes, "n_probes", minimum=1)
     xp = op.xp
-    Q, _ = V.as_matrix(Q, "Q", check_finite=check_finite)
+    Q, xp_q = V.as_matrix(Q, "Q", check_finite=check_finite)
+    if xp_q is not xp:
+        raise TypeError(f"Q must be an array of the same library as A, got {type(Q).__name__}")
     if Q.shape[0] != op.shape[0]:
         raise ValueError(f"Q must have m = {op.shape[0]} rows like A, got shape {tuple(Q.shape)}")
     Y = op.matmat(gaussian(op.shape[1], r, like=V.operand_like(op), rng=rng))
@@ -181,6 +183,9 @@ def normalized_error(A, U, S, Vh, *, s=None, method="svd", rng=None):
     Returns
     -------
     float
+        1 where the residual is at the rounding level of ``sigma_1`` (an exact
+        factorisation of a matrix of rank at most ``k``, whose computed
+        ``sigma_(k+1)`` is rounding too).
 
     Examples
     --------
@@ -193,6 +198,7 @@ def normalized_error(A, U, S, Vh, *, s=None, method="svd", rng=None):
     """
     residual_norm = _RESIDUAL_NORMS[V.check_choice(method, "method", _RESIDUAL_NORMS)]
     A, xp = V.as_matrix(A)
+    U, S, Vh = V.as_factor(U, "U", xp), V.as_factor(S, "S", xp, ndim=1), V.as_factor(Vh, "Vh", xp)
     k = S.shape[0]
     if tuple(U.shape) != (A.shape[0], k) or tuple(Vh.shape) != (k, A.shape[1]):
         raise ValueError(
@@ -201,8 +207,6 @@ def normalized_error(A, U, S, Vh, *, s=None, method="svd", rng=None):
         )
     if k >= min(A.shape):
         raise ValueError(f"a rank-{k} approximation of a {tuple(A.shape)} matrix has no sigma_(k+1)")
-    if not np.isfinite(np.asarray(B.to_numpy(S))).all():
-        raise ValueError("S contains NaN or Inf")
     if s is None:
         s = xp.linalg.svdvals(A) if B.backend_name(xp) != "dask" else B.svd(A)[1]
     s = np.asarray(B.to_numpy(s), dtype=np.float64).reshape(-1)
@@ -210,9 +214,9 @@ def normalized_error(A, U, S, Vh, *, s=None, method="svd", rng=None):
         raise ValueError(f"s must hold at least k + 1 = {k + 1} finite singular values of A, got {s.size}"
                          f"{'' if np.isfinite(s).all() else ' with NaN or Inf'}")
     res = residual_norm(A, U, S, Vh, rng)
-    if s[k] == 0.0:
-        return 1.0 if res <= 1e3 * B.eps(xp, A.dtype) * s[0] else math.inf
-    return float(res / s[k])
+    if res <= 1e3 * B.eps(xp, A.dtype) * s[0]:  # rounding, as is sigma_(k+1) of a matrix of rank <= k
+        return 1.0
+    return math.inf if s[k] == 0.0 else float(res / s[k])
 
 
 def _exact_residual_norm(A, U, S, Vh, rng):

@@ -119,8 +119,9 @@ def test_check_helpers():
     with pytest.raises(ValueError, match="1 <= k <= min"):
         V.check_rank(5, (5, 4))
     assert V.check_rtol(0.1) == 0.1
-    with pytest.raises(TypeError, match="rtol must be a float"):
-        V.check_rtol("a")
+    for bad in ("a", "0.1", True):  # a numeric string was accepted
+        with pytest.raises(TypeError, match="rtol must be a float"):
+            V.check_rtol(bad)
     with pytest.raises(ValueError, match="rtol must be in"):
         V.check_rtol(0.0)
 

@@ -80,6 +80,14 @@ def test_normalized_error_rank_deficient():
     assert normalized_error(A, U[:, :2], S[:2], Vh[:2]) == 1.0
     with pytest.raises(ValueError, match="no sigma"):
         normalized_error(A, U, S, Vh)
+    # numerically: the computed sigma_(k+1) of a rank-k matrix is rounding, as is the
+    # residual (their ratio was reported: 23 in float64, 4.5e9 in float32)
+    R1 = np.outer(np.arange(1.0, 6.0), np.arange(1.0, 4.0))
+    U, S, Vh = np.linalg.svd(R1, full_matrices=False)
+    for dtype in (np.float64, np.float32):
+        for method in ("svd", "lanczos"):
+            args = (x.astype(dtype) for x in (R1, U[:, :1], S[:1], Vh[:1]))
+            assert normalized_error(*args, method=method, rng=0) == 1.0
 
 
 def test_estimators_name_bad_factors():
@@ -96,3 +104,12 @@ def test_estimators_name_bad_factors():
         posterior_error_estimate(A, np.full((40, 5), np.nan), rng=0)
     with pytest.raises(ValueError, match="Q must have m = 40 rows"):  # was a matmul error
         posterior_error_estimate(A, U[:20, :5], rng=0)
+    with pytest.raises(ValueError, match="U contains NaN"):  # was LinAlgError
+        normalized_error(A, np.full((40, k), np.nan), S[:k], Vh[:k])
+    with pytest.raises(ValueError, match="S must be 1-D"):  # was a broadcast error
+        normalized_error(A, U[:, :k], np.diag(S[:k]), Vh[:k])
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="U must be an array of the same library as A"):
+        normalized_error(A, torch.from_numpy(U[:, :k]), S[:k], Vh[:k])
+    with pytest.raises(TypeError, match="Q must be an array of the same library as A"):  # was a matmul error
+        posterior_error_estimate(torch.from_numpy(A), U[:, :5], rng=0)
