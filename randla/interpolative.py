@@ -72,6 +72,7 @@ from . import _backend as B
 from . import _id_core as _core
 from . import _validate as V
 from . import qr as _qr
+from ._scale import unit_scale
 
 __all__ = ["IDResult", "TwoSidedID", "CURResult", "interp_decomp", "two_sided_id", "cur", "column_select",
            "id_to_svd"]
@@ -238,6 +239,8 @@ def interp_decomp(A, k=None, *, rtol=None, axis=1, method="cpqr", p=10, q=0, f=2
     if method != "randomized":  # pivot loops on lazy (Dask) input run on the host
         M, lazy = _qr._host_lazy(M)
         xp = B.namespace(M)
+    if not B.is_lazy(M):  # T and the pivots are scale-free; R's column norms are not
+        M, _ = unit_scale(M)
     idx, T = run(M, xp, k, rtol, p, q, f, gen)
     if lazy:
         idx, T = (B.from_numpy(np.asarray(x), like=like) for x in (idx, T))

@@ -196,8 +196,19 @@ def cpqr(A, k=None, *, rtol=None, check_finite=True):
     like = A
     A, lazy = _host_lazy(A)
     xp = B.namespace(A)
-    res = _cpqr(A, xp, k, rtol)
+    res = _finite_r(_cpqr(A, xp, k, rtol), check_finite)
     return _back(res, like) if lazy else res
+
+
+def _finite_r(res, checked):
+    """``res`` itself; a ``ValueError`` where ``A`` was checked finite and ``R`` is not
+    (its column norms overflow the dtype, as for entries near its largest value). A
+    lazy ``R`` is not read (that would compute it)."""
+    xp = B.namespace(res.R)
+    if checked and not B.is_lazy(res.R) and not bool(xp.all(xp.isfinite(res.R))):
+        raise ValueError(f"A is finite but R overflows {res.R.dtype} (column norms beyond the largest value); "
+                         f"rescale A")
+    return res
 
 
 def _cpqr(A, xp, k, rtol):
@@ -214,7 +225,9 @@ def _cpqr(A, xp, k, rtol):
     # the loop squares column norms on the host: bring A into a safe range first
     A, c = _S.unit_scale(A)
     Q, R, perm = _cpqr_loop(A, xp, kmax, rtol)
-    return PivotedQR(Q, _S.unscale(R, c), perm)
+    with V.quiet_nonfinite():  # an R beyond the dtype is reported by _finite_r
+        R = _S.unscale(R, c)
+    return PivotedQR(Q, R, perm)
 
 
 def _rank_from_rows(R, rtol):
@@ -399,12 +412,12 @@ def _sketch_rows(A, d, rng):
     return Om
 
 
-def _row_sketch(A, l, q, rng):
+def _row_sketch(A, Om, q):
     """``(S, Y)`` with ``Y = S A`` (``l x n``): ``S = Omega`` Gaussian for ``q = 0``,
     else ``S = Z^H`` with ``Z`` an orthonormal basis of ``(A A^H)^q A Omega^H``
     (re-orthonormalised after every product) [HMT2011, Alg. 4.4].
     """
-    S = _sketch_rows(A, l, rng)
+    S = Om
     Y = S @ A
     for _ in range(q):  # every further pass reads A afresh (Dask: see _backend.pass_product)
         W = B.qr(B.mH(Y))[0]  # n x l
@@ -475,7 +488,7 @@ def rcpqr(A, k=None, *, p=10, q=0, block_size=256, rng=None, check_finite=True):
     p = V.check_count(p, "p")
     q = V.check_count(q, "q")
     block_size = V.check_count(block_size, "block_size", minimum=1)
-    return _rcpqr(A, xp, k, p, q, block_size, B.as_generator(rng))
+    return _finite_r(_rcpqr(A, xp, k, p, q, block_size, B.as_generator(rng)), check_finite)
 
 
 def _rcpqr(A, xp, k, p, q, block_size, gen, rtol=None, candidates=None):
@@ -498,13 +511,18 @@ def _rcpqr(A, xp, k, p, q, block_size, gen, rtol=None, candidates=None):
     b = min(k, block_size)
     if candidates is not None:
         candidates = max(candidates, b)
-    Om, Y = _row_sketch(A, min((b if candidates is None else candidates) + p, m), q, gen)
-    Om, Y = B.persist(Om, Y)  # read below and downdated per block (Dask: evaluated once)
+    Om0 = _sketch_rows(A, min((b if candidates is None else candidates) + p, m), gen)
+    with V.quiet_nonfinite():  # an overflowing sketch is detected below
+        Om, Y = B.persist(*_row_sketch(A, Om0, q))  # read below, downdated per block (Dask: evaluated once)
     # the bookkeeping squares norms on the host: bring A into a safe range (judged on
     # its sketch, which has A's magnitude: no extra pass) by an exact power of two
-    A, c = _S.unit_scale(A, ref=Y)
-    if c != 1.0:  # Y / c, not Y * (1 / c): 1 / c is Inf where c is subnormal
-        Y = Y / xp.asarray(c, dtype=B.real_dtype(xp, Y.dtype), device=B.device(Y))
+    if bool(xp.all(xp.isfinite(Y))):
+        A, c = _S.unit_scale(A, ref=Y)
+        if c != 1.0:  # Y / c, not Y * (1 / c): 1 / c is Inf where c is subnormal
+            Y = Y / xp.asarray(c, dtype=B.real_dtype(xp, Y.dtype), device=B.device(Y))
+    else:  # entries near the dtype's largest value: the sketch of A / c, same draw
+        A, c = _S.unit_scale(A)
+        Om, Y = B.persist(*_row_sketch(A, Om0, q))
     if rtol is not None or candidates is not None:
         full2 = _column_norms2(xp, A)  # one pass over A
     if rtol is not None:
@@ -633,7 +651,9 @@ def _assemble(xp, A, Qs, Rs_rows, chosen, remaining, c):
     perm = np.concatenate([np.asarray(chosen, dtype=np.int64), remaining])
     R = B.take(R, perm, axis=1)
     R = xp.concat([_triu(xp, R[:, :k]), R[:, k:]], axis=1)
-    return PivotedQR(Q, _S.unscale(R, c), _perm_array(perm, A))
+    with V.quiet_nonfinite():  # an R beyond the dtype is reported by _finite_r
+        R = _S.unscale(R, c)
+    return PivotedQR(Q, R, _perm_array(perm, A))
 
 
 def _rescale_to(xp, Y, g2, full2, sqrt_u):
@@ -745,7 +765,7 @@ def srrqr(A, k, *, f=2.0, max_swaps=None, check_finite=True):
     like = A
     A, lazy = _host_lazy(A)
     xp = B.namespace(A)
-    res = _srrqr(A, xp, k, f, max_swaps)
+    res = _finite_r(_srrqr(A, xp, k, f, max_swaps), check_finite)
     return _back(res, like) if lazy else res
 
 
@@ -753,7 +773,9 @@ def _srrqr(A, xp, k, f, max_swaps):
     # the swaps square entries of R and R11^{-1} on the host: work in a safe range
     A, c = _S.unit_scale(A)
     (Q, R, perm), _ = _srrqr_scaled(A, xp, k, f, max_swaps)
-    return PivotedQR(Q, _S.unscale(R, c), perm)
+    with V.quiet_nonfinite():  # an R beyond the dtype is reported by _finite_r
+        R = _S.unscale(R, c)
+    return PivotedQR(Q, R, perm)
 
 
 def _srrqr_scaled(A, xp, k, f, max_swaps):

@@ -289,3 +289,24 @@ def test_norms_above_the_dtype_range_are_an_error():
     with pytest.raises(ValueError, match="norm overflows"):
         randla.spectral_norm(A, rng=0)
     np.testing.assert_allclose(float(randla.spectral_norm(A / 10, rng=0)), np.sqrt(2400) * 1e36, rtol=1e-5)
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_column_norms_above_the_dtype_range(lib, dtype):
+    """Finite entries whose column norms exceed the dtype: the ID is scale-free and stays
+    exact (it returned zero weights: error 1-2 times A); the pivoted QRs, whose R cannot
+    be represented, raise (returned Inf or NaN in R)."""
+    X = np.array([[1.0, 0.0, 1.0], [1.0, 1.0, 2.0], [1.0, -1.0, 0.0], [1.0, 1.0, 2.0]])  # rank 2
+    big = 0.4 * np.finfo(dtype).max
+    A = X.astype(dtype) * np.asarray(big, dtype=dtype)
+    if lib == "torch":
+        torch = pytest.importorskip("torch")
+        A = torch.from_numpy(A)
+    for method in ("cpqr", "srrqr", "randomized"):
+        idx, T = randla.interp_decomp(A, 2, method=method, rng=0)
+        idx, T = np.asarray(idx), np.asarray(T, dtype=np.float64)
+        assert np.abs(X - X[:, idx] @ T).max() <= 1e-5
+    for qr in (lambda: randla.cpqr(A, 2), lambda: randla.srrqr(A, 2), lambda: randla.rcpqr(A, 2, rng=0)):
+        with pytest.raises(ValueError, match="R overflows"):
+            qr()
