@@ -138,6 +138,17 @@ def is_lazy(x) -> bool:
     return False
 
 
+def concat(arrays, axis):
+    """``xp.concat``; ``torch.cat`` on torch, whose ``concat`` alias has no batching
+    rule (``torch.func.vmap``, batched gradients)."""
+    xp = namespace(*arrays)
+    if backend_name(xp) == "torch":
+        import torch
+
+        return torch.cat(list(arrays), dim=axis)
+    return xp.concat(list(arrays), axis=axis)
+
+
 def mH(x):
     """Conjugate transpose of the last two axes."""
     if type(x) is np.ndarray:
@@ -455,8 +466,8 @@ def solve_triangular(a, b, *, lower, left=True, unit_diagonal=False):
     ``jax.scipy.linalg.solve_triangular``, ``cupyx.scipy.linalg``. The pure array-API
     fallback calls ``xp.linalg.solve`` on the triangular matrix (an LU of a triangular
     matrix; backward stable, O(n^3) instead of O(n^2) per right-hand side).
-    Leading batch dimensions are supported on every path; batched NumPy input
-    skips the (2-D) SciPy fast path and goes through the fallback.
+    Leading batch dimensions are supported on every path but Dask's (2-D only);
+    batched NumPy input skips the (2-D) SciPy fast path and goes through the fallback.
     """
     xp = namespace(a, b)
     name = backend_name(xp)

@@ -115,6 +115,9 @@ def _check_factors(xp, F1, F2, name1, name2, *, lq):
     for name, F in ((name1, F1), (name2, F2)):
         if F.ndim < 2:
             raise ValueError(f"{name} must be at least 2-D, got shape {tuple(F.shape)}")
+        if F.ndim > 2 and B.backend_name(xp) == "dask":
+            raise ValueError(f"{name} has batch dimensions (shape {tuple(F.shape)}); Dask arrays are "
+                             f"differentiated one 2-D matrix at a time (index the leading axes)")
         if _dtype_name(xp, F.dtype) is None:
             raise TypeError(f"{name} has dtype {F.dtype}; use float32, float64, complex64 or complex128")
     if F1.dtype != F2.dtype:
@@ -204,7 +207,7 @@ def _copyltu(xp, M, SL):
     # crashes jax.jit on the CPU (jaxlib 0.10.2, n = 900..1024).
     SU = xp.matrix_transpose(SL)
     if _is_complex(xp, M):
-        lower = xp.where(SU, 0.0, xp.where(SL, M, (M + xp.conj(M)) / 2))
+        lower = xp.where(SU, 0.0, xp.where(SL, M, xp.astype(xp.real(M), M.dtype)))  # no conj: vmap batches it
     else:
         lower = xp.where(SU, 0.0, M)
     return lower + B.mH(xp.where(SL, M, 0.0))
@@ -369,7 +372,7 @@ def _join_wide(xp, Q, V, dX, dV):
         dY = Q @ dV
     else:
         dY = xp.zeros(tuple(V.shape[:-2]) + (Q.shape[-2], V.shape[-1]), dtype=Q.dtype, device=B.device(Q))
-    return xp.concat([dX, dY], axis=-1)
+    return B.concat([dX, dY], axis=-1)
 
 
 def _vjp_eq33(xp, Q, U, V, dQ, SL, c):
@@ -386,8 +389,8 @@ def _vjp_eq33(xp, Q, U, V, dQ, SL, c):
         if V is None:
             return Q @ Z
         if c.dV is None:
-            return xp.concat([Q @ Z, xp.zeros(tuple(V.shape), dtype=Q.dtype, device=B.device(Q))], axis=-1)
-        return Q @ xp.concat([Z, c.dV], axis=-1)
+            return B.concat([Q @ Z, xp.zeros(tuple(V.shape), dtype=Q.dtype, device=B.device(Q))], axis=-1)
+        return Q @ B.concat([Z, c.dV], axis=-1)
     G = Q @ inner
     if dQ is not None:
         G = G + dQ
@@ -606,7 +609,7 @@ def _qr_jvp(xp, Q, R, dA):
         return QRTangents(dQ, dU)
     C = X - W
     dV = B.mH(Q) @ dA[..., m:] - C @ V
-    return QRTangents(dQ, xp.concat([dU, dV], axis=-1))
+    return QRTangents(dQ, B.concat([dU, dV], axis=-1))
 
 
 def lq_jvp(L, Q, dA, /):

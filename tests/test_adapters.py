@@ -131,6 +131,26 @@ def test_torch_vmap_and_batches():
     torch.testing.assert_close(torch.func.vmap(torch.func.grad(f))(S), torch.linalg.inv(S).mT)
 
 
+def test_torch_lq_vmap_batched_gradients_and_complex_vmap():
+    """vmap of lq (an in-place copy into an unbatched tensor failed), batched cotangents
+    through wide QR and tall LQ (torch.concat has no batching rule), and vmap of a
+    complex gradient without a batching-rule warning (conj_physical)."""
+    torch = pytest.importorskip("torch")
+    import randla.torch as rt
+
+    gen = torch.Generator().manual_seed(3)
+    A = torch.randn((2, 3, 4), dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(torch.func.vmap(lambda a: rt.lq(a).L)(A), torch.stack([rt.lq(a).L for a in A]))
+    for shape, f in (((3, 4), lambda a: rt.qr(a).R), ((4, 3), lambda a: rt.lq(a).L)):
+        for dtype in (torch.float64, torch.complex128):
+            X = torch.randn(shape, dtype=dtype, generator=gen, requires_grad=True)
+            assert torch.autograd.gradcheck(f, (X,), check_batched_grad=True)
+    Ac = torch.randn((2, 3, 3), dtype=torch.complex128, generator=gen)
+    ours = torch.func.vmap(torch.func.grad(lambda a: rt.qr(a).R.real.sum()))(Ac)
+    native = torch.func.vmap(torch.func.grad(lambda a: torch.linalg.qr(a).R.real.sum()))(Ac)
+    torch.testing.assert_close(ours, native)
+
+
 def test_torch_singular_gives_nonfinite_gradient():
     torch = pytest.importorskip("torch")
     import randla.torch as rt

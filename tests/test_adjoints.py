@@ -365,6 +365,9 @@ def test_lazy_arrays_are_not_checked():
     Q, R = _singular_tall()
     out = qr_vjp(da.from_array(Q), da.from_array(R), None, da.from_array(np.eye(3)))
     assert isinstance(out, da.Array)  # nothing computed yet
+    Qs, Rs = np.linalg.qr(np.random.default_rng(0).standard_normal((2, 5, 3)))
+    with pytest.raises(ValueError, match="Q has batch dimensions"):  # was an error from inside Dask's LU
+        qr_vjp(da.from_array(Qs), da.from_array(Rs), None, da.from_array(Rs))
 
 
 # ----------------------------------------------------------------------------------

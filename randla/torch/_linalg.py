@@ -34,8 +34,7 @@ def _check_input(A, method, name="A"):
 def _materialised_adjoint(t):
     """``t^H`` as a fresh contiguous tensor: no view, no lazy conjugation bit (autograd
     Function outputs that are views of intermediates break forward-mode AD)."""
-    out = torch.empty(t.mH.shape, dtype=t.dtype, device=t.device)
-    return out.copy_(t.mH)
+    return t.mH.resolve_conj().clone(memory_format=torch.contiguous_format)  # clone: vmap can batch it
 
 
 def _qr_factors(A):
