@@ -109,6 +109,11 @@ def test_factor_rejects_bad_input():
         factor(W, rank=3, output_gram=np.eye(5))
     with pytest.raises(ValueError, match="positive semidefinite"):
         factor(W, rank=3, gram=-np.eye(W.shape[1]))
+    indefinite = np.zeros((W.shape[1],) * 2)
+    indefinite[0, 1] = indefinite[1, 0] = 5.0  # zero trace: was taken for "no data", plain factors
+    for kwargs in ({"gram": indefinite}, {"output_gram": np.diag([1.0, -1.0] + [0.0] * (W.shape[0] - 2))}):
+        with pytest.raises(ValueError, match="not positive semidefinite .zero trace"):
+            factor(W, rank=3, **kwargs)
     with pytest.raises(ValueError, match="method"):
         factor(W, rank=3, method="lanczos")
     with pytest.raises(ValueError, match="split"):
@@ -445,6 +450,11 @@ def test_degenerate_weights():
     for scale in (1e-150, 1e150):
         h = factor(W * scale, rank=5, rng=0)
         assert np.linalg.norm(W * scale - h.B @ h.A, 2) <= 1.1 * s[5] * scale
+    for scale in (1e-165, 1e160):  # squares leave float64: relative error was reported 0 / NaN
+        for kwargs in ({}, {"gram": 3 * np.eye(W.shape[1])}):
+            h = factor(W * scale, rank=5, rng=0, **kwargs)
+            true = np.linalg.norm((W * scale - h.B @ h.A) / scale) / np.linalg.norm(W)
+            assert h.report.relative_error == pytest.approx(true, rel=1e-10)
 
 
 def test_whitener_ridge_makes_rank_deficient_gram_factorable():
@@ -530,6 +540,19 @@ def test_budget_errors_and_fractions():
     W = {n: np.random.default_rng(0).standard_normal(s) for n, s in shapes.items()}
     with pytest.raises(ValueError, match="one rank per layer"):
         compress_weights(W, budget=100)
+    assert compress_weights({}, budget=0.5)[1].params_after == 0  # was "budget must be ... >= 1, got 0"
+    # a callable allocation is held to the budget and must rank every layer (was: overspent, KeyError)
+    for alloc, words in ((lambda s, b: {"a": 60, "b": 40}, "over the budget"), (lambda s, b: {"a": 2}, "for 'b'"),
+                         ("best", "allocation must be")):
+        with pytest.raises(ValueError, match=words):
+            compress_weights(W, budget=0.3, allocation=alloc, rng=0)
+    _, rep = compress_weights(W, budget=0.3, allocation=lambda s, b: {"a": 10, "b": 12}, rng=0)
+    assert rep.ranks() == {"a": 10, "b": 12}
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="gram must be an array of the same library as W"):
+        factor(W["a"], rank=3, gram=torch.eye(100, dtype=torch.float64))
+    with pytest.raises(TypeError, match="gram must be an array, got list"):
+        factor(W["a"], rank=3, gram=np.eye(100).tolist())
     factors, rep = compress_weights(W, budget=0.3, rng=0)
     assert rep.params_after <= 0.3 * rep.params_before
     for r in rep:  # the truncated factors' normalized error is estimated too

@@ -43,8 +43,8 @@ from .. import _backend as B
 from .. import _validate as V
 from .factor import (
     DEFAULT_RIDGE,
-    _check_complex_side,
     _check_method,
+    _check_side,
     _energy,
     _resolve_metric,
     _svd_at,
@@ -272,7 +272,7 @@ def _unit_grams(gram, folds, xp, dtype):
     """``(gram, folds, c)``: ``gram`` by :func:`~randla.compress.factor._unit_gram` and its
     per-fold parts divided by the same ``c^2``."""
     for i, Gk in enumerate(folds or ()):
-        _check_complex_side(Gk, xp, dtype, f"folds[{i}]")
+        _check_side(Gk, xp, dtype, f"folds[{i}]")
     gram, c = _unit_gram(gram, xp, dtype)
     if folds is not None and c != 1.0:
         folds = [Gk / (c * c) for Gk in folds]

@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import _backend as B
 from .. import _validate as V
-from .._scale import _window, norm
+from .._scale import _window, norm, unit_scale, unscale
 from ..estimate import _lanczos_norm
 from ..svd import adaptive_range_finder, block_krylov_svd, rsi, rsvd
 from .ranks import check_rank_mode, max_saving_rank, parameter_count, rank_for_rtol, saves_parameters, select_rank
@@ -224,9 +224,11 @@ def whitener(gram, *, ridge=DEFAULT_RIDGE, name="gram"):
     eye = xp.eye(n, dtype=wide, device=B.device(G))
     trace = B.scalar(xp.real(xp.linalg.trace(G)))
     if trace <= 0.0:
-        if trace == 0.0:
+        if trace == 0.0 and not bool(xp.any(G != 0)):
             return eye
-        raise ValueError(f"{name} is not positive semidefinite (negative trace)")
+        # a positive semidefinite matrix with zero trace is zero
+        raise ValueError(f"{name} is not positive semidefinite ({'negative' if trace < 0 else 'zero'} trace"
+                         f"{'' if trace < 0 else ', nonzero entries'})")
     shift = float(ridge * trace / n + np.finfo(np.float64).tiny)
     try:
         L = B.cholesky(G + shift * eye, upper=False)
@@ -467,14 +469,22 @@ def _resolve_metric(shape, gram, output_gram, whitening, ridge):
     return whitening
 
 
-def _check_complex_side(G, xp_w, dtype, name):
-    """A ``TypeError`` naming ``name`` where a complex Gram matrix (or metric factor) meets a
-    real weight: a real layer's inputs and output gradients are real, and its factors
-    cannot follow a complex metric (its imaginary part was dropped silently)."""
-    G_dtype = getattr(G, "dtype", None)
-    if G_dtype is None or xp_w.isdtype(dtype, "complex floating"):
+def _check_side(G, xp_w, dtype, name):
+    """A ``TypeError`` naming ``name`` where a Gram matrix (or metric factor) is not an
+    array of the weight's library, or where a complex one meets a real weight: a real
+    layer's inputs and output gradients are real, and its factors cannot follow a
+    complex metric (its imaginary part was dropped silently)."""
+    if G is None:
         return
-    if B.namespace(G).isdtype(G_dtype, "complex floating"):
+    try:
+        xp = B.namespace(G)
+    except TypeError:
+        raise TypeError(f"{name} must be an array, got {type(G).__name__}") from None
+    if xp is not xp_w:
+        raise TypeError(f"{name} must be an array of the same library as W, got {type(G).__name__}")
+    if xp_w.isdtype(dtype, "complex floating"):
+        return
+    if xp.isdtype(G.dtype, "complex floating"):
         raise TypeError(f"{name} is complex but the weight is real: a real layer sees real inputs and gradients; "
                         f"pass the Gram matrix of real data")
 
@@ -497,7 +507,7 @@ def _unit_gram(G, xp_w, dtype, name="gram"):
     positive trace is returned as it is, for the checks of :func:`metric` to report.
     A complex ``G`` for a real weight is a ``TypeError`` naming ``name``.
     """
-    _check_complex_side(G, xp_w, dtype, name)
+    _check_side(G, xp_w, dtype, name)
     if G is None or len(getattr(G, "shape", ())) != 2 or G.shape[0] != G.shape[1] or G.shape[0] == 0:
         return G, 1.0
     xp = B.namespace(G)
@@ -522,7 +532,7 @@ def _unit_metric(m, xp_w, dtype):
     metric built by hand."""
     sides, scales = [], []
     for F, side in ((m.L, "whitening.L"), (m.R, "whitening.R")):
-        _check_complex_side(F, xp_w, dtype, side)
+        _check_side(F, xp_w, dtype, side)
         c = 1.0
         if F is not None and F.shape[0] > 0:
             xp = B.namespace(F)
@@ -727,7 +737,8 @@ class _Job(NamedTuple):
     m: Metric
     units: str
     name: str
-    scale: float = 1.0
+    scale: float = 1.0  # M = R^H W L / scale
+    w_scale: float = 1.0  # W = w_scale * self.W
 
 
 def _job(W, rank_options, *, gram, output_gram, whitening, ridge, name, check_finite):
@@ -736,6 +747,9 @@ def _job(W, rank_options, *, gram, output_gram, whitening, ridge, name, check_fi
     shape = tuple(int(s) for s in Ww.shape)
     mode, value = check_rank_mode(**rank_options, allow_budget=False)
     r = None if mode == "rtol" else select_rank(shape, **{mode: value})
+    c_w = 1.0
+    if not B.is_lazy(Ww):  # W / c_w, an exact power of two where W's squares (energies) would leave the dtype
+        Ww, c_w = unit_scale(Ww)
     gram, c_in = _unit_gram(gram, xp, Ww.dtype)
     output_gram, c_out = _unit_gram(output_gram, xp, Ww.dtype, "output_gram")
     m = _resolve_metric(shape, gram, output_gram, whitening, ridge)
@@ -743,7 +757,7 @@ def _job(W, rank_options, *, gram, output_gram, whitening, ridge, name, check_fi
         m, c_in, c_out = _unit_metric(m, xp, Ww.dtype)
     if m.zero_output:
         m, c_out = m._replace(R=None), 1.0
-    return _Job(Ww, xp, out_dtype, shape, mode, value, r, m, metric_units(m), name, c_in * c_out)
+    return _Job(Ww, xp, out_dtype, shape, mode, value, r, m, metric_units(m), name, c_in * c_out * c_w, c_w)
 
 
 def _finish(job, M, U, S, Vh, *, method, split, estimate_error, rng, t0, shared_seconds=0.0):
@@ -759,7 +773,7 @@ def _finish(job, M, U, S, Vh, *, method, split, estimate_error, rng, t0, shared_
     out_err = None
     if m.L is not None:
         out_err = rel if m.R is None else _output_error(xp, job.W, m, U[:, :r], S[:r], Vh[:r, :])
-    Bf, Af = _split(xp, U[:, :r], S[:r], Vh[:r, :], split)
+    Bf, Af = _split(xp, U[:, :r], unscale(S[:r], job.w_scale), Vh[:r, :], split)
     if m.L is not None or m.R is not None:
         Bf, Af = _rebalance(xp, *_unwhiten(xp, Bf, Af, m, job.W.dtype), split)
     Bf, Af = fit_range(Bf, Af, job.out_dtype, name=job.name)

@@ -8,13 +8,14 @@ tensors in and out and swap modules.
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Mapping
 
 import numpy as np
 
 from .. import _backend as B
-from .budget import LayerSummary, allocate, resolve_budget, summarize
+from .budget import LayerSummary, allocate, allocation_params, resolve_budget, summarize
 from .factor import DEFAULT_RIDGE, _check_method, _checked_ridge, _dense, estimate_normalized_error, metric, truncate
 from .group import factor_many
 from .ranks import check_rank_mode, max_saving_rank
@@ -63,6 +64,21 @@ def check_grams(grams, names, dims, *, argument="calibration"):
         shape = tuple(grams[n].shape)
         if shape != (dims[n], dims[n]):
             raise ValueError(f"{argument}[{n!r}] must be {dims[n]} x {dims[n]}, got {shape}")
+
+
+def _checked_ranks(ranks, shapes, total):
+    """What a callable ``allocation`` returned: a rank (int >= 1) for every layer, within
+    the budget (a ``ValueError`` / ``TypeError`` naming ``allocation`` otherwise)."""
+    if not isinstance(ranks, Mapping):
+        raise TypeError(f"allocation must return a mapping of name to rank, got {type(ranks).__name__}")
+    for n in shapes:
+        r = ranks.get(n)
+        if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1:
+            raise ValueError(f"allocation must return an int rank >= 1 for every layer, got {r!r} for {n!r}")
+    spent = allocation_params({n: int(ranks[n]) for n in shapes}, shapes)
+    if spent > total:
+        raise ValueError(f"allocation spent {spent} parameters, over the budget of {total}")
+    return {n: int(ranks[n]) for n in shapes}
 
 
 def compress_weights(weights, *, rank=None, rank_fraction=None, param_fraction=None, rtol=None, budget=None,
@@ -174,6 +190,10 @@ def compress_weights(weights, *, rank=None, rank_fraction=None, param_fraction=N
         out = factor_many(weights, **{mode: value}, grams=grams, output_grams=output_grams, split=split,
                           estimate_error=estimate_error, batch=batch, **kw)
         return out, Report(f.report for f in out.values())
+    if allocation != "greedy" and not callable(allocation):
+        raise ValueError(f"allocation must be 'greedy' or a callable, got {allocation!r}")
+    if not names:
+        return {}, Report([])
     total = resolve_budget(value, shapes)
     rmax = {n: max_saving_rank(shapes[n]) for n in names}
     metrics = {n: metric_of(n) for n in names if rmax[n] >= 1}
@@ -201,12 +221,8 @@ def compress_weights(weights, *, rank=None, rank_fraction=None, param_fraction=N
         full[n] = full[n]._replace(report=full[n].report._replace(
             seconds=full[n].report.seconds + time.perf_counter() - t0))
     t0 = time.perf_counter()
-    if allocation == "greedy":
-        ranks = allocate(summaries, total)
-    elif callable(allocation):
-        ranks = allocation(summaries, total)
-    else:
-        raise ValueError(f"allocation must be 'greedy' or a callable, got {allocation!r}")
+    ranks = allocate(summaries, total) if allocation == "greedy" else _checked_ranks(
+        allocation(summaries, total), shapes, total)
     share = (time.perf_counter() - t0) / max(len(names), 1)
     out = {}
     for n in names:
