@@ -394,6 +394,19 @@ def test_low_precision_weights_are_upcast_and_cast_back():
         assert err <= 1.2 * s[8] + 0.02 * s[0]  # half-precision rounding of W and of the factors
 
 
+def test_parameters_that_require_grad_are_detached():
+    """A torch parameter passed as it is: no autograd warnings (errors under -W error),
+    no graph in the factors."""
+    torch = pytest.importorskip("torch")
+    W0, s = _weight(dtype="float32")
+    W = torch.nn.Parameter(torch.from_numpy(W0))
+    G = torch.eye(W0.shape[1], dtype=torch.float64).requires_grad_()
+    for kwargs in ({}, {"gram": G}):
+        f = factor(W, rank=8, rng=0, **kwargs)
+        assert not f.B.requires_grad and not f.A.requires_grad
+        assert float(torch.linalg.matrix_norm(W.detach() - f.B @ f.A, 2)) <= 1.1 * s[8]
+
+
 def test_complex_weight_with_a_real_gram_keeps_its_imaginary_part(backend):
     """A complex layer fed real inputs: a real Gram matrix is a valid Hermitian one, and
     the factors, the reported output error and rtol are those of the complex problem

@@ -82,14 +82,21 @@ def _dtype_name(dtype):
         return str(dtype).removeprefix("torch.")
 
 
+def detached(x):
+    """``x.detach()`` for an autograd tensor that requires grad (torch), else ``x``."""
+    return x.detach() if getattr(x, "requires_grad", False) else x
+
+
 def working_matrix(W, name="W", *, check_finite=True):
     """``(W_work, xp, out_dtype)``: ``W`` in the dtype the math runs in.
 
     float32/float64/complex stay as they are; float16 and bfloat16 (torch, or NumPy
     with ``ml_dtypes``) are upcast to float32 and ``out_dtype`` remembers the original
     so that factors can be cast back; integers and bools are promoted to float64 as
-    everywhere in randla. The upcast is a copy; nothing else is.
+    everywhere in randla. The upcast is a copy; nothing else is. A tensor that
+    requires grad (a torch parameter) is detached: factors carry no autograd graph.
     """
+    W = detached(W)
     try:
         xp = B.namespace(W)
     except TypeError:
@@ -508,6 +515,7 @@ def _unit_gram(G, xp_w, dtype, name="gram"):
     A complex ``G`` for a real weight is a ``TypeError`` naming ``name``.
     """
     _check_side(G, xp_w, dtype, name)
+    G = detached(G)
     if G is None or len(getattr(G, "shape", ())) != 2 or G.shape[0] != G.shape[1] or G.shape[0] == 0:
         return G, 1.0
     xp = B.namespace(G)
