@@ -71,8 +71,10 @@ def test_errors():
     params = _params()
     with pytest.raises(TypeError, match="exactly one"):
         rj.compress(params, rank=2, rtol=0.1)
-    with pytest.raises(ValueError, match="no 2-D kernel"):
+    with pytest.raises(ValueError, match="no 2-D floating-point leaf named 'kernel'"):
         rj.compress(params, rank=2, include="nothing")
+    with pytest.raises(ValueError, match="params is a pytree"):  # a bare array: was an IndexError
+        rj.compress(jnp.ones((48, 96)), rank=4)
     with pytest.raises(ValueError, match="Dense_1.*not factored plain"):
         rj.compress(params, rank=2, calibration={"params/Dense_0/kernel": np.eye(48)})
     with pytest.raises(ValueError, match="ridge must be"):  # checked whether or not a Gram matrix uses it

@@ -319,6 +319,44 @@ def test_shared_modules_are_replaced_everywhere():
     assert small[0] is small[2] and type(small[0]).__name__ == "LowRankLinear" and len(rep) == 1
 
 
+def test_tied_weights_are_an_error_not_a_silent_untie():
+    """A head sharing the embedding matrix (as language models do), or two layers sharing
+    one weight: replacing them untied the weights, the model grew (6400 -> 9416 parameters
+    at budget 0.5) while the report counted a saving."""
+
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(200, 32)
+            self.head = nn.Linear(32, 200, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, x):
+            return self.head(self.emb(x))
+
+    seq = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    seq[2].weight = seq[0].weight
+    for model, words in ((LM(), "'head' shares its weight with 'emb'"), (seq, "'0' shares its weight with '2'")):
+        for kwargs in ({"budget": 0.5}, {"rank": 4}, {"rank": 4, "data": [torch.randint(0, 200, (4, 3))]
+                                                      if isinstance(model, LM) else [torch.randn(4, 64)]}):
+            with pytest.raises(ValueError, match=words):
+                rt.compress(model, rng=0, **kwargs)
+    with pytest.raises(ValueError, match="'0' shares its weight.*leave the pair out"):
+        rt.prune_mlp(seq, [("0", "2")], [torch.randn(8, 64)], keep_fraction=0.5)
+
+
+def test_models_without_weight_data_are_an_error():
+    with torch.device("meta"):
+        meta = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    for call in (lambda: rt.compress(meta, rank=8), lambda: rt.calibrate(meta, [torch.randn(4, 64)]),
+                 lambda: rt.prune_mlp(meta, [("0", "2")], [torch.randn(4, 64)], keep_fraction=0.5)):
+        with pytest.raises(ValueError, match="no weight data .meta device"):  # was torch's .item() error
+            call()
+    lazy = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.raises(ValueError, match="'0' has no weight data .uninitialized"):
+        rt.compress(lazy, rank=2)
+
+
 def test_torch_transformer_layers_are_left_alone():
     # nn.MultiheadAttention and nn.TransformerEncoderLayer read their Linear children's
     # weights directly: those children are not eligible, the rest of the model is
@@ -490,6 +528,19 @@ def test_data_mode_spends_a_budget_at_the_calibrated_ranks():
     _, planned = rt.compress(net, budget=budget, calibration=rt.calibrate(net, data), rng=0)
     _, rep = rt.compress(net, budget=budget, data=data, rng=0)
     assert rep.ranks() == planned.ranks() and rep.params_after <= budget
+    # a layer the budget leaves dense reports its error on the compressed model's inputs (was 0)
+    mlp = nn.Sequential(nn.Linear(48, 96), nn.GELU(), nn.Linear(96, 48), nn.GELU(), nn.Linear(48, 10))
+    x = torch.randn(256, 48, generator=torch.Generator().manual_seed(0))
+    small, rep = rt.compress(mlp, budget=0.3, data=[x[:128], x[128:]], rng=0)
+    assert rep.ranks()["4"] is None
+    seen = {}
+    for model, key in ((mlp, "orig"), (small, "new")):
+        h = model[4].register_forward_pre_hook(lambda m, a, k=key: seen.__setitem__(k, a[0].detach()))
+        model(x)
+        h.remove()
+    with torch.no_grad():
+        direct = float((mlp[4](seen["orig"]) - small[4](seen["new"])).norm() / (seen["orig"] @ mlp[4].weight.T).norm())
+    assert math.isclose(rep[-1].output_error, direct, rel_tol=1e-6) and direct > 0.1
 
 
 def test_data_mode_on_a_conv_net():

@@ -121,12 +121,13 @@ def compress(params, *, rank=None, rank_fraction=None, param_fraction=None, rtol
     chosen = {}
     for i, ((path, leaf), name) in enumerate(zip(flat, paths, strict=True)):
         if (getattr(leaf, "ndim", None) == 2 and min(leaf.shape) > 0 and jnp.issubdtype(leaf.dtype, jnp.floating)
-                and _key_name(path[-1]) == "kernel" and keep(name)):
+                and path and _key_name(path[-1]) == "kernel" and keep(name)):
             if name in chosen:
                 raise ValueError(f"two kernels have the path {name!r} (a key containing '/'): rename that key")
             chosen[name] = i
     if not chosen:
-        raise ValueError("no 2-D kernel leaf matches include/exclude")
+        raise ValueError("no 2-D floating-point leaf named 'kernel' matches include/exclude (params is a pytree "
+                         "such as {'params': {'Dense_0': {'kernel': ...}}}; complex kernels are not factored)")
     weights = {n: _host(flat[i][1]).T for n, i in chosen.items()}
 
     def convert(grams, argument):

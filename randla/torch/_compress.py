@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import re
-import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -19,8 +18,8 @@ from torch import nn
 from .. import _backend as _B
 from ..compress import Report, check_rank_mode, compress_weights
 from ..compress.correct import DEFAULT_SHRINKAGE
-from ..compress.factor import DEFAULT_RIDGE, _checked_ridge, _dense, fit_range
-from ._hooks import eligible_layers
+from ..compress.factor import DEFAULT_RIDGE, _checked_ridge, fit_range
+from ._hooks import check_untied, eligible_layers
 from ._modules import LowRankConv2d, LowRankLinear
 
 __all__ = ["compress", "to_array", "from_array"]
@@ -240,6 +239,7 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
     layers = eligible_layers(model, include=include, exclude=exclude)
     if not layers:
         raise ValueError("no nn.Linear or nn.Conv2d layer matches include/exclude")
+    check_untied(model, layers)
     if data is not None:
         return _compress_with_data(model, layers, data, calibration=calibration, inplace=inplace, rank=rank,
                                    rank_fraction=rank_fraction, param_fraction=param_fraction, rtol=rtol,
@@ -294,15 +294,11 @@ def _compress_with_data(model, layers, data, *, calibration, inplace, budget, sh
             calibration = calibrate(model, batches, include=None, exclude=None)
         _, planned = compress(model, budget=budget, calibration=calibration, rng=gen,
                               include="^(" + "|".join(map(re.escape, names)) + ")$", **options)
-        ranks = {r.name: r.rank for r in planned if r.rank is not None}
+        ranks = {r.name: r.rank for r in planned}  # None: left dense by the budget, its error measured
     original, target = (copy.deepcopy(model), model) if inplace else (model, copy.deepcopy(model))
     if output_grams is not None:
         output_grams = _arrays(output_grams, names)
     fits = compress_sequential(original, target, names, batches, ranks=ranks, rank_options=rank_options,
                                shrinkage=shrinkage, folds=folds, bias=True, rng=gen, ignore_padding=True,
                                output_grams=output_grams, **options)
-    def left_dense(name):  # by the budget
-        shape = tuple(int(d) for d in _flat_weight(target.get_submodule(name)).shape)
-        return _dense(shape, name, "output", time.perf_counter()).report
-
-    return target, Report(fits[n].report if n in fits else left_dense(n) for n in names)
+    return target, Report(fits[n].report for n in names)

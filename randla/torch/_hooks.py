@@ -74,9 +74,38 @@ def eligible_layers(model, *, include=None, exclude=None):
                         f"or factor its weight with randla.compress.factor")
     owners = (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)
     fixed = {id(c) for m in model.modules() if isinstance(m, owners) for c in m.modules() if c is not m}
-    return [(n, m) for n, m in select_modules(model, (torch.nn.Linear, torch.nn.Conv2d), include=include,
-                                              exclude=exclude)
-            if not (isinstance(m, torch.nn.Conv2d) and m.groups != 1) and id(m) not in fixed and _plain(m)]
+    layers = [(n, m) for n, m in select_modules(model, (torch.nn.Linear, torch.nn.Conv2d), include=include,
+                                                exclude=exclude)
+              if not (isinstance(m, torch.nn.Conv2d) and m.groups != 1) and id(m) not in fixed and _plain(m)]
+    for name, m in layers:
+        check_materialised(name, m)
+    return layers
+
+
+def check_materialised(name, module):
+    """A ``ValueError`` naming ``name`` where the module's weight holds no data (the meta
+    device, or a lazy module not yet run), which no factorisation can read."""
+    w = module.weight
+    if isinstance(w, torch.nn.parameter.UninitializedParameter) or w.is_meta:
+        raise ValueError(f"{name!r} has no weight data ({'meta device' if w.is_meta else 'uninitialized'}): "
+                         f"materialise the model first (run a lazy module once, or to_empty() and load the weights)")
+
+
+def check_untied(model, layers, what="compress", advice="leave the layer out (exclude=...)"):
+    """A ``ValueError`` naming the first of ``layers`` (``[(name, module)]``) whose weight
+    is also a parameter of another module (tied weights, e.g. an output head sharing the
+    embedding matrix): replacing or resizing the layer would silently untie them, and
+    the model would grow while the report counts a saving. The same module reached by
+    several names is one module."""
+    owners = {}
+    for mname, mod in model.named_modules(remove_duplicate=False):
+        for p in mod.parameters(recurse=False):
+            owners.setdefault(id(p), {}).setdefault(id(mod), mname)
+    for name, m in layers:
+        others = [n for mid, n in owners.get(id(m.weight), {}).items() if mid != id(m)]
+        if others:
+            raise ValueError(f"{name!r} shares its weight with {others[0]!r} (tied weights): {what} would untie "
+                             f"them; {advice} or untie the weights first")
 
 
 def _plain(module):

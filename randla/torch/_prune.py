@@ -21,7 +21,7 @@ from ..compress.prune import PairReport, PruneReport, _check_ridge, accumulate, 
 from ..interpolative import ID_METHODS
 from ._calibration import batch_mask
 from ._compress import from_array, to_array
-from ._hooks import run_with_input_hooks
+from ._hooks import check_materialised, check_untied, run_with_input_hooks
 
 __all__ = ["prune_mlp"]
 
@@ -43,6 +43,7 @@ def _resolve_pairs(model, pairs):
         m = modules[name]
         if type(m) is not nn.Linear:
             raise TypeError(f"pairs: {name!r} is a {type(m).__name__}, not an nn.Linear")
+        check_materialised(name, m)
         return m
 
     resolved, seen = [], set()
@@ -65,6 +66,8 @@ def _resolve_pairs(model, pairs):
                 raise ValueError(f"pairs: {name!r} appears in more than one pair")
             seen.add(name)
         resolved.append((firsts, second))
+    check_untied(model, [(n, modules[n]) for fs, sec in resolved for n in fs + [sec]], "pruning",
+                 "leave the pair out")
     return resolved
 
 

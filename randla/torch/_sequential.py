@@ -151,8 +151,9 @@ def compress_sequential(original, target, names, batches, *, ranks, rank_options
     ``original``'s twin when the caller compresses in place) in forward order, on the
     calibration ``batches`` (a non-empty list).
 
-    ``ranks``: ``{name: r}`` fixed ranks (a budget allocated beforehand; a name absent
-    stays dense), or ``None`` to use ``rank_options`` for every layer. ``output_grams``:
+    ``ranks``: ``{name: r}`` fixed ranks (a budget allocated beforehand; ``r = None``:
+    left dense, its error on the compressed model's inputs measured; a name absent stays
+    dense unmeasured), or ``None`` to use ``rank_options`` for every layer. ``output_grams``:
     ``{name: H}`` arrays for the two-sided truncation, or ``None``.
 
     Returns ``{name: CorrectedFactors}`` in the order the layers were compressed.
@@ -185,9 +186,9 @@ def compress_sequential(original, target, names, batches, *, ranks, rank_options
                                                             reference=reference)]
                 cache[key] = parts, sum(parts[1:], parts[0])
             parts, total = cache[key]
-            options = {"rank": ranks[name]} if ranks is not None else rank_options
-            grid = grid_all if changed else (math.inf,)  # nothing upstream changed: X~ = X, M = W
             W = to_array(_flat_weight(module))
+            options = rank_options if ranks is None else {"rank": ranks[name] or min(W.shape)}  # full: dense
+            grid = grid_all if changed else (math.inf,)  # nothing upstream changed: X~ = X, M = W
             H = None if output_grams is None else output_grams.get(name)
             cf = fit_corrected(W, total, folds=parts if len(grid) > 1 else None, shrinkage=grid, **options,
                                output_gram=H, method=method, q=q, p=p, split=split, ridge=ridge,
