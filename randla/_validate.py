@@ -44,13 +44,15 @@ def _float_dtype(xp, x, name):
     )
 
 
-def as_matrix(A, name: str = "A", *, check_finite: bool = True, ndim: int = 2, batched: bool = False):
+def as_matrix(A, name: str = "A", *, check_finite: bool = True, ndim: int = 2, batched: bool = False,
+              finite_hint: bool = True):
     """Validate a dense 2-D array; return ``(A, xp)`` with the dtype rule applied.
 
     ``batched``: a stack ``(..., m, n)`` of matrices is accepted too (at least 2-D;
     Dask arrays only 2-D). ``check_finite`` scans for NaN/Inf (one pass over
     ``A``); it is skipped on lazy arrays (Dask, JAX under ``jit``), where it would
-    force a computation.
+    force a computation. ``finite_hint``: the NaN/Inf error suggests
+    ``check_finite=False`` (only where the caller offers that option).
     """
     try:
         xp = B.namespace(A)
@@ -72,24 +74,25 @@ def as_matrix(A, name: str = "A", *, check_finite: bool = True, ndim: int = 2, b
         raise ValueError(f"{name} must not be empty, got shape {tuple(A.shape)}")
     A = _float_dtype(xp, A, name)
     if check_finite:
-        check_finite_array(A, name)
+        check_finite_array(A, name, hint=finite_hint)
     return A, xp
 
 
 def as_factor(x, name: str, xp, *, ndim: int = 2, of: str = "A"):
     """:func:`as_matrix` for an array that goes with ``of`` (factors, bases): also a
     ``TypeError`` unless it is of the same namespace ``xp``."""
-    x, xp_x = as_matrix(x, name, ndim=ndim)
+    x, xp_x = as_matrix(x, name, ndim=ndim, finite_hint=False)
     if xp_x is not xp:
         raise TypeError(f"{name} must be an array of the same library as {of}, got {type(x).__name__}")
     return x
 
 
-def check_finite_array(A, name: str = "A") -> None:
+def check_finite_array(A, name: str = "A", *, hint: bool = True) -> None:
     """Scan a dense array for NaN/Inf (skipped on lazy arrays)."""
     xp = B.namespace(A)
     if not B.is_lazy(A) and not bool(xp.all(xp.isfinite(A))):
-        raise ValueError(f"{name} contains NaN or Inf (pass check_finite=False to skip this check)")
+        skip = " (pass check_finite=False to skip this check)" if hint else ""
+        raise ValueError(f"{name} contains NaN or Inf{skip}")
 
 
 class Operand(NamedTuple):

@@ -402,7 +402,7 @@ def sample_errors(d):
     >>> sample_errors(np.array([[1.0, 2.0], [3.0, -3.0]])).tolist()  # (1 + 2)^2 + 0^2, 2^2 + 3^2, 0
     [9.0, 13.0, 0.0]
     """
-    d, xp = V.as_matrix(d, "d")
+    d, xp = V.as_matrix(d, "d", finite_hint=False)
     wide = xp.complex128 if xp.isdtype(d.dtype, "complex floating") else xp.float64
     d = xp.astype(d, wide)
     tails = xp.flip(xp.cumulative_sum(xp.flip(d, axis=1), axis=1), axis=1)  # sum_{i >= r}

@@ -87,7 +87,7 @@ def detached(x):
     return x.detach() if getattr(x, "requires_grad", False) else x
 
 
-def working_matrix(W, name="W", *, check_finite=True):
+def working_matrix(W, name="W", *, check_finite=True, finite_hint=True):
     """``(W_work, xp, out_dtype)``: ``W`` in the dtype the math runs in.
 
     float32/float64/complex stay as they are; float16 and bfloat16 (torch, or NumPy
@@ -106,7 +106,7 @@ def working_matrix(W, name="W", *, check_finite=True):
     if dtype_name in _LOW_PRECISION:
         out_dtype = W.dtype
         W = W.astype(np.float32) if isinstance(W, np.ndarray) else xp.astype(W, xp.float32)
-    W, xp = V.as_matrix(W, name, check_finite=check_finite)
+    W, xp = V.as_matrix(W, name, check_finite=check_finite, finite_hint=finite_hint)
     return W, xp, out_dtype if out_dtype is not None else W.dtype
 
 

@@ -278,9 +278,9 @@ def _check_ridge(ridge):
 def _activations(Z, name="Z"):
     """``(M, total, count, xp)`` from an :class:`Activations` or a raw ``N x h`` array."""
     if isinstance(Z, Activations):
-        M, xp = V.as_matrix(Z.M, f"{name}.M")
+        M, xp = V.as_matrix(Z.M, f"{name}.M", finite_hint=False)
         return M, Z.total, int(Z.count), xp
-    M, xp = V.as_matrix(Z, name)
+    M, xp = V.as_matrix(Z, name, finite_hint=False)
     return M, xp.sum(M, axis=0), int(M.shape[0]), xp
 
 
@@ -331,7 +331,7 @@ def accumulate(acc, Z):
     >>> acc.M.shape, acc.count, bool(np.allclose(acc.M.T @ acc.M, Z.T @ Z))
     ((4, 4), 50, True)
     """
-    Z, xp = V.as_matrix(Z, "Z")
+    Z, xp = V.as_matrix(Z, "Z", finite_hint=False)
     if acc is None:
         M, total, count = Z, xp.sum(Z, axis=0), Z.shape[0]
     else:
@@ -537,7 +537,7 @@ def _prepare(Z, W2, k, keep_fraction, rtol, method, ridge):
     ridge = _check_ridge(ridge)
     if W2 is None:
         return M, total, count, xp, mode, value, ridge, None, None
-    W2, _, out_dtype = working_matrix(W2, "W2")
+    W2, _, out_dtype = working_matrix(W2, "W2", finite_hint=False)
     _same_library(W2, xp, "W2")
     if W2.shape[1] != h:
         raise ValueError(f"W2 must have h = {h} columns (out x h) like the activations, got shape "
