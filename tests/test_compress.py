@@ -521,6 +521,9 @@ def test_allocation_never_overspends_when_the_tail_beyond_the_cap_is_heavier():
         for budget in (0.3, 0.6, 0.9):
             ranks = allocate(sums, budget)
             assert allocation_params(ranks, shapes) <= resolve_budget(budget, shapes)
+    for gains, total in (([1.0, np.nan], 3.0), ([1.0, 0.5], np.inf), ([1.0, -1.0], 3.0)):  # were accepted
+        with pytest.raises(ValueError, match="summary 'a' must have finite gains"):
+            allocate([LayerSummary("a", (20, 30), np.array(gains), total, "weight")], 150)
     # through the public path: error curves shorter than the ranks the budget reaches
     Ws = {"a": rng.standard_normal((100, 100)), "b": rng.standard_normal((100, 100))}
     errors = {"a": np.array([10.0, 9.9, 9.85]), "b": np.array([10.0, 9.9, 9.85])}

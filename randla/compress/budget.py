@@ -541,6 +541,10 @@ def allocate(summaries, budget, *, weights=None):
     shapes = _shapes(summaries)
     if len(shapes) != len(summaries):
         raise ValueError("summaries must have distinct names")
+    for s in summaries:
+        gains = np.asarray(s.gains, dtype=np.float64)
+        if not (np.all(np.isfinite(gains)) and np.all(gains >= 0) and math.isfinite(s.total) and s.total >= 0):
+            raise ValueError(f"summary {s.name!r} must have finite gains and total >= 0")
     total = resolve_budget(budget, shapes)
     if weights is None:
         weights = "absolute" if all(s.units == "loss" for s in summaries) else "relative"
