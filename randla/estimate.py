@@ -183,9 +183,8 @@ def normalized_error(A, U, S, Vh, *, s=None, method="svd", rng=None):
     Returns
     -------
     float
-        1 where the residual is at the rounding level of ``sigma_1`` (an exact
-        factorisation of a matrix of rank at most ``k``, whose computed
-        ``sigma_(k+1)`` is rounding too).
+        1 where the residual and ``sigma_(k+1)`` are both at the rounding level of
+        ``sigma_1`` (an exact factorisation of a matrix of rank at most ``k``).
 
     Examples
     --------
@@ -214,7 +213,8 @@ def normalized_error(A, U, S, Vh, *, s=None, method="svd", rng=None):
         raise ValueError(f"s must hold at least k + 1 = {k + 1} finite singular values of A, got {s.size}"
                          f"{'' if np.isfinite(s).all() else ' with NaN or Inf'}")
     res = residual_norm(A, U, S, Vh, rng)
-    if res <= 1e3 * B.eps(xp, A.dtype) * s[0]:  # rounding, as is sigma_(k+1) of a matrix of rank <= k
+    rounding = 100 * B.eps(xp, A.dtype) * s[0]
+    if res <= rounding and s[k] <= rounding:  # both rounding, as on a matrix of rank <= k: the ratio is noise
         return 1.0
     return math.inf if s[k] == 0.0 else float(res / s[k])
 

@@ -308,9 +308,9 @@ def _residual_ratio(M, P, Q, sigma, top, rng):
     """``||M - P Q||_2 / sigma`` by 20 Lanczos steps on the residual operator.
 
     ``sigma`` is the sketch's ``s_{r+1}``, a lower bound of ``sigma_{r+1}(M)``, so the
-    estimate errs high. A residual at the rounding level of ``top`` (``s_1``) is as
-    good as any rank-``r`` factorisation can be, 1, whatever ``sigma`` (on a matrix of
-    rank below ``r + 1`` both are rounding, and their ratio is noise).
+    estimate errs high. Where both the residual and ``sigma`` are at the rounding
+    level of ``top`` (``s_1``), as on a matrix of rank at most ``r``, their ratio is
+    noise and the factorisation is as good as any: 1.
     """
     xp = B.namespace(M)
     if B.prefers_whole_matrix_kernels(xp):  # a loop of small operations: run it on the host
@@ -322,7 +322,8 @@ def _residual_ratio(M, P, Q, sigma, top, rng):
     op = V.Operand(M, xp, tuple(M.shape), M.dtype, lambda X: M @ X - P @ (Q @ X),
                    lambda X: MH @ X - QH @ (PH @ X), True)
     res = B.scalar(_lanczos_norm(op, 20, rng))
-    if res <= 1e3 * B.eps(xp, M.dtype) * max(top, 1e-300):
+    rounding = 100 * B.eps(xp, M.dtype) * max(top, 1e-300)
+    if res <= rounding and sigma <= rounding:
         return 1.0
     return math.inf if sigma <= 0.0 else res / sigma
 
