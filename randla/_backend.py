@@ -14,6 +14,7 @@ randla`` needs only NumPy and array-api-compat.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable
 from typing import NamedTuple
@@ -136,6 +137,26 @@ def is_lazy(x) -> bool:
         except (ImportError, AttributeError):  # pragma: no cover - old JAX
             return False
     return False
+
+
+def wide_floats(func):
+    """Decorator: ``func`` runs with JAX's float64 enabled (``jax.enable_x64``) when its
+    first argument is a JAX array and the caller's JAX has float64 off (its default).
+    The kernels form Gram matrices and small factorisations of single-precision data
+    in float64; without it JAX silently truncated those to float32 (with a warning)
+    and a Cholesky factor came out NaN. Results keep the input's dtype."""
+
+    @functools.wraps(func)
+    def run(*args, **kwargs):
+        if args and _compat.is_jax_array(args[0]):
+            import jax
+
+            if not jax.config.read("jax_enable_x64"):
+                with jax.enable_x64(True):
+                    return func(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    return run
 
 
 def concat(arrays, axis):

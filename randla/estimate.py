@@ -90,6 +90,7 @@ def _lanczos_norm(op, steps, rng):
     return top * xp.real(c)
 
 
+@B.wide_floats
 def spectral_norm(A, *, steps=30, rng=None, check_finite=True):
     """Estimate ``||A||_2`` by Golub-Kahan-Lanczos bidiagonalisation.
 
@@ -119,6 +120,7 @@ def spectral_norm(A, *, steps=30, rng=None, check_finite=True):
     return _lanczos_norm(op, V.check_count(steps, "steps", minimum=1), rng)
 
 
+@B.wide_floats
 def posterior_error_estimate(A, Q, *, n_probes=10, rng=None, check_finite=True):
     """Probabilistic bound on ``||(I - Q Q^H) A||_2`` [HMT2011, Eq. 4.3].
 
@@ -163,6 +165,7 @@ def posterior_error_estimate(A, Q, *, n_probes=10, rng=None, check_finite=True):
     return 10 * math.sqrt(2 / math.pi) * xp.max(_norm(Y, axis=0))
 
 
+@B.wide_floats
 def normalized_error(A, U, S, Vh, *, s=None, method="svd", rng=None):
     """Normalized spectral error ``||A - U diag(S) Vh||_2 / sigma_{k+1}(A)`` (1 is optimal).
 
@@ -232,6 +235,7 @@ def _lanczos_residual_norm(A, U, S, Vh, rng):
 _RESIDUAL_NORMS = {"svd": _exact_residual_norm, "lanczos": _lanczos_residual_norm}
 
 
+@B.wide_floats
 def estimate_rank(A, rtol, *, block_size=32, q=1, rng=None, check_finite=True):
     """Numerical rank to a relative spectral tolerance, from products with ``A``.
 

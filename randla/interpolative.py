@@ -125,6 +125,7 @@ def _check_axis(axis):
 # ----------------------------------------------------------------------------------
 
 
+@B.wide_floats
 def interp_decomp(A, k=None, *, rtol=None, axis=1, method="cpqr", p=10, q=0, f=2.0, rng=None,
                   check_finite=True):
     r"""Interpolative decomposition: ``A ~= A[:, idx] @ T`` (or ``T @ A[idx, :]``).
@@ -272,6 +273,7 @@ def _operator_interp_decomp(A, k, rtol, axis, method, p, q, gen, check_finite):
     return IDResult(idx, T if axis == 1 else B.mH(T))
 
 
+@B.wide_floats
 def two_sided_id(A, k=None, *, rtol=None, method="cpqr", p=10, q=0, f=2.0, rng=None, check_finite=True):
     r"""Two-sided interpolative decomposition ``A ~= X @ A[rows][:, cols] @ Z``.
 
@@ -323,6 +325,7 @@ def _pinv_small(Rm):
     return B.mH(Vh) @ (Sinv[:, None] * B.mH(U))
 
 
+@B.wide_floats
 def cur(A, k=None, *, rtol=None, method="cpqr", p=10, q=0, f=2.0, rng=None, check_finite=True):
     r"""CUR decomposition ``A ~= C @ U @ R`` with ``C = A[:, cols]``, ``R = A[rows, :]``.
 
@@ -374,6 +377,7 @@ def cur(A, k=None, *, rtol=None, method="cpqr", p=10, q=0, f=2.0, rng=None, chec
     return CURResult(rows, cols, U)
 
 
+@B.wide_floats
 def column_select(A, k, *, method="cpqr", p=10, q=2, f=2.0, rng=None, check_finite=True):
     r"""Choose ``k`` columns of ``A`` that span its dominant column space well.
 

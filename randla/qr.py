@@ -125,6 +125,7 @@ def _check_k(k, shape, *, allow_none):
 # ----------------------------------------------------------------------------------
 
 
+@B.wide_floats
 def cpqr(A, k=None, *, rtol=None, check_finite=True):
     r"""Column-pivoted QR (Businger-Golub), full or stopped after ``k`` pivots.
 
@@ -427,6 +428,7 @@ def _row_sketch(A, Om, q):
     return S, Y
 
 
+@B.wide_floats
 def rcpqr(A, k=None, *, p=10, q=0, block_size=256, rng=None, check_finite=True):
     r"""Randomized column-pivoted QR: pivots from a sketch, QR by Cholesky-QR.
 
@@ -690,6 +692,7 @@ def _givens(a, b):
     return np.array([[np.conj(a) / r, np.conj(b) / r], [-b / r, a / r]]), r
 
 
+@B.wide_floats
 def srrqr(A, k, *, f=2.0, max_swaps=None, check_finite=True):
     r"""Strong rank-revealing QR of Gu and Eisenstat.
 

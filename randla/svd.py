@@ -569,6 +569,7 @@ def _svd_of_projection(op, Q, k):
     return SVDResult(Q @ B.mH(Xh), S, B.mH(W))
 
 
+@B.wide_floats
 def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng=None, check_finite=True):
     """Orthonormal basis ``Q`` (m x (k+p)) approximately spanning the top range of ``A``.
 
@@ -638,6 +639,7 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
         return _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
 
 
+@B.wide_floats
 def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="cholqr", block_size=None,
          norm="fro", rng=None, check_finite=True, solver="auto"):
     """Randomized SVD: rank ``k`` or relative accuracy ``rtol`` [HMT2011, Alg. 5.1].
@@ -766,6 +768,7 @@ def _full_svd(op, k, l, sketch, rng, check_finite):
     return SVDResult(U[..., :k], S[..., :k], Vh[..., :k, :])
 
 
+@B.wide_floats
 def rsi(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr", rng=None, check_finite=True, solver="auto"):
     """Randomized subspace iteration, re-orthonormalised between passes [RSI, Alg. 1].
 
@@ -842,6 +845,7 @@ def rsi(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr", rng=None, ch
                 solver=solver)
 
 
+@B.wide_floats
 def block_krylov_svd(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr", rng=None,
                      check_finite=True, solver="auto"):
     """Randomized block Krylov SVD [MM2015, Alg. 2].
@@ -934,6 +938,7 @@ def _block_krylov(op, k, l, q, stabilizer, sketch, rng, check_finite):
 # ----------------------------------------------------------------------------------
 
 
+@B.wide_floats
 def adaptive_range_finder(A, rtol, *, block_size=32, q=1, max_rank=None, norm="fro", rng=None,
                           check_finite=True):
     """Fixed-accuracy range finder: the rank is found, not given [YGL2018, Alg. 4].

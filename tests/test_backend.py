@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import randla
 from randla import _backend as B
 from randla import _validate as V
 from randla.testing import matrix
@@ -206,3 +207,25 @@ def test_try_cholesky_of_a_stack(backend, dtype):
     bad = G0.copy()
     bad[1, 2, 3, 3] = -1.0  # one indefinite matrix in the stack
     assert B.try_cholesky(backend.asarray(bad)) is None
+
+
+def test_jax_with_float64_off_as_by_default():
+    """JAX's default configuration has no float64: the kernels' float64 Gram matrices of
+    float32 data were truncated to float32 (with a warning) and rsi, rsvd with power
+    steps, block Krylov and range_finder returned NaN for ordinary decaying spectra."""
+    jax = pytest.importorskip("jax")
+    A, _ = matrix(300, 200, spectrum="exponential", decay=0.2, rng=0)
+    A = np.asarray(A, dtype=np.float32)
+    calls = {"rsi": lambda X: randla.rsi(X, 10, rng=0).S, "rsvd": lambda X: randla.rsvd(X, 10, q=1, rng=0).S,
+             "block_krylov_svd": lambda X: randla.block_krylov_svd(X, 10, rng=0).S,
+             "spectral_norm": lambda X: randla.spectral_norm(X, rng=0)}
+    with jax.enable_x64(False):
+        J = jax.numpy.asarray(A)
+        assert J.dtype == jax.numpy.float32
+        for name, call in calls.items():
+            got = call(J)
+            assert got.dtype == jax.numpy.float32, name
+            np.testing.assert_allclose(np.asarray(got), np.asarray(call(A)), rtol=1e-5, err_msg=name)
+        Q = np.asarray(randla.range_finder(J, 10, q=2, rng=0))
+        assert np.isfinite(Q).all() and np.allclose(Q.T @ Q, np.eye(Q.shape[1]), atol=1e-5)
+        assert not jax.config.read("jax_enable_x64")
