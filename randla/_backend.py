@@ -630,6 +630,11 @@ def lu(x):
 
         pl, u = scipy.linalg.lu(x, permute_l=True, check_finite=False)
         return xp.asarray(pl), xp.asarray(u)
+    if x.ndim > 2:  # a stack: the other paths factor one matrix, so slice by slice
+        flat = xp.reshape(x, (-1, *x.shape[-2:]))
+        parts = [lu(flat[i, ...]) for i in range(flat.shape[0])]
+        return tuple(xp.reshape(xp.stack([f[j] for f in parts]), (*x.shape[:-2], *parts[0][j].shape))
+                     for j in range(2))
     if name == "torch":
         import torch
 

@@ -569,6 +569,21 @@ def test_stack_range_finder(backend):
         assert np.linalg.norm(a - qb @ (qb.T @ a), 2) < 3 * ex[8]
 
 
+@pytest.mark.skip_backend("dask", reason="stacks are refused on Dask (test_stack_range_finder)")
+def test_stack_with_the_lu_stabiliser(backend):
+    """stabilizer="lu" on stacks: torch, JAX and the array-API fallback factored one
+    matrix only (an unpacking error); each matrix is what its own call gets."""
+    A0, s = _stack((3, 60, 40), "float64")
+    A = backend.asarray(A0)
+    S = backend.to_numpy(randla.rsvd(A, 6, q=1, stabilizer="lu", rng=0).S)
+    Q = backend.to_numpy(randla.range_finder(A, 6, q=1, stabilizer="lu", rng=0))
+    for i, (a, ex) in enumerate(zip(A0, s, strict=True)):
+        one = backend.to_numpy(randla.rsvd(backend.asarray(a), 6, q=1, stabilizer="lu", rng=0).S)
+        np.testing.assert_allclose(S[i], one, rtol=1e-10)
+        Qi = np.linalg.qr(Q[i])[0]
+        assert np.linalg.norm(a - Qi @ (Qi.T @ a), 2) < 3 * ex[6]
+
+
 def test_stack_is_reproducible_and_sketched_once():
     A0, _ = _stack((4, 40, 30), "float32")
     a = randla.rsi(A0, 5, rng=3, solver="randomized")
