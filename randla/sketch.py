@@ -29,8 +29,17 @@ __all__ = ["gaussian", "rademacher", "sparse_sign", "orthonormal_gaussian", "srt
 
 
 def _like(like):
-    xp = B.namespace(like)
-    return xp, like.dtype, B.real_dtype(xp, like.dtype), B.device(like)
+    """``(xp, dtype, real dtype, device)`` of the test matrix for ``like``: its dtype under
+    randla's one rule (integers and bools promoted to float64; float16 and bfloat16 a
+    ``TypeError``), without a copy of ``like``."""
+    try:
+        xp = B.namespace(like)
+    except TypeError:
+        raise TypeError(f"like must be an array, got {type(like).__name__}") from None
+    dt = like.dtype
+    if dt not in (xp.float32, xp.float64, xp.complex64, xp.complex128):
+        dt = V._float_dtype(xp, xp.zeros((1,), dtype=dt, device=B.device(like)), "like").dtype
+    return xp, dt, B.real_dtype(xp, dt), B.device(like)
 
 
 def _check_shape(n, l):

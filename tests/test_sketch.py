@@ -23,6 +23,19 @@ def test_operators_shape_dtype_device(backend, maker, dtype):
     np.testing.assert_array_equal(om_np, backend.to_numpy(maker(40, 6, like=like, rng=0)))
 
 
+@pytest.mark.parametrize("maker", [S.gaussian, S.rademacher, S.sparse_sign, S.orthonormal_gaussian, S.srtt])
+def test_like_follows_the_dtype_rule(backend, maker):
+    """An integer or bool ``like`` gives a float64 test matrix (gaussian and sparse_sign
+    gave truncated integers; torch raised from its generator); half precision is a
+    TypeError (was accepted, or failed inside linalg)."""
+    for dtype in ("int64", "bool"):
+        like = backend.asarray(np.zeros((2, 2), dtype=dtype))
+        om = backend.to_numpy(maker(40, 6, like=like, rng=0))
+        assert om.dtype == np.float64 and np.linalg.matrix_rank(om) == 6
+    with pytest.raises(TypeError, match="like has dtype float16"):
+        maker(40, 6, like=np.zeros((2, 2), dtype=np.float16), rng=0)
+
+
 def test_operator_statistics():
     like = np.zeros((1, 1))
     g = S.gaussian(4000, 50, like=like, rng=0)
