@@ -961,7 +961,12 @@ def adaptive_range_finder(A, rtol, *, block_size=32, q=1, max_rank=None, norm="f
       them). Measured on 600 x 400 matrices (``q = 1``, see ``tests/test_svd.py``):
       the rank found is within 1.2 times the optimal one
       ``min{r : sigma_{r+1} <= rtol sigma_1}`` and the tolerance is met, on step,
-      ``i^-1/2``, ``i^-1``, ``i^-2`` and exponential spectra.
+      ``i^-1/2``, ``i^-1``, ``i^-2`` and exponential spectra. It is not guaranteed:
+      Ritz values are lower bounds of the residual's norm, and a block whose values
+      fall below the tolerance early stops the search. On small matrices with small
+      blocks it can stop a few ranks short (a sweep of 60 x 40 to 200 x 150
+      matrices: 16 of 320 runs with ``block_size`` 1-4 and 3 of 144 with 8 or 32
+      missed ``rtol``, by up to 10 % and, once, 20 %); ``norm="fro"`` is exact.
 
     Parameters
     ----------
