@@ -78,10 +78,11 @@ def as_matrix(A, name: str = "A", *, check_finite: bool = True, ndim: int = 2, b
     return A, xp
 
 
-def as_factor(x, name: str, xp, *, ndim: int = 2, of: str = "A"):
+def as_factor(x, name: str, xp, *, ndim: int = 2, of: str = "A", check_finite: bool = True,
+              finite_hint: bool = False):
     """:func:`as_matrix` for an array that goes with ``of`` (factors, bases): also a
     ``TypeError`` unless it is of the same namespace ``xp``."""
-    x, xp_x = as_matrix(x, name, ndim=ndim, finite_hint=False)
+    x, xp_x = as_matrix(x, name, ndim=ndim, check_finite=check_finite, finite_hint=finite_hint)
     if xp_x is not xp:
         raise TypeError(f"{name} must be an array of the same library as {of}, got {type(x).__name__}")
     return x

@@ -155,9 +155,7 @@ def posterior_error_estimate(A, Q, *, n_probes=10, rng=None, check_finite=True):
     op = V.as_operand(A, check_finite=check_finite)
     r = V.check_count(n_probes, "n_probes", minimum=1)
     xp = op.xp
-    Q, xp_q = V.as_matrix(Q, "Q", check_finite=check_finite)
-    if xp_q is not xp:
-        raise TypeError(f"Q must be an array of the same library as A, got {type(Q).__name__}")
+    Q = V.as_factor(Q, "Q", xp, check_finite=check_finite, finite_hint=True)
     if Q.shape[0] != op.shape[0]:
         raise ValueError(f"Q must have m = {op.shape[0]} rows like A, got shape {tuple(Q.shape)}")
     Y = op.matmat(gaussian(op.shape[1], r, like=V.operand_like(op), rng=rng))

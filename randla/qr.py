@@ -212,6 +212,13 @@ def _finite_r(res, checked):
     return res
 
 
+def _unscaled(R, c):
+    """``R * c`` back from a kernel's scaled ``A``, quietly: an ``R`` beyond the dtype is
+    reported by :func:`_finite_r`."""
+    with V.quiet_nonfinite():
+        return _S.unscale(R, c)
+
+
 def _cpqr(A, xp, k, rtol):
     m, n = A.shape
     kmax = min(m, n) if k is None else k
@@ -226,8 +233,7 @@ def _cpqr(A, xp, k, rtol):
     # the loop squares column norms on the host: bring A into a safe range first
     A, c = _S.unit_scale(A)
     Q, R, perm = _cpqr_loop(A, xp, kmax, rtol)
-    with V.quiet_nonfinite():  # an R beyond the dtype is reported by _finite_r
-        R = _S.unscale(R, c)
+    R = _unscaled(R, c)
     return PivotedQR(Q, R, perm)
 
 
@@ -653,8 +659,7 @@ def _assemble(xp, A, Qs, Rs_rows, chosen, remaining, c):
     perm = np.concatenate([np.asarray(chosen, dtype=np.int64), remaining])
     R = B.take(R, perm, axis=1)
     R = xp.concat([_triu(xp, R[:, :k]), R[:, k:]], axis=1)
-    with V.quiet_nonfinite():  # an R beyond the dtype is reported by _finite_r
-        R = _S.unscale(R, c)
+    R = _unscaled(R, c)
     return PivotedQR(Q, R, _perm_array(perm, A))
 
 
@@ -776,8 +781,7 @@ def _srrqr(A, xp, k, f, max_swaps):
     # the swaps square entries of R and R11^{-1} on the host: work in a safe range
     A, c = _S.unit_scale(A)
     (Q, R, perm), _ = _srrqr_scaled(A, xp, k, f, max_swaps)
-    with V.quiet_nonfinite():  # an R beyond the dtype is reported by _finite_r
-        R = _S.unscale(R, c)
+    R = _unscaled(R, c)
     return PivotedQR(Q, R, perm)
 
 

@@ -117,9 +117,7 @@ def _checked_stats(W, stats, name="stats"):
                              f"got {tuple(x.shape)}")
         if xp.isdtype(x.dtype, "complex floating") and not complex_w:
             raise TypeError(f"{name}.{field} is complex but the weight is real: a real layer reads real inputs")
-        x = _wide(xp, x)
-        if complex_w:
-            x = xp.astype(x, xp.complex128)
+        x = xp.astype(x, xp.complex128) if complex_w else _wide(xp, x)
         if not bool(xp.all(xp.isfinite(x))):
             raise ValueError(f"{name}.{field} has NaN or Inf entries")
         fields[field] = x

@@ -75,10 +75,11 @@ def _checked_ranks(ranks, shapes, total):
         r = ranks.get(n)
         if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1:
             raise ValueError(f"allocation must return an int rank >= 1 for every layer, got {r!r} for {n!r}")
-    spent = allocation_params({n: int(ranks[n]) for n in shapes}, shapes)
+    ranks = {n: int(ranks[n]) for n in shapes}
+    spent = allocation_params(ranks, shapes)
     if spent > total:
         raise ValueError(f"allocation spent {spent} parameters, over the budget of {total}")
-    return {n: int(ranks[n]) for n in shapes}
+    return ranks
 
 
 def compress_weights(weights, *, rank=None, rank_fraction=None, param_fraction=None, rtol=None, budget=None,

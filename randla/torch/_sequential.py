@@ -187,8 +187,10 @@ def compress_sequential(original, target, names, batches, *, ranks, rank_options
                 cache[key] = parts, sum(parts[1:], parts[0])
             parts, total = cache[key]
             W = to_array(_flat_weight(module))
-            options = rank_options if ranks is None else {"rank": ranks[name] or min(W.shape)}  # full: dense
-            grid = grid_all if changed else (math.inf,)  # nothing upstream changed: X~ = X, M = W
+            dense = ranks is not None and ranks[name] is None  # full rank: factor leaves it dense
+            options = rank_options if ranks is None else {"rank": min(W.shape) if dense else ranks[name]}
+            # nothing upstream changed (X~ = X, M = W), or the layer stays dense: no ridge to fit
+            grid = grid_all if changed and not dense else (math.inf,)
             H = None if output_grams is None else output_grams.get(name)
             cf = fit_corrected(W, total, folds=parts if len(grid) > 1 else None, shrinkage=grid, **options,
                                output_gram=H, method=method, q=q, p=p, split=split, ridge=ridge,
