@@ -26,6 +26,12 @@ Spectral norm
     the number of them above ``rtol ||A||_2 / 1.1``. The factor 1.1 covers the Ritz
     values' lag behind the singular values on slowly decaying spectra (measured:
     ``sigma_i = i^-1/2`` at ``q = 1`` is the worst case of the spectra tried).
+    The cut is then checked: a basis that is not the exact top singular subspace
+    leaves more than ``sigma_(r+1)`` behind, and on dense spectra the cut's error
+    came out a few per cent above the tolerance (up to 22 % with blocks of 1-4).
+    Ten Golub-Kahan-Lanczos steps on ``(I - Q Q^H) A`` estimate its norm; columns
+    are added while the estimate exceeds the tolerance, and blocks once the basis
+    is used up.
     The HMT a-posteriori bound ``10 sqrt(2/pi) max_i ||E w_i||`` [HMT2011, Eq. 4.3]
     is not used: ``||E w||`` measures ``||E||_F``, so on slow decays it asks for ten
     times the rank.
@@ -46,6 +52,7 @@ import numpy as np
 
 from . import _backend as B
 from . import _validate as V
+from .estimate import _lanczos_norm
 from .sketch import _apply as _sketch_apply
 
 __all__ = ["adaptive_qb", "NORMS"]
@@ -160,26 +167,70 @@ def _rank(Q):
 
 def _qb_spectral(op, Y, rtol, b, q, max_rank, gen, need_b, orig, c):
     """Blocks until one has half its Ritz values below ``rtol ||A||_2``, then one pass
-    ``A V`` refines the Ritz values of the whole basis and the rank is cut there."""
+    ``A V`` refines the Ritz values of the whole basis, the rank is cut there and the
+    cut is checked by a Lanczos estimate of the residual (more columns, or more
+    blocks, where it fails)."""
     xp = op.xp
     Q = Bm = None
     tol = None
-    while _rank(Q) < max_rank:
-        Qi, Bi, s = _next_block(op, Y, Q, b, q, max_rank, gen)
-        bj = s.size
-        if tol is None:
-            tol = rtol * s[0] / RITZ_SAFETY  # s[0] <= ||A||_2: a conservative tolerance
-        Q, Bm = _grow(xp, Q, Bm, Qi, Bi)
-        if np.count_nonzero(s > tol) <= bj - max(1, bj // 2):
+    while True:
+        while _rank(Q) < max_rank:
+            Qi, Bi, s = _next_block(op, Y, Q, b, q, max_rank, gen)
+            bj = s.size
+            if tol is None:
+                tol = rtol * s[0] / RITZ_SAFETY  # s[0] <= ||A||_2: a conservative tolerance
+            Q, Bm = _grow(xp, Q, Bm, Qi, Bi)
+            if np.count_nonzero(s > tol) <= bj - max(1, bj // 2):
+                break
+        # one pass: Ritz values of A on the row space of B, and their left vectors
+        Vh = B.svd(Bm)[2]
+        U2, S2, _ = B.svd(op.matmat(B.mH(Vh)))
+        U2, S2 = B.persist(U2, S2)  # S2 is read, U2 returned (Dask: evaluated once)
+        s2 = np.asarray(B.to_numpy(S2), dtype=np.float64)
+        r = min(int(np.count_nonzero(s2 > rtol * s2[0] / RITZ_SAFETY)), max_rank)
+        r = _checked_cut(op, U2, r, rtol * s2[0], max_rank, gen)
+        if r is not None or _rank(U2) >= max_rank:
             break
-    # one pass: Ritz values of A on the row space of B, and their left vectors
-    Vh = B.svd(Bm)[2]
-    U2, S2, _ = B.svd(op.matmat(B.mH(Vh)))
-    U2, S2 = B.persist(U2, S2)  # S2 is read, U2 returned (Dask: evaluated once)
-    s2 = np.asarray(B.to_numpy(S2), dtype=np.float64)
-    r = min(int(np.count_nonzero(s2 > rtol * s2[0] / RITZ_SAFETY)), max_rank)
-    Q = U2[:, :r]
+        # the whole basis misses the tolerance: go on from it
+        Q, Bm = U2, B.mH(op.rmatmat(U2))
+    Q = U2[:, :max_rank if r is None else r]
     return Q, (B.mH(op.rmatmat(Q)) if need_b else None)
+
+
+# Lanczos steps of the residual check of the spectral cut (two single-vector passes each)
+CHECK_STEPS = 10
+
+
+def _checked_cut(op, U, r, tol, max_rank, gen):
+    """The smallest rank ``j >= r`` of the orthonormal basis ``U`` whose residual
+    ``||(I - U_j U_j^H) A||_2``, estimated by :data:`CHECK_STEPS` Lanczos steps, is at
+    most ``tol``; ``None`` where no ``j`` up to ``U``'s width (or ``max_rank``) is.
+
+    Ritz values bound the singular values from below, and a basis cut where they
+    cross the tolerance leaves, on dense spectra, an error a few per cent above it
+    (600 runs on 40 x 60 to 200 x 150 matrices, blocks of 1 to 32: 34 misses, by up
+    to 22 %). The Lanczos estimate is a lower bound as well, but of the residual
+    itself, and tight after a few steps.
+    """
+    if tol <= 0:  # a zero A: nothing to capture
+        return r
+    stop = min(_rank(U), max_rank)
+    while r < min(op.shape):
+        if B.scalar(_lanczos_norm(_projected_out(op, U[:, :r]), CHECK_STEPS, gen)) <= tol:
+            return r
+        if r >= stop:
+            return None
+        r += 1
+    return r
+
+
+def _projected_out(op, Q):
+    """The operand ``(I - Q Q^H) A`` (products only: one pass with ``A`` each)."""
+    return op._replace(
+        matmat=lambda X: (lambda Y: Y - Q @ (B.mH(Q) @ Y))(op.matmat(X)),
+        rmatmat=lambda X: op.rmatmat(X - Q @ (B.mH(Q) @ X)),
+        dense=False,
+    )
 
 
 NORMS = {"fro": _qb_fro, "2": _qb_spectral}
