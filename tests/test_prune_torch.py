@@ -276,3 +276,62 @@ def test_complex_layers_are_pruned_with_their_complex_activations():
     with torch.no_grad():
         err = float(torch.linalg.norm(small(Xn) - net(Xn)) / torch.linalg.norm(net(Xn)))
     assert err < 1e-10 and report[0].output_error < 1e-10
+
+
+class _Branches(nn.Module):
+    """``fc2(gelu(fc1(x)))`` plus a side branch; ``side="residual"``: ``fc1``'s output
+    also feeds ``proj``; ``side="unrelated"``: ``other`` (never feeding ``fc2``)."""
+
+    def __init__(self, side):
+        super().__init__()
+        self.side = side
+        self.fc1, self.other = nn.Linear(8, 16), nn.Linear(8, 16)
+        self.fc2, self.proj = nn.Linear(16, 4), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        y = self.fc2(nn.functional.gelu(h))
+        return y + self.proj(h if self.side == "residual" else self.other(x))
+
+
+@pytest.mark.parametrize(("mixer", "message"), [
+    (nn.Softmax(dim=-1), "not an elementwise function of the output of '0'"),
+    (nn.LayerNorm(16), "not an elementwise function of the output of '0'"),
+    (nn.Identity(), None),
+    (nn.Dropout(0.5), None),
+])
+def test_pairs_joined_by_a_function_that_mixes_the_hidden_units_are_refused(mixer, message):
+    """Same widths, so only the function between the layers tells: a softmax or a
+    normalisation over the hidden units was pruned as if elementwise (wrong outputs,
+    no error)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), mixer, nn.Linear(16, 4))
+    X = [torch.randn(64, 8)]
+    if message is None:
+        small, _ = prune_mlp(net, [("0", "2")], X, k=16)  # full width: the same function
+        torch.testing.assert_close(small.eval()(X[0]), net.eval()(X[0]), rtol=1e-4, atol=1e-5)
+    else:
+        with pytest.raises(ValueError, match=message):
+            prune_mlp(net, [("0", "2")], X, k=8)
+
+
+def test_a_first_layer_that_does_not_feed_the_second_is_refused():
+    with pytest.raises(ValueError, match="the input of 'fc2' does not depend on the output of 'other'"):
+        prune_mlp(_Branches("unrelated"), [("other", "fc2")], [torch.randn(64, 8)], k=8)
+
+
+def test_a_first_layer_that_also_feeds_another_module_leaves_the_model_whole():
+    """``fc1``'s output feeds ``proj`` too: the pruned model cannot run (it failed at
+    the user's first forward pass); the error names the cause and an in-place model
+    is restored."""
+    torch.manual_seed(0)
+    net = _Branches("residual")
+    X = torch.randn(64, 8)
+    before = copy.deepcopy(net.state_dict())
+    y = net(X)
+    for inplace in (False, True):
+        with pytest.raises(ValueError, match="feeds another module besides its second layer"):
+            prune_mlp(net, [("fc1", "fc2")], [X], k=8, inplace=inplace)
+    assert net.fc1.out_features == 16 and net.fc2.in_features == 16
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    torch.testing.assert_close(net(X), y)

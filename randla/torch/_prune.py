@@ -80,13 +80,17 @@ def _rows(x, mask):
 
 
 def _capture(model, seconds, batches, ignore_padding):
-    """``{second_name: Activations}`` over all batches (one pass for all pairs)."""
+    """``({second_name: Activations}, first_batch)`` over all batches (one pass for all
+    pairs); the first batch is kept for the checks of :func:`_check_elementwise` and
+    :func:`_check_runs`."""
     acts = {}
-    state = {"mask": None}
+    state = {"mask": None, "first": None}
 
     def feed():
         for batch in batches:
             state["mask"] = batch_mask(batch, ignore_padding)
+            if state["first"] is None:
+                state["first"] = batch
             yield batch
 
     def keep(name, module, x):
@@ -95,7 +99,76 @@ def _capture(model, seconds, batches, ignore_padding):
             acts[name] = accumulate(acts.get(name), rows)
 
     run_with_input_hooks(model, feed(), seconds, keep)
-    return acts
+    return acts, state["first"]
+
+
+# Share of a pair's hidden units perturbed by _check_elementwise, and the change in an
+# unperturbed input of the second layer (relative to that input's largest magnitude)
+# that counts as a dependence: rounding cannot make one, an elementwise function of an
+# unchanged value is reproduced exactly.
+_PERTURBED_SHARE = 0.25
+_DEPENDENCE = 1e-4
+
+
+class _Seen(Exception):
+    """Ends a checking forward pass once the layer it watches has its input."""
+
+
+def _check_elementwise(model, resolved, batch):
+    """Raise ``ValueError`` where a second layer's input is not an elementwise function of
+    its first layers' outputs (a normalisation or softmax over the hidden units between
+    them, or first layers that do not feed the second), which the width check cannot
+    see.
+
+    Forward passes of ``batch``: one as is, then one per pair (ended at its second
+    layer) with a random quarter of the pair's hidden units shifted at the first
+    layers' outputs (by half their mean magnitude, plus one). Elementwise: the second
+    layer's other inputs are reproduced exactly, and some perturbed one changes.
+    """
+    gen = torch.Generator().manual_seed(0)
+    modules = dict(model.named_modules())
+    clean = {}
+
+    def keep(name, module, x):
+        clean.setdefault(name, x.detach().clone())  # a module called twice: its first call
+
+    run_with_input_hooks(model, [batch], [second for _, second in resolved], keep)
+    for i, (firsts, second) in enumerate(resolved):
+        h = modules[second].in_features
+        mask = torch.zeros(h, dtype=torch.bool)
+        mask[torch.randperm(h, generator=gen)[:max(1, int(_PERTURBED_SHARE * h))]] = True
+        moved = {}
+
+        def shift(module, args, out):
+            return out + mask.to(out.device, out.dtype) * (0.5 * out.detach().abs().mean() + 1)
+
+        def seen(name, module, x):
+            moved[name] = x.detach().clone()
+            raise _Seen
+
+        handles = [modules[name].register_forward_hook(shift) for name in firsts]
+        try:
+            run_with_input_hooks(model, [batch], [second], seen)
+        except _Seen:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        a, b = (t.to(torch.complex128 if t.is_complex() else torch.float64) for t in (clean[second], moved[second]))
+        change = (b - a).abs().reshape(-1, h).amax(dim=0)
+        scale = a.abs().reshape(-1, h).amax(dim=0)
+        mask = mask.to(change.device)
+        other = change[~mask] > _DEPENDENCE * scale[~mask]
+        what = "+".join(firsts)
+        if bool(other.any()):
+            raise ValueError(
+                f"pairs[{i}]: the input of {second!r} is not an elementwise function of the output of {what!r}: "
+                f"shifting {int(mask.sum())} of its {h} outputs changed {int(other.sum())} of the others; pruning "
+                f"needs Linear -> elementwise function -> Linear")
+        if not bool((change[mask] > 0).any()):
+            raise ValueError(
+                f"pairs[{i}]: the input of {second!r} does not depend on the output of {what!r} (shifting "
+                f"{int(mask.sum())} of its {h} outputs changed nothing there); pair layers that feed each other")
 
 
 def _shrink_rows(lin, idx):
@@ -176,7 +249,11 @@ def prune_mlp(model, pairs, batches, *, keep_fraction=None, k=None, rtol=None, m
         An unknown module name; a first layer whose output width differs from the
         second layer's input (not an elementwise pair); ``keep_fraction`` outside
         (0, 1] or ``k`` outside ``[1, h]``; a second layer that never ran on the
-        batches; fewer calibration rows than neurons to keep.
+        batches; fewer calibration rows than neurons to keep; a second layer whose
+        input is not an elementwise function of the first layers' outputs, or does
+        not depend on them (checked on the first batch, see Notes); a pruned model
+        that fails on the first batch (a first layer's output also feeds another
+        module), after which the model is restored.
 
     Notes
     -----
@@ -185,6 +262,10 @@ def prune_mlp(model, pairs, batches, *, keep_fraction=None, k=None, rtol=None, m
     at most ``2h x h`` per pair (:func:`randla.compress.prune.accumulate`); float16 and
     bfloat16 models are pruned in float32 math and stay in their dtype; kept rows of
     the first layers are exact copies.
+
+    The first batch is run again before pruning (one pass as is, then one per pair, ended at its second layer, with a random
+    quarter of the pair's hidden units shifted at the first layers' outputs: the
+    second layer's other inputs must be reproduced exactly) and once after it.
 
     Examples
     --------
@@ -213,12 +294,13 @@ def prune_mlp(model, pairs, batches, *, keep_fraction=None, k=None, rtol=None, m
         raise TypeError(f"ignore_padding must be a bool, got {type(ignore_padding).__name__}")
     target = model if inplace else copy.deepcopy(model)
     t0 = time.perf_counter()
-    acts = _capture(target, [s for _, s in resolved], batches, ignore_padding)
+    acts, batch = _capture(target, [s for _, s in resolved], batches, ignore_padding)
     report = PruneReport()
     report.capture_seconds = time.perf_counter() - t0
     for _, second in resolved:
         if second not in acts:
             raise ValueError(f"{second!r} never ran on the calibration batches")
+    _check_elementwise(target, resolved, batch)
     results = []  # every pair is pruned before any module changes: an error leaves the model whole
     for firsts, second in resolved:
         t1 = time.perf_counter()
@@ -232,6 +314,7 @@ def prune_mlp(model, pairs, batches, *, keep_fraction=None, k=None, rtol=None, m
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"pair {'+'.join(firsts)} -> {second}: {exc}") from exc
         results.append((firsts, second, result, time.perf_counter() - t1))
+    saved = _saved(target, resolved)
     for firsts, second, result, seconds in results:
         lin2 = target.get_submodule(second)
         h = lin2.in_features
@@ -241,4 +324,25 @@ def prune_mlp(model, pairs, batches, *, keep_fraction=None, k=None, rtol=None, m
         _set_inputs(lin2, result.W2)
         report.append(PairReport(f"{'+'.join(firsts)} -> {second}", h, len(idx), result.selection.error,
                                  result.output_error, result.selection.ridge, seconds))
+    _check_runs(target, batch, saved)
     return target, report
+
+
+def _saved(model, resolved):
+    """The state that pruning replaces: ``[(module, weight, bias, in_features, out_features)]``."""
+    names = [n for firsts, second in resolved for n in firsts + [second]]
+    return [(m, m.weight, m.bias, m.in_features, m.out_features) for m in map(model.get_submodule, names)]
+
+
+def _check_runs(model, batch, saved):
+    """Run the pruned ``model`` on ``batch``; where it fails, restore the modules of
+    ``saved`` and raise ``ValueError``: a first layer's output also feeds another module
+    (a residual connection, a second branch), which expects the old width."""
+    try:
+        run_with_input_hooks(model, [batch], [], lambda *args: None)
+    except RuntimeError as exc:
+        for module, weight, bias, n_in, n_out in saved:
+            module.weight, module.bias, module.in_features, module.out_features = weight, bias, n_in, n_out
+        raise ValueError(f"the pruned model fails on the first calibration batch ({exc}); a first layer's output "
+                         f"probably feeds another module besides its second layer, which pruning cannot narrow. "
+                         f"The model is left as it was") from exc
