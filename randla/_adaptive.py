@@ -114,12 +114,23 @@ def _block(op, Y, Q, q):
     xp = op.xp
     Y = _deflate(xp, Y, Q)
     for _ in range(q):
-        Y = _deflate(xp, op.matmat(B.qr(op.rmatmat(B.qr(Y)[0]))[0]), Q)
-    Qi = B.qr(_deflate(xp, B.qr(Y)[0], Q))[0]
+        Y = _deflate(xp, op.matmat(_panel_qr(op.rmatmat(_panel_qr(Y)))), Q)
+    Qi = _panel_qr(_deflate(xp, _panel_qr(Y), Q))
     Ub, Sb, Vbh = B.svd(B.mH(op.rmatmat(Qi)))
     # the stopping test and later blocks read these (Dask: evaluated once, kept in memory)
     Qi, Bi, Sb = B.persist(Qi @ Ub, Sb[:, None] * Vbh, Sb)
     return Qi, Bi, np.asarray(B.to_numpy(Sb), dtype=np.float64)
+
+
+def _panel_qr(Y):
+    """``Q`` of the QR of a block; one BLAS thread for a small one (``m b^2 <= 2^25``),
+    where threads only wait for each other on a busy machine (600 x 32 at load 3 on two
+    cores: up to 0.17 s against 0.9 ms)."""
+    m, b = Y.shape
+    if m * b * b > B._TRSM_MAX_FLOPS:
+        return B.qr(Y)[0]
+    with B.single_threaded_blas(Y):
+        return B.qr(Y)[0]
 
 
 def _next_block(op, Y, Q, b, q, max_rank, gen):
