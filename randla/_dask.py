@@ -328,9 +328,10 @@ def _chunk_gram(y):
 
 
 def _combine_grams(parts, factor, m, dtype):
-    """``[[R^{-1}], [c 0 ...]]``: ``R = factor(G, m, dtype)`` (upper triangular) for the
-    Gram matrix ``G`` of ``Y / c``, ``c = ||Y||_F`` (1 for a zero ``Y``), from the chunks'
-    scaled ones. ``R`` is inverted here, once, by the chunk library's own LAPACK (no
+    """``[[R^{-1}], [s 0 ...], [f 0 ...]]``: ``R = factor(G, m, dtype)`` (upper
+    triangular) for the Gram matrix ``G`` of ``Y / c``, ``c = s f = ||Y||_F`` (1 for a
+    zero ``Y``; ``s`` the largest ``max |Y|`` of the chunks, kept apart from ``f``
+    because ``c`` itself can overflow for a finite ``Y``), from the chunks' scaled ones. ``R`` is inverted here, once, by the chunk library's own LAPACK (no
     row swaps on a triangular matrix: the inverse is LAPACK's triangular ``trtri``),
     so every row chunk applies it with one GEMM of its BLAS."""
     import array_api_compat
@@ -343,20 +344,22 @@ def _combine_grams(parts, factor, m, dtype):
     f2 = float(G.trace().real)
     f = f2**0.5 if f2 > 0 else 1.0
     R_inv = xp.linalg.inv(factor(G / (f * f), m, dtype))
-    row = xp.zeros((1, R_inv.shape[1]), dtype=np.result_type(R_inv.dtype, parts.dtype))
-    row[0, 0] = float(s) * f
-    return xp.concat([R_inv.astype(row.dtype), row], axis=0)
+    rows = xp.zeros((2, R_inv.shape[1]), dtype=np.result_type(R_inv.dtype, parts.dtype))
+    rows[0, 0], rows[1, 0] = float(s), f
+    return xp.concat([R_inv.astype(rows.dtype), rows], axis=0)
 
 
 def _scaled_apply(y, rc):
-    """``(y / c) R^{-1}`` for ``rc = [[R^{-1}], [c 0 ...]]``: one GEMM ``y (R^{-1} / c)``
-    where ``c`` is far from the ends of ``y``'s range (``R^{-1}`` is bounded by the
-    shift, so ``R^{-1} / c`` is representable), else ``(y / c) R^{-1}``."""
-    R_inv, c = rc[:-1], float(rc[-1, 0].real)
+    """``(y / c) R^{-1}`` for ``rc = [[R^{-1}], [s 0 ...], [f 0 ...]]``, ``c = s f``: one
+    GEMM ``y (R^{-1} / c)`` where ``c`` is far from the ends of ``y``'s range
+    (``R^{-1}`` is bounded by the shift, so ``R^{-1} / c`` is representable), else
+    ``((y / s) / f) R^{-1}``."""
+    R_inv, s, f = rc[:-2], float(rc[-2, 0].real), float(rc[-1, 0].real)
     tiny = float(np.finfo(y.dtype).smallest_normal)
+    c = s * f
     if tiny**0.5 < c < tiny**-0.5:
         return y @ (R_inv / c).astype(y.dtype, copy=False)
-    return (y / y.dtype.type(c)) @ R_inv.astype(y.dtype, copy=False)
+    return ((y / y.dtype.type(s)) / y.dtype.type(f)) @ R_inv.astype(y.dtype, copy=False)
 
 
 def cholqr(Y, factor):
@@ -374,7 +377,7 @@ def cholqr(Y, factor):
     wide = _wide(Y.dtype)
     parts = da.blockwise(_chunk_gram, "zab", Y, "za", new_axes={"b": l}, adjust_chunks={"z": 1, "a": l + 1},
                          dtype=wide, meta=_meta(Y, 3, wide))
-    (RC,) = small(_combine_grams, parts, factor, m, Y.dtype, out=[((l + 1, l), wide)])
+    (RC,) = small(_combine_grams, parts, factor, m, Y.dtype, out=[((l + 2, l), wide)])
     # map_blocks (RC broadcast to every row chunk) lets Dask fuse the solve into the next pass
     return da.map_blocks(_scaled_apply, Y, RC, dtype=Y.dtype, meta=Y._meta)
 

@@ -43,6 +43,9 @@ def _lanczos_norm(op, steps, rng):
     the ``steps x steps`` bidiagonal matrix converges to ``||A||_2`` from below,
     much faster than the power method (error ~ exp(-4 steps sqrt(gap))).
     """
+    like = V.operand_like(op)
+    if B.backend_name(B.namespace(like)) == "dask":
+        return B.from_numpy(np.asarray(_lanczos_norm(_on_host(op, like), steps, rng)), like=like)
     if op.shape[1] > op.shape[0]:
         # start in the smaller space: from v in C^n, min(m, n) steps of a wide A spend one on
         # v's part in the null space and miss the top of the spectrum (5 x 400: -0.7 %)
@@ -90,6 +93,20 @@ def _lanczos_norm(op, steps, rng):
     return top * xp.real(c)
 
 
+def _on_host(op, like):
+    """A Dask operand seen from NumPy: each product is computed (one pass over ``A``) and
+    the Lanczos vectors live on the host. The recurrence kept lazy built a graph that
+    grows with the square of the steps (200 x 60, 30 steps: 5,400 tasks, 8 s to
+    build)."""
+    dtype = np.dtype(op.dtype)
+
+    def product(f):
+        return lambda X: np.asarray(B.to_numpy(f(B.from_numpy(X, like=like))))
+
+    return V.Operand(np.zeros((1, 1), dtype=dtype), B.namespace(np.zeros(1)), op.shape, dtype,
+                     product(op.matmat), product(op.rmatmat), False)
+
+
 @B.wide_floats
 def spectral_norm(A, *, steps=30, rng=None, check_finite=True):
     """Estimate ``||A||_2`` by Golub-Kahan-Lanczos bidiagonalisation.
@@ -107,6 +124,11 @@ def spectral_norm(A, *, steps=30, rng=None, check_finite=True):
     norm : 0-d array (real)
         A lower bound on ``||A||_2`` that is accurate to a few digits after 30
         steps on any spectrum; exact once ``steps >= min(m, n)``.
+
+    Notes
+    -----
+    Dask: eager; every product is computed (two passes over ``A`` per step) and the
+    recurrence runs on the host, on vectors of length ``m`` and ``n``.
 
     Examples
     --------

@@ -238,7 +238,7 @@ def interp_decomp(A, k=None, *, rtol=None, axis=1, method="cpqr", p=10, q=0, f=2
     like = M
     lazy = False
     if method != "randomized":  # pivot loops on lazy (Dask) input run on the host
-        M, lazy = _qr._host_lazy(M)
+        M, lazy = _qr._host_lazy(M, check_finite)
         xp = B.namespace(M)
     if not B.is_lazy(M):  # T and the pivots are scale-free; R's column norms are not
         M, _ = unit_scale(M)
@@ -432,7 +432,8 @@ def column_select(A, k, *, method="cpqr", p=10, q=2, f=2.0, rng=None, check_fini
     select = _SELECTORS[V.check_choice(method, "method", _SELECTORS)]
     p = V.check_count(p, "p")
     q = V.check_count(q, "q")
-    return select(A, k, p=p, q=q, f=f, rng=rng)[:k]
+    # lazy A: the pivoted QRs scan the host copy that their loops need anyway
+    return select(A, k, p=p, q=q, f=f, rng=rng, check_finite=check_finite and B.is_lazy(A))[:k]
 
 
 def _gks_perm(Vh, k):
@@ -440,15 +441,15 @@ def _gks_perm(Vh, k):
     return _qr.cpqr(Vh[:k, :], k, check_finite=False).perm
 
 
-def _randomized_gks(A, k, *, p, q, f, rng):
+def _randomized_gks(A, k, *, p, q, f, rng, check_finite):
     from .svd import rsi
 
     return _gks_perm(rsi(A, k, p=p, q=q, rng=rng, check_finite=False).Vh, k)
 
 
 _SELECTORS = {
-    "cpqr": lambda A, k, **kw: _qr.cpqr(A, k, check_finite=False).perm,
-    "srrqr": lambda A, k, *, f, **kw: _qr.srrqr(A, k, f=f, check_finite=False).perm,
+    "cpqr": lambda A, k, *, check_finite, **kw: _qr.cpqr(A, k, check_finite=check_finite).perm,
+    "srrqr": lambda A, k, *, f, check_finite, **kw: _qr.srrqr(A, k, f=f, check_finite=check_finite).perm,
     "randomized": lambda A, k, *, p, rng, **kw: _qr.rcpqr(A, k, p=p, rng=rng, check_finite=False).perm,
     "gks": lambda A, k, **kw: _gks_perm(B.svd(A)[2], k),
     "randomized_gks": _randomized_gks,

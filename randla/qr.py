@@ -97,10 +97,17 @@ def _perm_array(perm, like):
     return B.from_numpy(np.asarray(perm, dtype=np.int64), like=like)
 
 
-def _host_lazy(A):
-    """Lazy arrays (Dask) go to the host: a pivot loop would recompute the graph per pivot."""
+def _host_lazy(A, check_finite=False):
+    """Lazy arrays (Dask) go to the host: a pivot loop would recompute the graph per pivot.
+
+    ``check_finite``: the host copy is scanned for NaN/Inf (the check that
+    :func:`randla._validate.as_matrix` skips on lazy arrays, here at no extra pass).
+    """
     if B.is_lazy(A):
-        return B.to_numpy(A), True
+        A = B.to_numpy(A)
+        if check_finite:
+            V.check_finite_array(A)
+        return A, True
     return A, False
 
 
@@ -195,7 +202,7 @@ def cpqr(A, k=None, *, rtol=None, check_finite=True):
     k = _check_k(k, A.shape, allow_none=True)
     rtol = None if rtol is None else V.check_rtol(rtol)
     like = A
-    A, lazy = _host_lazy(A)
+    A, lazy = _host_lazy(A, check_finite)
     xp = B.namespace(A)
     res = _finite_r(_cpqr(A, xp, k, rtol), check_finite)
     return _back(res, like) if lazy else res
@@ -531,6 +538,8 @@ def _rcpqr(A, xp, k, p, q, block_size, gen, rtol=None, candidates=None):
     else:  # entries near the dtype's largest value: the sketch of A / c, same draw
         A, c = _S.unit_scale(A)
         Om, Y = B.persist(*_row_sketch(A, Om0, q))
+        if not bool(xp.all(xp.isfinite(Y))):  # |A / c| <= 1 cannot overflow: A has NaN/Inf
+            raise ValueError("A contains NaN or Inf")
     if rtol is not None or candidates is not None:
         full2 = _column_norms2(xp, A)  # one pass over A
     if rtol is not None:
@@ -771,7 +780,7 @@ def srrqr(A, k, *, f=2.0, max_swaps=None, check_finite=True):
     f = _check_f(f)
     max_swaps = 10 * n + 100 if max_swaps is None else V.check_count(max_swaps, "max_swaps")
     like = A
-    A, lazy = _host_lazy(A)
+    A, lazy = _host_lazy(A, check_finite)
     xp = B.namespace(A)
     res = _finite_r(_srrqr(A, xp, k, f, max_swaps), check_finite)
     return _back(res, like) if lazy else res

@@ -375,6 +375,51 @@ def test_memmap_input(tmp_path):
     _check_against_numpy(A0, res, K)
 
 
+@pytest.mark.parametrize("call", [
+    lambda A: randla.cpqr(A, 5),
+    lambda A: randla.srrqr(A, 5),
+    lambda A: randla.rcpqr(A, 5, rng=0),
+    lambda A: randla.interp_decomp(A, 5),
+    lambda A: randla.interp_decomp(A, 5, axis=0, method="srrqr"),
+    lambda A: randla.interp_decomp(A, 5, method="randomized", rng=0),
+    lambda A: randla.column_select(A, 5),
+    lambda A: randla.column_select(A, 5, method="randomized", rng=0),
+], ids=["cpqr", "srrqr", "rcpqr", "id", "row_id_srrqr", "id_randomized", "column_select",
+        "column_select_randomized"])
+def test_pivoted_kernels_reject_nan_on_dask(call):
+    """The pivoted kernels read a lazy A on the host (or its sketch eagerly) anyway, so
+    they check it there; a NaN gave an ID with zero weights (relative error 0.96),
+    finite column indices, an R full of NaN, or a message blaming overflow."""
+    A0 = np.random.default_rng(0).standard_normal((200, 60))
+    A0[5, 7] = np.nan
+    with pytest.raises(ValueError, match="A contains NaN or Inf"):
+        dask.compute(call(da.from_array(A0, chunks=(50, -1))))
+
+
+def test_cholesky_qr_of_a_basis_whose_norm_overflows():
+    """Column chunks take the Gram route; ``||Y||_F`` of a finite ``Y`` can exceed the
+    float64 range, and its product with the chunks' scales overflowed to Inf: the
+    basis came out zero and ``rsi``'s singular values 0.22, 0.15, ... for 1, 0.7, ...
+    (no error)."""
+    gen = np.random.default_rng(0)
+    U, _ = np.linalg.qr(gen.standard_normal((300, 200)))
+    V, _ = np.linalg.qr(gen.standard_normal((200, 200)))
+    A0 = (U * 0.7 ** np.arange(200)) @ V.T * 1e308
+    _, S, _ = dask.compute(*randla.rsi(da.from_array(A0, chunks=(50, 100)), 5, rng=0))
+    np.testing.assert_allclose(S / 1e308, 0.7 ** np.arange(5), rtol=1e-6)
+
+
+def test_spectral_norm_runs_the_recurrence_on_the_host():
+    """Each Lanczos product is one computed pass; the lazy recurrence built a graph
+    growing with the square of the steps (200 x 60, 30 steps: 5,400 tasks)."""
+    from randla.estimate import spectral_norm
+
+    A0 = np.random.default_rng(0).standard_normal((200, 60))
+    est = spectral_norm(da.from_array(A0, chunks=(50, 20)), rng=0)
+    assert isinstance(est, da.Array) and len(est.__dask_graph__()) == 1
+    np.testing.assert_allclose(float(est), np.linalg.norm(A0, 2), rtol=1e-10)
+
+
 def test_rcpqr_and_randomized_id():
     A0, s = matrix(160, 70, spectrum="exponential", decay=0.3, rng=4)
     A = da.from_array(A0, chunks=(40, 70))
