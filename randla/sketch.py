@@ -256,6 +256,7 @@ def sketch(A, l, /, *, method="gaussian", rng=None, check_finite=True):
     1
     """
     op = V.as_operand(A, check_finite=check_finite)
+    V.check_choice(method, "method", METHODS)  # the kernels call this option sketch=
     return _apply(op, V.check_count(l, "l", minimum=1), method, rng)
 
 

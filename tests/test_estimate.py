@@ -113,3 +113,32 @@ def test_estimators_name_bad_factors():
         normalized_error(A, torch.from_numpy(U[:, :k]), S[:k], Vh[:k])
     with pytest.raises(TypeError, match="Q must be an array of the same library as A"):  # was a matmul error
         posterior_error_estimate(torch.from_numpy(A), U[:, :5], rng=0)
+
+
+def test_posterior_error_estimate_of_sparse_and_operator_input():
+    """A SciPy sparse A or LinearOperator with the NumPy Q a range finder returns for it:
+    every Q was refused (the namespace check compared NumPy with its compat twin)."""
+    import scipy.sparse as sp
+
+    A = sp.random(300, 200, density=0.3, random_state=0, format="csr")
+    Q = randla.range_finder(A, 30, rng=0)
+    err = np.linalg.norm(A.toarray() - Q @ (Q.T @ A.toarray()), 2)
+    dense = float(posterior_error_estimate(A.toarray(), Q, rng=0))
+    for op in (A, spla.aslinearoperator(A)):
+        est = float(posterior_error_estimate(op, Q, rng=0))
+        assert err <= est
+        np.testing.assert_allclose(est, dense, rtol=1e-12)
+
+
+def test_posterior_error_estimate_of_an_empty_basis(backend):
+    """Rank 0 (adaptive_range_finder of a zero matrix): the bound is that of A itself."""
+    Z = backend.asarray(np.zeros((6, 4)))
+    Q0 = randla.adaptive_range_finder(Z, 0.1)
+    assert float(backend.to_numpy(posterior_error_estimate(Z, Q0, rng=0))) == 0.0
+    A0 = np.random.default_rng(0).standard_normal((6, 4))
+    A = backend.asarray(A0)
+    bound = float(backend.to_numpy(posterior_error_estimate(A, Q0[:, :0] if Q0.shape[1] else Q0, rng=0)))
+    assert bound >= np.linalg.norm(A0, 2)
+    xps = pytest.importorskip("array_api_strict")
+    with pytest.raises(TypeError, match="Q must be an array of the same library as A"):
+        posterior_error_estimate(np.zeros((6, 4)), xps.zeros((6, 0)))

@@ -80,7 +80,7 @@ def test_sketch_of_linear_operator_matches_dense():
 
 def test_sketch_errors():
     A = np.ones((5, 4))
-    with pytest.raises(ValueError, match="sketch must be one of"):
+    with pytest.raises(ValueError, match="method must be one of"):  # the argument's own name
         S.sketch(A, 2, method="nope")
     with pytest.raises(ValueError, match="l must be >= 1"):
         S.sketch(A, 0)
