@@ -208,9 +208,12 @@ def eps(xp, dtype) -> float:
 
 
 def scalar(x) -> float:
-    """A Python float from a 0-d array (eager: computes lazy arrays)."""
+    """A Python float from a 0-d array (eager: computes lazy arrays; a torch tensor that
+    requires grad is read detached, as a value is no part of the graph)."""
     if _compat.is_dask_array(x):
         x = x.compute()
+    elif getattr(x, "requires_grad", False):
+        x = x.detach()
     return float(x)
 
 

@@ -82,11 +82,10 @@ def _lanczos_norm(op, steps, rng):
     k = len(alphas)
     rdt = B.real_dtype(xp, op.dtype)
     dev = B.device(Us[0])
-    T = xp.zeros((k, k), dtype=rdt, device=dev)
-    for i, a in enumerate(alphas):
-        T = B.at_set(T, (i, i), xp.astype(a, rdt))
-    for i, b in enumerate(betas):
-        T = B.at_set(T, (i, i + 1), xp.astype(b, rdt))
+    # the bidiagonal matrix by products, not item writes (they detach torch's autograd)
+    a = xp.stack([xp.astype(x, rdt) for x in alphas])
+    b = xp.stack([xp.astype(x, rdt) for x in betas] + [xp.zeros((), dtype=rdt, device=dev)])
+    T = xp.eye(k, dtype=rdt, device=dev) * a[:, None] + xp.eye(k, k=1, dtype=rdt, device=dev) * b[:, None]
     top = xp.max(B.svd(T)[1])
     if not B.is_lazy(top) and B.scalar(top) * B.scalar(xp.real(c)) > float(xp.finfo(rdt).max):
         raise ValueError(f"A is finite but its norm overflows {rdt}; rescale A")

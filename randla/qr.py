@@ -226,7 +226,35 @@ def _unscaled(R, c):
         return _S.unscale(R, c)
 
 
+def _requires_grad(A):
+    return bool(getattr(A, "requires_grad", False))
+
+
+def _with_grad(res, A):
+    """``res`` (pivots and factors of the detached ``A``) with gradients to ``A``: the
+    pivoting loops write their factors in place and read ``R`` on the host, so they run
+    on ``A.detach()``; the values stay theirs, the derivative is that of the
+    differentiable recomputation given the pivots, ``A[:, perm[:k]] = Q R11``
+    (Householder, diagonal of ``R11`` made real positive as the loops make it) and
+    ``R = Q^H A[:, perm]``, attached as ``value + (f - f.detach())``."""
+    xp = B.namespace(A)
+    k = res.Q.shape[1]
+    Ap = B.take(A, B.to_numpy(res.perm), axis=1)
+    Q, R11 = xp.linalg.qr(Ap[:, :k])
+    d = xp.linalg.diagonal(R11)
+    ad = xp.abs(d)
+    phase = d / xp.where(ad > 0, ad, xp.ones_like(ad))
+    phase = xp.where(ad > 0, phase, xp.ones_like(phase))
+    Q = Q * phase[None, :]
+    R = B.mH(Q) @ Ap
+    R = xp.concat([_triu(xp, R[:, :k]), R[:, k:]], axis=1)
+    Q0, R0 = (xp.astype(x, A.dtype) for x in (res.Q, res.R))
+    return PivotedQR(Q0 + (Q - Q.detach()), R0 + (R - R.detach()), res.perm)
+
+
 def _cpqr(A, xp, k, rtol):
+    if _requires_grad(A):
+        return _with_grad(_cpqr(A.detach(), xp, k, rtol), A)
     m, n = A.shape
     kmax = min(m, n) if k is None else k
     native = B.has_pivoted_qr(xp)
@@ -787,6 +815,8 @@ def srrqr(A, k, *, f=2.0, max_swaps=None, check_finite=True):
 
 
 def _srrqr(A, xp, k, f, max_swaps):
+    if _requires_grad(A):
+        return _with_grad(_srrqr(A.detach(), xp, k, f, max_swaps), A)
     # the swaps square entries of R and R11^{-1} on the host: work in a safe range
     A, c = _S.unit_scale(A)
     (Q, R, perm), _ = _srrqr_scaled(A, xp, k, f, max_swaps)

@@ -32,7 +32,7 @@ CHOICES = [
     (lambda v: randla.block_krylov_svd(A, 2, stabilizer=v), "stabilizer", svd._STABILIZERS),
     (lambda v: randla.range_finder(A, 2, sketch=v), "sketch", sketch._MAKERS),
     (lambda v: randla.rsvd(A, 2, solver=v), "solver", svd.SOLVERS),
-    (lambda v: randla.sketch.sketch(A, 2, method=v), "sketch", sketch._MAKERS),
+    (lambda v: randla.sketch.sketch(A, 2, method=v), "method", sketch._MAKERS),
     (lambda v: randla.adaptive_range_finder(A, 0.1, norm=v), "norm", _adaptive.NORMS),
     (lambda v: randla.rsvd(A, rtol=0.1, norm=v), "norm", _adaptive.NORMS),
     (lambda v: randla.interp_decomp(A, 2, method=v), "method", _id_core.DENSE),

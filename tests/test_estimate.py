@@ -142,3 +142,15 @@ def test_posterior_error_estimate_of_an_empty_basis(backend):
     xps = pytest.importorskip("array_api_strict")
     with pytest.raises(TypeError, match="Q must be an array of the same library as A"):
         posterior_error_estimate(np.zeros((6, 4)), xps.zeros((6, 0)))
+
+
+def test_spectral_norm_differentiates_with_torch():
+    """The gradient of ||A||_2 is u_1 v_1^T; the bidiagonal matrix was built by item
+    writes, which warned and cut the graph."""
+    torch = pytest.importorskip("torch")
+    A = torch.randn(30, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    est = spectral_norm(A, rng=0)
+    est.backward()
+    U, S, Vh = torch.linalg.svd(A.detach())
+    assert abs(float(est.detach()) - float(S[0])) < 1e-12 * float(S[0])
+    torch.testing.assert_close(A.grad, torch.outer(U[:, 0], Vh[0]), atol=1e-10, rtol=0)

@@ -727,3 +727,16 @@ def test_jax_jit_stack():
     U, S, Vh = f(jnp.asarray(A0))
     assert U.shape == (3, 60, 5)
     np.testing.assert_allclose(np.asarray(S), s[:, :5], rtol=1e-6)
+
+
+def test_fixed_accuracy_reads_values_of_a_tensor_that_requires_grad():
+    """The loops read norms as Python floats; from a tensor that requires grad that
+    warned (an error under -W error)."""
+    torch = pytest.importorskip("torch")
+    A0, s = matrix(60, 40, spectrum="exponential", rng=0)
+    A = torch.from_numpy(A0).requires_grad_()
+    for norm in ("fro", "2"):
+        Q = randla.adaptive_range_finder(A, 1e-3, norm=norm, rng=0)
+        ref = randla.adaptive_range_finder(torch.from_numpy(A0), 1e-3, norm=norm, rng=0)
+        assert Q.shape == ref.shape
+        torch.testing.assert_close(Q.detach(), ref)
