@@ -168,6 +168,12 @@ def cpqr(A, k=None, *, rtol=None, check_finite=True):
 
     Notes
     -----
+    A torch tensor that requires grad gets ``Q`` and ``R`` that differentiate as the
+    factors of ``A[:, perm]`` for the pivots found (which are piecewise constant):
+    the loop runs on ``A.detach()`` and the derivative of ``A[:, perm[:k]] = Q R11``,
+    ``R = Q^H A[:, perm]`` is attached to its values (one more QR of ``m x k``). The
+    same holds for :func:`srrqr` and the IDs built on them.
+
     Backends: NumPy runs LAPACK ``geqp3`` (SciPy) for full factorisations and
     for ``k > min(m, n) / 2``, JAX always its native pivoted QR (truncated;
     an eager loop would recompile per shape); everything else runs
