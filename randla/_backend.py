@@ -144,7 +144,10 @@ def wide_floats(func):
     first argument is a JAX array and the caller's JAX has float64 off (its default).
     The kernels form Gram matrices and small factorisations of single-precision data
     in float64; without it JAX silently truncated those to float32 (with a warning)
-    and a Cholesky factor came out NaN. Results keep the input's dtype."""
+    and a Cholesky factor came out NaN. Results keep the input's dtype; integer and
+    bool input becomes float32 first, the float such a caller's JAX makes (promoted to
+    float64 inside the scope, the results left a float64 that the caller's JAX
+    truncates with a warning at every use)."""
 
     @functools.wraps(func)
     def run(*args, **kwargs):
@@ -152,6 +155,9 @@ def wide_floats(func):
             import jax
 
             if not jax.config.read("jax_enable_x64"):
+                a = args[0]
+                if a.dtype.kind in "biu":
+                    args = (a.astype("float32"), *args[1:])
                 with jax.enable_x64(True):
                     return func(*args, **kwargs)
         return func(*args, **kwargs)

@@ -229,3 +229,18 @@ def test_jax_with_float64_off_as_by_default():
         Q = np.asarray(randla.range_finder(J, 10, q=2, rng=0))
         assert np.isfinite(Q).all() and np.allclose(Q.T @ Q, np.eye(Q.shape[1]), atol=1e-5)
         assert not jax.config.read("jax_enable_x64")
+
+
+def test_jax_integer_input_with_float64_off_gives_float32():
+    """Integer input is promoted to the float the caller's JAX makes: float32 with
+    float64 off (it came back float64, which the caller's JAX truncates with a warning
+    at every use)."""
+    jax = pytest.importorskip("jax")
+    with jax.enable_x64(False):
+        A = jax.numpy.arange(12).reshape(4, 3)
+        U, S, Vh = randla.rsvd(A, 2, rng=0)
+        assert U.dtype == S.dtype == Vh.dtype == jax.numpy.float32
+        np.testing.assert_allclose(np.asarray((U * S) @ Vh), np.arange(12.0).reshape(4, 3), atol=1e-4)
+        Q, R, _ = randla.cpqr(jax.numpy.ones((4, 3), dtype=bool))
+        assert Q.dtype == R.dtype == jax.numpy.float32
+        assert not jax.config.read("jax_enable_x64")
