@@ -102,3 +102,30 @@ def test_selection_edge_cases():
         rj.compress(empty, rank=1, include="a{99999999999}")
     with pytest.raises(ValueError, match="rng must be a non-negative int seed"):
         rj.compress(empty, rank=1, rng=-1)
+
+
+def test_framework_free_layer_with_float64_off_as_by_default():
+    """The compression layer on JAX arrays under JAX's default configuration: its float64
+    Gram matrices and factorisations were truncated to float32 with a warning at each
+    (an error under -W error) and the whitener came out float32."""
+    import randla.compress as rc
+
+    gen = np.random.default_rng(0)
+    X = gen.standard_normal((500, 64)).astype(np.float32)
+    W0 = gen.standard_normal((32, 64)).astype(np.float32)
+    Z0 = np.maximum(X @ gen.standard_normal((64, 48)).astype(np.float32), 0)
+    W1, W2 = gen.standard_normal((48, 64)).astype(np.float32), gen.standard_normal((16, 48)).astype(np.float32)
+    with jax.enable_x64(False):
+        G, W = jnp.asarray(X.T @ X), jnp.asarray(W0)
+        for gram in (None, G):
+            f = rc.factor(W, rank=8, gram=gram, rng=0)
+            ref = rc.factor(W0, rank=8, gram=None if gram is None else X.T @ X, rng=0)
+            assert f.B.dtype == f.A.dtype == jnp.float32
+            np.testing.assert_allclose(np.asarray(f.B @ f.A), ref.B @ ref.A, atol=1e-4 * np.abs(W0).max())
+        assert rc.whitener(G).dtype == jnp.float64
+        pruned = rc.prune_neurons(jnp.asarray(Z0), [(jnp.asarray(W1), None)], jnp.asarray(W2), k=24)
+        ref = rc.prune_neurons(Z0, [(W1, None)], W2, k=24)
+        assert pruned.W2.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(pruned.W2), ref.W2, rtol=1e-4, atol=1e-4 * np.abs(ref.W2).max())
+        rc.summarize(W, gram=G)
+        assert not jax.config.read("jax_enable_x64")

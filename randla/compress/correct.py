@@ -159,6 +159,7 @@ def _solve(W, sol, shrinkage):
     return xp.astype(xp.permute_dims(Mt, (1, 0)), W.dtype)
 
 
+@B.wide_floats
 def corrected_weight(W, stats, *, shrinkage):
     """``M`` with ``M^T = (G~ + mu I)^{-1} (C + mu I) W^T``, ``mu = shrinkage tr(G~)/in``.
 
@@ -255,6 +256,7 @@ def _score(sc, Bf, Af, shift=None):
     return max(err, 0.0)
 
 
+@B.wide_floats
 def transfer_error(W, P, stats, *, shift=None):
     """``||X W^T - X~ P^T - 1 shift^T||_F^2`` from the Gram matrices in ``stats``.
 
@@ -332,6 +334,7 @@ def _check_shrinkage(shrinkage):
     return tuple(float(v) for v in values)
 
 
+@B.wide_floats
 def fit_corrected(W, stats, *, folds=None, shrinkage=DEFAULT_SHRINKAGE, rank=None, rank_fraction=None,
                   param_fraction=None, rtol=None, output_gram=None, method="rsi", q=2, p=10, split="left",
                   ridge=DEFAULT_RIDGE, bias=True, rng=None, name=""):

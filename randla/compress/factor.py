@@ -183,6 +183,7 @@ def _checked_ridge(ridge):
     return value
 
 
+@B.wide_floats
 def whitener(gram, *, ridge=DEFAULT_RIDGE, name="gram"):
     """Lower Cholesky factor ``L`` of ``G + ridge tr(G)/n I`` (float64 or complex128).
 
@@ -598,6 +599,7 @@ def _check_method(method, split, q, p):
     return V.check_count(q, "q"), V.check_count(p, "p")
 
 
+@B.wide_floats
 def factor(W, rank=None, *, rank_fraction=None, param_fraction=None, rtol=None, gram=None, output_gram=None,
            whitening=None, method="rsi", q=2, p=10, split="left", ridge=DEFAULT_RIDGE, estimate_error=True, rng=None,
            name="", check_finite=True):

@@ -458,6 +458,7 @@ def _selection(M, count, xp, mode, value, W2, method, ridge, rng):
     return NeuronSelection(B.from_numpy(idx, like=M), T, err, float(mu)), out_err2
 
 
+@B.wide_floats
 def select_neurons(Z, k=None, *, keep_fraction=None, rtol=None, W2=None, method="cpqr", ridge="gcv", rng=None):
     r"""Neurons to keep and the interpolation of the others: ``Z ~= Z[:, idx] @ T``.
 
@@ -574,6 +575,7 @@ def _output_norm2(xp, M, total, count, W2, b2):
     return max(n2, 0.0)
 
 
+@B.wide_floats
 def prune_neurons(Z, first, W2, *, b2=None, k=None, keep_fraction=None, rtol=None, method="cpqr", ridge="gcv",
                   rng=None):
     r"""Prune the hidden neurons between ``first`` layer(s) and ``W2`` by an ID of ``Z``.
