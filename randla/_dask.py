@@ -331,9 +331,10 @@ def _combine_grams(parts, factor, m, dtype):
     """``[[R^{-1}], [s 0 ...], [f 0 ...]]``: ``R = factor(G, m, dtype)`` (upper
     triangular) for the Gram matrix ``G`` of ``Y / c``, ``c = s f = ||Y||_F`` (1 for a
     zero ``Y``; ``s`` the largest ``max |Y|`` of the chunks, kept apart from ``f``
-    because ``c`` itself can overflow for a finite ``Y``), from the chunks' scaled ones. ``R`` is inverted here, once, by the chunk library's own LAPACK (no
-    row swaps on a triangular matrix: the inverse is LAPACK's triangular ``trtri``),
-    so every row chunk applies it with one GEMM of its BLAS."""
+    because ``c`` itself can overflow for a finite ``Y``), from the chunks' scaled
+    ones. ``R`` is inverted here, once, by the chunk library's own LAPACK (no row
+    swaps on a triangular matrix: the inverse is LAPACK's triangular ``trtri``), so
+    every row chunk applies it with one GEMM of its BLAS."""
     import array_api_compat
 
     xp = array_api_compat.array_namespace(parts)

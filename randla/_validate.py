@@ -2,7 +2,8 @@
 
 The dtype rule, one for all of randla: real and complex float32/float64 arrays are
 used as they are; boolean and integer arrays are promoted to float64 (as SciPy
-does; JAX with float64 off gets float32, see :func:`randla._backend.wide_floats`); every other dtype (float16, bfloat16, strings, objects) is a ``TypeError``.
+does; JAX with float64 off gets float32, see :func:`randla._backend.wide_floats`);
+every other dtype (float16, bfloat16, strings, objects) is a ``TypeError``.
 """
 
 from __future__ import annotations

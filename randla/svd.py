@@ -995,8 +995,9 @@ def adaptive_range_finder(A, rtol, *, block_size=32, q=1, max_rank=None, norm="f
     jitted). Cost per block: ``2q + 2`` passes with ``block_size`` vectors plus
     re-orthogonalisation against the basis so far; ``norm="2"`` adds one pass with
     the whole basis and 20 single-vector passes per checked cut (one cut on most
-    inputs: 3000 x 1000 float64, one thread, 5-30 % of the call). Data at any scale (``1e-300`` to ``1e300``) is handled by an
-    exact power-of-two rescaling of the products.
+    inputs: 3000 x 1000 float64, one thread, 5-30 % of the call). Data at any scale
+    (``1e-300`` to ``1e300``) is handled by an exact power-of-two rescaling of the
+    products.
 
     Examples
     --------

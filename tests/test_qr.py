@@ -321,11 +321,11 @@ def test_pivoted_factors_differentiate_with_torch(dtype, m, n, k):
     }
     for name, call in calls.items():
         outs = call(A)
-        for x, y in zip(outs, call(A.detach())):
+        for x, y in zip(outs, call(A.detach()), strict=True):
             assert x.requires_grad and torch.equal(x.detach(), y), name
         weights = [torch.randn(x.shape, dtype=x.dtype, generator=gen) for x in outs]
 
         def loss(X, call=call, weights=weights):
-            return sum((w.conj() * x).sum().real for w, x in zip(weights, call(X)))
+            return sum((w.conj() * x).sum().real for w, x in zip(weights, call(X), strict=True))
 
         assert torch.autograd.gradcheck(loss, (A,), eps=1e-6, atol=1e-5), name

@@ -139,10 +139,10 @@ def _check_elementwise(model, resolved, batch):
         mask[torch.randperm(h, generator=gen)[:max(1, int(_PERTURBED_SHARE * h))]] = True
         moved = {}
 
-        def shift(module, args, out):
+        def shift(module, args, out, mask=mask):
             return out + mask.to(out.device, out.dtype) * (0.5 * out.detach().abs().mean() + 1)
 
-        def seen(name, module, x):
+        def seen(name, module, x, moved=moved):
             moved[name] = x.detach().clone()
             raise _Seen
 
@@ -263,9 +263,10 @@ def prune_mlp(model, pairs, batches, *, keep_fraction=None, k=None, rtol=None, m
     bfloat16 models are pruned in float32 math and stay in their dtype; kept rows of
     the first layers are exact copies.
 
-    The first batch is run again before pruning (one pass as is, then one per pair, ended at its second layer, with a random
-    quarter of the pair's hidden units shifted at the first layers' outputs: the
-    second layer's other inputs must be reproduced exactly) and once after it.
+    The first batch is run again before pruning (one pass as is, then one per pair,
+    ended at its second layer, with a random quarter of the pair's hidden units
+    shifted at the first layers' outputs: the second layer's other inputs must be
+    reproduced exactly) and once after it.
 
     Examples
     --------
