@@ -368,12 +368,21 @@ def cur(A, k=None, *, rtol=None, method="cpqr", p=10, q=0, f=2.0, rng=None, chec
     rows, cols, _, _ = two_sided_id(A, k, rtol=rtol, method=method, p=p, q=q, f=f, rng=rng,
                                     check_finite=check_finite)
     A, xp = V.as_matrix(A, check_finite=False)
-    C = B.take(A, B.to_numpy(cols), axis=1)
-    Rw = B.take(A, B.to_numpy(rows), axis=0)
+    # U = C^+ A R^+ scales as 1 / A: computed for A / c (subnormal or huge A: the
+    # reciprocals of R_c's singular values overflowed, U came out NaN), then / c
+    As, c = unit_scale(A) if not B.is_lazy(A) else (A, 1.0)
+    C = B.take(As, B.to_numpy(cols), axis=1)
+    Rw = B.take(As, B.to_numpy(rows), axis=0)
     Qc, Rc = B.qr(C)
     Qr, Rr = B.qr(B.mH(Rw))
-    core = B.mH(Qc) @ A @ Qr
+    core = B.mH(Qc) @ As @ Qr
     U = _pinv_small(Rc) @ core @ B.mH(_pinv_small(Rr))
+    if c != 1.0:
+        with V.quiet_nonfinite():
+            U = U / xp.asarray(c, dtype=B.real_dtype(xp, U.dtype), device=B.device(U))
+        if not bool(xp.all(xp.isfinite(U))):
+            raise ValueError(f"A is finite but the core U of its CUR overflows {U.dtype} (U scales as 1 / A); "
+                             f"rescale A")
     return CURResult(rows, cols, U)
 
 

@@ -272,3 +272,19 @@ def test_estimate_rank():
             for X in (A_np, spla.aslinearoperator(A_np)):
                 assert exact <= estimate_rank(X, rtol, rng=0) <= max(1.2 * exact, exact + 2)
     assert estimate_rank(np.zeros((5, 4)), 0.1) == 0
+
+
+def test_cur_of_tiny_and_huge_matrices():
+    """The core U = C^+ A R^+ scales as 1 / A: it is computed for A divided by a power
+    of two. Subnormal A (1e-310) gave an all-NaN U with an overflow warning; where U
+    itself cannot be represented, a ValueError says so."""
+    gen = np.random.default_rng(0)
+    A0 = gen.standard_normal((6, 3)) @ gen.standard_normal((3, 4))
+    for scale, dtype in [(1e-300, np.float64), (1e300, np.float64), (1e-30, np.float32), (1e30, np.float32)]:
+        A = (A0 * scale).astype(dtype)
+        rows, cols, U = cur(A, 3, rng=0)
+        As, Us = A.astype(np.float64) / scale, U.astype(np.float64) * scale
+        assert np.linalg.norm(As[:, cols] @ Us @ As[rows] - As) <= 1e3 * np.finfo(dtype).eps * np.linalg.norm(As)
+    for scale, dtype in [(1e-310, np.float64), (1e-39, np.float32)]:
+        with pytest.raises(ValueError, match="core U of its CUR overflows"):
+            cur((A0 * scale).astype(dtype), 3, rng=0)
