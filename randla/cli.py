@@ -57,13 +57,13 @@ def _count(text):
     return v
 
 
-def _add_selection(p):
+def _add_selection(p, *, budget=True):
     p.add_argument("--include", metavar="REGEX", help="factor only weights whose name matches")
     p.add_argument("--exclude", metavar="REGEX", default=None,
                    help="skip weights whose name matches (default: 'embed'; '' skips nothing)")
+    spend = "; with per-sample error curves (calibrate(..., sample_probes=32)) --budget spends those" if budget else ""
     p.add_argument("--calibration", metavar="GRAMS.safetensors",
-                   help="per-layer input Gram matrices (randla.torch.calibrate + save_grams): whitened factors; "
-                        "with per-sample error curves (calibrate(..., sample_probes=32)) --budget spends those")
+                   help="per-layer input Gram matrices (randla.torch.calibrate + save_grams): whitened factors" + spend)
     p.add_argument("--method", default="rsi", choices=("rsi", "rsvd", "krylov", "exact"),
                    help="factorisation (default rsi)")
     p.add_argument("--q", type=int, default=2, help="power iterations (rsi) or Krylov depth (default 2)")
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--cap", type=_count, default=256,
                    help="singular values computed per weight (default 256; 0: every useful one)")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _add_selection(i)
+    _add_selection(i, budget=False)
     i.set_defaults(func=_inspect)
 
     d = sub.add_parser("demo", help="whole-model compression study on the real MiniLM (needs torch, transformers)",

@@ -19,27 +19,27 @@ Every function there has one here; rank and tolerance are separate keywords and 
 number of results never changes. ``idx_s, proj`` below are SciPy's outputs (``idx_s``
 the full permutation); ``idx, T`` ours (``T[:, idx] = I``, ``T[:, idx_s[k:]] = proj``).
 
-=========================================  ===================================================
-SciPy                                      randla
-=========================================  ===================================================
-``interp_decomp(A, k)``                    ``interp_decomp(A, k, method="randomized")``
-                                           (``rand=False``: ``method="cpqr"``); ``A`` may be a
-                                           ``LinearOperator`` or sparse array (randomized)
-``interp_decomp(A, eps)``                  ``interp_decomp(A, rtol=eps, ...)``
-``reconstruct_matrix_from_id(B, ...)``     ``B @ T`` (``B = A[:, idx]``)
+==========================================  ===================================================
+SciPy                                       randla
+==========================================  ===================================================
+``interp_decomp(A, k)``                     ``interp_decomp(A, k, method="randomized")``
+                                            (``rand=False``: ``method="cpqr"``); ``A`` may be a
+                                            ``LinearOperator`` or sparse array (randomized)
+``interp_decomp(A, eps)``                   ``interp_decomp(A, rtol=eps, ...)``
+``reconstruct_matrix_from_id(B, ...)``      ``B @ T`` (``B = A[:, idx]``)
 ``reconstruct_interp_matrix(idx_s, proj)``  ``T``
-``reconstruct_skel_matrix(A, k, idx_s)``   ``A[:, idx]``
-``id_to_svd(B, idx_s, proj)``              :func:`id_to_svd` ``(A[:, idx], T)``
-``svd(A, k)`` / ``svd(A, eps)``            :func:`randla.rsvd` ``(A, k)`` /
-                                           ``rsvd(A, rtol=eps, norm="2")`` (``LinearOperator``
-                                           too; ``V`` is ``Vh^H``)
-``estimate_spectral_norm(A)``              :func:`randla.spectral_norm`
-``estimate_spectral_norm_diff(A, B)``      ``spectral_norm(A - B)``; for operators
-                                           ``spectral_norm(aslinearoperator(A) -
-                                           aslinearoperator(B))``
-``estimate_rank(A, eps)``                  :func:`randla.estimate.estimate_rank`
-``seed``, ``rand``                         the ``rng`` keyword (a seed or a Generator)
-=========================================  ===================================================
+``reconstruct_skel_matrix(A, k, idx_s)``    ``A[:, idx]``
+``id_to_svd(B, idx_s, proj)``               :func:`id_to_svd` ``(A[:, idx], T)``
+``svd(A, k)`` / ``svd(A, eps)``             :func:`randla.rsvd` ``(A, k)`` /
+                                            ``rsvd(A, rtol=eps, norm="2")`` (``LinearOperator``
+                                            too; ``V`` is ``Vh^H``)
+``estimate_spectral_norm(A)``               :func:`randla.spectral_norm`
+``estimate_spectral_norm_diff(A, B)``       ``spectral_norm(A - B)``; for operators
+                                            ``spectral_norm(aslinearoperator(A) -
+                                            aslinearoperator(B))``
+``estimate_rank(A, eps)``                   :func:`randla.estimate.estimate_rank`
+``seed``, ``rand``                          the ``rng`` keyword (a seed or a Generator)
+==========================================  ===================================================
 
 The test suite runs SciPy's own tests of these functions through such a mapping.
 

@@ -7,16 +7,16 @@ namespace and device.
 
 Spectra (``sigma_1 = 1``; ``i = 1..r``, ``r = min(m, n)``):
 
-==============  ==============================================================
-``polynomial``  ``sigma_i = i^-decay`` (``decay=0.5``: slow decay)
-``exponential`` ``sigma_i = 10^(-decay (i-1))`` (``decay=0.1``)
-``pretrained``  a fast drop then a flat, slowly decaying tail, as in the weight
-                matrices of pretrained networks:
-                ``sigma_i = 0.9 exp(-(i-1)/(r/50)) + 0.1 (1 - 0.5 (i-1)/r)``
-``step``        ``1`` for ``i <= rank``, then ``1e-3`` (``rank`` defaults to ``r/10``)
-``low_rank``    ``i^-decay`` for ``i <= rank``, then exactly 0
-``kahan``       the Kahan matrix (square; CPQR fails to reveal its rank)
-==============  ==============================================================
+===============  ==============================================================
+``polynomial``   ``sigma_i = i^-decay`` (``decay=0.5``: slow decay)
+``exponential``  ``sigma_i = 10^(-decay (i-1))`` (``decay=0.1``)
+``pretrained``   a fast drop then a flat, slowly decaying tail, as in the weight
+                 matrices of pretrained networks:
+                 ``sigma_i = 0.9 exp(-(i-1)/(r/50)) + 0.1 (1 - 0.5 (i-1)/r)``
+``step``         ``1`` for ``i <= rank``, then ``1e-3`` (``rank`` defaults to ``r/10``)
+``low_rank``     ``i^-decay`` for ``i <= rank``, then exactly 0
+``kahan``        the Kahan matrix (square; CPQR fails to reveal its rank)
+===============  ==============================================================
 """
 
 from __future__ import annotations

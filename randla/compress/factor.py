@@ -221,7 +221,7 @@ def whitener(gram, *, ridge=DEFAULT_RIDGE, name="gram"):
     >>> bool(np.allclose(L @ L.T, X.T @ X))
     True
     """
-    G, xp = V.as_matrix(gram, name)
+    G, xp = V.as_matrix(gram, name, finite_hint=False)  # checked always: its factor needs it
     n = G.shape[0]
     if G.shape[1] != n:
         raise ValueError(f"{name} must be square (in x in), got shape {tuple(G.shape)}")
@@ -637,6 +637,10 @@ def factor(W, rank=None, *, rank_fraction=None, param_fraction=None, rtol=None, 
         Gram matrix of the output gradients (see above), e.g. from
         ``randla.torch.calibrate(..., output=...)``. An all-zero ``output_gram`` (a
         layer the output does not depend on) leaves the factors one-sided.
+    whitening : Metric, optional
+        The factored ``gram``/``output_gram`` from :func:`metric`, in place of them
+        (factor them once, use them for several calls, as :func:`summarize` and the
+        budget pipeline do). Not together with ``gram`` or ``output_gram``.
     method : {"rsi", "rsvd", "krylov", "exact"}, default "rsi"
         :func:`randla.rsi` with ``q`` iterations, :func:`randla.rsvd` without power
         iterations (Halko's plain RSVD; ``q`` is not used), :func:`randla.block_krylov_svd`

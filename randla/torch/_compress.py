@@ -198,7 +198,8 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
     report : randla.compress.Report
         One :class:`randla.compress.LayerReport` per selected layer: shape, rank,
         parameters before/after, estimated normalized error, relative output error
-        on the calibration data when calibrated, time.
+        on the calibration data when calibrated (``None`` for budgeted two-sided
+        factors, see :class:`randla.compress.LayerReport`), time.
 
     Notes
     -----
