@@ -237,11 +237,15 @@ def _checked_cut(op, U, r, tol, max_rank, gen):
 
 def _projected_out(op, Q):
     """The operand ``(I - Q Q^H) A`` (products only: one pass with ``A`` each)."""
-    return op._replace(
-        matmat=lambda X: (lambda Y: Y - Q @ (B.mH(Q) @ Y))(op.matmat(X)),
-        rmatmat=lambda X: op.rmatmat(X - Q @ (B.mH(Q) @ X)),
-        dense=False,
-    )
+
+    def matmat(X):
+        Y = op.matmat(X)
+        return Y - Q @ (B.mH(Q) @ Y)
+
+    def rmatmat(X):
+        return op.rmatmat(X - Q @ (B.mH(Q) @ X))
+
+    return op._replace(matmat=matmat, rmatmat=rmatmat, dense=False)
 
 
 NORMS = {"fro": _qb_fro, "2": _qb_spectral}
