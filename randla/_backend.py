@@ -213,14 +213,22 @@ def eps(xp, dtype) -> float:
     return float(xp.finfo(real_dtype(xp, dtype)).eps)
 
 
+def requires_grad(x) -> bool:
+    """Whether ``x`` is an autograd tensor that requires grad (torch)."""
+    return bool(getattr(x, "requires_grad", False))
+
+
+def detached(x):
+    """``x.detach()`` for an autograd tensor that requires grad (torch), else ``x``."""
+    return x.detach() if requires_grad(x) else x
+
+
 def scalar(x) -> float:
     """A Python float from a 0-d array (eager: computes lazy arrays; a torch tensor that
     requires grad is read detached, as a value is no part of the graph)."""
     if _compat.is_dask_array(x):
         x = x.compute()
-    elif getattr(x, "requires_grad", False):
-        x = x.detach()
-    return float(x)
+    return float(detached(x))
 
 
 def at_set(x, idx, value):

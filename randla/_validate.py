@@ -46,7 +46,7 @@ def _float_dtype(xp, x, name):
 
 
 def as_matrix(A, name: str = "A", *, check_finite: bool = True, ndim: int = 2, batched: bool = False,
-              finite_hint: bool = True):
+              finite_hint: bool = True, allow_empty: bool = False):
     """Validate a dense 2-D array; return ``(A, xp)`` with the dtype rule applied.
 
     ``batched``: a stack ``(..., m, n)`` of matrices is accepted too (at least 2-D;
@@ -54,6 +54,7 @@ def as_matrix(A, name: str = "A", *, check_finite: bool = True, ndim: int = 2, b
     ``A``); it is skipped on lazy arrays (Dask, JAX under ``jit``), where it would
     force a computation. ``finite_hint``: the NaN/Inf error suggests
     ``check_finite=False`` (only where the caller offers that option).
+    ``allow_empty``: a dimension of length 0 is accepted (a rank-0 basis).
     """
     try:
         xp = B.namespace(A)
@@ -71,7 +72,7 @@ def as_matrix(A, name: str = "A", *, check_finite: bool = True, ndim: int = 2, b
     elif A.ndim != ndim:
         stack = " or a stack of matrices (..., m, n)" if batched else ""
         raise ValueError(f"{name} must be {ndim}-D{stack}, got an array of shape {tuple(A.shape)}")
-    if any(s == 0 for s in A.shape):
+    if not allow_empty and any(s == 0 for s in A.shape):
         raise ValueError(f"{name} must not be empty, got shape {tuple(A.shape)}")
     A = _float_dtype(xp, A, name)
     if check_finite:
@@ -80,10 +81,11 @@ def as_matrix(A, name: str = "A", *, check_finite: bool = True, ndim: int = 2, b
 
 
 def as_factor(x, name: str, xp, *, ndim: int = 2, of: str = "A", check_finite: bool = True,
-              finite_hint: bool = False):
+              finite_hint: bool = False, allow_empty: bool = False):
     """:func:`as_matrix` for an array that goes with ``of`` (factors, bases): also a
     ``TypeError`` unless it is of the same namespace ``xp``."""
-    x, xp_x = as_matrix(x, name, ndim=ndim, check_finite=check_finite, finite_hint=finite_hint)
+    x, xp_x = as_matrix(x, name, ndim=ndim, check_finite=check_finite, finite_hint=finite_hint,
+                        allow_empty=allow_empty)
     if xp_x is not xp:
         raise TypeError(f"{name} must be an array of the same library as {of}, got {type(x).__name__}")
     return x

@@ -177,20 +177,12 @@ def posterior_error_estimate(A, Q, *, n_probes=10, rng=None, check_finite=True):
     r = V.check_count(n_probes, "n_probes", minimum=1)
     like = V.operand_like(op)  # a SciPy operand's products are NumPy arrays
     xp = B.namespace(like)
-    empty = getattr(Q, "ndim", None) == 2 and Q.shape[1] == 0  # rank 0, as for a zero A
-    if empty:
-        try:
-            same = B.namespace(Q) is xp
-        except TypeError:
-            same = False
-        if not same:
-            raise TypeError(f"Q must be an array of the same library as A, got {type(Q).__name__}")
-    else:
-        Q = V.as_factor(Q, "Q", xp, check_finite=check_finite, finite_hint=True)
+    # an empty basis is rank 0, as adaptive_range_finder gives for a zero A
+    Q = V.as_factor(Q, "Q", xp, check_finite=check_finite, finite_hint=True, allow_empty=True)
     if Q.shape[0] != op.shape[0]:
         raise ValueError(f"Q must have m = {op.shape[0]} rows like A, got shape {tuple(Q.shape)}")
     Y = op.matmat(gaussian(op.shape[1], r, like=like, rng=rng))
-    if not empty:
+    if Q.shape[1]:
         Y = Y - Q @ (B.mH(Q) @ Y)
     return 10 * math.sqrt(2 / math.pi) * xp.max(_norm(Y, axis=0))
 

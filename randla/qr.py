@@ -232,10 +232,6 @@ def _unscaled(R, c):
         return _S.unscale(R, c)
 
 
-def _requires_grad(A):
-    return bool(getattr(A, "requires_grad", False))
-
-
 def _with_grad(res, A):
     """``res`` (pivots and factors of the detached ``A``) with gradients to ``A``: the
     pivoting loops write their factors in place and read ``R`` on the host, so they run
@@ -259,7 +255,7 @@ def _with_grad(res, A):
 
 
 def _cpqr(A, xp, k, rtol):
-    if _requires_grad(A):
+    if B.requires_grad(A):
         return _with_grad(_cpqr(A.detach(), xp, k, rtol), A)
     m, n = A.shape
     kmax = min(m, n) if k is None else k
@@ -821,7 +817,7 @@ def srrqr(A, k, *, f=2.0, max_swaps=None, check_finite=True):
 
 
 def _srrqr(A, xp, k, f, max_swaps):
-    if _requires_grad(A):
+    if B.requires_grad(A):
         return _with_grad(_srrqr(A.detach(), xp, k, f, max_swaps), A)
     # the swaps square entries of R and R11^{-1} on the host: work in a safe range
     A, c = _S.unit_scale(A)

@@ -82,11 +82,6 @@ def _dtype_name(dtype):
         return str(dtype).removeprefix("torch.")
 
 
-def detached(x):
-    """``x.detach()`` for an autograd tensor that requires grad (torch), else ``x``."""
-    return x.detach() if getattr(x, "requires_grad", False) else x
-
-
 def working_matrix(W, name="W", *, check_finite=True, finite_hint=True):
     """``(W_work, xp, out_dtype)``: ``W`` in the dtype the math runs in.
 
@@ -96,7 +91,7 @@ def working_matrix(W, name="W", *, check_finite=True, finite_hint=True):
     everywhere in randla. The upcast is a copy; nothing else is. A tensor that
     requires grad (a torch parameter) is detached: factors carry no autograd graph.
     """
-    W = detached(W)
+    W = B.detached(W)
     try:
         xp = B.namespace(W)
     except TypeError:
@@ -517,7 +512,7 @@ def _unit_gram(G, xp_w, dtype, name="gram"):
     A complex ``G`` for a real weight is a ``TypeError`` naming ``name``.
     """
     _check_side(G, xp_w, dtype, name)
-    G = detached(G)
+    G = B.detached(G)
     if G is None or len(getattr(G, "shape", ())) != 2 or G.shape[0] != G.shape[1] or G.shape[0] == 0:
         return G, 1.0
     xp = B.namespace(G)

@@ -21,7 +21,7 @@ from ..compress.prune import PairReport, PruneReport, _check_ridge, accumulate, 
 from ..interpolative import ID_METHODS
 from ._calibration import batch_mask
 from ._compress import from_array, to_array
-from ._hooks import check_materialised, check_untied, run_with_input_hooks
+from ._hooks import check_materialised, check_untied, run_with_hooks, run_with_input_hooks
 
 __all__ = ["prune_mlp"]
 
@@ -340,7 +340,7 @@ def _check_runs(model, batch, saved):
     ``saved`` and raise ``ValueError``: a first layer's output also feeds another module
     (a residual connection, a second branch), which expects the old width."""
     try:
-        run_with_input_hooks(model, [batch], [], lambda *args: None)
+        run_with_hooks(model, [batch], [])
     except RuntimeError as exc:
         for module, weight, bias, n_in, n_out in saved:
             module.weight, module.bias, module.in_features, module.out_features = weight, bias, n_in, n_out
