@@ -19,7 +19,7 @@ from torch import nn
 from .. import _backend as _B
 from ..compress.prune import PairReport, PruneReport, _check_ridge, accumulate, neuron_count, prune_neurons
 from ..interpolative import ID_METHODS
-from ._calibration import batch_mask
+from ._calibration import batch_mask, wide
 from ._compress import from_array, to_array
 from ._hooks import check_materialised, check_untied, run_with_hooks, run_with_input_hooks
 
@@ -75,7 +75,7 @@ def _rows(x, mask):
     """The activation rows of a batch, float64 (complex128), padding positions left out."""
     if mask is not None and x.ndim >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
         x = x[mask.to(x.device) != 0]
-    x = x.reshape(-1, x.shape[-1]).to(torch.complex128 if x.is_complex() else torch.float64)
+    x = wide(x.reshape(-1, x.shape[-1]))
     return to_array(x)
 
 
@@ -154,7 +154,7 @@ def _check_elementwise(model, resolved, batch):
         finally:
             for handle in handles:
                 handle.remove()
-        a, b = (t.to(torch.complex128 if t.is_complex() else torch.float64) for t in (clean[second], moved[second]))
+        a, b = wide(clean[second]), wide(moved[second])
         change = (b - a).abs().reshape(-1, h).amax(dim=0)
         scale = a.abs().reshape(-1, h).amax(dim=0)
         mask = mask.to(change.device)
