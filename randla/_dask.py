@@ -335,9 +335,7 @@ def _combine_grams(parts, factor, m, dtype):
     ones. ``R`` is inverted here, once, by the chunk library's own LAPACK (no row
     swaps on a triangular matrix: the inverse is LAPACK's triangular ``trtri``), so
     every row chunk applies it with one GEMM of its BLAS."""
-    import array_api_compat
-
-    xp = array_api_compat.array_namespace(parts)
+    xp = _check_parts([parts])
     s_i = parts[:, -1, 0].real
     s = s_i.max()
     G = ((s_i / s) ** 2)[:, None, None] * parts[:, :-1, :]
@@ -501,12 +499,41 @@ def _qr_basis_chunk(a, z):
     return _pad_columns(q, z.shape[1]), r
 
 
+def nonfinite_message(dtype, name="A"):
+    """The error of a lazy pass that met NaN or Inf: without a pass of its own over
+    ``A``, NaN or Inf in ``A`` cannot be told from overflow of a finite ``A``."""
+    return f"{name} contains NaN or Inf, or its products overflow {dtype}: check {name} or rescale it"
+
+
+def _check_parts(parts):
+    """The fused tasks' clear error (at compute time) where a chunk's ``R_i`` or
+    ``P_i`` is not finite, instead of NaN in the basis or LAPACK's error later."""
+    for rp in parts:
+        xp = _finite_chunk(rp, nonfinite_message(rp.dtype), namespace=True)
+    return xp
+
+
+def _finite_chunk(y, message, namespace=False):
+    """``y`` (or its namespace), or ``ValueError(message)`` where ``y`` is not finite."""
+    import array_api_compat
+
+    xp = array_api_compat.array_namespace(y)
+    if not bool(xp.all(xp.isfinite(y))):
+        raise ValueError(message)
+    return xp if namespace else y
+
+
+def checked_finite(Y, message):
+    """``Y`` with a check of every chunk in its graph (fused into the task that makes
+    the chunk): computing it raises ``ValueError(message)`` where a chunk is not
+    finite."""
+    return Y.map_blocks(_finite_chunk, message, dtype=Y.dtype, meta=Y._meta)
+
+
 def _second_level(parts, l):
     """``Q'`` of the stacked ``R_i`` (the first ``l`` columns of each part), TSQR's
     second level [BDG2013]."""
-    import array_api_compat
-
-    xp = array_api_compat.array_namespace(parts[0])
+    xp = _check_parts(parts)
     return _qr_chunk(xp.concat([rp[:, :l] for rp in parts], axis=0))[0]
 
 
@@ -519,6 +546,7 @@ def _projection(parts, l):
     for rp in parts:
         term = _adjoint_chunk(qp[start:start + rp.shape[0], :]) @ rp[:, l:]
         b, start = term if b is None else b + term, start + rp.shape[0]
+    _check_parts([b])
     return qp, b
 
 
@@ -540,7 +568,9 @@ def _combine_project(parts, l, k):
 
 def _apply_rows(q, m, start):
     r = min(q.shape[0], q.shape[1])  # the padded columns of a short chunk are zero
-    return q[:, :r] @ m[start:start + r, :]
+    u = q[:, :r] @ m[start:start + r, :]
+    _check_parts([u])
+    return u
 
 
 def fuses_passes(A):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from . import _backend as B
+from . import _dask
 
 __all__ = [
     "Operand",
@@ -181,18 +182,24 @@ def _scipy_operand(A, name, check_finite):
                    lambda X: np.asarray(op.rmatmat(X), dtype=dtype), False)
 
 
-def check_finite_through(Y, op: Operand, name: str = "A") -> None:
-    """Check ``A`` for NaN/Inf through its sketch ``Y = A @ Omega``.
+def check_finite_through(Y, op: Operand, name: str = "A"):
+    """Check ``A`` for NaN/Inf through its sketch ``Y = A @ Omega``; returns ``Y``.
 
     A NaN or Inf in row ``i`` of ``A`` makes row ``i`` of any sketch non-finite
     (IEEE: ``inf * 0 = nan``, and BLAS GEMMs do not skip zeros), so a finite
     ``Y`` proves a finite ``A`` at the cost of scanning ``m x l`` numbers instead of
     ``m x n``. Only a non-finite ``Y`` triggers the full scan, which tells NaN/Inf
-    in ``A`` from overflow of a finite ``A``. Skipped on lazy arrays.
+    in ``A`` from overflow of a finite ``A``. A lazy (Dask) ``Y`` comes back with
+    the scan of each chunk in its graph: the error is raised when it is computed,
+    and names both causes (telling them apart would take a pass over ``A``).
     """
     xp = op.xp
-    if B.is_lazy(Y) or bool(xp.all(xp.isfinite(Y))):
-        return
+    if B.backend_name(xp) == "dask":
+        return _dask.checked_finite(Y, _dask.nonfinite_message(op.dtype, name))
+    if B.is_lazy(Y):
+        return Y
+    if bool(xp.all(xp.isfinite(Y))):
+        return Y
     data = op.A if op.dense else getattr(op.A, "data", None)
     if data is None or not bool(xp.all(xp.isfinite(xp.asarray(data)))):
         raise ValueError(f"{name} contains NaN or Inf (pass check_finite=False to skip this check)")

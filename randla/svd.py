@@ -252,8 +252,9 @@ def _certified_cholqr(Y, *, want_r=False):
     float64 Gram matrix, well-conditioned ``Y``, e.g. every MiniLM weight), the
     second pass would change nothing and is skipped. ``None`` when the check fails
     (rank-deficient or very ill-conditioned ``Y``), for wide ``Y``, and on lazy
-    arrays, where reading the check would force a computation. Returns ``(Q, R)``
-    with a float64/complex128 ``R`` if ``want_r``, else ``(Q, None)``.
+    arrays, where reading the check would force a computation. Returns ``(Q, R, c)``
+    with a float64/complex128 ``R`` and the scale ``c`` of ``Y = Q R c`` (``R c`` can
+    overflow where ``Y`` does not) if ``want_r``, else ``(Q, None, None)``.
     """
     m, l = Y.shape[-2:]
     if B.is_lazy(Y) or m < l:
@@ -272,8 +273,8 @@ def _certified_cholqr(Y, *, want_r=False):
         Q, R2 = _cholqr_pass(Q1, G2, shifted=False)
         R = R2 @ R1 if want_r else None
     if not want_r:
-        return Q, None
-    return Q, R * xp.astype(c, R1.dtype)[..., None, None]
+        return Q, None, None
+    return Q, R, c
 
 
 # name -> (stabiliser, whether it orthonormalises: RSI takes only those)
@@ -388,14 +389,28 @@ def _tall_svd(C, k):
             return res
     qr = _certified_cholqr(C, want_r=True)
     if qr is None:
+        if B.backend_name(xp) == "dask":  # C = A^H Q: NaN or Inf is A's, not LAPACK's
+            C = B._dask.checked_finite(C, B._dask.nonfinite_message(C.dtype))
         W, S, Xh = B.svd(C)
+        _check_overflow(S, C)
     else:
-        with B.single_threaded_blas(qr[1]):
-            Ur, S, Xh = B.svd(qr[1])
-        W = qr[0] @ xp.astype(Ur, C.dtype)
+        Qc, R, c = qr
+        with B.single_threaded_blas(R):
+            Ur, S, Xh = B.svd(R)  # of C / c: the singular values are scaled back below
+        W = Qc @ xp.astype(Ur, C.dtype)
+        S = S * xp.astype(c, S.dtype)[..., None] if _representable(S, c, C.dtype) else None
+        if S is None:
+            raise ValueError(_OVERFLOW.format(C.dtype))
         S, Xh = xp.astype(S, B.real_dtype(xp, C.dtype)), xp.astype(Xh, C.dtype)
-    _check_overflow(S, C)
     return W[..., :k], S[..., :k], Xh[..., :k, :]
+
+
+def _representable(S, c, dtype):
+    """Whether the singular values ``S c`` (``S`` float64, descending, ``c`` a positive
+    scale per matrix of a stack) lie within ``dtype``'s range."""
+    xp = B.namespace(S)
+    top = float(xp.finfo(B.real_dtype(xp, dtype)).max)
+    return bool(xp.all(S[..., 0] / top <= 1.0 / c))  # c is at least the smallest normal number
 
 
 def _check_overflow(S, C):
@@ -424,9 +439,7 @@ def _prepare(A, k, p, q, stabilizer, sketch):
 def _first_sketch(op, l, sketch, rng, check_finite):
     with V.quiet_nonfinite(check_finite):  # NaN/Inf in A: the check below raises
         Y = _sketch_apply(op, l, sketch, rng)
-    if check_finite:
-        V.check_finite_through(Y, op)
-    return Y
+    return V.check_finite_through(Y, op) if check_finite else Y
 
 
 def _power_basis(op, l, q, stabilizer, sketch, rng, check_finite):
@@ -552,9 +565,18 @@ def _fused_passes(op, sketch):
     return B.fused_passes(op.A)
 
 
+def _fused_draw(op, l, sketch, rng):
+    """The test matrix of a fused pass, divided by the power of two nearest below
+    ``sqrt(n)`` (exact; no basis changes): columns of norm ``O(1)``, so that the
+    chunks' ``A_i Z`` stay within ``sigma_1(A) ||Z||_2`` and cannot overflow where
+    ``A``'s singular values do not. The fused tasks take no scaling of their own."""
+    Z = _sketch_draw(op, l, sketch, rng)
+    return Z * 2.0 ** -math.floor(math.log2(op.shape[-1]) / 2)
+
+
 def _fused_power(fused, op, l, q, sketch, rng):
     """``Z`` after the test matrix and ``q`` fused power steps (one pass over ``A`` each)."""
-    Z = _sketch_draw(op, l, sketch, rng)
+    Z = _fused_draw(op, l, sketch, rng)
     for _ in range(q):
         Z = fused.step(Z)
     return Z
@@ -914,7 +936,7 @@ def block_krylov_svd(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr",
 def _block_krylov(op, k, l, q, stabilizer, sketch, rng, check_finite):
     fused = _fused_passes(op, sketch)
     if fused is not None:  # q + 1 passes: pass j keeps orth(Y_j), the last projects on them all
-        Z = _sketch_draw(op, l, sketch, rng)
+        Z = _fused_draw(op, l, sketch, rng)
         blocks = []
         for _ in range(q):
             Z, Qj = fused.step(Z, keep=True)

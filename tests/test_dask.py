@@ -396,6 +396,43 @@ def test_pivoted_kernels_reject_nan_on_dask(call):
         dask.compute(call(da.from_array(A0, chunks=(50, -1))))
 
 
+@pytest.mark.parametrize("chunks", [(50, -1), (50, 20)], ids=["fused", "column_chunks"])
+@pytest.mark.parametrize("q", [0, 1])
+@pytest.mark.parametrize("call", [
+    lambda A, q: randla.rsi(A, 5, q=q, rng=0),
+    lambda A, q: randla.rsvd(A, 5, q=q, rng=0),
+    lambda A, q: (randla.range_finder(A, 5, q=q, rng=0),),
+    lambda A, q: randla.block_krylov_svd(A, 5, q=q, rng=0),
+], ids=["rsi", "rsvd", "range_finder", "block_krylov"])
+def test_svd_family_rejects_nan_on_dask_when_computed(call, q, chunks):
+    """The check on A's sketch is in the lazy graph: computing a result raises. Before,
+    range_finder returned NaN silently (column chunks, q = 0) and the others raised
+    LAPACK's "SVD did not converge"."""
+    A0 = np.random.default_rng(0).standard_normal((200, 60))
+    A0[5, 7] = np.nan
+    with pytest.raises(ValueError, match="A contains NaN or Inf"):
+        dask.compute(*call(da.from_array(A0, chunks=chunks), q))
+
+
+def test_fused_passes_near_the_top_of_the_range():
+    """All columns in one chunk: the test matrix is scaled to columns of norm O(1), so
+    ``A_i Z`` stays below ``sigma_1``; at sigma_1 = 0.3 of float64's largest value it
+    overflowed (LAPACK's error in rsi, NaN from range_finder). Past that, a clear
+    error at compute time."""
+    gen = np.random.default_rng(0)
+    U, _ = np.linalg.qr(gen.standard_normal((400, 60)))
+    V, _ = np.linalg.qr(gen.standard_normal((300, 60)))
+    A0 = (U * 0.7 ** np.arange(60)) @ V.T
+    A0 *= 2.0**1019 / np.linalg.norm(A0, 2)  # sigma_1 = 5.6e306
+    A = da.from_array(A0, chunks=(100, -1))
+    _, S, _ = dask.compute(*randla.rsi(A, 5, q=1, rng=0))
+    np.testing.assert_allclose(S / 2.0**1019, 0.7 ** np.arange(5), rtol=1e-6)
+    Q = np.asarray(randla.range_finder(A, 5, q=1, rng=0))
+    np.testing.assert_allclose(Q.T @ Q, np.eye(Q.shape[1]), atol=1e-12)
+    with pytest.raises(ValueError, match="A contains NaN or Inf, or its products overflow float64"):
+        dask.compute(*randla.rsi(A * 30, 5, q=1, rng=0))  # sigma_1 = 1.7e308
+
+
 def test_cholesky_qr_of_a_basis_whose_norm_overflows():
     """Column chunks take the Gram route; ``||Y||_F`` of a finite ``Y`` can exceed the
     float64 range, and its product with the chunks' scales overflowed to Inf: the

@@ -280,6 +280,22 @@ def test_singular_values_above_the_dtype_range_are_an_error(method):
         SVDS[method](A)
 
 
+@pytest.mark.parametrize("method", ["rsvd", "rsi", "block_krylov"])
+def test_float64_singular_values_above_the_range_are_an_error(method):
+    """The same in float64 (full rank: the certified Cholesky-QR route, whose ``R`` was
+    scaled back before its SVD): an overflow warning and LAPACK's "SVD did not
+    converge"; just inside the range the values are those at unit scale."""
+    gen = np.random.default_rng(0)
+    U, _ = np.linalg.qr(gen.standard_normal((400, 60)))
+    V, _ = np.linalg.qr(gen.standard_normal((300, 60)))
+    A = (U * 0.7 ** np.arange(60)) @ V.T
+    A /= np.abs(A).max()  # sigma_1 = 37: the sketch stays finite where sigma_1 does not
+    with pytest.raises(ValueError, match="singular values overflow float64"):
+        SVDS[method](A * 1e307)
+    S = np.asarray(SVDS[method](A * 2.0**1017)[1])  # 1.4e306: as at unit scale
+    np.testing.assert_allclose(S / 2.0**1017, np.asarray(SVDS[method](A)[1]), rtol=1e-12)
+
+
 def test_norms_above_the_dtype_range_are_an_error():
     """The same for the tolerance-driven rsvd (returned S = [inf]) and spectral_norm
     (an overflow warning and Inf)."""
