@@ -306,7 +306,7 @@ def qr_vjp(Q, R, dQ, dR, /, *, method="3.3", check_singular=True):
     ``7 m^3 + 4 m^2 (n - m)`` flops. Eq. 3.8 is evaluated as written: one more
     ``m x n x n`` product (``Q Q^H dQ``) and an ``n x n`` solve in the tall case (about
     ``7 m n^2 + 3 n^3``), and no folding in the wide case. Memory: ``O(mn)``.
-    Every backend; the triangular solves go through :func:`randla._backend.solve_triangular`.
+    Every backend; the triangular solves go through ``randla._backend.solve_triangular``.
 
     Examples
     --------

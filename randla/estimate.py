@@ -1,5 +1,9 @@
 """Norm and error estimators: spectral norm, a-posteriori error, normalized error.
 
+:func:`spectral_norm` runs Golub-Kahan-Lanczos bidiagonalisation [GK1965]_;
+:func:`posterior_error_estimate` is the probabilistic bound on ``||(I - Q Q^H) A||_2``
+of [HMT2011]_ (Eq. 4.3).
+
 References
 ----------
 .. [HMT2011] N. Halko, P.-G. Martinsson, J. A. Tropp, "Finding structure with
@@ -261,7 +265,7 @@ _RESIDUAL_NORMS = {"svd": _exact_residual_norm, "lanczos": _lanczos_residual_nor
 def estimate_rank(A, rtol, *, block_size=32, q=1, rng=None, check_finite=True):
     """Numerical rank to a relative spectral tolerance, from products with ``A``.
 
-    The rank ``r`` that :func:`randla.adaptive_range_finder` finds with ``norm="2"``:
+    The rank ``r`` that :func:`randla.svd.adaptive_range_finder` finds with ``norm="2"``:
     a basis with ``||A - Q Q^H A||_2 <= rtol ||A||_2``, so ``r`` estimates
     ``#{i : sigma_i > rtol sigma_1}`` from above (measured: within 1.2 times it on
     polynomially and exponentially decaying spectra). Counterpart of
@@ -273,7 +277,7 @@ def estimate_rank(A, rtol, *, block_size=32, q=1, rng=None, check_finite=True):
     rtol : float
         Relative tolerance in (0, 1).
     block_size, q : int
-        As in :func:`randla.adaptive_range_finder`.
+        As in :func:`randla.svd.adaptive_range_finder`.
     rng : None, int or numpy.random.Generator
     check_finite : bool, default True
 
@@ -283,7 +287,7 @@ def estimate_rank(A, rtol, *, block_size=32, q=1, rng=None, check_finite=True):
 
     Notes
     -----
-    Cost: that of :func:`randla.adaptive_range_finder` (``2q + 2`` passes per block
+    Cost: that of :func:`randla.svd.adaptive_range_finder` (``2q + 2`` passes per block
     of ``block_size`` vectors and one more pass); eager.
 
     Examples

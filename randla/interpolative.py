@@ -1,16 +1,19 @@
 """Interpolative decompositions and column subset selection.
 
 A column interpolative decomposition (ID) writes ``A`` through ``k`` of its own
-columns, ``A ~= A[:, idx] @ T`` with ``T[:, idx] = I`` [CGMR2005]; the row ID is
+columns, ``A ~= A[:, idx] @ T`` with ``T[:, idx] = I`` [CGMR2005]_; the row ID is
 the same for ``A^H``. Because the skeleton columns are columns of ``A``, an ID
 keeps structure: pruning the neurons of a layer by an ID of its activations
-leaves a smaller network of the same shape (seed 000, [CRDD2022]).
+leaves a smaller network of the same shape (seed 000, [CRDD2022]_).
 
-* :func:`interp_decomp` -- column or row ID by CPQR, strong RRQR or a sketch.
+* :func:`interp_decomp` -- column or row ID by CPQR, strong RRQR or a sketch
+  ([HMT2011]_, Sec. 5.2): the randomized method picks the skeleton by QRCP of a
+  sketch ([MT2020]_, Sec. 13.4), on arrays in blocks with a downdated sketch as in
+  HQRRP [MOHvdG2017]_.
 * :func:`two_sided_id` -- ``A ~= X @ A[rows][:, cols] @ Z``.
 * :func:`cur` -- ``A ~= A[:, cols] @ U @ A[rows, :]``.
 * :func:`column_select` -- ``k`` column indices by CPQR, sRRQR, randomized CPQR,
-  Golub-Klema-Stewart or randomized GKS.
+  Golub-Klema-Stewart [GKS1976]_ or randomized GKS [ABD2023]_.
 * :func:`id_to_svd` -- the SVD of an ID without touching ``A`` again.
 
 Counterparts of ``scipy.linalg.interpolative``
@@ -30,10 +33,10 @@ SciPy                                       randla
 ``reconstruct_interp_matrix(idx_s, proj)``  ``T``
 ``reconstruct_skel_matrix(A, k, idx_s)``    ``A[:, idx]``
 ``id_to_svd(B, idx_s, proj)``               :func:`id_to_svd` ``(A[:, idx], T)``
-``svd(A, k)`` / ``svd(A, eps)``             :func:`randla.rsvd` ``(A, k)`` /
+``svd(A, k)`` / ``svd(A, eps)``             :func:`randla.svd.rsvd` ``(A, k)`` /
                                             ``rsvd(A, rtol=eps, norm="2")`` (``LinearOperator``
                                             too; ``V`` is ``Vh^H``)
-``estimate_spectral_norm(A)``               :func:`randla.spectral_norm`
+``estimate_spectral_norm(A)``               :func:`randla.estimate.spectral_norm`
 ``estimate_spectral_norm_diff(A, B)``       ``spectral_norm(A - B)``; for operators
                                             ``spectral_norm(aslinearoperator(A) -
                                             aslinearoperator(B))``

@@ -3,17 +3,17 @@
 Three ways to pick ``k`` well-conditioned columns of ``A`` together with an
 orthonormal basis of their span:
 
-* :func:`cpqr` -- Businger-Golub greedy pivoting [BG1965]. NumPy calls LAPACK
+* :func:`cpqr` -- Businger-Golub greedy pivoting [BG1965]_. NumPy calls LAPACK
   ``geqp3``, JAX its native pivoted QR; every other backend (torch, CuPy,
   array-api-strict) and every partial factorisation (``k`` small) runs a
   left-looking, reorthogonalised Gram-Schmidt version that reads ``A`` once per
   pivot and never forms the trailing matrix.
 * :func:`rcpqr` -- randomized CPQR: pivots chosen by QRCP of a small sketch
   ``Omega A``, then a Cholesky-QR of the chosen columns preconditioned by the
-  sketch's triangular factor (CQRRPT [MBM2024]; blocked as in HQRRP [MOHvdG2017]).
+  sketch's triangular factor (CQRRPT [MBM2024]_; blocked as in HQRRP [MOHvdG2017]_).
   All heavy work is matrix-matrix products; only the ``(k + p) x n`` sketch meets
   a pivoting loop, which is the GPU-portable pivoted QR.
-* :func:`srrqr` -- strong rank-revealing QR [GE1996, Alg. 4]: starts from
+* :func:`srrqr` -- strong rank-revealing QR ([GE1996]_, Alg. 4): starts from
   :func:`cpqr` and swaps a selected with an unselected column while that grows
   ``|det R11|`` by more than ``f``, updating the factors after each swap in
   ``O((m + n) k)`` work plus one product ``q^H A`` (no refactorisation).

@@ -1,9 +1,14 @@
 """Sketching operators: random test matrices ``Omega`` (n x l) for ``Y = A @ Omega``.
 
+The operators: :func:`gaussian`, :func:`rademacher`, :func:`orthonormal_gaussian`,
+:func:`sparse_sign` (the sparse sign embedding of [TYUC2019]_) and :func:`srtt` (a
+subsampled randomized trigonometric transform [WLRT2008]_); :func:`sketch` applies one
+to ``A``.
+
 Every operator is drawn natively in the namespace and on the device of ``like``
-(see :func:`randla._backend.normal`), in the real dtype of ``like`` and cast to
+(see ``randla._backend.normal``), in the real dtype of ``like`` and cast to
 ``like``'s dtype, so complex input gets a real sketch of complex dtype; a real
-sketch spans the range of a complex matrix just as well [HMT2011, Sec. 4.1].
+sketch spans the range of a complex matrix just as well ([HMT2011]_, Sec. 4.1).
 
 References
 ----------

@@ -8,6 +8,13 @@ method with ``q`` iterations makes ``2q + 2`` passes (``rsvd``, ``rsi``,
 ``range_finder`` and ``block_krylov_svd`` on a Dask array with all columns in one
 chunk: ``q + 1``, see :func:`rsvd`).
 
+Methods: :func:`range_finder` and :func:`rsvd` as in [HMT2011]_ (Alg. 4.3/4.4 and
+5.1); :func:`rsi`, randomized subspace iteration re-orthonormalised between passes
+([RSI]_, Alg. 1); :func:`block_krylov_svd`, randomized block Krylov ([MM2015]_,
+Alg. 2); :func:`adaptive_range_finder`, the fixed-accuracy range finder that finds
+the rank ([YGL2018]_, Alg. 4). The default stabiliser ``"cholqr"`` is a shifted
+Cholesky-QR ([FKNYY2020]_, Alg. 3.1).
+
 Mapping from scikit-learn's ``randomized_svd``: ``n_components -> k``,
 ``n_oversamples -> p``, ``n_iter -> q``, ``power_iteration_normalizer ->
 stabilizer`` (``"QR" -> "qr"``, ``"LU" -> "lu"``, ``"none" -> "none"``),

@@ -7,30 +7,37 @@ module surgery; the mathematics is here.
 
 One weight at a time (memory bounded by one tensor):
 
-- :func:`factor` — ``W (out x in) ~= B (out x r) @ A (r x in)``, plain or whitened by
-  the layer's input Gram matrix (:func:`whitener`), method ``rsi``/``rsvd``/``krylov``/
+- :func:`~randla.compress.factor.factor` — ``W (out x in) ~= B (out x r) @ A (r x in)``,
+  plain or whitened by the layer's input Gram matrix
+  (:func:`~randla.compress.factor.whitener`), method ``rsi``/``rsvd``/``krylov``/
   ``exact``, split ``left``/``balanced``; a layer stays dense unless
-  ``r (out + in) < out in``. :func:`truncate` cuts factors to a lower rank.
-- rank rules (:mod:`randla.compress.ranks`): :func:`select_rank`, :func:`rank_for_rtol`,
-  :func:`check_rank_mode`, :func:`max_saving_rank`, :func:`saves_parameters`,
-  :func:`parameter_count`.
-- :class:`LayerReport` per layer, collected in a :class:`Report`.
+  ``r (out + in) < out in``. :func:`~randla.compress.factor.truncate` cuts factors to a
+  lower rank.
+- rank rules (:mod:`randla.compress.ranks`): :func:`~randla.compress.ranks.select_rank`,
+  :func:`~randla.compress.ranks.rank_for_rtol`, :func:`~randla.compress.ranks.check_rank_mode`,
+  :func:`~randla.compress.ranks.max_saving_rank`, :func:`~randla.compress.ranks.saves_parameters`,
+  :func:`~randla.compress.ranks.parameter_count`.
+- :class:`~randla.compress.report.LayerReport` per layer, collected in a
+  :class:`~randla.compress.report.Report`.
 
-Neurons (:mod:`randla.compress.prune`): :func:`select_neurons` and :func:`prune_neurons`
-shrink ``Linear -> act -> Linear`` (and gated) pairs by an interpolative decomposition
-of the hidden activations, which :func:`accumulate` streams.
+Neurons (:mod:`randla.compress.prune`): :func:`~randla.compress.prune.select_neurons` and
+:func:`~randla.compress.prune.prune_neurons` shrink ``Linear -> act -> Linear`` (and gated)
+pairs by an interpolative decomposition of the hidden activations, which
+:func:`~randla.compress.prune.accumulate` streams.
 
-Many weights: :func:`factor_many` factors a mapping of weights, layers of equal shape,
-dtype and rank in one stacked call (:mod:`randla.compress.group`). Budgets
-(:mod:`randla.compress.budget`): :func:`summarize` each weight in a first pass,
-:func:`allocate` a parameter budget over the summaries, then factor each at its rank.
-:func:`compress_weights` does all of it for a mapping of weights held in memory (the
-adapters call it).
+Many weights: :func:`~randla.compress.group.factor_many` factors a mapping of weights,
+layers of equal shape, dtype and rank in one stacked call (:mod:`randla.compress.group`).
+Budgets (:mod:`randla.compress.budget`): :func:`~randla.compress.budget.summarize` each
+weight in a first pass, :func:`~randla.compress.budget.allocate` a parameter budget over
+the summaries, then factor each at its rank. :func:`~randla.compress.weights.compress_weights`
+does all of it for a mapping of weights held in memory (the adapters call it).
 
-Error correction (:mod:`randla.compress.correct`): :func:`fit_corrected` fits a layer
-to the original layer's output from the inputs a partly compressed model gives it,
-from the Gram matrices in :class:`TransferStats` (:func:`corrected_weight`,
-:func:`transfer_error`); ``randla.torch.compress(..., data=...)`` runs it layer by layer.
+Error correction (:mod:`randla.compress.correct`): :func:`~randla.compress.correct.fit_corrected`
+fits a layer to the original layer's output from the inputs a partly compressed model gives
+it, from the Gram matrices in :class:`~randla.compress.correct.TransferStats`
+(:func:`~randla.compress.correct.corrected_weight`,
+:func:`~randla.compress.correct.transfer_error`); ``randla.torch.compress(..., data=...)``
+runs it layer by layer.
 
 Examples
 --------

@@ -14,7 +14,7 @@ rank fraction (their units differ from layer to layer, and none of them says how
 layer's error reaches the model's output). What works is to put every layer in the same
 units, the model's output: weighting each layer by the Gram matrix of the output's
 gradients with respect to the layer's output (the Kronecker-factored Gauss-Newton
-approximation, K-FAC [MG2015]; used for pruning by the LLM Surgeon [vdO2023]) makes
+approximation, K-FAC [MG2015]_; used for pruning by the LLM Surgeon [vdO2023]_) makes
 ``sum_l ||R_l^H (W_l - B_l A_l) L_l||_F^2`` a second-order estimate of the change of the
 output, so the greedy on those spectra is principled; cross-validated (held-out) gains
 correct for calibration data that covers some layers' inputs thinly. K-FAC treats the
@@ -164,7 +164,7 @@ def summarize(W, *, gram=None, output_gram=None, folds=None, whitening=None, cap
     """Summary of one weight for :func:`allocate`: its squared error against the rank.
 
     Without ``folds``: the leading singular values of ``M`` (``W``, ``W L`` with
-    ``gram``, ``R^H W L`` with ``output_gram`` too; see :func:`~randla.compress.factor`),
+    ``gram``, ``R^H W L`` with ``output_gram`` too; see :func:`~randla.compress.factor.factor`),
     ``gains = sigma_i^2``. With ``folds`` (input Gram matrices of disjoint parts of the
     calibration data, summing to ``gram``): cross-validated gains. For each fold ``k``
     the factorisation is fitted on the other folds (``L_k L_k^H = G - G_k``,
@@ -178,7 +178,7 @@ def summarize(W, *, gram=None, output_gram=None, folds=None, whitening=None, cap
     Parameters
     ----------
     W : array (out, in)
-        As in :func:`~randla.compress.factor`.
+        As in :func:`~randla.compress.factor.factor`.
     gram : array (in, in), optional
         Input Gram matrix (the sum of ``folds`` when both are given; computed from
         ``folds`` when omitted).
@@ -190,13 +190,13 @@ def summarize(W, *, gram=None, output_gram=None, folds=None, whitening=None, cap
         At least 2 per-fold input Gram matrices. ``gram`` is then needed (or is
         computed as their sum).
     whitening : Metric, optional
-        Factored ``gram``/``output_gram`` from :func:`~randla.compress.metric` instead
+        Factored ``gram``/``output_gram`` from :func:`~randla.compress.factor.metric` instead
         (with ``folds``, ``gram`` must be given as well).
     cap : int, default 256
         Gains computed: ``min(cap, max_saving_rank(shape))``; ``None`` for all the
         useful ones. Beyond the cap the allocator models the remainder as a flat tail.
     method, q, p, ridge, rng, check_finite
-        As in :func:`~randla.compress.factor`.
+        As in :func:`~randla.compress.factor.factor`.
     name : str
 
     Returns
@@ -302,9 +302,9 @@ def truncation_directions(W, *, gram, output_gram, folds=None, ridge=DEFAULT_RID
     """The components of the two-sided (K-FAC) SVD of a weight, for :func:`sample_errors`.
 
     With ``L L^H = gram`` and ``R R^H = output_gram`` (ridged Cholesky factors, see
-    :func:`~randla.compress.whitener`) and the exact SVD ``R^H W L = sum_i u_i s_i
+    :func:`~randla.compress.factor.whitener`) and the exact SVD ``R^H W L = sum_i u_i s_i
     v_i^H``, ``W = sum_i a_i b_i^H`` with ``a_i = s_i R^{-H} u_i`` and ``b_i = L^{-H}
-    v_i``: the truncation of :func:`~randla.compress.factor` at rank ``r`` (with these
+    v_i``: the truncation of :func:`~randla.compress.factor.factor` at rank ``r`` (with these
     Gram matrices) drops the terms ``i > r``. With ``folds`` the input side is refitted
     per fold on the other folds' data (``L_k L_k^H = gram - folds[k]``), as
     :func:`summarize` does, so that the components of fold ``k`` can be scored on fold
@@ -518,7 +518,7 @@ def allocate(summaries, budget, *, weights=None):
     Returns
     -------
     dict
-        ``{name: rank}``; a rank above :func:`~randla.compress.max_saving_rank` means
+        ``{name: rank}``; a rank above :func:`~randla.compress.ranks.max_saving_rank` means
         the layer stays dense.
 
     Raises

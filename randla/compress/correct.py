@@ -1,6 +1,6 @@
 """Error-corrected factors: fit a layer to the original model through the compressed one.
 
-Whitened factors (:func:`randla.compress.factor` with ``gram``) make each layer's own
+Whitened factors (:func:`~randla.compress.factor.factor` with ``gram``) make each layer's own
 output error small on the inputs the *original* model gives it. Once the layers before
 it are compressed, a layer sees different inputs ``X~`` (rows: positions) instead of
 ``X``, and the errors of all layers add up along the depth. Compressing layers in
@@ -309,7 +309,7 @@ class CorrectedFactors(NamedTuple):
     errors : dict
         ``{shrinkage: held-out squared error}`` over the folds (empty without folds).
     report : LayerReport
-        As :func:`randla.compress.factor`'s, with ``output_error`` the relative error of
+        As :func:`~randla.compress.factor.factor`'s, with ``output_error`` the relative error of
         the layer's output against the *original* model's,
         ``||X W^T - X~ (B A)^T - 1 shift^T||_F / ||X W^T||_F``.
     """
@@ -355,15 +355,15 @@ def fit_corrected(W, stats, *, folds=None, shrinkage=DEFAULT_SHRINKAGE, rank=Non
         Candidate ridges ``mu / (tr(G~)/in)``; ``math.inf`` is the uncorrected weight
         (whitened in ``G~``'s metric). Several need ``folds``.
     rank, rank_fraction, param_fraction, rtol : optional
-        Exactly one, as in :func:`randla.compress.factor` (``rtol``: of the output of
+        Exactly one, as in :func:`~randla.compress.factor.factor` (``rtol``: of the output of
         ``M`` on ``X~``).
     output_gram : array (out, out), optional
         Gram matrix of the model output's gradients at this layer's output
         (``randla.torch.calibrate(..., output=...)``): ``M`` is then truncated in the
-        two-sided metric, ``R^H (M - B A) L~`` (:func:`randla.compress.factor`). The
+        two-sided metric, ``R^H (M - B A) L~`` (:func:`~randla.compress.factor.factor`). The
         correction itself is the same in any output metric (least squares row by row).
     method, q, p, split, ridge, rng, name
-        As in :func:`randla.compress.factor`.
+        As in :func:`~randla.compress.factor.factor`.
     bias : bool, default True
         Return the bias change that removes the mean error (``stats.total`` and
         ``stats.total_ref`` needed).
@@ -376,7 +376,7 @@ def fit_corrected(W, stats, *, folds=None, shrinkage=DEFAULT_SHRINKAGE, rank=Non
     -----
     Cost: per candidate and fold one :func:`corrected_weight` (a Cholesky factorisation
     of ``G~`` and two triangular solves with ``out`` right-hand sides) and one whitened
-    :func:`randla.compress.factor`; then the same once on everything.
+    :func:`~randla.compress.factor.factor`; then the same once on everything.
 
     Examples
     --------

@@ -622,7 +622,7 @@ def factor(W, rank=None, *, rank_fraction=None, param_fraction=None, rtol=None, 
     rank, rank_fraction, param_fraction, rtol : optional
         Exactly one (see :mod:`randla.compress.ranks`). ``rtol`` is the relative
         Frobenius error of ``W``, or of the layer's output on the calibration data
-        when ``gram`` is given; its rank is found by :func:`randla.adaptive_range_finder`
+        when ``gram`` is given; its rank is found by :func:`randla.svd.adaptive_range_finder`
         (``method="exact"``: from the exact spectrum).
     gram : array (in, in), optional
         Input Gram matrix ``sum_t x_t x_t^H`` (``X^T X``, or ``X^T conj(X)`` for complex
@@ -634,11 +634,12 @@ def factor(W, rank=None, *, rank_fraction=None, param_fraction=None, rtol=None, 
         layer the output does not depend on) leaves the factors one-sided.
     whitening : Metric, optional
         The factored ``gram``/``output_gram`` from :func:`metric`, in place of them
-        (factor them once, use them for several calls, as :func:`summarize` and the
-        budget pipeline do). Not together with ``gram`` or ``output_gram``.
+        (factor them once, use them for several calls, as
+        :func:`~randla.compress.budget.summarize` and the budget pipeline do). Not together
+        with ``gram`` or ``output_gram``.
     method : {"rsi", "rsvd", "krylov", "exact"}, default "rsi"
-        :func:`randla.rsi` with ``q`` iterations, :func:`randla.rsvd` without power
-        iterations (Halko's plain RSVD; ``q`` is not used), :func:`randla.block_krylov_svd`
+        :func:`randla.svd.rsi` with ``q`` iterations, :func:`randla.svd.rsvd` without power
+        iterations (Halko's plain RSVD; ``q`` is not used), :func:`randla.svd.block_krylov_svd`
         of depth ``q``, or the exact SVD.
     q : int, default 2
     p : int, default 10

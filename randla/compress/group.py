@@ -5,14 +5,14 @@ projections, the two FFN matrices), and at these sizes a truncated SVD costs mor
 fixed overhead per call than in arithmetic. :func:`factor_many` groups the layers whose
 working matrices share shape, dtype, namespace, device and rank, stacks their (whitened)
 working matrices ``M_i = R_i^H W_i L_i`` into ``(c, out, in)`` and makes one stacked
-:func:`randla.rsi` / :func:`randla.rsvd` / :func:`randla.block_krylov_svd` (or exact)
+:func:`randla.svd.rsi` / :func:`randla.svd.rsvd` / :func:`randla.svd.block_krylov_svd` (or exact)
 call per group; then each layer's factors, error estimate and report are made as
-:func:`~randla.compress.factor` makes them.
+:func:`~randla.compress.factor.factor` makes them.
 
-The contract is :func:`~randla.compress.factor`'s, layer by layer: the same ranks, the
+The contract is :func:`~randla.compress.factor.factor`'s, layer by layer: the same ranks, the
 same dense decisions, factors in each weight's namespace, device and dtype, the same
 error bounds (a stacked call gives matrix ``i`` what a call of its own with the same
-test matrix gives; see :func:`randla.rsi`). What changes is the random draw: one test
+test matrix gives; see :func:`randla.svd.rsi`). What changes is the random draw: one test
 matrix per stacked call instead of one per layer, so a seeded run is reproducible but
 not bit-identical to the one-call-per-layer path (``batch=False``).
 """
@@ -94,7 +94,7 @@ def _chunks(keys, shapes):
 def factor_many(weights, rank=None, *, rank_fraction=None, param_fraction=None, rtol=None, grams=None,
                 output_grams=None, whitenings=None, method="rsi", q=2, p=10, split="left", ridge=DEFAULT_RIDGE,
                 estimate_error=True, batch=True, rng=None, check_finite=True):
-    """:func:`~randla.compress.factor` of every weight of a mapping, same-shaped ones batched.
+    """:func:`~randla.compress.factor.factor` of every weight of a mapping, same-shaped ones batched.
 
     Parameters
     ----------
@@ -103,19 +103,19 @@ def factor_many(weights, rank=None, *, rank_fraction=None, param_fraction=None, 
     rank : int or mapping name -> int, optional
         One rank for all, or each layer's own (e.g. allocated from a budget).
     rank_fraction, param_fraction, rtol : optional
-        Exactly one rank option in all (see :func:`~randla.compress.factor`).
+        Exactly one rank option in all (see :func:`~randla.compress.factor.factor`).
         ``rtol`` finds each layer's rank adaptively, one layer at a time.
     grams, output_grams : mapping name -> array, optional
         Input (``in x in``) and output-gradient (``out x out``) Gram matrices, one for
         every layer when given: whitened factors.
     whitenings : mapping name -> Metric, optional
-        Already factored Gram matrices (:func:`~randla.compress.metric`) instead.
+        Already factored Gram matrices (:func:`~randla.compress.factor.metric`) instead.
     method, q, p, split, ridge, estimate_error, check_finite
-        As in :func:`~randla.compress.factor`.
+        As in :func:`~randla.compress.factor.factor`.
     batch : bool, default True
         Group the layers whose working matrices share shape, dtype, namespace, device
         and rank, and factor each group by stacked calls (at most :data:`STACK_ENTRIES`
-        entries each). ``False``: one call per layer, as :func:`~randla.compress.factor`
+        entries each). ``False``: one call per layer, as :func:`~randla.compress.factor.factor`
         in a loop.
     rng : None, int or numpy.random.Generator
         One generator serves all calls, groups in the order of their first layer in

@@ -1,12 +1,12 @@
 """Compress or inspect a whole safetensors checkpoint, one tensor at a time.
 
 :func:`compress_checkpoint` reads a checkpoint (file or sharded folder) tensor by tensor,
-factors the selected 2-D weights with :func:`randla.compress.factor` (whitened where a
+factors the selected 2-D weights with :func:`~randla.compress.factor.factor` (whitened where a
 calibration Gram matrix is given), and writes each factored ``NAME.weight`` as
 ``NAME.lowrank_A`` (r x in) and ``NAME.lowrank_B`` (out x r), ``W ~= B @ A``; every other
 tensor, and every weight that factoring would not make smaller, is copied bit for bit.
 Memory follows one tensor and one output shard, never the model. (Weights are factored
-one call each, not stacked by shape as :func:`randla.compress.factor_many` does for a
+one call each, not stacked by shape as :func:`randla.compress.group.factor_many` does for a
 model in memory: in a checkpoint's order the same-shaped weights of different blocks
 lie far apart, so stacking them would mean holding them, and the stacked call saves
 little at these sizes.)
@@ -91,7 +91,7 @@ class CompressResult(NamedTuple):
     Attributes
     ----------
     report : randla.compress.Report
-        One :class:`~randla.compress.LayerReport` per selected weight (``seconds`` is
+        One :class:`~randla.compress.report.LayerReport` per selected weight (``seconds`` is
         the factorisation's own time).
     files : list of Path
         Files written (the index last when sharded).
@@ -128,7 +128,7 @@ class CompressResult(NamedTuple):
 
 
 def _grams_for(calibration, ckpt, targets):
-    """The calibration of the selected weights (see :func:`randla.compress.check_grams`:
+    """The calibration of the selected weights (see :func:`randla.compress.weights.check_grams`:
     a missing Gram matrix is an error, plain factors being far worse on a model's output)."""
     from . import check_grams
     from .checkpoint import Grams
@@ -158,7 +158,7 @@ def _grams_for(calibration, ckpt, targets):
 
 
 def _calibration_of(grams, m):
-    """``gram`` and ``output_gram`` keywords of :func:`randla.compress.factor` for module ``m``."""
+    """``gram`` and ``output_gram`` keywords of :func:`~randla.compress.factor.factor` for module ``m``."""
     return {"gram": grams.get(m), "output_gram": None if grams.output_grams is None else grams.output_grams[m]}
 
 
@@ -195,9 +195,9 @@ def compress_checkpoint(src, out, *, rank=None, rank_fraction=None, param_fracti
         Output: a ``.safetensors`` file, or a folder (sharded by ``max_shard_size``).
         Never the input; validated before any work.
     rank, rank_fraction, param_fraction, rtol, budget
-        Exactly one, as in :func:`randla.compress.factor`; ``budget`` (a parameter
+        Exactly one, as in :func:`~randla.compress.factor.factor`; ``budget`` (a parameter
         count, or a fraction of the selected weights' parameters) is spread over the
-        layers by :func:`randla.compress.allocate` from a first pass of spectra.
+        layers by :func:`randla.compress.budget.allocate` from a first pass of spectra.
     calibration : str or Path, optional
         A calibration file from :func:`~randla.compress.checkpoint.save_grams` (of
         ``randla.torch.calibrate``), keyed by module name (``NAME`` for ``NAME.weight``).
@@ -206,10 +206,10 @@ def compress_checkpoint(src, out, *, rank=None, rank_fraction=None, param_fracti
         has them, weight the factors by their effect on the model's output, and
         per-fold Gram matrices make a ``budget`` cross-validated, and per-sample error
         curves (``calibrate(..., sample_probes=32)``, every selected layer's) make a
-        ``budget`` spend them instead (as in :func:`randla.compress.compress_weights`;
+        ``budget`` spend them instead (as in :func:`randla.compress.weights.compress_weights`;
         the best budgets measured on MiniLM).
     method, q
-        As in :func:`randla.compress.factor`.
+        As in :func:`~randla.compress.factor.factor`.
     include, exclude : str, optional
         Regular expressions on tensor names (see :func:`select_weights`).
     max_shard_size : int or str, optional
@@ -412,7 +412,7 @@ def inspect_checkpoint(src, *, rtols=DEFAULT_RTOLS, calibration=None, include=No
         Singular values computed per weight (``None``: every useful one); beyond the
         cap the remainder ``||W||_F^2 - sum s_i^2`` is known exactly and modelled as flat.
     method, q, rng
-        The factorisation that estimates the spectra (:func:`randla.compress.summarize`).
+        The factorisation that estimates the spectra (:func:`randla.compress.budget.summarize`).
     progress : callable, optional
         Called with each weight's name when it is done.
 

@@ -4,7 +4,7 @@ For a pair ``Linear1 -> act -> Linear2`` with an elementwise ``act``, collect th
 activations on calibration data, ``Z = act(X W1^T + b1)`` (``N x h``, one row per
 sample or token), and take a column interpolative decomposition ``Z ~= Z[:, C] T``
 (``T: k x h``, ``T[:, C] = I``). Because ``act`` acts elementwise, selecting neurons
-commutes with it, so (seed 000; [CRDD2022])
+commutes with it, so (seed 000; [CRDD2022]_)
 
 .. math:: W_1 \\to W_1[C, :], \\quad b_1 \\to b_1[C], \\quad W_2 \\to W_2 T^T
 
@@ -12,7 +12,7 @@ keeps the network's structure (two smaller dense layers) and changes the second
 layer's output on the calibration data by ``(Z - Z[:, C] T) W2^T``, at most
 ``||Z - Z[:, C] T||_F ||W2||_2`` in Frobenius norm. A gated MLP
 (``down(act(gate(x)) * up(x))``, Llama/GLU style) prunes the same way: ``Z`` is the
-down projection's input and both ``gate`` and ``up`` keep the rows ``C`` [FWADD2024].
+down projection's input and both ``gate`` and ``up`` keep the rows ``C`` [FWADD2024]_.
 
 Two refinements over the plain ID, both measured on MiniLM (``benchmarks/compare_prune.py``):
 
@@ -24,7 +24,7 @@ Two refinements over the plain ID, both measured on MiniLM (``benchmarks/compare
   coefficients ``T[:, R] = Z[:, C]^+ Z[:, R]`` of the dropped neurons ``R`` overfit:
   the held-out error is 2-3x the calibration error. ``T[:, C] = I`` is kept and
   ``T[:, R] = (Z_C^T Z_C + lambda I)^{-1} Z_C^T Z_R``, ``lambda`` chosen by generalized
-  cross-validation [GHW1979] on the second layer's output (closed form from an SVD of
+  cross-validation [GHW1979]_ on the second layer's output (closed form from an SVD of
   the ``k x k`` triangular factor of ``Z[:, C]``; ``lambda = 0``, the plain ID, when it
   fits best, e.g. when ``k`` reaches the numerical rank of ``Z``, and when the skeleton
   interpolates the calibration rows, which leaves nothing to cross-validate).
@@ -463,12 +463,13 @@ def select_neurons(Z, k=None, *, keep_fraction=None, rtol=None, W2=None, method=
     r"""Neurons to keep and the interpolation of the others: ``Z ~= Z[:, idx] @ T``.
 
     The skeleton ``idx`` is the column ID of ``Z`` (of ``Z D``, ``D = diag(||W2[:, j]||)``,
-    when the next layer's weight ``W2`` is given) by :func:`randla.interp_decomp`; then
-    ``T[:, idx] = I`` and the dropped columns ``R`` are fitted by ridge regression,
+    when the next layer's weight ``W2`` is given) by
+    :func:`randla.interpolative.interp_decomp`; then ``T[:, idx] = I`` and the dropped
+    columns ``R`` are fitted by ridge regression,
     ``T[:, R] = (Z_C^H Z_C + \lambda I)^{-1} Z_C^H Z_R``, ``\lambda = \mu ||Z_C||_F^2 / k``,
     ``\mu`` chosen by generalized cross-validation of ``Z_R W2[:, R]^T`` (of ``Z_R``
     without ``W2``) over :data:`RIDGE_GRID`, or given. ``ridge=0`` is the plain
-    least-squares ID (the :func:`randla.interp_decomp` ``T``).
+    least-squares ID (the :func:`randla.interpolative.interp_decomp` ``T``).
 
     Parameters
     ----------
@@ -486,7 +487,7 @@ def select_neurons(Z, k=None, *, keep_fraction=None, rtol=None, W2=None, method=
     W2 : array (out, h), optional
         The next layer's weight: weights the selection and the ridge's validation.
     method : {"cpqr", "srrqr", "randomized"}
-        Pivoting of the ID (:func:`randla.interp_decomp`).
+        Pivoting of the ID (:func:`randla.interpolative.interp_decomp`).
     ridge : "gcv" or float >= 0, default "gcv"
         Relative ridge ``mu``, or ``"gcv"`` to choose it.
     rng : None, int or numpy.random.Generator

@@ -41,8 +41,9 @@ class LayerReport(NamedTuple):
         With a Gram matrix, the relative output error on the calibration inputs
         ``||(W - B A) X^T||_F / ||W X^T||_F`` (equal to ``relative_error`` up to the
         ridge); ``None`` without calibration, and for two-sided factors (an
-        ``output_gram`` too) that a budget cut to their rank with :func:`truncate`,
-        whose input-space error it does not recompute.
+        ``output_gram`` too) that a budget cut to their rank with
+        :func:`~randla.compress.factor.truncate`, whose input-space error it does not
+        recompute.
     seconds : float
         Wall time of this layer's factorisation (spectrum, whitening, error estimate).
     method : str

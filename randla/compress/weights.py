@@ -2,7 +2,7 @@
 
 :func:`compress_weights` takes a mapping ``name -> W (out x in)`` (arrays of any
 array-API library, e.g. zero-copy DLPack views of a model's parameters) and returns
-the factors of each and one :class:`~randla.compress.Report`. The adapters only move
+the factors of each and one :class:`~randla.compress.report.Report`. The adapters only move
 tensors in and out and swap modules.
 """
 
@@ -98,26 +98,26 @@ def compress_weights(weights, *, rank=None, rank_fraction=None, param_fraction=N
         present, see :func:`check_grams`).
     output_grams : mapping name -> array (out, out), optional
         Output-gradient Gram matrices (all present): factors and budget in the units
-        of the model's output change (see :func:`~randla.compress.factor`).
+        of the model's output change (see :func:`~randla.compress.factor.factor`).
     folds : sequence of mappings name -> array (in, in), optional
         Per-fold input Gram matrices (summing to ``grams``): a ``budget`` is then
-        spent on cross-validated gains (see :func:`~randla.compress.summarize`).
+        spent on cross-validated gains (see :func:`~randla.compress.budget.summarize`).
         Ignored by the other rank modes.
     errors : mapping name -> array (k + 1,), optional
         Per-layer curves of the error against the rank in the units of the model's
-        output (e.g. per-sample errors, :func:`~randla.compress.sample_errors`; those
+        output (e.g. per-sample errors, :func:`~randla.compress.budget.sample_errors`; those
         of :func:`randla.torch.calibrate` with ``sample_probes``): a ``budget`` is then
-        spent on them (:meth:`~randla.compress.LayerSummary.from_errors`) instead of
+        spent on them (:meth:`~randla.compress.budget.LayerSummary.from_errors`) instead of
         on spectra. Every layer needs one. Ignored by the other rank modes.
     method, q, p, split, ridge, estimate_error
-        As in :func:`~randla.compress.factor`.
+        As in :func:`~randla.compress.factor.factor`.
     allocation : "greedy" or callable, default "greedy"
-        How a ``budget`` is spent: :func:`~randla.compress.allocate` on the layers'
+        How a ``budget`` is spent: :func:`~randla.compress.budget.allocate` on the layers'
         summaries (default weights: absolute with ``output_grams``, relative without),
         or a callable ``allocation(summaries, budget) -> {name: rank}``.
     batch : bool, default True
         Factor same-shaped layers (equal shape, dtype, device and rank) by stacked
-        calls (:func:`~randla.compress.factor_many`); ``False``: one call per
+        calls (:func:`~randla.compress.group.factor_many`); ``False``: one call per
         layer. ``rtol`` ranks are found one layer at a time either way.
     rng : None, int or numpy.random.Generator
         One generator serves all layers, in the mapping's order (with ``batch``: one

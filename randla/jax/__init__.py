@@ -5,7 +5,8 @@ lives in the framework-free modules; this package only attaches JAX's derivative
 rules and walks pytrees.
 
 - :func:`qr`, :func:`lq`: differentiable under ``jax.jit``, ``jax.vmap`` and ``jax.grad``,
-  with :func:`randla.qr_vjp` / :func:`randla.lq_vjp` (or the JVPs) as their rules.
+  with :func:`randla.adjoints.qr_vjp` / :func:`randla.adjoints.lq_vjp` (or the JVPs) as
+  their rules.
 - :func:`compress`: low-rank factors for the 2-D kernels of a parameter pytree (Flax
   ``Dense`` kernels, ``in x out``), plain or whitened by calibration Gram matrices.
 """

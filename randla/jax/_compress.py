@@ -64,7 +64,7 @@ def compress(params, *, rank=None, rank_fraction=None, param_fraction=None, rtol
 
     Selected leaves are non-empty 2-D floating arrays whose last path component is ``kernel``
     (Flax's ``Dense``) and whose ``/``-joined path matches ``include`` and not
-    ``exclude``. Each is factored by :func:`randla.compress.compress_weights` as the
+    ``exclude``. Each is factored by :func:`randla.compress.weights.compress_weights` as the
     ``out x in`` weight ``K^T`` and replaced by the tuple ``(K1, K2) = (A^T, B^T)``;
     a kernel whose factors would not save parameters is left as it is.
 
@@ -82,9 +82,9 @@ def compress(params, *, rank=None, rank_fraction=None, param_fraction=None, rtol
         ``{path: H}``, ``H (out x out)``: Gram matrices of the gradients of the
         model's output with respect to each kernel's output (e.g. from ``jax.vjp``
         with random cotangents), for factors and budgets in units of the output's
-        change (see :func:`randla.compress.factor`).
+        change (see :func:`~randla.compress.factor.factor`).
     method, q, rng, p, split, ridge
-        As in :func:`randla.compress.factor`.
+        As in :func:`~randla.compress.factor.factor`.
     batch : bool, default True
         Same-shaped kernels in stacked calls, as in :func:`randla.torch.compress`.
     include, exclude : str, optional

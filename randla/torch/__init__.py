@@ -5,7 +5,8 @@ thin: tensors cross by DLPack (zero-copy on the CPU) into randla's array-API ker
 and back; the mathematics lives in the framework-free modules.
 
 - :func:`qr`, :func:`lq`: differentiable factorisations whose backward and forward-mode
-  rules are :func:`randla.qr_vjp` / :func:`randla.lq_vjp` (and the JVPs).
+  rules are :func:`randla.adjoints.qr_vjp` / :func:`randla.adjoints.lq_vjp` (and the
+  JVPs).
 - :func:`compress`: replace ``nn.Linear``/``nn.Conv2d`` layers by :class:`LowRankLinear` /
   :class:`LowRankConv2d`, plain or whitened by :func:`calibrate`'s Gram matrices.
 - :func:`save_lowrank`, :func:`load_lowrank`: a compressed model to and from randla's

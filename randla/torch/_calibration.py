@@ -119,7 +119,7 @@ def column_gram(rows):
     of the rows as column vectors (``X^H X`` for real rows; its conjugate for complex ones).
 
     A layer computes ``y = W x`` per position (``rows @ W^T``), so ``W - B A`` changes
-    its outputs by ``||(W - B A) X^T||_F``, which :func:`randla.compress.factor` measures
+    its outputs by ``||(W - B A) X^T||_F``, which :func:`~randla.compress.factor.factor` measures
     with ``G = L L^H = X^T conj(X)``.
 
     Examples
@@ -221,10 +221,10 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
     sample_probes : int, optional
         With ``output``: a second pass over ``batches`` with this many probes per
         batch, which measures each layer's truncation error per sample (the ``errors``
-        attribute; see :func:`sample_errors`): the change of ``z . output`` for each
-        sample, summed over its positions before squaring, so errors that add up
-        coherently over the positions that a pooled output averages count as such
-        (K-FAC treats positions as independent). With ``folds >= 2`` each fold's
+        attribute; see :func:`~randla.compress.budget.sample_errors`): the change of
+        ``z . output`` for each sample, summed over its positions before squaring, so
+        errors that add up coherently over the positions that a pooled output averages
+        count as such (K-FAC treats positions as independent). With ``folds >= 2`` each fold's
         samples score components fitted without them (held out). :func:`compress`
         then spends a ``budget`` on these curves. Cost: the first pass again with
         ``sample_probes`` backward passes, and an exact SVD per layer and fold.
@@ -240,9 +240,10 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
         ran on the batches is absent. ``G = sum x x^H`` over the input vectors ``x``
         (the rows of :func:`layer_inputs`, ``X``) is ``X^T conj(X)``: ``X^T X`` for a
         real layer, but for a complex layer (complex128) the conjugate of ``X^H X``,
-        as the layer computes ``W x`` and :func:`randla.compress.factor` measures the
+        as the layer computes ``W x`` and :func:`~randla.compress.factor.factor` measures the
         output error ``||(W - B A) X^T||_F`` with ``G = L L^H`` (see
-        :func:`column_gram`). The output Gram matrices are ``sum g g^H`` likewise.
+        ``randla.torch._calibration.column_gram``). The output Gram matrices are
+        ``sum g g^H`` likewise.
 
     References
     ----------

@@ -1,8 +1,9 @@
 """``compress(model, ...)``: replace ``nn.Linear``/``nn.Conv2d`` layers by low-rank pairs.
 
-The adapter only moves tensors: weights cross into :func:`randla.compress.compress_weights`
-by DLPack (zero-copy NumPy views on the CPU; other devices stay torch tensors, on their
-device), and the factors come back the same way, in the layer's dtype and on its device.
+The adapter only moves tensors: weights cross into
+:func:`randla.compress.weights.compress_weights` by DLPack (zero-copy NumPy views on the
+CPU; other devices stay torch tensors, on their device), and the factors come back the
+same way, in the layer's dtype and on its device.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
     """Replace ``nn.Linear`` (and ``nn.Conv2d``) layers by low-rank pairs.
 
     Each selected layer's weight ``W (out x in)`` (a convolution's kernel flattened to
-    ``out x (in kh kw)``) is factored by :func:`randla.compress.factor` and the layer
+    ``out x (in kh kw)``) is factored by :func:`~randla.compress.factor.factor` and the layer
     becomes a :class:`LowRankLinear` (:class:`LowRankConv2d`: a ``kh x kw`` convolution
     to ``r`` channels, then a ``1 x 1`` one); a layer whose factors would not save
     parameters (``r (out + in) >= out in``) stays dense. With ``calibration`` (Gram
@@ -134,13 +135,13 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
         parameters kept; ``rtol``: relative Frobenius error of each weight (of each
         layer's output when calibrated); ``budget``: total parameters of the selected
         layers' weights after compression (int) or a fraction of them (float), spread
-        over the layers (see :func:`randla.compress.compress_weights`).
+        over the layers (see :func:`randla.compress.weights.compress_weights`).
     calibration : dict, optional
         ``{module_name: G}`` from :func:`calibrate`; every selected layer must have one
         (a missing layer is a ``ValueError``, never a silent plain factorisation). When
         it is a :class:`Calibration` made with ``output=``, the factors minimise the
         K-FAC estimate of the change of that output (``R^H (W - B A) L``, see
-        :func:`randla.compress.factor`), and a ``budget`` is spent greedily on
+        :func:`~randla.compress.factor.factor`), and a ``budget`` is spent greedily on
         those spectra, which are comparable across layers, cross-validated over the
         calibration's folds; with ``sample_probes`` (see :func:`calibrate`), on its
         per-sample error curves instead. Without ``output=``, a ``budget`` is spent on
@@ -160,11 +161,11 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
         Oversampling.
     split : {"left", "balanced"}, default "left"
     ridge : float, default 1e-6
-        Relative ridge of the Gram matrices (see :func:`randla.compress.whitener`).
+        Relative ridge of the Gram matrices (see :func:`randla.compress.factor.whitener`).
     batch : bool, default True
         Factor layers of equal shape, dtype, device and rank (the attention
         projections, the FFN matrices of a transformer) by stacked calls, in chunks of
-        at most 32 MB of float32 (see :func:`randla.compress.factor_many`); ``False``:
+        at most 32 MB of float32 (see :func:`randla.compress.group.factor_many`); ``False``:
         one call per layer. Seeded results are reproducible either way and agree
         within the error bounds, not bit for bit (one random draw per stacked call).
         Not used with ``data`` (one layer at a time).
@@ -196,10 +197,10 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
     model : torch.nn.Module
         The compressed model (``model`` itself when ``inplace``).
     report : randla.compress.Report
-        One :class:`randla.compress.LayerReport` per selected layer: shape, rank,
+        One :class:`randla.compress.report.LayerReport` per selected layer: shape, rank,
         parameters before/after, estimated normalized error, relative output error
         on the calibration data when calibrated (``None`` for budgeted two-sided
-        factors, see :class:`randla.compress.LayerReport`), time.
+        factors, see :class:`randla.compress.report.LayerReport`), time.
 
     Notes
     -----

@@ -125,6 +125,7 @@ class LowRankLinear(nn.Module):
         return layer
 
     def forward(self, input):
+        """``input @ A^T @ B^T + bias``: two products with the factors, not with ``B @ A``."""
         return F.linear(F.linear(input, self.lowrank_A), self.lowrank_B, self.bias)
 
     def weight_product(self):
@@ -265,6 +266,9 @@ class LowRankConv2d(nn.Module):
         return layer
 
     def forward(self, input):
+        """The convolution with ``lowrank_A`` (to ``rank`` channels; a ``padding_mode`` other
+        than ``"zeros"`` pads first), then the ``1 x 1`` convolution with ``lowrank_B`` and
+        ``bias``."""
         if self.padding_mode != "zeros":
             padded = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             y = F.conv2d(padded, self.lowrank_A, None, self.stride, 0, self.dilation)

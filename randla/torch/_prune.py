@@ -220,7 +220,7 @@ def prune_mlp(model, pairs, batches, *, keep_fraction=None, k=None, rtol=None, m
         activations leaves a relative residual ``<= rtol``. Exactly one of
         ``keep_fraction``, ``k``, ``rtol``.
     method : {"cpqr", "srrqr", "randomized"}, default "cpqr"
-        Pivoting of the ID (:func:`randla.interp_decomp`).
+        Pivoting of the ID (:func:`randla.interpolative.interp_decomp`).
     ridge : "gcv" or float >= 0, default "gcv"
         Relative ridge of ``T``; ``0`` is the plain ID.
     ignore_padding : bool, default True

@@ -5,8 +5,8 @@ inputs come from one forward pass per batch, kept in memory up to
 ``REFERENCE_CACHE_BYTES`` (else recomputed per step, the pass stopping at the layer).
 Before each step the calibration batches run through the copy compressed so far, up to
 the layer (the forward pass stops there), and the second moments of the layer's inputs
-in both models are accumulated per fold (:class:`randla.compress.TransferStats`);
-:func:`randla.compress.fit_corrected` then fits the layer to the original layer's output
+in both models are accumulated per fold (:class:`randla.compress.correct.TransferStats`);
+:func:`randla.compress.correct.fit_corrected` then fits the layer to the original layer's output
 from the inputs the compressed model gives it. Layers that read the same input tensor
 (a transformer's query, key and value projections) are fitted from one pass.
 """
