@@ -199,7 +199,8 @@ def normalized_error(A, U, S, Vh, *, s=None, method="svd", rng=None):
     ----------
     A : array (m, n)
     U, S, Vh : arrays
-        A rank-``k`` approximation (``S`` of length ``k < min(m, n)``).
+        A rank-``k`` approximation (``S`` of length ``k < min(m, n)``; ``k = 0``, the
+        zero approximation that ``rsvd(A, rtol=...)`` returns for a zero ``A``, too).
     s : array, optional
         Singular values of ``A`` (at least ``k + 1``, descending); computed exactly
         when omitted.
@@ -226,7 +227,8 @@ def normalized_error(A, U, S, Vh, *, s=None, method="svd", rng=None):
     """
     residual_norm = _RESIDUAL_NORMS[V.check_choice(method, "method", _RESIDUAL_NORMS)]
     A, xp = V.as_matrix(A)
-    U, S, Vh = V.as_factor(U, "U", xp), V.as_factor(S, "S", xp, ndim=1), V.as_factor(Vh, "Vh", xp)
+    U, S, Vh = (V.as_factor(U, "U", xp, allow_empty=True), V.as_factor(S, "S", xp, ndim=1, allow_empty=True),
+                V.as_factor(Vh, "Vh", xp, allow_empty=True))
     k = S.shape[0]
     if tuple(U.shape) != (A.shape[0], k) or tuple(Vh.shape) != (k, A.shape[1]):
         raise ValueError(

@@ -90,6 +90,19 @@ def test_normalized_error_rank_deficient():
             assert normalized_error(*args, method=method, rng=0) == 1.0
 
 
+@pytest.mark.parametrize("method", ["svd", "lanczos"])
+def test_normalized_error_of_rank_zero(backend, method):
+    """Rank 0, the factors ``rsvd(A, rtol=...)`` returns for a zero matrix: the zero
+    approximation is optimal, ``||A||_2 / sigma_1(A) = 1`` (it was refused: "U must
+    not be empty")."""
+    Z = backend.asarray(np.zeros((30, 20)))
+    U, S, Vh = randla.rsvd(Z, rtol=0.1, rng=0)
+    assert S.shape[0] == 0
+    assert normalized_error(Z, U, S, Vh, method=method, rng=0) == 1.0
+    A = backend.asarray(np.random.default_rng(0).standard_normal((30, 20)))
+    assert abs(normalized_error(A, U, S, Vh, method=method, rng=0) - 1.0) < 1e-6
+
+
 def test_estimators_name_bad_factors():
     A = np.random.default_rng(7).standard_normal((40, 30))
     U, S, Vh = np.linalg.svd(A, full_matrices=False)
