@@ -312,6 +312,30 @@ def test_zero_copy_in_and_out():
     np.testing.assert_array_equal(rt.to_array(c), c.resolve_conj().numpy())
 
 
+def test_negative_bit_weights_keep_their_sign(tmp_path):
+    """A weight held as a negative-bit view (``Z.conj().imag``) equals ``W`` but stores
+    ``-W``; DLPack exports the storage, so compress factored ``-W`` (output off by
+    6.4, no error) and a saved checkpoint held ``-W``."""
+    W = torch.randn(48, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    Wneg = torch.complex(torch.zeros_like(W), -W).conj().imag
+    assert Wneg.is_neg() and torch.equal(Wneg, W)
+    np.testing.assert_array_equal(rt.to_array(Wneg), W.numpy())
+
+    def net(weight):
+        m = nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Linear(48, 8)).double()
+        m[0].weight = nn.Parameter(weight)
+        return m
+
+    good, _ = rt.compress(net(W.clone()), rank=8, rng=0)
+    small, _ = rt.compress(net(Wneg), rank=8, rng=0)
+    torch.testing.assert_close(small[0].lowrank_B @ small[0].lowrank_A, good[0].lowrank_B @ good[0].lowrank_A)
+    small[0].lowrank_A = nn.Parameter(torch.complex(torch.zeros_like(good[0].lowrank_A), -good[0].lowrank_A).conj().imag)
+    rt.save_lowrank(small, tmp_path / "m.safetensors")
+    fresh, _ = rt.compress(net(W.clone()), rank=8, rng=1)
+    rt.load_lowrank(fresh, tmp_path / "m.safetensors")
+    torch.testing.assert_close(fresh[0].lowrank_A, good[0].lowrank_A, rtol=0, atol=0)
+
+
 def test_shared_modules_are_replaced_everywhere():
     shared = nn.Linear(32, 32).double()
     net = nn.Sequential(shared, nn.ReLU(), shared)

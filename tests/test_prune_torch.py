@@ -290,8 +290,10 @@ class _Branches(nn.Module):
 
     def forward(self, x):
         h = self.fc1(x)
+        if self.side == "checked" and h.shape[-1] != 16:  # a model's own shape check
+            raise ValueError(f"expected 16 hidden units, got {h.shape[-1]}")
         y = self.fc2(nn.functional.gelu(h))
-        return y + self.proj(h if self.side == "residual" else self.other(x))
+        return y + self.proj(h if self.side in ("residual", "checked") else self.other(x))
 
 
 @pytest.mark.parametrize(("mixer", "message"), [
@@ -320,12 +322,14 @@ def test_a_first_layer_that_does_not_feed_the_second_is_refused():
         prune_mlp(_Branches("unrelated"), [("other", "fc2")], [torch.randn(64, 8)], k=8)
 
 
-def test_a_first_layer_that_also_feeds_another_module_leaves_the_model_whole():
+@pytest.mark.parametrize("side", ["residual", "checked"])
+def test_a_first_layer_that_also_feeds_another_module_leaves_the_model_whole(side):
     """``fc1``'s output feeds ``proj`` too: the pruned model cannot run (it failed at
     the user's first forward pass); the error names the cause and an in-place model
-    is restored."""
+    is restored, also where the model's own check raises first (a ValueError, which
+    left the model pruned)."""
     torch.manual_seed(0)
-    net = _Branches("residual")
+    net = _Branches(side)
     X = torch.randn(64, 8)
     before = copy.deepcopy(net.state_dict())
     y = net(X)

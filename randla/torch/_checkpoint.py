@@ -24,7 +24,7 @@ _SUFFIX_A, _SUFFIX_B = ".lowrank_A", ".lowrank_B"
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
     """A CPU NumPy view (bfloat16 as ``ml_dtypes.bfloat16``) of a detached tensor."""
-    t = t.detach().resolve_conj().cpu().contiguous()
+    t = t.detach().resolve_conj().resolve_neg().cpu().contiguous()
     if t.dtype == torch.bfloat16:
         import ml_dtypes
 

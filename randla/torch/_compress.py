@@ -29,8 +29,10 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 def to_array(t):
-    """An array-API array for the math: detached, conjugate bit resolved, half precision
-    upcast to float32; a zero-copy NumPy view on the CPU, the tensor itself elsewhere.
+    """An array-API array for the math: detached, conjugate and negative bits resolved
+    (DLPack exports the raw storage: a negative-bit view would come out negated), half
+    precision upcast to float32; a zero-copy NumPy view on the CPU, the tensor itself
+    elsewhere.
 
     Examples
     --------
@@ -41,7 +43,7 @@ def to_array(t):
     >>> type(a).__name__, a.dtype
     ('ndarray', dtype('float32'))
     """
-    t = t.detach().resolve_conj()
+    t = t.detach().resolve_conj().resolve_neg()
     if t.dtype in _HALF:
         t = t.float()
     if t.device.type == "cpu":

@@ -341,9 +341,10 @@ def _check_runs(model, batch, saved):
     (a residual connection, a second branch), which expects the old width."""
     try:
         run_with_hooks(model, [batch], [])
-    except RuntimeError as exc:
+    except Exception as exc:  # torch's shape errors, or the model's own checks (ValueError, assert)
         for module, weight, bias, n_in, n_out in saved:
             module.weight, module.bias, module.in_features, module.out_features = weight, bias, n_in, n_out
         raise ValueError(f"the pruned model fails on the first calibration batch ({exc}); a first layer's output "
-                         f"probably feeds another module besides its second layer, which pruning cannot narrow. "
+                         f"probably feeds another module besides its second layer, which pruning cannot narrow "
+                         f"(in a gated MLP, name the layers pruned together: ((gate, up), down)). "
                          f"The model is left as it was") from exc
