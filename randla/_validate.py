@@ -57,6 +57,7 @@ def as_matrix(A, name: str = "A", *, check_finite: bool = True, ndim: int = 2, b
     ``check_finite=False`` (only where the caller offers that option).
     ``allow_empty``: a dimension of length 0 is accepted (a rank-0 basis).
     """
+    A = _plain_numpy(A, name)
     try:
         xp = B.namespace(A)
     except TypeError:
@@ -64,6 +65,9 @@ def as_matrix(A, name: str = "A", *, check_finite: bool = True, ndim: int = 2, b
             f"{name} must be an array of an array-API library (NumPy, CuPy, torch, JAX, "
             f"Dask, ...), got {type(A).__name__}"
         ) from None
+    if any(s is None or s != s for s in A.shape):  # None, or NaN (Dask after a boolean index)
+        raise ValueError(f"{name} has unknown dimensions (shape {tuple(A.shape)}); give it known sizes first "
+                         f"(Dask: {name}.compute_chunk_sizes())")
     if batched and A.ndim > 2:
         if B.backend_name(xp) == "dask":
             raise ValueError(
@@ -79,6 +83,25 @@ def as_matrix(A, name: str = "A", *, check_finite: bool = True, ndim: int = 2, b
     if check_finite:
         check_finite_array(A, name, hint=finite_hint)
     return A, xp
+
+
+def _plain_numpy(A, name):
+    """NumPy input as a plain ``ndarray`` in native byte order: subclasses (``np.matrix``,
+    ``np.memmap``) viewed as ``ndarray`` (``np.matrix`` products are matrix products, and
+    its rows stay 2-D), big-endian data swapped to a native copy (as LAPACK needs);
+    masked arrays refused (their hidden entries would be used)."""
+    import numpy as np
+
+    if not isinstance(A, np.ndarray):
+        return A
+    if isinstance(A, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array; randla would use the masked entries: pass "
+                        f"{name}.filled(value), or the rows and columns without masked entries")
+    if type(A) is not np.ndarray:
+        A = A.view(np.ndarray)
+    if not A.dtype.isnative:
+        A = A.astype(A.dtype.newbyteorder("="))
+    return A
 
 
 def as_factor(x, name: str, xp, *, ndim: int = 2, of: str = "A", check_finite: bool = True,
@@ -171,10 +194,10 @@ def _scipy_operand(A, name, check_finite):
     elif dtype not in (np.float32, np.float64, np.complex64, np.complex128):
         raise TypeError(f"{name} has dtype {dtype}; use float32, float64, complex64 or complex128")
     if scipy.sparse.issparse(A):
+        A = A.tocsr()  # first: LIL and DOK keep no flat .data to check
         if check_finite and not np.all(np.isfinite(A.data)):
             raise ValueError(f"{name} contains NaN or Inf (pass check_finite=False to skip this check)")
         AH = A.conj().T.tocsr()
-        A = A.tocsr()
         return Operand(A, np, tuple(A.shape), dtype, lambda X: np.asarray(A @ X, dtype=dtype),
                        lambda X: np.asarray(AH @ X, dtype=dtype), False)
     op = A

@@ -329,7 +329,8 @@ def test_negative_bit_weights_keep_their_sign(tmp_path):
     good, _ = rt.compress(net(W.clone()), rank=8, rng=0)
     small, _ = rt.compress(net(Wneg), rank=8, rng=0)
     torch.testing.assert_close(small[0].lowrank_B @ small[0].lowrank_A, good[0].lowrank_B @ good[0].lowrank_A)
-    small[0].lowrank_A = nn.Parameter(torch.complex(torch.zeros_like(good[0].lowrank_A), -good[0].lowrank_A).conj().imag)
+    A = good[0].lowrank_A
+    small[0].lowrank_A = nn.Parameter(torch.complex(torch.zeros_like(A), -A).conj().imag)
     rt.save_lowrank(small, tmp_path / "m.safetensors")
     fresh, _ = rt.compress(net(W.clone()), rank=8, rng=1)
     rt.load_lowrank(fresh, tmp_path / "m.safetensors")

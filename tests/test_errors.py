@@ -7,6 +7,7 @@ way to a ``ValueError`` fails these tests instead of passing them.
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -125,3 +126,69 @@ def test_overflowing_products_are_named():
     X = np.full((20, 10), 1e307)
     U, S, Vh = randla.rsvd(X, 1, rng=0)
     np.testing.assert_allclose(S, [1e307 * np.sqrt(200)], rtol=1e-12)
+
+
+_LAYOUT_CALLS = {
+    "rsvd": lambda X: randla.rsvd(X, 3, rng=0),
+    "rsi": lambda X: randla.rsi(X, 3, rng=0, solver="randomized"),
+    "cpqr": lambda X: randla.cpqr(X, 3),
+    "rcpqr": lambda X: randla.rcpqr(X, 3, rng=0),
+    "sketch": lambda X: (sketch.sketch(X, 3, rng=0),),
+    "spectral_norm": lambda X: (np.asarray(randla.spectral_norm(X, rng=0)),),
+    "adaptive": lambda X: (randla.adaptive_range_finder(X, 0.5, rng=0),),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_LAYOUT_CALLS))
+def test_numpy_subclasses_and_byte_orders_are_plain_arrays(name):
+    """np.matrix failed deep inside (LAPACK argument errors, IndexError, broadcast
+    errors) or came back as np.matrix; big-endian data was refused with "randla works in
+    float64" for a float64 array. Both give the plain array's results now."""
+    A = np.random.default_rng(0).standard_normal((30, 20))
+    ref = _LAYOUT_CALLS[name](A)
+    with warnings.catch_warnings():  # NumPy's own notice on making a matrix
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        M = np.matrix(A)
+    for X in (M, A.astype(">f8")):
+        out = _LAYOUT_CALLS[name](X)
+        for o, r in zip(out, ref, strict=True):
+            assert type(o) is np.ndarray and o.dtype in (np.float64, np.int64)  # perm: int64
+            np.testing.assert_allclose(o, r, rtol=1e-12, atol=1e-12)
+
+
+def test_masked_arrays_are_refused():
+    """A masked entry's hidden value was used (cpqr: |R[0, 0]| = 1e6 for 7.7)."""
+    data = np.random.default_rng(0).standard_normal((30, 20))
+    data[3, 4] = 1e6
+    X = np.ma.masked_array(data, mask=data > 1e5)
+    for name in ("cpqr", "rsvd"):
+        with pytest.raises(TypeError, match="A is a masked array"):
+            _LAYOUT_CALLS[name](X)
+
+
+@pytest.mark.parametrize("fmt", ["lil", "dok"])
+def test_sparse_formats_without_flat_data_are_checked(fmt):
+    """LIL and DOK matrices failed the finiteness check ("ufunc 'isfinite' not
+    supported", "no attribute 'data'") in every function with check_finite=True."""
+    S = scipy.sparse.random(30, 20, density=0.3, random_state=0, format=fmt)
+    dense = S.toarray()
+    np.testing.assert_allclose(sketch.sketch(S, 3, rng=0), sketch.sketch(dense, 3, rng=0), atol=1e-12)
+    np.testing.assert_allclose(float(randla.spectral_norm(S, rng=0)), np.linalg.norm(dense, 2), rtol=1e-8)
+    S = S.tolil() if fmt == "lil" else S.todok()
+    S[2, 3] = np.nan
+    with pytest.raises(ValueError, match="A contains NaN or Inf"):
+        sketch.sketch(S, 3, rng=0)
+
+
+def test_dask_arrays_of_unknown_size_are_refused():
+    """Shape (nan, n) after a boolean index: adaptive_range_finder returned None, others
+    raised "cannot convert float NaN to integer"."""
+    da = pytest.importorskip("dask.array")
+    A = da.from_array(np.random.default_rng(0).standard_normal((100, 40)), chunks=(25, 40))
+    U = A[A[:, 0] > 0]
+    for call in (lambda: randla.adaptive_range_finder(U, 0.1), lambda: randla.rsvd(U, 3, rng=0),
+                 lambda: randla.rcpqr(U, 3, rng=0)):
+        with pytest.raises(ValueError, match=r"unknown dimensions .*compute_chunk_sizes\(\)"):
+            call()
+    U.compute_chunk_sizes()
+    assert randla.adaptive_range_finder(U, 0.1).shape[0] == U.shape[0]
