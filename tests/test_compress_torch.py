@@ -82,6 +82,36 @@ def test_low_rank_linear_is_B_at_A_and_round_trips():
         rt.LowRankLinear.from_factors(torch.ones(4, 2), torch.ones(3, 5))
 
 
+def test_low_rank_layers_expose_a_dense_weight():
+    """Code that reads ``layer.weight`` (T5 reads ``wo.weight.dtype`` in every forward
+    pass) failed on every compressed model with an AttributeError."""
+    B, A = torch.randn(8, 3, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    layer = rt.LowRankLinear.from_factors(B, A)
+    layer.weight.square().sum().backward()  # differentiable: d/dA ||B A||^2 = 2 B^T B A
+    torch.testing.assert_close(layer.lowrank_A.grad, 2 * B.T @ B @ A)
+    torch.testing.assert_close(layer.weight.detach(), layer.weight_product())
+    conv = rt.LowRankConv2d.from_conv(nn.Conv2d(2, 4, 3).double(), torch.randn(4, 1).double(),
+                                      torch.randn(1, 18).double())
+    torch.testing.assert_close(conv.weight.detach(), conv.weight_product())
+    with pytest.raises((AttributeError, KeyError), match="weight"):  # read-only
+        layer.weight = nn.Parameter(torch.zeros(8, 5))
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1,
+                                num_heads=4, decoder_start_token_id=0)
+    t5 = transformers.T5ForConditionalGeneration(cfg).eval()
+    batch = {"input_ids": torch.randint(1, 100, (2, 6)), "decoder_input_ids": torch.randint(1, 100, (2, 4))}
+    small, _ = rt.compress(t5, rank_fraction=0.5, exclude="lm_head", rng=0)
+    dense = copy.deepcopy(small)  # the reference: every low-rank layer as its nn.Linear
+    for name, m in list(dense.named_modules()):
+        if isinstance(m, rt.LowRankLinear):
+            parent, _, attr = name.rpartition(".")
+            setattr(dense.get_submodule(parent), attr, m.to_dense())
+    assert any(isinstance(m, rt.LowRankLinear) for m in small.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(small(**batch).logits, dense(**batch).logits)
+
+
 @pytest.mark.parametrize("kw", [{}, {"stride": 2, "padding": 1}, {"dilation": 2, "padding": 2},
                                 {"padding": 1, "padding_mode": "reflect"}, {"padding": "same"}])
 def test_low_rank_conv_matches_the_composed_kernel(kw):

@@ -128,6 +128,16 @@ class LowRankLinear(nn.Module):
         """``input @ A^T @ B^T + bias``: two products with the factors, not with ``B @ A``."""
         return F.linear(F.linear(input, self.lowrank_A), self.lowrank_B, self.bias)
 
+    @property
+    def weight(self):
+        """The dense weight ``B @ A`` (out x in), formed on each access, with autograd
+        history: for code that reads a linear layer's ``weight`` (Hugging Face's T5
+        reads ``wo.weight.dtype`` in every forward pass). Each access costs
+        ``out in rank`` multiply-adds and a dense ``out x in`` tensor; the layer
+        itself never holds one. Read-only (assign ``lowrank_A``/``lowrank_B``).
+        """
+        return _dense_product(self.lowrank_B, self.lowrank_A)
+
     def weight_product(self):
         """The dense weight ``B @ A`` (out x in), without autograd history.
 
@@ -275,6 +285,13 @@ class LowRankConv2d(nn.Module):
         else:
             y = F.conv2d(input, self.lowrank_A, None, self.stride, self.padding, self.dilation)
         return F.conv2d(y, self.lowrank_B[:, :, None, None], self.bias)
+
+    @property
+    def weight(self):
+        """The dense kernel ``(B @ A).reshape(out, in, kh, kw)``, formed on each access,
+        with autograd history (see :attr:`LowRankLinear.weight`). Read-only."""
+        W = _dense_product(self.lowrank_B, self.lowrank_A.reshape(self.rank, -1))
+        return W.reshape(self.out_channels, self.in_channels, *self.kernel_size)
 
     def weight_product(self):
         """The dense kernel ``(B @ A).reshape(out, in, kh, kw)``, without autograd history.
