@@ -367,6 +367,30 @@ def test_negative_bit_weights_keep_their_sign(tmp_path):
     torch.testing.assert_close(fresh[0].lowrank_A, good[0].lowrank_A, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("inplace", [False, True])
+def test_replaced_layers_keep_their_hooks(inplace):
+    """Forward, pre-forward and backward hooks on a replaced layer were dropped silently
+    (an output-editing hook stopped applying); the user's handles still remove them."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).double()
+    calls = []
+    handles = [net[0].register_forward_pre_hook(lambda m, a: calls.append("pre")),
+               net[0].register_forward_hook(lambda m, a, o: 2 * o),
+               net[0].register_full_backward_hook(lambda m, gi, go: calls.append("backward"))]
+    x = torch.randn(3, 16, dtype=torch.float64, requires_grad=True)  # a full backward hook wants input grads
+    small, _ = rt.compress(net, rank=4, rng=0, inplace=inplace)
+    assert isinstance(small[0], rt.LowRankLinear)
+    small(x).sum().backward()
+    assert calls == ["pre", "backward"]
+    torch.testing.assert_close(small[0](x), 2 * (x @ small[0].weight.T + small[0].bias))
+    if inplace:
+        for h in handles:
+            h.remove()
+        calls.clear()
+        torch.testing.assert_close(small[0](x), x @ small[0].weight.T + small[0].bias)
+        assert calls == []
+
+
 def test_shared_modules_are_replaced_everywhere():
     shared = nn.Linear(32, 32).double()
     net = nn.Sequential(shared, nn.ReLU(), shared)

@@ -87,14 +87,24 @@ def _references(model):
     return refs
 
 
+# The hooks a replacement takes over (the dictionaries themselves, so that the handles
+# the user holds still remove them); state-dict hooks stay behind: the keys differ.
+_HOOKS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+          "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks", "_is_full_backward_hook")
+
+
 def inherit_state(new, module):
-    """``new`` (a low-rank layer replacing ``module``) with ``module``'s training flag and
-    ``requires_grad``: the factors' from the weight, the bias's from the bias."""
+    """``new`` (a low-rank layer replacing ``module``) with ``module``'s training flag,
+    ``requires_grad`` (the factors' from the weight, the bias's from the bias) and its
+    forward and backward hooks."""
     weight = module.lowrank_A if isinstance(module, (LowRankLinear, LowRankConv2d)) else module.weight
     new.lowrank_A.requires_grad_(weight.requires_grad)
     new.lowrank_B.requires_grad_(weight.requires_grad)
     if new.bias is not None and module.bias is not None:
         new.bias.requires_grad_(module.bias.requires_grad)
+    for attr in _HOOKS:
+        if hasattr(module, attr):
+            setattr(new, attr, getattr(module, attr))
     return new.train(module.training)
 
 
