@@ -157,6 +157,40 @@ def test_calibrate_grams_folds_and_padding():
     assert plain.folds is None and plain.output_grams is None
 
 
+class _FlatFFN(nn.Module):
+    """An FFN that flattens its input to ``(batch * seq, d)`` rows first (as OPT does)."""
+
+    def __init__(self, d=8, ffn=16):
+        super().__init__()
+        self.up, self.down = nn.Linear(d, ffn), nn.Linear(ffn, d)
+
+    def forward(self, x, attention_mask=None):
+        b, t, d = x.shape
+        return self.down(F.gelu(self.up(x.reshape(-1, d)))).view(b, t, d)
+
+
+def test_padding_is_left_out_of_flattened_inputs():
+    """A layer that reads ``(batch * seq, d)`` rows counted its padding rows (Gram
+    matrices, folds by row instead of by sample, pruning's activations) silently."""
+    torch.manual_seed(0)
+    net = _FlatFFN().double()
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]])
+    x[mask == 0] = 100.0  # junk in the padding
+    cal = rt.calibrate(net, [{"x": x, "attention_mask": mask}], folds=2)
+    rows = x[mask.bool()]
+    torch.testing.assert_close(cal["up"], rows.T @ rows)
+    r0 = x[[0, 2]][mask[[0, 2]].bool()]  # samples 0 and 2 in fold 0
+    torch.testing.assert_close(cal.folds[0]["up"], r0.T @ r0)
+    # pruning sees the same activations as on the unpadded sentences one by one
+    one_by_one = [{"x": x[i:i + 1, :int(mask[i].sum())], "attention_mask": mask[i:i + 1, :int(mask[i].sum())]}
+                  for i in range(3)]
+    a, _ = rt.prune_mlp(net, [("up", "down")], [{"x": x, "attention_mask": mask}], k=6)
+    b, _ = rt.prune_mlp(net, [("up", "down")], one_by_one, k=6)
+    torch.testing.assert_close(a.down.weight, b.down.weight)
+    torch.testing.assert_close(a.up.weight, b.up.weight)
+
+
 def test_calibrate_conv_gram_is_the_unfolded_gram():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2)).double()

@@ -84,8 +84,7 @@ def fold_rows(module, x, mask, start, folds):
     >>> [r.shape[0] for r in rows], n  # samples 1 -> fold 0, samples 0 and 2 -> fold 1
     ([2, 4], 3)
     """
-    if not masks_positions(mask, module, x):
-        mask = None
+    x, mask = positions(mask, module, x)
     x = as_batch(module, x)
     n_samples = x.shape[0]
     rows = []
@@ -102,11 +101,23 @@ def fold_rows(module, x, mask, start, folds):
     return rows, n_samples
 
 
-def masks_positions(mask, module, x):
-    """True where ``mask`` (``(batch, seq)``, see :func:`batch_mask`) marks the leading
-    positions of a layer's input ``x`` (never for a convolution)."""
-    return (mask is not None and x.ndim >= 3 and tuple(x.shape[:2]) == tuple(mask.shape)
-            and not isinstance(module, nn.Conv2d))
+def positions(mask, module, x):
+    """``(x, mask)``: a layer's input with the positions ``mask`` (``(batch, seq)``, see
+    :func:`batch_mask`) marks, or ``(x, None)`` where it marks none (never for a
+    convolution).
+
+    ``x`` of shape ``(batch, seq, ...)`` is taken as it is; ``(batch * seq, d)``, the
+    rows a model flattens before a layer (OPT's ``view(-1, d)``: batch-major), is
+    viewed as ``(batch, seq, d)``, so that its padding rows are left out and its
+    samples are the batch's.
+    """
+    if mask is None or isinstance(module, nn.Conv2d):
+        return x, None
+    if x.ndim >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+        return x, mask
+    if x.ndim == 2 and x.shape[0] == mask.numel():
+        return x.reshape(*mask.shape, x.shape[-1]), mask
+    return x, None
 
 
 def wide(X):
@@ -408,9 +419,9 @@ def _sample_pass(model, layers, cal, batches, output, probes, gen, ignore_paddin
         mask = state["mask"]
         inputs = {}
         for n in names:  # b_i^H x_t per fold, once per batch
-            module, x = ys[n][0], xs[n]
-            if masks_positions(mask, module, x):
-                x = x * (mask.to(x.device) != 0).unsqueeze(-1).to(x.dtype)  # padding positions: no error
+            module, (x, pmask) = ys[n][0], positions(mask, ys[n][0], xs[n])
+            if pmask is not None:
+                x = x * (pmask.to(x.device) != 0).unsqueeze(-1).to(x.dtype)  # padding positions: no error
             x = as_batch(module, x)
             n_samples = x.shape[0]
             X = layer_inputs(module, x)

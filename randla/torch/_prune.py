@@ -19,7 +19,7 @@ from torch import nn
 from .. import _backend as _B
 from ..compress.prune import PairReport, PruneReport, _check_ridge, accumulate, neuron_count, prune_neurons
 from ..interpolative import ID_METHODS
-from ._calibration import batch_mask, wide
+from ._calibration import batch_mask, positions, wide
 from ._compress import from_array, to_array
 from ._hooks import check_materialised, check_untied, run_with_hooks, run_with_input_hooks
 
@@ -71,9 +71,11 @@ def _resolve_pairs(model, pairs):
     return resolved
 
 
-def _rows(x, mask):
-    """The activation rows of a batch, float64 (complex128), padding positions left out."""
-    if mask is not None and x.ndim >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+def _rows(module, x, mask):
+    """The activation rows of a batch, float64 (complex128), padding positions left out
+    (:func:`~randla.torch._calibration.positions`)."""
+    x, mask = positions(mask, module, x)
+    if mask is not None:
         x = x[mask.to(x.device) != 0]
     x = wide(x.reshape(-1, x.shape[-1]))
     return to_array(x)
@@ -94,7 +96,7 @@ def _capture(model, seconds, batches, ignore_padding):
             yield batch
 
     def keep(name, module, x):
-        rows = _rows(x, state["mask"])
+        rows = _rows(module, x, state["mask"])
         if rows.shape[0]:
             acts[name] = accumulate(acts.get(name), rows)
 
