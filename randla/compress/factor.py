@@ -818,7 +818,7 @@ def _dense(shape, name, units, t0, calibrated=None):
 
 
 def truncate(factors, rank):
-    """The same factorisation cut to a lower rank: ``B[:, :rank]``, ``A[:rank]``.
+    """The same factorisation cut to a lower rank: copies of ``B[:, :rank]``, ``A[:rank]``.
 
     Exact for both splits (``S`` is diagonal): truncating a rank-``r`` factorisation
     gives the one :func:`factor` computes at the lower rank from the same subspace.
@@ -858,4 +858,7 @@ def truncate(factors, rank):
     rel = _tail_error(factors.S, rank, factors.energy)
     report = rep._replace(rank=rank, params_after=parameter_count(rep.shape, rank), normalized_error=None,
                           relative_error=rel, output_error=rel if rep.units == "output" else None)
-    return factors._replace(B=factors.B[:, :rank], A=factors.A[:rank, :], report=report)
+    xp = B.namespace(factors.B)
+    # copies: an in-place edit of the result (quantising, rescaling) must not reach ``factors``
+    return factors._replace(B=xp.asarray(factors.B[:, :rank], copy=True), A=xp.asarray(factors.A[:rank, :], copy=True),
+                            report=report)
