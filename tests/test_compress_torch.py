@@ -425,6 +425,28 @@ def test_replaced_layers_keep_their_hooks(inplace):
         assert calls == []
 
 
+class Conv1D(nn.Module):
+    """transformers' GPT-2 projection: ``x @ W + b`` with ``W`` in x out."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.randn(nx, nf)), nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x):
+        return x @ self.weight + self.bias
+
+
+def test_a_model_without_eligible_layers_names_what_it_has():
+    """GPT-2's projections are Conv1D: the error blamed include/exclude, which were fine."""
+    net = nn.Sequential(Conv1D(8, 4), nn.ReLU(), Conv1D(4, 8), nn.LayerNorm(4), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="matches include/exclude; the matching modules with weights are Conv1D"):
+        rt.compress(net, rank=1, exclude="^4$")
+    with pytest.raises(ValueError, match="no nn.Linear or nn.Conv2d layer can take a low-rank pair; .* Conv1D"):
+        rt.compress(nn.Sequential(Conv1D(8, 4), nn.ReLU()), rank=1)
+    with pytest.raises(ValueError, match="matches include/exclude$"):
+        rt.compress(net, rank=1, include="nothing")
+
+
 def test_shared_modules_are_replaced_everywhere():
     shared = nn.Linear(32, 32).double()
     net = nn.Sequential(shared, nn.ReLU(), shared)

@@ -20,7 +20,7 @@ from .. import _backend as _B
 from ..compress import Report, check_rank_mode, compress_weights
 from ..compress.correct import DEFAULT_SHRINKAGE
 from ..compress.factor import DEFAULT_RIDGE, _checked_ridge, fit_range
-from ._hooks import check_untied, eligible_layers
+from ._hooks import check_untied, eligible_layers, select_modules
 from ._modules import LowRankConv2d, LowRankLinear
 
 __all__ = ["compress", "to_array", "from_array"]
@@ -91,6 +91,21 @@ def _references(model):
 # the user holds still remove them); state-dict hooks stay behind: the keys differ.
 _HOOKS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
           "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks", "_is_full_backward_hook")
+
+
+def _no_layers(model, include, exclude):
+    """Why ``compress`` found nothing to factor, naming the classes of the other weighted
+    modules it passed over (e.g. transformers' ``Conv1D``, whose weight is ``in x out``)."""
+    filtered = include is not None or exclude is not None
+    others = sorted({type(m).__name__ for _, m in select_modules(model, nn.Module, include=include, exclude=exclude)
+                     if not isinstance(m, (nn.Linear, nn.Conv2d, nn.Embedding, nn.EmbeddingBag))
+                     and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.ndim >= 2})
+    message = f"no nn.Linear or nn.Conv2d layer {'matches include/exclude' if filtered else 'can take a low-rank pair'}"
+    if others:
+        message += (f"; the {'matching ' if filtered else ''}modules with weights are {', '.join(others)}, which are "
+                    f"not replaced (transformers' Conv1D computes x @ W + b with W in x out: an nn.Linear with "
+                    f"weight W.T computes the same)")
+    return message
 
 
 def inherit_state(new, module):
@@ -252,7 +267,7 @@ def compress(model, *, rank=None, rank_fraction=None, param_fraction=None, rtol=
         raise TypeError(f"inplace must be a bool, got {type(inplace).__name__}")
     layers = eligible_layers(model, include=include, exclude=exclude)
     if not layers:
-        raise ValueError("no nn.Linear or nn.Conv2d layer matches include/exclude")
+        raise ValueError(_no_layers(model, include, exclude))
     check_untied(model, layers)
     if data is not None:
         return _compress_with_data(model, layers, data, calibration=calibration, inplace=inplace, rank=rank,
