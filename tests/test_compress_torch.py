@@ -226,6 +226,12 @@ def test_output_calibration_keeps_no_autograd_graph():
                        probes=2, rng=0)
     grams = [*cal.values(), *cal.output_grams.values(), *(g for f in cal.folds for g in f.values())]
     assert grams and not any(g.requires_grad or g.grad_fn is not None for g in grams)
+    # inference mode forbids the gradients: said so (it blamed the output function)
+    with torch.inference_mode(), pytest.raises(ValueError, match="outside inference mode"):
+        rt.calibrate(net, [torch.randn(8, 32, dtype=torch.float64)], output=lambda y, b: y, rng=0)
+    with torch.no_grad():
+        assert rt.calibrate(net, [torch.randn(8, 32, dtype=torch.float64)], output=lambda y, b: y, probes=1,
+                            rng=0).output_grams
 
 
 # ----------------------------------------------------------------------------------
