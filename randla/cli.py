@@ -60,7 +60,8 @@ def _count(text):
 def _add_selection(p, *, budget=True):
     p.add_argument("--include", metavar="REGEX", help="factor only weights whose name matches")
     p.add_argument("--exclude", metavar="REGEX", default=None,
-                   help="skip weights whose name matches (default: 'embed'; '' skips nothing)")
+                   help="skip weights whose name matches (default: embedding tables, "
+                        "'embed|(^|\\.)(wte|wpe|shared)\\.'; '' skips nothing)")
     spend = "; with per-sample error curves (calibrate(..., sample_probes=32)) --budget spends those" if budget else ""
     p.add_argument("--calibration", metavar="GRAMS.safetensors",
                    help="per-layer input Gram matrices (randla.torch.calibrate + save_grams): whitened factors" + spend)

@@ -321,3 +321,16 @@ def test_full_calibration_round_trip(tmp_path):
     save_file({"fc@weird": np.eye(2)}, str(tmp_path / "weird.safetensors"))
     with pytest.raises(CheckpointError, match="not a calibration tensor name"):
         load_grams(tmp_path / "weird.safetensors")
+
+
+def test_default_exclude_skips_the_usual_embedding_tables():
+    """GPT-2's wte/wpe and T5's shared table were factored by default ("embed" only)."""
+    from randla.compress.checkpoint import TensorSpec
+    from randla.compress.pipeline import select_weights
+
+    f = np.dtype(np.float32)
+    names = ["transformer.wte.weight", "transformer.wpe.weight", "shared.weight", "encoder.embed_tokens.weight",
+             "bert.embeddings.word_embeddings.weight", "transformer.h.0.attn.c_attn.weight",
+             "model.layers.0.mlp.shared_expert.weight", "lm_head.weight"]
+    kept = select_weights({n: TensorSpec((8, 8), f) for n in names})
+    assert kept == ["transformer.h.0.attn.c_attn.weight", "model.layers.0.mlp.shared_expert.weight", "lm_head.weight"]

@@ -33,7 +33,9 @@ __all__ = ["CompressResult", "compress_checkpoint", "inspect_checkpoint", "selec
            "DEFAULT_RTOLS", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
-DEFAULT_EXCLUDE = r"embed"  # embedding tables are lookups, not linear maps
+# embedding tables are lookups, not linear maps: "embed" (BERT, LLaMA, T5's embed_tokens) and
+# the names GPT-2 (wte, wpe) and T5 (shared) give theirs
+DEFAULT_EXCLUDE = r"embed|(^|\.)(wte|wpe|shared)\."
 DEFAULT_RTOLS = (0.5, 0.4, 0.3, 0.2, 0.1)
 _WEIGHT = ".weight"
 
@@ -62,7 +64,8 @@ def select_weights(specs, *, include=None, exclude=DEFAULT_EXCLUDE) -> list[str]
     include, exclude : str, optional
         Regular expressions searched (``re.search``) in the tensor's name; a tensor is
         chosen when ``include`` matches (or is None) and ``exclude`` does not (default
-        ``"embed"``: embedding tables are lookups; ``None`` excludes nothing).
+        ``DEFAULT_EXCLUDE``, ``"embed"`` and GPT-2's and T5's embedding names (``wte``,
+        ``wpe``, ``shared``): embedding tables are lookups; ``None`` excludes nothing).
 
     Examples
     --------
