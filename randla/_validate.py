@@ -65,6 +65,8 @@ def as_matrix(A, name: str = "A", *, check_finite: bool = True, ndim: int = 2, b
             f"{name} must be an array of an array-API library (NumPy, CuPy, torch, JAX, "
             f"Dask, ...), got {type(A).__name__}"
         ) from None
+    if getattr(A, "is_meta", False) is True:  # torch's meta device: shapes, no values
+        raise ValueError(f"{name} is on the meta device and holds no data; materialise it first")
     if any(s is None or s != s for s in A.shape):  # None, or NaN (Dask after a boolean index)
         raise ValueError(f"{name} has unknown dimensions (shape {tuple(A.shape)}); give it known sizes first "
                          f"(Dask: {name}.compute_chunk_sizes())")

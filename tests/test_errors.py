@@ -192,3 +192,16 @@ def test_dask_arrays_of_unknown_size_are_refused():
             call()
     U.compute_chunk_sizes()
     assert randla.adaptive_range_finder(U, 0.1).shape[0] == U.shape[0]
+
+
+def test_torch_meta_tensors_are_refused():
+    """A meta tensor has no values: torch's errors ("META device type not an
+    accelerator", ".item() cannot be called on meta tensors") named no argument."""
+    torch = pytest.importorskip("torch")
+    from randla.compress import factor
+
+    A = torch.empty(30, 20, device="meta")
+    for call in (lambda: randla.rsvd(A, 3, rng=0), lambda: randla.cpqr(A, 3), lambda: sketch.sketch(A, 3, rng=0),
+                 lambda: factor(A, rank=3, rng=0)):
+        with pytest.raises(ValueError, match="[AW] is on the meta device"):
+            call()
