@@ -820,7 +820,10 @@ def _draw(kind, shape, *, xp, dtype, dev, rng, high=None):
     if name == "jax":
         import jax
 
-        key = jax.random.key(_seed(gen))
+        # the key from the seed's two 32-bit words: jax.random.key(seed) is that key with
+        # float64 on, but truncates the seed to 32 bits with it off
+        seed = _seed(gen)
+        key = jax.random.wrap_key_data(jax.numpy.asarray([seed >> 32, seed & 0xFFFFFFFF], dtype=jax.numpy.uint32))
         if kind == "normal":
             out = jax.random.normal(key, shape, dtype=dtype)
         elif kind == "uniform":

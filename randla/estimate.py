@@ -226,6 +226,7 @@ def normalized_error(A, U, S, Vh, *, s=None, method="svd", rng=None):
     1.0
     """
     residual_norm = _RESIDUAL_NORMS[V.check_choice(method, "method", _RESIDUAL_NORMS)]
+    B.as_generator(rng)  # checked whether or not the method draws
     A, xp = V.as_matrix(A)
     U, S, Vh = (V.as_factor(U, "U", xp, allow_empty=True), V.as_factor(S, "S", xp, ndim=1, allow_empty=True),
                 V.as_factor(Vh, "Vh", xp, allow_empty=True))

@@ -628,8 +628,9 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
     rng : None, int or numpy.random.Generator
         Seed. A stack is sketched with one test matrix ``Omega`` (n x l), drawn once
         and shared by all its matrices, so matrix ``i`` of a stacked call gets the
-        result of an unbatched call on ``A[i]`` with the same ``rng`` (up to
-        rounding).
+        basis of an unbatched call on ``A[i]`` with the same ``rng``, to rounding,
+        where every matrix of the stack takes the same route (see
+        ``docs/backends.rst``, "Stacks").
     check_finite : bool, default True
 
     Returns
@@ -691,7 +692,8 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
         Norm of the fixed-accuracy search (ignored with ``k``).
     p, q, sketch, stabilizer, rng, check_finite
         As in :func:`range_finder` (a stack shares one test matrix: matrix ``i``
-        gets what an unbatched call on ``A[i]`` with the same ``rng`` gets). With
+        gets what an unbatched call on ``A[i]`` with the same ``rng`` gets, up to
+        the signs of singular vectors where the stack's route differs). With
         ``q = 0`` this is plain RSVD; with an orthonormalising stabiliser and
         ``q > 0`` it is the same computation as :func:`rsi`.
     block_size : int, optional
@@ -756,6 +758,9 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
     with _scipy_pool_scope(op):
         if _takes_full(op, solver, _full_is_faster(op.shape, l, q)):
+            if _from_adjoint(op, q, stabilizer):  # as the sketch it replaces: A^H's draws, A^H's factors
+                U, S, Vh = _full_svd(V.adjoint_operand(op), k, l, sketch, rng, check_finite)
+                return SVDResult(B.mH(Vh), S, B.mH(U))
             return _full_svd(op, k, l, sketch, rng, check_finite)
         return _range_svd(op, k, l, q, stabilizer, sketch, rng, check_finite)
 

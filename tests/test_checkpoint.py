@@ -334,3 +334,17 @@ def test_default_exclude_skips_the_usual_embedding_tables():
              "model.layers.0.mlp.shared_expert.weight", "lm_head.weight"]
     kept = select_weights({n: TensorSpec((8, 8), f) for n in names})
     assert kept == ["transformer.h.0.attn.c_attn.weight", "model.layers.0.mlp.shared_expert.weight", "lm_head.weight"]
+
+
+def test_checkpoint_rng_is_checked_as_the_kernels_check_it(tmp_path):
+    """compress_checkpoint and inspect_checkpoint passed rng to NumPy directly: -1 gave
+    NumPy's message, True was seed 1, a SeedSequence was accepted."""
+    from randla.compress.pipeline import compress_checkpoint, inspect_checkpoint
+
+    src = tmp_path / "m.safetensors"
+    save_file({"fc.weight": np.ones((8, 8), dtype=np.float32)}, str(src))
+    for bad in (-1, True, 1.5, np.random.SeedSequence(0)):
+        with pytest.raises(CheckpointError, match="--seed: rng"):
+            compress_checkpoint(src, tmp_path / "o.safetensors", rank_fraction=0.5, rng=bad)
+        with pytest.raises(CheckpointError, match="--seed: rng"):
+            inspect_checkpoint(src, rng=bad)

@@ -205,3 +205,18 @@ def test_torch_meta_tensors_are_refused():
                  lambda: factor(A, rank=3, rng=0)):
         with pytest.raises(ValueError, match="[AW] is on the meta device"):
             call()
+
+
+def test_rng_is_checked_where_it_is_not_used():
+    """normalized_error(method="svd") and calibrate without output= took any rng silently
+    (every other function names it)."""
+    A = np.eye(6)
+    U, S, Vh = np.linalg.svd(A)
+    for bad, err in (("3", TypeError), (-1, ValueError), (1.5, TypeError), (True, TypeError)):
+        with pytest.raises(err, match="rng"):
+            estimate.normalized_error(A, U[:, :2], S[:2], Vh[:2], rng=bad)
+    torch = pytest.importorskip("torch")
+    import randla.torch as rt
+
+    with pytest.raises(TypeError, match="rng"):
+        rt.calibrate(torch.nn.Sequential(torch.nn.Linear(4, 4)), [torch.randn(3, 4)], rng="3")

@@ -90,3 +90,20 @@ def test_sketch_errors():
         S.orthonormal_gaussian(3, 4, like=A)
     with pytest.raises(TypeError, match="rng"):
         S.gaussian(3, 2, like=A, rng=1.5)
+
+
+def test_jax_draws_do_not_depend_on_float64_being_enabled():
+    """The seed (62 bits) went to jax.random.key, which truncates it to 32 bits with
+    float64 off: the same rng gave another sketch (by up to 20 in a 50 x 40 float32
+    case), and distinct seeds collapsed onto 2^32 keys."""
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    from randla import _backend as B
+
+    out = []
+    for x64 in (False, True):
+        with jax.enable_x64(x64):
+            out.append(np.asarray(B._draw("normal", (6, 4), xp=jnp, dtype=jnp.float32,
+                                          dev=jax.devices("cpu")[0], rng=np.random.default_rng(0))))
+    np.testing.assert_array_equal(out[0], out[1])

@@ -651,11 +651,23 @@ def test_full_solver_is_exact_and_draws_like_the_sketch(backend):
     auto = [backend.to_numpy(x) for x in randla.rsi(A, 20, rng=0)]
     for x, y in zip(auto, (U, S, Vh), strict=True):
         np.testing.assert_array_equal(x, y)
-    # rng advances exactly as the randomized path's sketch advances it
-    g1, g2 = np.random.default_rng(9), np.random.default_rng(9)
-    randla.rsi(A, 20, rng=g1, solver="full")
-    randla.rsi(A, 20, rng=g2, solver="randomized")
-    assert g1.integers(1 << 30) == g2.integers(1 << 30)
+    # rng advances exactly as the randomized path's sketch advances it, wide A too (which
+    # the randomized path sketches through A^H: it drew an n x l test matrix instead)
+    Aw = backend.asarray(np.ascontiguousarray(A0[:, :25].T))  # 25 x 40
+    for X in (A, Aw):
+        g1, g2 = np.random.default_rng(9), np.random.default_rng(9)
+        randla.rsi(X, 20, rng=g1, solver="full")
+        randla.rsi(X, 20, rng=g2, solver="randomized")
+        assert g1.integers(1 << 30) == g2.integers(1 << 30)
+    # and a wide A gives the adjoint factors of the same call on A^H, as the randomized path
+    # does (not on Dask: A^H's chunks are not those of A transposed, and TSQR follows them)
+    if backend.name == "dask":
+        return
+    AwH = backend.asarray(A0[:, :25].copy())
+    U, S, Vh = (backend.to_numpy(x) for x in randla.rsi(Aw, 20, rng=0, solver="full"))
+    U2, S2, Vh2 = (backend.to_numpy(x) for x in randla.rsi(AwH, 20, rng=0, solver="full"))
+    np.testing.assert_allclose(U, Vh2.T, atol=1e-12)
+    np.testing.assert_allclose(S, S2, rtol=1e-12)
 
 
 def test_auto_solver_keeps_compression_ranks_randomized(monkeypatch):
@@ -740,3 +752,21 @@ def test_fixed_accuracy_reads_values_of_a_tensor_that_requires_grad():
         ref = randla.adaptive_range_finder(torch.from_numpy(A0), 1e-3, norm=norm, rng=0)
         assert Q.shape == ref.shape
         torch.testing.assert_close(Q.detach(), ref)
+
+
+def test_a_stack_member_keeps_its_product_next_to_a_rank_deficient_one():
+    """The route of a stack is decided for all its matrices: with a rank-3 neighbour,
+    A0's basis vectors may flip sign (documented), but its spans, singular values and
+    U S Vh are those of the unbatched call."""
+    gen = np.random.default_rng(0)
+    A0 = gen.standard_normal((60, 40))
+    A1 = gen.standard_normal((60, 3)) @ gen.standard_normal((3, 40))
+    k = 8
+    for f in (randla.rsi, randla.rsvd):
+        U, S, Vh = f(np.stack([A0, A1]), k, rng=0, **({"solver": "randomized"} if f is randla.rsi else {}))
+        u, s, vh = f(A0, k, rng=0, **({"solver": "randomized"} if f is randla.rsi else {}))
+        np.testing.assert_allclose(S[0], s, rtol=1e-12)
+        np.testing.assert_allclose((U[0] * S[0]) @ Vh[0], (u * s) @ vh, atol=1e-12)
+    Q = randla.range_finder(np.stack([A0, A1]), k, q=1, rng=0)
+    q = randla.range_finder(A0, k, q=1, rng=0)
+    np.testing.assert_allclose(Q[0] @ Q[0].T, q @ q.T, atol=1e-12)

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .._backend import as_generator
 from .._validate import name_filter
 from .checkpoint import FLOAT_DTYPES, CheckpointError, check_output, load_grams, open_checkpoint, write_checkpoint
 
@@ -82,6 +83,15 @@ def select_weights(specs, *, include=None, exclude=DEFAULT_EXCLUDE) -> list[str]
     return [n for n, s in specs.items()
             if len(s.shape) == 2 and s.dtype.name in FLOAT_DTYPES and n.endswith(_WEIGHT) and min(s.shape) > 0
             and keep(n)]
+
+
+def _generator(rng):
+    """``rng`` as the kernels take it (None, an int seed >= 0 or a Generator), or a
+    ``CheckpointError`` naming it."""
+    try:
+        return as_generator(rng)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"--seed: {exc}") from None
 
 
 def _module(name):
@@ -265,7 +275,7 @@ def compress_checkpoint(src, out, *, rank=None, rank_fraction=None, param_fracti
         raise CheckpointError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
     if isinstance(q, bool) or not isinstance(q, (int, np.integer)) or q < 0:
         raise CheckpointError(f"--q must be an int >= 0, got {q!r}")
-    gen = np.random.default_rng(rng)
+    gen = _generator(rng)
     with open_checkpoint(src) as ckpt:
         out = check_output(out, [ckpt.path, *ckpt.files, *([] if calibration is None else [calibration])])
         if max_shard_size is not None and Path(out).suffix == ".safetensors":
@@ -440,7 +450,7 @@ def inspect_checkpoint(src, *, rtols=DEFAULT_RTOLS, calibration=None, include=No
     rtols = tuple(float(t) for t in rtols)
     if not rtols or not all(0.0 < t < 1.0 for t in rtols):
         raise CheckpointError(f"tolerances must be in (0, 1), got {rtols}")
-    gen = np.random.default_rng(rng)
+    gen = _generator(rng)
     rows = []
     with open_checkpoint(src) as ckpt:
         targets = select_weights(ckpt.specs, include=include, exclude=exclude)

@@ -293,6 +293,7 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
             raise ValueError("sample_probes reads batches twice: give a list, not a one-shot iterator")
     if output is not None and not callable(output):
         raise TypeError(f"output must be a callable (model_output, batch) -> tensor, got {type(output).__name__}")
+    _B.as_generator(rng)  # checked whether or not output= draws probes
     if output is not None and torch.is_inference_mode_enabled():
         raise ValueError("calibrate(..., output=...) differentiates the model's output, which torch.inference_mode() "
                          "forbids: call it outside inference mode (torch.no_grad() is fine)")
