@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
@@ -369,12 +371,27 @@ def _demo_model(args) -> int:
     return 0
 
 
+class _Terminated(BaseException):
+    """SIGTERM (``kill``, ``timeout``, a scheduler) as an exception, so that a run's
+    cleanup of partial output happens as for Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = f"randla {args.command}"
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # handlers only go to the main thread
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.func(args)
+    except _Terminated:
+        print(f"{prog}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except _UsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -392,6 +409,9 @@ def main(argv=None) -> int:
         print(f"{prog}: internal error: {type(exc).__name__}: {_one_line(exc)} (RANDLA_TRACEBACK=1 shows where)",
               file=sys.stderr)
         return 3
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _one_line(exc) -> str:

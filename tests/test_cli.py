@@ -375,6 +375,37 @@ def test_library_refuses_the_same_before_any_work(tmp_path, checkpoint):
     assert not (tmp_path / "again.safetensors").exists()
 
 
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_killed_run_leaves_no_output(tmp_path, checkpoint, capsys, monkeypatch, signum):
+    """SIGTERM (kill, timeout, a scheduler) left created folders and temporary shards
+    behind, where Ctrl-C cleaned up; the signal now arrives mid-run, after a shard."""
+    import signal
+    import threading
+
+    import randla.compress.pipeline as pipeline
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers run in the main thread only")
+    calls = {"n": 0}
+    named = pipeline._named
+
+    def killed_midway(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), getattr(signal, signum))
+        return named(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_named", killed_midway)
+    listing = _outputs(tmp_path)
+    before = signal.getsignal(signal.SIGTERM)
+    rc = main(["compress", str(checkpoint), "-o", str(tmp_path / "deep" / "od"), "--rank", "4", "--quiet",
+               "--max-shard-size", "1KB"])
+    assert rc == (143 if signum == "SIGTERM" else 130) and calls["n"] == 3
+    assert "terminated" in capsys.readouterr().err or signum == "SIGINT"
+    assert _outputs(tmp_path) == listing
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the CLI's only while it runs
+
+
 def test_failed_report_or_plot_leaves_no_output(tmp_path, checkpoint, capsys, monkeypatch):
     pytest.importorskip("matplotlib")
     import randla.cli
