@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "NAME.lowrank_A (r x in), W ~= B @ A; every other tensor is copied bit for bit.")
     c.add_argument("input", metavar="IN", help="a .safetensors file or a sharded checkpoint folder")
     c.add_argument("-o", "--output", metavar="OUT", required=True,
-                   help="a .safetensors file, or a folder (sharded by --max-shard-size)")
+                   help="a .safetensors file (replaced if it exists), or a folder (sharded by "
+                        "--max-shard-size; it must be new or empty)")
     mode = c.add_mutually_exclusive_group(required=True)
     mode.add_argument("--rank", type=int, help="the same rank for every weight")
     mode.add_argument("--rank-fraction", type=float, metavar="ALPHA", help="rank = floor(ALPHA min(out, in))")
@@ -104,7 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--rtol", type=float, nargs="+", default=None, metavar="T",
                    help="tolerances to suggest ranks for (default 0.5 0.4 0.3 0.2 0.1)")
     i.add_argument("--cap", type=_count, default=256,
-                   help="singular values computed per weight (default 256; 0: every useful one)")
+                   help="singular values computed per weight (default 256; 0: every useful one). Ranks "
+                        "marked ~ lie beyond them and are extrapolated; compress --rtol with the default "
+                        "rsi may take ranks a few percent above the exact minimum (--method exact: the "
+                        "minimum)")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_selection(i, budget=False)
     i.set_defaults(func=_inspect)

@@ -872,3 +872,20 @@ def test_demo_unknown_corpus_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["demo", "--corpus", "narrow"])
     assert exc.value.code == 2 and "--corpus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_weight_with_nan_is_a_damaged_checkpoint(tmp_path, capsys, dtype):
+    """The message told command-line users to pass check_finite=False, which the command
+    line has no option for."""
+    T, _ = _model()
+    name = next(n for n in T if n.endswith(".weight"))
+    W = T[name].astype(np.float32)
+    W[0, 0] = np.nan
+    T[name] = W.astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32)
+    src = tmp_path / "in.safetensors"
+    save_file(T, str(src))
+    for cmd in (["compress", str(src), "-o", str(tmp_path / "o.safetensors"), "--rank", "4", "--quiet"],
+                ["inspect", str(src)]):
+        _fails(capsys, cmd, f"{name} holds NaN or Inf: the checkpoint is damaged")
+    assert not (tmp_path / "o.safetensors").exists()
