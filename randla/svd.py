@@ -42,6 +42,7 @@ import math
 from typing import Any, NamedTuple
 
 from . import _backend as B
+from . import _dask
 from . import _validate as V
 from ._adaptive import adaptive_qb
 from ._scale import pow2_scale
@@ -397,7 +398,7 @@ def _tall_svd(C, k):
     qr = _certified_cholqr(C, want_r=True)
     if qr is None:
         if B.backend_name(xp) == "dask":  # C = A^H Q: NaN or Inf is A's, not LAPACK's
-            C = B._dask.checked_finite(C, B._dask.nonfinite_message(C.dtype))
+            C = _dask.checked_finite(C, _dask.nonfinite_message(C.dtype))
         W, S, Xh = B.svd(C)
         _check_overflow(S, C)
     else:
