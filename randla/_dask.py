@@ -506,21 +506,24 @@ def nonfinite_message(dtype, name="A"):
 
 
 def _check_parts(parts):
-    """The fused tasks' clear error (at compute time) where a chunk's ``R_i`` or
-    ``P_i`` is not finite, instead of NaN in the basis or LAPACK's error later."""
+    """The namespace of the fused tasks' parts, or their clear error (at compute time)
+    where a chunk's ``R_i`` or ``P_i`` is not finite, instead of NaN in the basis or
+    LAPACK's error later."""
+    import array_api_compat
+
     for rp in parts:
-        xp = _finite_chunk(rp, nonfinite_message(rp.dtype), namespace=True)
-    return xp
+        _finite_chunk(rp, nonfinite_message(rp.dtype))
+    return array_api_compat.array_namespace(parts[0])
 
 
-def _finite_chunk(y, message, namespace=False):
-    """``y`` (or its namespace), or ``ValueError(message)`` where ``y`` is not finite."""
+def _finite_chunk(y, message):
+    """``y``, or ``ValueError(message)`` where ``y`` is not finite."""
     import array_api_compat
 
     xp = array_api_compat.array_namespace(y)
     if not bool(xp.all(xp.isfinite(y))):
         raise ValueError(message)
-    return xp if namespace else y
+    return y
 
 
 def checked_finite(Y, message):
@@ -546,8 +549,7 @@ def _projection(parts, l):
     for rp in parts:
         term = _adjoint_chunk(qp[start:start + rp.shape[0], :]) @ rp[:, l:]
         b, start = term if b is None else b + term, start + rp.shape[0]
-    _check_parts([b])
-    return qp, b
+    return qp, _finite_chunk(b, nonfinite_message(b.dtype))
 
 
 def _combine_power(parts, l, keep=False):
@@ -569,8 +571,7 @@ def _combine_project(parts, l, k):
 def _apply_rows(q, m, start):
     r = min(q.shape[0], q.shape[1])  # the padded columns of a short chunk are zero
     u = q[:, :r] @ m[start:start + r, :]
-    _check_parts([u])
-    return u
+    return _finite_chunk(u, nonfinite_message(u.dtype))
 
 
 def fuses_passes(A):

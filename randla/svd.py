@@ -406,9 +406,9 @@ def _tall_svd(C, k):
         with B.single_threaded_blas(R):
             Ur, S, Xh = B.svd(R)  # of C / c: the singular values are scaled back below
         W = Qc @ xp.astype(Ur, C.dtype)
-        S = S * xp.astype(c, S.dtype)[..., None] if _representable(S, c, C.dtype) else None
-        if S is None:
+        if not _representable(S, c, C.dtype):
             raise ValueError(_OVERFLOW.format(C.dtype))
+        S = S * xp.astype(c, S.dtype)[..., None]
         S, Xh = xp.astype(S, B.real_dtype(xp, C.dtype)), xp.astype(Xh, C.dtype)
     return W[..., :k], S[..., :k], Xh[..., :k, :]
 
@@ -545,9 +545,6 @@ def _range_svd(op, k, l, q, stabilizer, sketch, rng, check_finite):
     fused = _fused_passes(op, sketch)
     if fused is not None:
         return SVDResult(*fused.project(_fused_power(fused, op, l, q, sketch, rng), k))
-    if _from_adjoint(op, q, stabilizer):
-        U, S, Vh = _range_svd(V.adjoint_operand(op), k, l, q, stabilizer, sketch, rng, check_finite)
-        return SVDResult(B.mH(Vh), S, B.mH(U))
     Q = _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
     return _svd_of_projection(op, Q, k)
 
@@ -758,12 +755,21 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
         return _rsvd_rtol(A, rtol, q=q, block_size=block_size, norm=norm, rng=rng, check_finite=check_finite)
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
     with _scipy_pool_scope(op):
-        if _takes_full(op, solver, _full_is_faster(op.shape, l, q)):
-            if _from_adjoint(op, q, stabilizer):  # as the sketch it replaces: A^H's draws, A^H's factors
-                U, S, Vh = _full_svd(V.adjoint_operand(op), k, l, sketch, rng, check_finite)
-                return SVDResult(B.mH(Vh), S, B.mH(U))
-            return _full_svd(op, k, l, sketch, rng, check_finite)
-        return _range_svd(op, k, l, q, stabilizer, sketch, rng, check_finite)
+        full = _takes_full(op, solver, _full_is_faster(op.shape, l, q))
+        return _fixed_rank_svd(op, k, l, q, stabilizer, sketch, rng, check_finite, full)
+
+
+def _fixed_rank_svd(op, k, l, q, stabilizer, sketch, rng, check_finite, full):
+    """``rsvd(A, k)``: the exact SVD (``full``, drawing what the sketch would) or
+    :func:`_range_svd`. A wide ``A`` that :func:`_from_adjoint` turns round (not on
+    fused passes, which keep the orientation) is factored as ``A^H`` either way, so
+    both draw alike and return the adjoint factors of the same call on ``A^H``."""
+    if _fused_passes(op, sketch) is None and _from_adjoint(op, q, stabilizer):
+        U, S, Vh = _fixed_rank_svd(V.adjoint_operand(op), k, l, q, stabilizer, sketch, rng, check_finite, full)
+        return SVDResult(B.mH(Vh), S, B.mH(U))
+    if full:
+        return _full_svd(op, k, l, sketch, rng, check_finite)
+    return _range_svd(op, k, l, q, stabilizer, sketch, rng, check_finite)
 
 
 # Size-aware dispatch (rsvd/rsi, solver="auto"): the exact SVD is faster once the

@@ -175,10 +175,9 @@ def _calibration_of(grams, m):
     return {"gram": grams.get(m), "output_gram": None if grams.output_grams is None else grams.output_grams[m]}
 
 
-def _finite_weight(ckpt, name, W=None):
-    """The weight ``name`` (loaded unless given), or a ``CheckpointError`` where it holds
-    NaN or Inf: a damaged checkpoint, which no option of the command line skips."""
-    W = ckpt.load(name) if W is None else W
+def _finite_weight(name, W):
+    """The weight ``W`` named ``name``, or a ``CheckpointError`` where it holds NaN or
+    Inf: a damaged checkpoint, which no option of the command line skips."""
     if not np.isfinite(W).all():
         raise CheckpointError(f"{name} holds NaN or Inf: the checkpoint is damaged (or the weight overflowed its "
                               f"dtype); exclude it (--exclude) or repair it")
@@ -308,8 +307,8 @@ def compress_checkpoint(src, out, *, rank=None, rank_fraction=None, param_fracti
                     summaries.append(_named(n, LayerSummary.from_errors, m, ckpt.specs[n].shape, grams.errors[m]))
                 else:
                     folds = None if grams.folds is None else [f[m] for f in grams.folds]
-                    summaries.append(_named(n, summarize, _finite_weight(ckpt, n), folds=folds, method=method, q=q,
-                                            rng=gen, name=m, check_finite=False, **_calibration_of(grams, m)))
+                    summaries.append(_named(n, summarize, _finite_weight(n, ckpt.load(n)), folds=folds, method=method,
+                                            q=q, rng=gen, name=m, check_finite=False, **_calibration_of(grams, m)))
                 if progress is not None:
                     progress(f"spectrum of {m}")
             try:
@@ -330,7 +329,7 @@ def compress_checkpoint(src, out, *, rank=None, rank_fraction=None, param_fracti
                 if name in target_set:
                     m = _module(name)
                     kw = {"rank": ranks[m]} if mode == "budget" else {mode: value}
-                    _finite_weight(ckpt, name, W)
+                    _finite_weight(name, W)
                     f = _named(name, factor, W, method=method, q=q, rng=gen, name=m, check_finite=False,
                                **_calibration_of(grams, m), **kw)
                     layer_reports[m] = f.report
@@ -469,7 +468,7 @@ def inspect_checkpoint(src, *, rtols=DEFAULT_RTOLS, calibration=None, include=No
         grams = _grams_for(calibration, ckpt, targets)
         for n in targets:
             m = _module(n)
-            s = _named(n, summarize, _finite_weight(ckpt, n), cap=cap, method=method, q=q, rng=gen, name=m,
+            s = _named(n, summarize, _finite_weight(n, ckpt.load(n)), cap=cap, method=method, q=q, rng=gen, name=m,
                        check_finite=False, **_calibration_of(grams, m))
             sug, est = {}, {}
             for t in rtols:
