@@ -27,7 +27,9 @@ __all__ = [
     "check_finite_array",
     "check_stacked_matrix",
     "check_rank",
+    "check_int",
     "check_count",
+    "check_real",
     "check_rtol",
     "check_choice",
     "quiet_nonfinite",
@@ -246,7 +248,7 @@ def check_stacked_matrix(A, name: str = "A") -> None:
 
 def check_rank(k, shape, name: str = "k") -> int:
     """``1 <= k <= min(shape)`` as a Python int."""
-    k = _as_int(k, name)
+    k = check_int(k, name)
     bound = min(shape)
     if k <= 0 or k > bound:
         raise ValueError(f"{name} must satisfy 1 <= {name} <= min(m, n) = {bound}, got {k}")
@@ -255,20 +257,34 @@ def check_rank(k, shape, name: str = "k") -> int:
 
 def check_count(v, name: str, *, minimum: int = 0) -> int:
     """An int ``>= minimum`` (oversampling, iteration counts, block sizes)."""
-    v = _as_int(v, name)
+    v = check_int(v, name)
     if v < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {v}")
     return v
 
 
+def check_real(v, name: str) -> float:
+    """A real scalar as a Python float: an int, a float, or a 0-d real array of any
+    library (``np.float32(0.5)``, ``torch.tensor(0.5)``, ``jnp.float32(0.5)``); a
+    ``TypeError`` naming ``name`` for bools, strings, complex numbers and arrays
+    with more than one element. The value itself (NaN, sign, range) is the caller's
+    to check."""
+    if isinstance(v, (bool, str, bytes, complex)) or getattr(v, "ndim", 0) != 0 or _dtype_is(v, "bool", "complex"):
+        raise TypeError(f"{name} must be a float, got {type(v).__name__}")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a float, got {type(v).__name__}") from None
+
+
+def _dtype_is(v, *kinds):
+    dtype = getattr(v, "dtype", None)
+    return dtype is not None and any(kind in str(dtype) for kind in kinds)
+
+
 def check_rtol(rtol, name: str = "rtol") -> float:
     """A relative tolerance in (0, 1)."""
-    if isinstance(rtol, (bool, str, bytes)):
-        raise TypeError(f"{name} must be a float, got {type(rtol).__name__}")
-    try:
-        r = float(rtol)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a float, got {type(rtol).__name__}") from None
+    r = check_real(rtol, name)
     if not 0.0 < r < 1.0:
         raise ValueError(f"{name} must be in (0, 1), got {rtol!r}")
     return r
@@ -330,8 +346,11 @@ def quiet_nonfinite(enabled: bool = True):
     return np.errstate(invalid="ignore", over="ignore", divide="ignore") if enabled else contextlib.nullcontext()
 
 
-def _as_int(v, name):
-    if isinstance(v, bool):
+def check_int(v, name: str) -> int:
+    """An integer scalar of any library (``np.int64(3)``, ``torch.tensor(3)``,
+    ``jnp.int32(3)``) as a Python int; a ``TypeError`` naming ``name`` for bools,
+    floats and anything else ``operator.index`` refuses."""
+    if isinstance(v, bool) or _dtype_is(v, "bool"):
         raise TypeError(f"{name} must be an int, got bool")
     try:
         return operator.index(v)

@@ -720,9 +720,7 @@ def _rescale_to(xp, Y, g2, full2, sqrt_u):
 
 def _check_f(f):
     """The sRRQR bound: a finite number > 1."""
-    if isinstance(f, bool) or not isinstance(f, (int, float, np.floating, np.integer)):
-        raise TypeError(f"f must be a float, got {type(f).__name__}")
-    f = float(f)
+    f = V.check_real(f, "f")
     if not f > 1.0 or not math.isfinite(f):
         raise ValueError(f"f must be a finite number > 1, got {f!r}")
     return f

@@ -95,6 +95,51 @@ def test_bad_rank_options_name_the_argument(kwargs, exc, words):
         check_rank_mode(**kwargs)
 
 
+def _scalar(kind, value):
+    """``value`` as a 0-d scalar of one library (what a rank computed with that library is)."""
+    if kind == "python":
+        return value
+    if kind == "numpy":
+        return np.asarray(value)[()]
+    lib = pytest.importorskip(kind)
+    if kind == "torch":
+        return lib.tensor(value)
+    dtype = {bool: lib.numpy.bool_, int: lib.numpy.int32, float: lib.numpy.float32}[type(value)]
+    return lib.numpy.asarray(value, dtype=dtype)
+
+
+@pytest.mark.parametrize("kind", ["python", "numpy", "torch", "jax"])
+def test_options_take_integer_and_real_scalars_of_any_library(kind):
+    """A rank or fraction held as a 0-d array of NumPy, torch or JAX is the number it holds
+    (a JAX ``rank`` was refused as 'not an int', a torch ``budget`` count read as a
+    fraction > 1); bools stay refused."""
+    import randla
+    from randla.compress.correct import _check_shrinkage
+    from randla.compress.prune import _check_ridge, neuron_count
+
+    assert check_rank_mode(rank=_scalar(kind, 5)) == ("rank", 5)
+    assert check_rank_mode(budget=_scalar(kind, 1000)) == ("budget", 1000)
+    mode, v = check_rank_mode(budget=_scalar(kind, 0.5))
+    assert mode == "budget" and isinstance(v, float) and v == pytest.approx(0.5)
+    for option in ("rank_fraction", "param_fraction", "rtol"):
+        mode, v = check_rank_mode(**{option: _scalar(kind, 0.25)})
+        assert (mode, type(v)) == (option, float) and v == pytest.approx(0.25)
+    assert neuron_count(100, k=_scalar(kind, 10)) == ("k", 10)
+    assert neuron_count(100, keep_fraction=_scalar(kind, 0.5)) == ("k", 50)
+    assert _check_ridge(_scalar(kind, 0.5)) == pytest.approx(0.5)
+    assert _check_shrinkage(_scalar(kind, 2.0)) == (2.0,)
+    assert randla.srrqr(np.eye(4), 2, f=_scalar(kind, 2.0))[1].shape == (2, 4)
+    W, _ = _weight()
+    assert factor(W, rank=_scalar(kind, 3)).B.shape[1] == 3
+    for bad in (_scalar(kind, True), np.ones(2)):
+        with pytest.raises(TypeError, match="rank must be an int"):
+            check_rank_mode(rank=bad)
+        with pytest.raises(TypeError, match="rank_fraction must be a float"):
+            check_rank_mode(rank_fraction=bad)
+        with pytest.raises(TypeError, match="budget must be"):
+            check_rank_mode(budget=bad)
+
+
 def test_factor_rejects_bad_input():
     W, _ = _weight()
     with pytest.raises(TypeError, match="exactly one"):

@@ -80,6 +80,13 @@ def test_low_rank_linear_is_B_at_A_and_round_trips():
     assert abs(big.weight_product().var().item() * 3 * 400 - 1) < 0.1
     with pytest.raises(ValueError, match="agree"):
         rt.LowRankLinear.from_factors(torch.ones(4, 2), torch.ones(3, 5))
+    # sizes held as NumPy or torch integers are the ints they hold, as for nn.Linear
+    sized = rt.LowRankLinear(np.int64(5), torch.tensor(8), np.int32(3))
+    assert (sized.in_features, sized.out_features, sized.rank) == (5, 8, 3) and type(sized.rank) is int
+    assert rt.LowRankConv2d(np.int64(2), 4, 3, torch.tensor(2)).rank == 2
+    for bad in (3.0, True, 0):
+        with pytest.raises(ValueError, match="rank must be an int >= 1"):
+            rt.LowRankLinear(5, 8, bad)
 
 
 def test_low_rank_layers_expose_a_dense_weight():

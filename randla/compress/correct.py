@@ -39,6 +39,7 @@ import time
 from typing import Any, NamedTuple
 
 from .. import _backend as B
+from .. import _validate as V
 from .factor import DEFAULT_RIDGE, _check_method, _unit_gram, factor, metric, working_matrix
 from .report import LayerReport
 
@@ -324,14 +325,15 @@ class CorrectedFactors(NamedTuple):
 
 def _check_shrinkage(shrinkage):
     try:
-        values = (shrinkage,) if isinstance(shrinkage, numbers.Real) else tuple(shrinkage)
+        values = (shrinkage,) if getattr(shrinkage, "ndim", None) == 0 or isinstance(shrinkage, numbers.Real) \
+            else tuple(shrinkage)
+        values = tuple(V.check_real(v, "shrinkage") for v in values)
     except TypeError:
-        values = (None,)
-    if not values or any(not isinstance(v, numbers.Real) or isinstance(v, bool) or not float(v) > 0.0
-                         for v in values):
+        values = ()
+    if not values or not all(v > 0.0 for v in values):
         raise ValueError(f"shrinkage must be a float > 0 or a non-empty sequence of them (math.inf: no correction), "
                          f"got {shrinkage!r}")
-    return tuple(float(v) for v in values)
+    return values
 
 
 @B.wide_floats

@@ -165,16 +165,14 @@ def _cast_back(X, xp, dtype):
     return X.astype(dtype) if isinstance(X, np.ndarray) else xp.astype(X, dtype)
 
 
-def _checked_ridge(ridge):
+def _checked_ridge(ridge, allowed="a finite float >= 0"):
     """``ridge`` as a float, or the error that names it (checked whether or not it is used)."""
     try:
-        value = float(ridge) if not isinstance(ridge, (str, bytes)) else None
-    except (TypeError, ValueError):
-        value = None
-    if value is None:
-        raise TypeError(f"ridge must be a finite float >= 0, got {ridge!r}")
+        value = V.check_real(ridge, "ridge")
+    except TypeError:
+        raise TypeError(f"ridge must be {allowed}, got {ridge!r}") from None
     if not (value >= 0.0 and math.isfinite(value)):
-        raise ValueError(f"ridge must be a finite float >= 0, got {ridge!r}")
+        raise ValueError(f"ridge must be {allowed}, got {ridge!r}")
     return value
 
 

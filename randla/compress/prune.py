@@ -51,7 +51,6 @@ References
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -60,7 +59,7 @@ from .. import _backend as B
 from .. import _validate as V
 from .._scale import unit_scale
 from ..interpolative import ID_METHODS, interp_decomp
-from .factor import _cast_back, working_matrix
+from .factor import _cast_back, _checked_ridge, working_matrix
 
 __all__ = ["Activations", "NeuronSelection", "PrunedNeurons", "PairReport", "PruneReport", "accumulate",
            "select_neurons", "prune_neurons", "neuron_count", "RIDGE_GRID"]
@@ -248,15 +247,12 @@ def neuron_count(h, *, k=None, keep_fraction=None, rtol=None):
     if len(chosen) != 1:
         raise TypeError(f"give exactly one of k, keep_fraction, rtol; got {' and '.join(chosen) or 'none'}")
     if k is not None:
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-            raise TypeError(f"k must be an int, got {type(k).__name__}")
+        k = V.check_int(k, "k")
         if not 1 <= k <= h:
             raise ValueError(f"k must satisfy 1 <= k <= h = {h} (the hidden width), got {k}")
         return "k", int(k)
     if keep_fraction is not None:
-        if isinstance(keep_fraction, bool) or not isinstance(keep_fraction, numbers.Real):
-            raise TypeError(f"keep_fraction must be a float, got {type(keep_fraction).__name__}")
-        f = float(keep_fraction)
+        f = V.check_real(keep_fraction, "keep_fraction")
         if not 0.0 < f <= 1.0:
             raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction!r}")
         return "k", max(1, min(h, math.floor(f * h + 1e-9)))  # 0.29 * 100 = 28.999999999999996
@@ -268,11 +264,7 @@ def _check_ridge(ridge):
         if ridge != "gcv":
             raise ValueError(f"ridge must be 'gcv' or a float >= 0, got {ridge!r}")
         return ridge
-    if isinstance(ridge, bool) or not isinstance(ridge, numbers.Real):
-        raise TypeError(f"ridge must be 'gcv' or a float >= 0, got {type(ridge).__name__}")
-    if not (ridge >= 0 and math.isfinite(ridge)):
-        raise ValueError(f"ridge must be 'gcv' or a finite float >= 0, got {ridge!r}")
-    return float(ridge)
+    return _checked_ridge(ridge, "'gcv' or a finite float >= 0")
 
 
 def _activations(Z, name="Z"):

@@ -24,9 +24,10 @@ The fraction modes give at least rank 1.
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
+
+from .. import _validate as V
 
 __all__ = [
     "RANK_MODES",
@@ -105,8 +106,12 @@ def saves_parameters(shape, rank):
     return 1 <= int(rank) and int(rank) * (out + inp) < out * inp
 
 
-def _is_real(v):
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+def _integer(v):
+    """``v`` as an int if it is an integer scalar of any library (not a bool), else None."""
+    try:
+        return V.check_int(v, "budget")
+    except TypeError:
+        return None
 
 
 def check_rank_mode(*, rank=None, rank_fraction=None, param_fraction=None, rtol=None, budget=None,
@@ -157,25 +162,22 @@ def check_rank_mode(*, rank=None, rank_fraction=None, param_fraction=None, rtol=
     mode = chosen[0]
     v = given[mode]
     if mode == "rank":
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise TypeError(f"rank must be an int, got {type(v).__name__}")
-        if v < 1:
-            raise ValueError(f"rank must be >= 1, got {v}")
-        return mode, int(v)
+        return mode, V.check_count(v, "rank", minimum=1)
     if mode == "budget":
-        if isinstance(v, numbers.Integral) and not isinstance(v, bool):
-            if v < 1:
-                raise ValueError(f"budget must be a parameter count >= 1 or a fraction in (0, 1], got {v}")
-            return mode, int(v)
-        if not _is_real(v):
-            raise TypeError(f"budget must be an int (parameters) or a float (fraction), got {type(v).__name__}")
-        v = float(v)
+        count = _integer(v)
+        if count is not None:
+            if count < 1:
+                raise ValueError(f"budget must be a parameter count >= 1 or a fraction in (0, 1], got {count}")
+            return mode, count
+        try:
+            v = V.check_real(v, "budget")
+        except TypeError:
+            raise TypeError(f"budget must be an int (parameters) or a float (fraction), "
+                            f"got {type(v).__name__}") from None
         if not 0.0 < v <= 1.0:
             raise ValueError(f"a fractional budget must be in (0, 1], got {v!r}")
         return mode, v
-    if not _is_real(v):
-        raise TypeError(f"{mode} must be a float, got {type(v).__name__}")
-    v = float(v)
+    v = V.check_real(v, mode)
     if mode == "rtol":
         if not 0.0 < v < 1.0:
             raise ValueError(f"rtol must be in (0, 1), got {v!r}")

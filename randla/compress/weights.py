@@ -8,13 +8,13 @@ tensors in and out and swap modules.
 
 from __future__ import annotations
 
-import numbers
 import time
 from collections.abc import Mapping
 
 import numpy as np
 
 from .. import _backend as B
+from .. import _validate as V
 from .budget import LayerSummary, allocate, allocation_params, resolve_budget, summarize
 from .factor import DEFAULT_RIDGE, _check_method, _checked_ridge, _dense, estimate_normalized_error, metric, truncate
 from .group import factor_many
@@ -71,11 +71,16 @@ def _checked_ranks(ranks, shapes, total):
     the budget (a ``ValueError`` / ``TypeError`` naming ``allocation`` otherwise)."""
     if not isinstance(ranks, Mapping):
         raise TypeError(f"allocation must return a mapping of name to rank, got {type(ranks).__name__}")
+    checked = {}
     for n in shapes:
         r = ranks.get(n)
-        if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1:
+        try:
+            checked[n] = V.check_int(r, "rank")
+        except TypeError:
+            checked[n] = 0
+        if checked[n] < 1:
             raise ValueError(f"allocation must return an int rank >= 1 for every layer, got {r!r} for {n!r}")
-    ranks = {n: int(ranks[n]) for n in shapes}
+    ranks = checked
     spent = allocation_params(ranks, shapes)
     if spent > total:
         raise ValueError(f"allocation spent {spent} parameters, over the budget of {total}")

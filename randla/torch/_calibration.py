@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _backend as _B
+from .. import _validate as V
 from ._hooks import eligible_layers, run_with_hooks
 
 __all__ = ["Calibration", "calibrate", "layer_inputs"]
@@ -179,9 +179,13 @@ class Calibration(dict):
 def check_count(value, name):
     """``value`` as an int when it is an integer >= 1 (not a bool), else a ``ValueError``
     naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    try:
+        count = V.check_int(value, name)
+    except TypeError:
+        count = 0
+    if count < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return int(value)
+    return count
 
 
 def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True, output=None, probes=8, folds=2,

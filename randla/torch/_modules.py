@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._calibration import check_count
+
 __all__ = ["LowRankLinear", "LowRankConv2d"]
 
 
@@ -25,9 +27,8 @@ def _dense_product(B, A):
 
 
 def _check_dims(**dims):
-    for name, v in dims.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    """The sizes as Python ints >= 1 (integer scalars of any library pass)."""
+    return tuple(check_count(v, name) for name, v in dims.items())
 
 
 class LowRankLinear(nn.Module):
@@ -70,7 +71,8 @@ class LowRankLinear(nn.Module):
 
     def __init__(self, in_features, out_features, rank, bias=True, device=None, dtype=None):
         super().__init__()
-        _check_dims(in_features=in_features, out_features=out_features, rank=rank)
+        in_features, out_features, rank = _check_dims(in_features=in_features, out_features=out_features,
+                                                      rank=rank)
         kw = {"device": device, "dtype": dtype}
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.lowrank_A = nn.Parameter(torch.empty(rank, in_features, **kw))
@@ -210,7 +212,7 @@ class LowRankConv2d(nn.Module):
     def __init__(self, in_channels, out_channels, kernel_size, rank, stride=1, padding=0, dilation=1, bias=True,
                  padding_mode="zeros", device=None, dtype=None):
         super().__init__()
-        _check_dims(in_channels=in_channels, out_channels=out_channels, rank=rank)
+        in_channels, out_channels, rank = _check_dims(in_channels=in_channels, out_channels=out_channels, rank=rank)
         ref = nn.Conv2d(in_channels, rank, kernel_size, stride=stride, padding=padding, dilation=dilation,
                         bias=False, padding_mode=padding_mode, device="meta")
         self._geometry(ref)
