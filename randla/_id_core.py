@@ -31,14 +31,18 @@ def _leading_rank(d, tol):
     return int(small[0]) if small.size else d.size
 
 
-def id_from_qr(R, perm, k, xp, like, shape=None):
+def id_from_qr(R, perm, k, xp, like):
     """``(idx, T)`` with ``T[:, perm] = [I, R11^+ R12]`` from a pivoted ``R`` (k x n).
 
-    Where ``R11`` is numerically singular (exact rank ``r < k``), the coefficients
+    Where ``R11`` is singular to working precision (a pivot ``|R_jj| <= u |R_11|``,
+    ``u`` the unit roundoff: the matrix has exact rank ``r < k``), the coefficients
     come from its leading ``r x r`` block and the remaining ``k - r`` skeleton columns
-    get zero weight: bounded ``T``, same error. ``like`` gives namespace, device and
-    dtype; ``shape`` (default ``like.shape``) the matrix's shape for the rank
-    threshold ``10 eps max(m, n) |R_11|``.
+    get zero weight: bounded ``T``, same error. Every pivot above that takes part,
+    however small: the pivoting bounds ``|R12[j, :]| <= |R_jj|``, so the solve stays
+    bounded, and the ID reaches the accuracy of its pivoted QR (a rank threshold
+    ``10 u max(m, n) |R_11|``, as for a numerical rank, left up to a fifth of the
+    columns of a 1000 x 200 float32 matrix at ``k = 100`` unused: 8.7e-4 against
+    the QR's 1.3e-4). ``like`` gives namespace, device and dtype.
     """
     n = R.shape[1]
     dt = like.dtype
@@ -50,8 +54,7 @@ def id_from_qr(R, perm, k, xp, like, shape=None):
     R, _ = unit_scale(R)  # T = R11^+ R12 is scale-free; a subnormal R11 would overflow the solve
     d = np.abs(B.to_numpy(xp.linalg.diagonal(R[:, :k])))
     u = B.eps(xp, dt)
-    big = max(like.shape if shape is None else shape)
-    r = _leading_rank(d, 10 * u * big * (d[0] if d.size else 0.0)) if d[0] > 0 else 0
+    r = _leading_rank(d, u * d[0]) if d.size and d[0] > 0 else 0
     eye = xp.eye(k, dtype=dt, device=dev)
     if k == n:
         Tp = eye
@@ -187,4 +190,4 @@ def operator_id(op, k, rtol, p, q, gen, check_finite):
     Qc, _ = B.qr(_columns(op, perm[:k]))
     R = B.take(B.mH(op.rmatmat(Qc)), perm, axis=1)  # Q_C^H A in pivot order; R[:, :k] = R_C
     R = np.concatenate([np.triu(R[:, :k]), R[:, k:]], axis=1)
-    return id_from_qr(R, perm, k, np, np.zeros((1, 1), dtype=op.dtype), shape=op.shape)
+    return id_from_qr(R, perm, k, np, np.zeros((1, 1), dtype=op.dtype))
