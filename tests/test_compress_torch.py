@@ -880,6 +880,27 @@ def test_batches_with_fewer_samples_than_folds():
     assert type(small[0]).__name__ == "LowRankLinear"
 
 
+def test_every_submodule_keeps_its_mode():
+    """A model in training mode with a frozen BatchNorm and dropout in evaluation mode
+    (a common fine-tuning set-up) came back from calibrate and prune_mlp with every
+    submodule in training mode: only the top-level flag was saved."""
+    net = nn.Sequential(nn.BatchNorm1d(8), nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.5),
+                        nn.Linear(16, 4)).double()
+    net.train()
+    net[0].eval()
+    net[3].eval()
+    before = [m.training for m in net.modules()]
+    x = torch.randn(32, 8, dtype=torch.float64)
+    rt.calibrate(net, [x])
+    assert [m.training for m in net.modules()] == before
+    rt.prune_mlp(net, [("1", "4")], [x], k=8, inplace=True)
+    assert [m.training for m in net.modules()] == before
+    net.eval()
+    net[3].train()
+    rt.calibrate(net, [x])
+    assert [m.training for m in net.modules()] == [False, False, False, False, True, False]
+
+
 def test_counts_are_validated():
     net = _mlp()
     x = torch.randn(8, 32, dtype=torch.float64)

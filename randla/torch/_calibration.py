@@ -192,7 +192,9 @@ def calibrate(model, batches, *, include=None, exclude=None, ignore_padding=True
               sample_probes=None, rng=None):
     """Per-layer input Gram matrices ``G = sum x x^H`` on calibration batches (float64).
 
-    Feeds every batch to ``model`` (evaluation mode) and accumulates, for each layer
+    Feeds every batch to ``model`` (evaluation mode; each submodule's mode is restored
+    afterwards, and the model must not run elsewhere meanwhile: see
+    :func:`run_with_hooks`) and accumulates, for each layer
     :func:`compress` can factor (:func:`eligible_layers`), the Gram matrix of the inputs it
     multiplies by its weight (:func:`layer_inputs`), in float64 on the model's device,
     one batch at a time. With ``output``, also the Gram matrices of the output's

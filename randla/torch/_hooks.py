@@ -188,6 +188,14 @@ def run_with_hooks(model, batches: Iterable, names, *, on_input: Callable | None
     int
         The number of batches fed.
 
+    Notes
+    -----
+    The model runs in evaluation mode; afterwards every submodule is back in the
+    mode it had (a model in training mode with frozen BatchNorm or dropout layers
+    in evaluation mode stays so). The hooks sit on the model's own submodules:
+    while one call runs, the model must not run anything else, from this thread
+    or another (the hooks would collect those activations too).
+
     Examples
     --------
     >>> import torch
@@ -219,7 +227,7 @@ def run_with_hooks(model, batches: Iterable, names, *, on_input: Callable | None
         return hook
 
     handles = []
-    training = model.training
+    modes = [(module, module.training) for module in model.modules()]
     count = 0
     try:
         for n in names:
@@ -237,7 +245,8 @@ def run_with_hooks(model, batches: Iterable, names, *, on_input: Callable | None
     finally:
         for h in handles:
             h.remove()
-        model.train(training)
+        for module, training in modes:
+            module.training = training
     if count == 0:
         raise ValueError("batches is empty")
     return count
