@@ -295,20 +295,26 @@ def minilm():
     """
     import os
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging
-
-    folder = str(minilm_path().parent)
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()  # no load report or progress bar on stdout/stderr
-    logging.disable_progress_bar()
+    offline = os.environ.get("HF_HUB_OFFLINE")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when the hub library is first imported
     try:
-        model = AutoModel.from_pretrained(folder)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging
+
+        folder = str(minilm_path().parent)
+        verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+        logging.set_verbosity_error()  # no load report or progress bar on stdout/stderr
+        logging.disable_progress_bar()
+        try:
+            model = AutoModel.from_pretrained(folder)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        finally:
+            logging.set_verbosity(verbosity)
+            if bars:
+                logging.enable_progress_bar()
     finally:
-        logging.set_verbosity(verbosity)
-        logging.enable_progress_bar()
+        if offline is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
     return model.eval(), tokenizer
 
 

@@ -32,6 +32,28 @@ def minilm_setup():
     return model, batches, cosine, sentence_embedding
 
 
+def test_loading_minilm_leaves_the_process_as_it_was(minilm_setup, monkeypatch):
+    """minilm() left HF_HUB_OFFLINE=1 in the environment (later downloads in the process
+    failed) and switched transformers' progress bars on whatever they had been."""
+    import os
+
+    from transformers.utils import logging
+
+    from randla.testing import minilm
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    logging.disable_progress_bar()
+    try:
+        minilm()
+        assert "HF_HUB_OFFLINE" not in os.environ
+        assert not logging.is_progress_bar_enabled()
+    finally:
+        logging.enable_progress_bar()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    minilm()
+    assert os.environ["HF_HUB_OFFLINE"] == "0" and logging.is_progress_bar_enabled()
+
+
 def test_minilm_whitened_and_budgeted(minilm_setup):
     import randla.torch as rt
     from randla.compress import allocation_params, uniform_ranks
