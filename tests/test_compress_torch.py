@@ -969,6 +969,34 @@ def test_replaced_layers_keep_requires_grad_and_mode():
         assert not any(m.training for m in small.modules())
 
 
+def test_load_lowrank_draws_nothing_from_torchs_generator(tmp_path):
+    """The empty low-rank layers load_lowrank builds drew their initial values (then
+    overwritten) from torch's global generator, so a seeded script's random stream
+    depended on whether it loaded a checkpoint."""
+    conv = nn.Sequential(nn.Conv2d(2, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 32)).double()
+    for model in (_mlp(), conv):
+        small, _ = rt.compress(model, rank=2, rng=0)
+        path = tmp_path / "small.safetensors"
+        rt.save_lowrank(small, path)
+        torch.manual_seed(0)
+        expected = torch.rand(3)
+        torch.manual_seed(0)
+        loaded = rt.load_lowrank(copy.deepcopy(model), path)
+        assert torch.equal(torch.rand(3), expected)
+        for a, b in zip(loaded.state_dict().values(), small.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_low_rank_conv_from_a_conv_owns_its_bias():
+    conv = nn.Conv2d(2, 4, 3).double()
+    bias = conv.bias.detach().clone()
+    layer = rt.LowRankConv2d.from_conv(conv, torch.ones(4, 1, dtype=torch.float64),
+                                       torch.ones(1, 18, dtype=torch.float64))
+    with torch.no_grad():
+        layer.bias.add_(1.0)
+    assert torch.equal(conv.bias.detach(), bias)
+
+
 def test_load_lowrank_keeps_requires_grad_and_mode(tmp_path):
     small, _ = rt.compress(_mlp(), rank=4, rng=0)
     path = tmp_path / "small.safetensors"

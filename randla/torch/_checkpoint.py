@@ -107,8 +107,10 @@ def _low_rank_like(module, name, shape_A, shape_B):
                              f"{type(module).__name__}(in_features={module.in_features}, "
                              f"out_features={module.out_features})")
         ref = module.lowrank_A if isinstance(module, LowRankLinear) else module.weight
-        new = LowRankLinear(module.in_features, module.out_features, rank, bias=module.bias is not None,
-                            device=ref.device, dtype=ref.dtype)
+        # skip_init: the checkpoint's values replace any initial ones, so none are drawn
+        # (a draw would advance torch's global generator)
+        new = nn.utils.skip_init(LowRankLinear, module.in_features, module.out_features, rank,
+                                 bias=module.bias is not None, device=ref.device, dtype=ref.dtype)
         return inherit_state(new, module)
     if isinstance(module, (LowRankConv2d, nn.Conv2d)):
         if isinstance(module, nn.Conv2d) and module.groups != 1:
@@ -119,9 +121,9 @@ def _low_rank_like(module, name, shape_A, shape_B):
             raise ValueError(f"factors of {name!r} are {shape_B} @ {shape_A}, which do not fit a convolution "
                              f"{inp} -> {out} with kernel {tuple(module.kernel_size)}")
         ref = module.lowrank_A if isinstance(module, LowRankConv2d) else module.weight
-        new = LowRankConv2d(inp, out, module.kernel_size, rank, stride=module.stride, padding=module.padding,
-                            dilation=module.dilation, bias=module.bias is not None, padding_mode=module.padding_mode,
-                            device=ref.device, dtype=ref.dtype)
+        new = nn.utils.skip_init(LowRankConv2d, inp, out, module.kernel_size, rank, stride=module.stride,
+                                 padding=module.padding, dilation=module.dilation, bias=module.bias is not None,
+                                 padding_mode=module.padding_mode, device=ref.device, dtype=ref.dtype)
         return inherit_state(new, module)
     raise ValueError(f"the checkpoint factors {name!r}, but the model's {name!r} is a {type(module).__name__} "
                      f"(only Linear and Conv2d layers take low-rank factors)")

@@ -240,7 +240,8 @@ class LowRankConv2d(nn.Module):
     @classmethod
     def from_conv(cls, conv, B, A):
         """Factors ``B (out x r)``, ``A (r x in kh kw)`` of ``conv``'s flattened weight, with
-        ``conv``'s geometry and bias.
+        ``conv``'s geometry and a copy of its bias (training the new layer leaves
+        ``conv`` as it was).
 
         Parameters
         ----------
@@ -274,7 +275,7 @@ class LowRankConv2d(nn.Module):
         layer.in_channels, layer.out_channels, layer.rank = inp, out, B.shape[1]
         layer.lowrank_A = nn.Parameter(A.detach().reshape(B.shape[1], inp, kh, kw).contiguous())
         layer.lowrank_B = nn.Parameter(B.detach().contiguous())
-        layer.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach())
+        layer.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
         return layer
 
     def forward(self, input):
