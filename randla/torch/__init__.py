@@ -18,6 +18,12 @@ and back; the mathematics lives in the framework-free modules.
   place that feeds calibration batches to a model and watches named layers' inputs.
 """
 
+import importlib.util as _util
+
+if _util.find_spec("torch") is None:
+    raise ModuleNotFoundError("randla.torch needs PyTorch, which is not installed: pip install \"randla[torch]\"",
+                              name="torch")
+
 from ._calibration import Calibration, calibrate, layer_inputs
 from ._checkpoint import load_lowrank, save_lowrank
 from ._compress import compress, from_array, to_array
