@@ -46,6 +46,17 @@ SciPy                                       randla
 
 The test suite runs SciPy's own tests of these functions through such a mapping.
 
+The tolerances differ in kind. SciPy's ``eps`` (positional there; a float in the
+second place here is a ``TypeError``, since ``k`` is an int) bounds roughly the
+spectral-norm error relative to ``||A||_2``; ``rtol`` here is relative to the
+Frobenius norm of the whole residual: the rank is the smallest whose pivoted QR
+leaves ``||R22||_F <= rtol ||A||_F``. On a flat spectrum (every singular value
+alike) ``rtol=0.1`` stops at about 99 % of the columns, where the spectral error of
+the remaining ones is still of the order of ``||A||_2``; at ``eps=0.1`` SciPy keeps
+them all. Since ``||A||_F <= sqrt(min(m, n)) ||A||_2``, ``rtol = eps / sqrt(min(m, n))``
+bounds the pivoted QR's spectral error by ``eps ||A||_2`` (the ID's by that times its
+growth factor); ``rsvd(A, rtol=eps, norm="2")`` meets a spectral tolerance directly.
+
 References
 ----------
 .. [CGMR2005] H. Cheng, Z. Gimbutas, P.-G. Martinsson and V. Rokhlin, "On the
