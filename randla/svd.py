@@ -116,24 +116,51 @@ def _shifted_factor(G, m, dtype):
 
 
 def _cholqr_stabilize(Y):
-    """Shifted Cholesky-QR: a well-conditioned basis of exactly ``range(Y)``.
+    """Shifted Cholesky-QR: a well-conditioned basis of ``range(Y)``.
 
     One shifted pass with a float64 Gram matrix. ``R`` is invertible, so the span is
-    that of ``Y``; only directions weaker than ``sqrt(s)`` come out shorter than
-    unit length, which power iteration tolerates (between passes only the span
-    matters: a second pass changed the error in the fourth digit at most, over
-    "cholqr", "qr", "lu" and "none" alike). GEMM-rich and lazy-friendly: one Gram
-    product, one small Cholesky factorisation, one triangular solve ``Y R^{-1}``.
+    that of ``Y``; directions weaker than ``sqrt(s)`` come out shorter than unit
+    length. For single-precision data that is below the data's own rounding, which
+    power iteration tolerates (between passes only the span matters: a second pass
+    changed the error in the fourth digit at most, over "cholqr", "qr", "lu" and
+    "none" alike). Double-precision ``Y`` has no wider Gram matrix: where the shift
+    dominates a pivot of ``R`` (``cond(Y)`` beyond about ``(40 m u)^{-1/2}``, a
+    fast-decaying spectrum), the short directions carry rounding of relative size
+    ``~ sqrt(u)`` into the next pass, and the power iteration, which would resolve
+    them, stalls at an error near ``1e-8 sigma_1`` (``sigma_i = e^{-i/2}``,
+    ``k = 60``: 3e4 ``sigma_(k+1)`` at ``q = 2`` against 1.0 without power steps);
+    such a ``Y`` is orthonormalised by Householder QR instead (the test reads the
+    ``l`` pivots; a lazy double-precision ``Y``, which cannot be read without
+    computing it, always takes Householder QR: Dask's TSQR). GEMM-rich otherwise:
+    one Gram product, one small Cholesky factorisation, one triangular solve
+    ``Y R^{-1}``.
     """
+    xp = B.namespace(Y)
+    single = Y.dtype in (xp.float32, xp.complex64)
+    if not single and B.is_lazy(Y):
+        return B.qr(_unit_scale(Y)[0])[0]
     fused = B.gram_apply(Y, _shifted_factor)  # Dask: a few tasks per chunk
     if fused is not None:
         return fused
-    if Y.dtype in (B.namespace(Y).float32, B.namespace(Y).complex64) and not B.is_lazy(Y):
+    if single and not B.is_lazy(Y):
         Q = _single_cholqr(Y)
         if Q is not None:
             return Q
     Y, G, _ = _normalized_gram(Y)
-    return _cholqr_pass(Y, G, shifted=True)[0]
+    R = _cholqr_factor(G, Y.shape[-2], Y.dtype, True)
+    if not single and not _pivots_clear_shift(R, G, Y.shape[-2]):
+        return B.qr(Y)[0]
+    return B.rdiv_upper(Y, R)
+
+
+def _pivots_clear_shift(R, G, m):
+    """Every squared pivot of the shifted factor ``R`` of ``G`` (every matrix of a
+    stack) at least :data:`_PIVOT_SHIFTS` shifts: the shift moved no direction of
+    ``Y`` by more than a quarter."""
+    xp = B.namespace(R)
+    piv = xp.abs(xp.real(xp.linalg.diagonal(R)))
+    shift = _gram_shift(xp.real(xp.linalg.trace(G)), m)
+    return bool(xp.all(xp.min(piv * piv, axis=-1) >= _PIVOT_SHIFTS * shift))
 
 
 # Pivot test of _single_cholqr: every squared pivot of R at least this many shifts.

@@ -83,6 +83,23 @@ def test_float32_power_iteration_is_stable(backend):
     assert np.linalg.norm(A0 - (U * S) @ Vh, 2) / s[10] < 1.5
 
 
+@pytest.mark.parametrize("dtype", ["float64", "complex128"])
+@pytest.mark.parametrize("shape", [(300, 200), (200, 300)])
+def test_double_precision_power_iteration_resolves_fast_decay(backend, dtype, shape):
+    """sigma_i = e^{-i/2}, k = 60 (sigma_(k+1) = 1e-13 sigma_1): the shifted Cholesky-QR
+    between passes had no wider Gram matrix in float64 and left every direction weaker
+    than about 1e-8 sigma_1 to rounding, so power steps made the error worse (1e3
+    sigma_(k+1) at q = 1, 3e4 at q = 2, 1.0 at q = 0); on every backend, Dask too."""
+    A0, s = matrix(*shape, spectrum="exponential", decay=0.5 / np.log(10), dtype=dtype, rng=0)
+    A = backend.asarray(A0)
+    for q in (1, 2):
+        for func in (randla.rsi, randla.rsvd):
+            U, S, Vh = (backend.to_numpy(x) for x in func(A, 60, q=q, rng=0))
+            assert np.linalg.norm(A0 - (U * S) @ Vh, 2) / s[60] < 2, (func.__name__, q)
+        Q = backend.to_numpy(randla.range_finder(A, 50, q=q, rng=0))  # 60 columns
+        assert np.linalg.norm(A0 - Q @ (Q.conj().T @ A0), 2) / s[60] < 2
+
+
 def test_same_seed_same_result(backend):
     A = backend.asarray(matrix(60, 40, rng=0).A)
     a = [backend.to_numpy(x) for x in randla.rsvd(A, 5, q=1, rng=7)]
