@@ -328,14 +328,18 @@ def two_sided_id(A, k=None, *, rtol=None, method="cpqr", p=10, q=0, f=2.0, rng=N
 
 
 def _pinv_small(Rm):
-    """Pseudo-inverse of a small square matrix by SVD with the usual cutoff."""
+    """Pseudo-inverse of a small square matrix by SVD with the usual cutoff.
+
+    Only the cutoff is read on the host; the reciprocals are taken of ``S`` itself,
+    in its namespace, so that autograd sees them (the inner ``where`` keeps the
+    discarded values' derivative finite).
+    """
     xp = B.namespace(Rm)
     U, S, Vh = B.svd(Rm)
     s = B.to_numpy(S)
-    cut = max(Rm.shape) * B.eps(xp, Rm.dtype) * (s[0] if s.size else 0.0)
-    keep = s > cut
-    Sinv = np.where(keep, 1.0 / np.where(keep, s, 1.0), 0.0)
-    Sinv = xp.astype(B.from_numpy(Sinv, like=Rm), S.dtype)
+    cut = max(Rm.shape) * B.eps(xp, Rm.dtype) * (float(s[0]) if s.size else 0.0)
+    keep = S > cut
+    Sinv = xp.where(keep, 1.0 / xp.where(keep, S, xp.ones_like(S)), xp.zeros_like(S))
     return B.mH(Vh) @ (Sinv[:, None] * B.mH(U))
 
 

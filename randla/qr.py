@@ -650,7 +650,11 @@ def _sketched_block(A, xp, Yr, remaining, bc, Qp):
 def _candidate_block(A, xp, Yr, remaining, bc, candidates, Qp):
     """Pivots of the block by exact CPQR among the first ``candidates`` sketch pivots:
     Householder QR of the candidates' residuals, QRCP of its small R factor. Returns
-    ``(pv, Qb)`` with ``pv`` the sketch pivots reordered by that choice."""
+    ``(pv, Qb)`` with ``pv`` the sketch pivots reordered by that choice.
+
+    Only the pivots come from the QRCP (on the host for most backends): the block's
+    basis is ``Q_c`` times the Q factor of the chosen columns of ``R_c``, recomputed
+    in ``A``'s namespace, so that autograd sees it."""
     with B.single_threaded_blas():  # a small matrix: threads only add waiting
         _, _, pv = B.qr_pivoted(Yr)
     pv = np.asarray(B.to_numpy(pv), dtype=np.int64)
@@ -660,10 +664,10 @@ def _candidate_block(A, xp, Yr, remaining, bc, candidates, Qp):
         if Qp is not None:
             C = _cgs2(xp, Qp, C)[0]
         Qc, Rc = B.qr(C)
-        Q2, _, p2 = B.qr_pivoted(Rc)
+        _, _, p2 = B.qr_pivoted(Rc)
         p2 = np.asarray(B.to_numpy(p2), dtype=np.int64)
-        Q2 = Q2[:, :bc]
-        Qb = Qc @ (Q2 if Q2.dtype == A.dtype else xp.astype(Q2, A.dtype))
+        Q2, _ = B.qr(B.take(Rc, p2[:bc], axis=1))  # the QRCP's leading bc columns of Q
+        Qb = Qc @ Q2
         if Qp is not None:  # keep the block orthogonal to the previous ones after rounding
             Qb = _orthonormal_to(A, xp, Qp, Qb)
     return np.concatenate([cand[p2], pv[cand.size:]]), Qb
