@@ -989,13 +989,13 @@ def _block_krylov(op, k, l, q, stabilizer, sketch, rng, check_finite):
             blocks.append(Qj)
         return SVDResult(*fused.project(Z, k, blocks))
     xp = op.xp
-    Y = _first_sketch(op, l, sketch, rng, check_finite)
-    blocks = [Y]
+    # each block is stabilised once, and only its stabilised form is kept
+    blocks = [_stabilize(_first_sketch(op, l, sketch, rng, check_finite), stabilizer)]
     for _ in range(q):
-        Z = _stabilize(op.rmatmat(_stabilize(Y, stabilizer)), stabilizer)
-        Y = op.matmat(Z)
-        blocks.append(Y)
-    K = xp.concat([_stabilize(b, stabilizer) for b in blocks], axis=-1)
+        Z = _stabilize(op.rmatmat(blocks[-1]), stabilizer)
+        blocks.append(_stabilize(op.matmat(Z), stabilizer))
+    K = xp.concat(blocks, axis=-1)
+    del blocks
     cols = min(K.shape[-1], op.shape[-2])
     Q = _orth(K)[..., :cols]
     return _svd_of_projection(op, Q, k)
