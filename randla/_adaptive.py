@@ -195,6 +195,7 @@ def _qb_spectral(op, Y, rtol, b, q, max_rank, gen, need_b, orig, c):
                 break
         # one pass: Ritz values of A on the row space of B, and their left vectors
         Vh = B.svd(Bm)[2]
+        Q = Bm = None  # not read again: freed before the m x r product and its SVD
         U2, S2, _ = B.svd(op.matmat(B.mH(Vh)))
         U2, S2 = B.persist(U2, S2)  # S2 is read, U2 returned (Dask: evaluated once)
         s2 = np.asarray(B.to_numpy(S2), dtype=np.float64)
@@ -222,17 +223,32 @@ def _checked_cut(op, U, r, tol, max_rank, gen):
     (600 runs on 40 x 60 to 200 x 150 matrices, blocks of 1 to 32: 34 misses, by up
     to 22 %). The Lanczos estimate is a lower bound as well, but of the residual
     itself, and tight after a few steps.
+
+    The residual does not grow with ``j`` (the bases are nested), so ``j`` is found by
+    steps that double from ``r`` and then bisection: ``O(log(j - r))`` checks, not
+    ``j - r`` (4000 x 1000, ``sigma_i = i^-1/2``, float32: 46 checks, 500 passes).
     """
     if tol <= 0:  # a zero A: nothing to capture
         return r
-    stop = min(_rank(U), max_rank)
-    while r < min(op.shape):
-        if B.scalar(_lanczos_norm(_projected_out(op, U[:, :r]), CHECK_STEPS, gen)) <= tol:
-            return r
-        if r >= stop:
+    full, stop = min(op.shape), min(_rank(U), max_rank)
+
+    def met(j):
+        return j >= full or B.scalar(_lanczos_norm(_projected_out(op, U[:, :j]), CHECK_STEPS, gen)) <= tol
+
+    if met(r):
+        return r
+    lo, step = r, 1  # lo misses the tolerance
+    while True:
+        if lo >= stop:
             return None
-        r += 1
-    return r
+        hi = min(lo + step, stop)
+        if met(hi):
+            break
+        lo, step = hi, 2 * step
+    while hi - lo > 1:  # lo misses, hi meets
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if met(mid) else (mid, hi)
+    return hi
 
 
 def _projected_out(op, Q):
