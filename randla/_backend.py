@@ -29,6 +29,7 @@ __all__ = [
     "device",
     "backend_name",
     "is_lazy",
+    "is_jax_tracer",
     "mH",
     "real_dtype",
     "eps",
@@ -127,16 +128,20 @@ def is_lazy(x) -> bool:
     Dask arrays and JAX tracers (inside ``jax.jit``) are lazy; eager checks such
     as ``check_finite`` are skipped on them.
     """
-    if _compat.is_dask_array(x):
-        return True
-    if _compat.is_jax_array(x):
-        try:
-            import jax
+    return _compat.is_dask_array(x) or is_jax_tracer(x)
 
-            return isinstance(x, jax.core.Tracer)
-        except (ImportError, AttributeError):  # pragma: no cover - old JAX
-            return False
-    return False
+
+def is_jax_tracer(x) -> bool:
+    """True for a JAX tracer (``x`` inside ``jax.jit``, ``jax.grad``, ``jax.vmap``, ...):
+    its values cannot be read, and nothing computes them on demand as Dask does."""
+    if not _compat.is_jax_array(x):
+        return False
+    try:
+        import jax
+
+        return isinstance(x, jax.core.Tracer)
+    except (ImportError, AttributeError):  # pragma: no cover - old JAX
+        return False
 
 
 def wide_floats(func):

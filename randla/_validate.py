@@ -25,6 +25,7 @@ __all__ = [
     "operand_like",
     "check_finite_through",
     "check_finite_array",
+    "check_eager",
     "check_stacked_matrix",
     "check_rank",
     "check_int",
@@ -121,10 +122,28 @@ def as_factor(x, name: str, xp, *, ndim: int = 2, of: str = "A", check_finite: b
 
 def check_finite_array(A, name: str = "A", *, hint: bool = True) -> None:
     """Scan a dense array for NaN/Inf (skipped on lazy arrays)."""
+    if B.is_lazy(A):
+        return
     xp = B.namespace(A)
-    if not B.is_lazy(A) and not bool(xp.all(xp.isfinite(A))):
+    ok = xp.all(xp.isfinite(A))
+    if not B.is_lazy(ok) and not bool(ok):  # a concrete JAX array inside jax.jit gives a tracer
         skip = " (pass check_finite=False to skip this check)" if hint else ""
         raise ValueError(f"{name} contains NaN or Inf{skip}")
+
+
+def check_eager(func: str, reads: str, **arrays) -> None:
+    """Refuse JAX tracers in a function that reads values of its input (pivots, ranks,
+    Python floats): a ``ValueError`` naming ``randla.<func>`` and the argument, in place
+    of JAX's own error from deep inside. Only tracers: Dask arrays pass, as these
+    functions compute what they read."""
+    for name, x in arrays.items():
+        if B.is_jax_tracer(x):
+            raise ValueError(
+                f"randla.{func} reads the values of {name} ({reads}) and cannot run under JAX "
+                f"tracing (jax.jit, jax.grad, jax.vmap): {name} is a tracer here. Call "
+                f"randla.{func} outside the traced function; inside it, the fixed-rank methods "
+                f"trace: rsvd(A, k), rsi, range_finder, block_krylov_svd (and randla.jax.qr)"
+            )
 
 
 class Operand(NamedTuple):

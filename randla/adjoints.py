@@ -162,7 +162,8 @@ def _check_nonsingular(xp, T, name):
     """Raise on an exactly zero diagonal entry of the k x k triangle ``T`` (eager arrays)."""
     if B.is_lazy(T):
         return
-    if not bool(xp.all(xp.linalg.diagonal(T) != 0)):
+    ok = xp.all(xp.linalg.diagonal(T) != 0)
+    if not B.is_lazy(ok) and not bool(ok):  # a concrete JAX array inside jax.jit gives a tracer
         raise ValueError(
             f"{name} has a zero on its diagonal: the leading min(m, n) columns (QR) or rows (LQ) "
             f"of A are linearly dependent and the derivative of the factorisation does not exist"

@@ -225,6 +225,7 @@ def normalized_error(A, U, S, Vh, *, s=None, method="svd", rng=None):
     >>> normalized_error(A, U[:, :1], S[:1], Vh[:1])
     1.0
     """
+    V.check_eager("normalized_error", "its singular values, to return a Python float", A=A, U=U, S=S, Vh=Vh, s=s)
     residual_norm = _RESIDUAL_NORMS[V.check_choice(method, "method", _RESIDUAL_NORMS)]
     B.as_generator(rng)  # checked whether or not the method draws
     A, xp = V.as_matrix(A)
@@ -301,6 +302,7 @@ def estimate_rank(A, rtol, *, block_size=32, q=1, rng=None, check_finite=True):
     >>> int((s > 1e-6 * s[0]).sum()), estimate_rank(A, 1e-6, rng=0)
     (60, 61)
     """
+    V.check_eager("estimate_rank", "the error estimates that choose the rank, to return a Python int", A=A, rtol=rtol)
     from ._adaptive import adaptive_qb
 
     Q = adaptive_qb(A, rtol, block_size=block_size, q=q, max_rank=None, norm="2", rng=rng,

@@ -238,6 +238,7 @@ def interp_decomp(A, k=None, *, rtol=None, axis=1, method="cpqr", p=10, q=0, f=2
     >>> len(idx), bool(np.allclose(A[:, idx] @ T, A))
     (5, True)
     """
+    V.check_eager("interp_decomp", "the pivots", A=A, rtol=rtol)
     axis = _check_axis(axis)
     run = _core.DENSE[V.check_choice(method, "method", _core.DENSE)]
     p = V.check_count(p, "p")
@@ -318,6 +319,7 @@ def two_sided_id(A, k=None, *, rtol=None, method="cpqr", p=10, q=0, f=2.0, rng=N
     >>> bool(np.allclose(X @ A[np.ix_(rows, cols)] @ Z, A))
     True
     """
+    V.check_eager("two_sided_id", "the pivots", A=A, rtol=rtol)
     cols, Z = interp_decomp(A, k, rtol=rtol, axis=1, method=method, p=p, q=q, f=f, rng=rng,
                             check_finite=check_finite)
     A, xp = V.as_matrix(A, check_finite=False)
@@ -383,6 +385,7 @@ def cur(A, k=None, *, rtol=None, method="cpqr", p=10, q=0, f=2.0, rng=None, chec
     >>> bool(np.allclose(A[:, cols] @ U @ A[rows, :], A))
     True
     """
+    V.check_eager("cur", "the pivots", A=A, rtol=rtol)
     rows, cols, _, _ = two_sided_id(A, k, rtol=rtol, method=method, p=p, q=q, f=f, rng=rng,
                                     check_finite=check_finite)
     A, xp = V.as_matrix(A, check_finite=False)
@@ -454,6 +457,7 @@ def column_select(A, k, *, method="cpqr", p=10, q=2, f=2.0, rng=None, check_fini
     >>> idx.shape, len(set(idx.tolist()))
     ((5,), 5)
     """
+    V.check_eager("column_select", "the pivots", A=A)
     A, xp = V.as_matrix(A, check_finite=check_finite)
     k = V.check_rank(k, A.shape)
     select = _SELECTORS[V.check_choice(method, "method", _SELECTORS)]

@@ -203,6 +203,7 @@ def cpqr(A, k=None, *, rtol=None, check_finite=True):
     >>> bool(np.allclose(A[:, perm[:3]], Q @ R[:, :3]))
     True
     """
+    V.check_eager("cpqr", "the pivots", A=A, rtol=rtol)
     A, xp = V.as_matrix(A, check_finite=check_finite)
     m, n = A.shape
     k = _check_k(k, A.shape, allow_none=True)
@@ -527,6 +528,7 @@ def rcpqr(A, k=None, *, p=10, q=0, block_size=256, rng=None, check_finite=True):
     >>> bool(np.allclose(A[:, perm[:10]], Q @ R[:, :10]))
     True
     """
+    V.check_eager("rcpqr", "the pivots", A=A)
     A, xp = V.as_matrix(A, check_finite=check_finite)
     m, n = A.shape
     k = min(m, n) if k is None else V.check_rank(k, A.shape)
@@ -806,6 +808,7 @@ def srrqr(A, k, *, f=2.0, max_swaps=None, check_finite=True):
     >>> bool(np.abs(T).max() <= 1.5)
     True
     """
+    V.check_eager("srrqr", "the pivots", A=A)
     A, xp = V.as_matrix(A, check_finite=check_finite)
     m, n = A.shape
     k = V.check_rank(k, A.shape)

@@ -779,6 +779,7 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
         raise TypeError("give exactly one of k (rank) and rtol (relative tolerance)")
     V.check_choice(solver, "solver", SOLVERS)
     if rtol is not None:
+        V.check_eager("rsvd", "with rtol, the error estimates that choose the rank", A=A, rtol=rtol)
         return _rsvd_rtol(A, rtol, q=q, block_size=block_size, norm=norm, rng=rng, check_finite=check_finite)
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
     with _scipy_pool_scope(op):
@@ -1082,6 +1083,7 @@ def adaptive_range_finder(A, rtol, *, block_size=32, q=1, max_rank=None, norm="f
     >>> bool(np.linalg.norm(A - Q @ (Q.T @ A), 2) <= 1e-3 * s[0])
     True
     """
+    V.check_eager("adaptive_range_finder", "the error estimates that choose the rank", A=A, rtol=rtol)
     return adaptive_qb(A, rtol, block_size=block_size, q=q, max_rank=max_rank, norm=norm, rng=rng,
                        check_finite=check_finite, need_b=False)[0]
 

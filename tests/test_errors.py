@@ -220,3 +220,71 @@ def test_rng_is_checked_where_it_is_not_used():
 
     with pytest.raises(TypeError, match="rng"):
         rt.calibrate(torch.nn.Sequential(torch.nn.Linear(4, 4)), [torch.randn(3, 4)], rng="3")
+
+
+# Functions that read values of A (pivots, error estimates that choose a rank, Python
+# results): under JAX tracing they raised JAX's ConcretizationTypeError or
+# TracerArrayConversionError from randla/_backend.py, naming no randla function.
+_READS_VALUES = {
+    "rsvd": lambda A: randla.rsvd(A, rtol=0.5, rng=0),
+    "adaptive_range_finder": lambda A: randla.adaptive_range_finder(A, 0.5, rng=0),
+    "estimate_rank": lambda A: randla.estimate_rank(A, 0.5, rng=0),
+    "cpqr": lambda A: randla.cpqr(A, 3),
+    "srrqr": lambda A: randla.srrqr(A, 3),
+    "rcpqr": lambda A: randla.rcpqr(A, 3, rng=0),
+    "interp_decomp": lambda A: randla.interp_decomp(A, 3, method="randomized", rng=0),
+    "two_sided_id": lambda A: randla.two_sided_id(A, rtol=0.5),
+    "cur": lambda A: randla.cur(A, 3),
+    "column_select": lambda A: randla.column_select(A, 3, method="gks", rng=0),
+    "normalized_error": lambda A: randla.normalized_error(A, A[:, :3], A[0, :3], A[:3, :]),
+}
+
+
+def _sum(out):
+    import jax
+
+    return sum(x.sum() for x in jax.tree_util.tree_leaves(out) if getattr(x, "dtype", None) == "float64")
+
+
+@pytest.mark.parametrize("name", sorted(_READS_VALUES))
+@pytest.mark.parametrize("transform", ["jit", "grad", "vmap"])
+def test_jax_tracing_of_value_reading_functions_is_refused(name, transform):
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    call = _READS_VALUES[name]
+    A = jax.numpy.asarray(matrix(12, 8, rng=0).A)
+    traced = {"jit": jax.jit(call), "grad": jax.grad(lambda A: _sum(call(A))),
+              "vmap": lambda A: jax.vmap(call)(jax.numpy.stack([A, A]))}[transform]
+    with pytest.raises(ValueError, match=rf"^randla\.{name} reads the values of A .* cannot run under JAX "
+                                         rf"tracing .*A is a tracer here\. Call randla\.{name} outside"):
+        traced(A)
+    call(A)  # eager JAX arrays are fine
+
+
+@pytest.mark.parametrize("call", [
+    lambda A: randla.rsvd(A, 3, rng=0),
+    lambda A: randla.rsi(A, 3, q=1, rng=0),
+    lambda A: randla.range_finder(A, 3, rng=0),
+    lambda A: randla.block_krylov_svd(A, 3, q=1, rng=0),
+    lambda A: randla.spectral_norm(A, rng=0),
+    lambda A: randla.posterior_error_estimate(A, A[:, :3], rng=0),
+    lambda A: randla.id_to_svd(A[:, :3], A[:3, :]),
+    lambda A: sketch.sketch(A, 3, rng=0),
+])
+def test_jax_tracing_of_fixed_rank_kernels_still_runs(call):
+    """The fixed-rank kernels trace, with check_finite on; also with a concrete A closed
+    over inside jax.jit (check_finite read the traced isfinite of it: TracerBoolConversionError)."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    A = jax.numpy.asarray(matrix(12, 8, rng=0).A)
+    jax.jit(call)(A)
+    jax.jit(lambda: call(A))()
+    jax.grad(lambda A: _sum(call(A)))(A)
+
+
+def test_the_tracer_check_lets_dask_through():
+    """Dask is lazy too, but these functions compute what they read."""
+    da = pytest.importorskip("dask.array")
+    A = da.from_array(matrix(12, 8, rng=0).A, chunks=(6, 8))
+    assert randla.cpqr(A, 3).R.shape == (3, 8)
+    assert randla.estimate_rank(A, 0.5, rng=0) >= 1
