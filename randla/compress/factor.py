@@ -214,6 +214,13 @@ def whitener(gram, *, ridge=DEFAULT_RIDGE, name="gram"):
     >>> bool(np.allclose(L @ L.T, X.T @ X))
     True
     """
+    return _whitener(gram, ridge, name)[0]
+
+
+@B.wide_floats
+def _whitener(gram, ridge, name):
+    """``(L, shift)``: :func:`whitener`'s factor and the ridge ``shift`` it added to the
+    diagonal (0 where ``L`` is the identity of a zero ``G``)."""
     G, xp = V.as_matrix(gram, name, finite_hint=False)  # checked always: its factor needs it
     n = G.shape[0]
     if G.shape[1] != n:
@@ -226,7 +233,7 @@ def whitener(gram, *, ridge=DEFAULT_RIDGE, name="gram"):
     trace = B.scalar(xp.real(xp.linalg.trace(G)))
     if trace <= 0.0:
         if trace == 0.0 and not bool(xp.any(G != 0)):
-            return eye
+            return eye, 0.0
         # a positive semidefinite matrix with zero trace is zero
         raise ValueError(f"{name} is not positive semidefinite ({'negative' if trace < 0 else 'zero'} trace"
                          f"{'' if trace < 0 else ', nonzero entries'})")
@@ -238,7 +245,7 @@ def whitener(gram, *, ridge=DEFAULT_RIDGE, name="gram"):
                          f"pass a Gram matrix X^H X or a larger ridge") from exc
     if not bool(xp.all(xp.isfinite(L))):
         raise ValueError(f"{name} is not positive semidefinite (Cholesky gave NaN); pass a Gram matrix X^H X")
-    return L
+    return L, shift
 
 
 def _svd_at(M, r, method, q, p, rng):
@@ -256,12 +263,20 @@ def _svd_at(M, r, method, q, p, rng):
     return block_krylov_svd(M, l, p=0, q=q, rng=rng, check_finite=False)
 
 
-def _svd_rtol(M, rtol, rmax, method, q, rng):
-    """``(U, S, Vh, r)`` for the smallest rank meeting ``rtol``; ``r = None`` if above ``rmax``."""
+def _svd_rtol(M, rtol, rmax, method, q, rng, reference=None):
+    """``(U, S, Vh, r)`` for the smallest rank meeting ``rtol``; ``r = None`` if above ``rmax``.
+
+    The tail of ``M``'s spectrum must stay below ``rtol^2 reference``, ``reference``
+    defaulting to ``||M||_F^2``; a smaller ``reference`` (the energy without the
+    ridge, :func:`_unridged_energy`) tightens the tolerance in proportion."""
     energy = _energy(M)
     if energy == 0.0:  # a zero matrix: rank 1 meets any tolerance
         U, S, Vh = _svd_at(M, 1, "rsvd", 0, 0, rng)
         return U, S, Vh, 1
+    if reference is not None:
+        rtol = rtol * math.sqrt(max(reference, 0.0) / energy)
+        if not rtol > 0.0:  # nothing left to measure against: only the dense layer is certain
+            return None, None, None, None
     if method == "exact":
         U, S, Vh = B.svd(M)
         r = rank_for_rtol(B.to_numpy(S), energy, rtol)
@@ -273,6 +288,28 @@ def _svd_rtol(M, rtol, rmax, method, q, rng):
     if r > rmax or r > S.shape[0]:
         return None, None, None, None
     return Q @ Ub, S, Vh, r
+
+
+def _unridged_energy(W, m, M):
+    """``||R0^H W L0||_F^2`` for the metric's Gram matrices without their ridges
+    (``L0 L0^H = L L^H - delta_L I``, the same for ``R``), from ``M = R^H W L``:
+    the output (or loss) energy on the calibration data itself, which ``factor``'s
+    ``rtol`` is relative to. The ridged energy exceeds it by
+    ``delta_L ||R^H W||^2 + delta_R ||W L||^2 - delta_L delta_R ||W||^2``, which is
+    large where ``W`` weighs inputs the data barely excites (``None`` for the
+    identity metric, whose energy is ``||M||_F^2``)."""
+    dL, dR = m.shifts if m.L is not None or m.R is not None else (0.0, 0.0)
+    if dL == 0.0 and dR == 0.0:
+        return None
+    xp = B.namespace(W)
+    energy = _energy(M)
+    if dL:
+        energy -= dL * _energy(W if m.R is None else xp.astype(B.mH(m.R), W.dtype) @ W)
+    if dR:
+        energy -= dR * _energy(W if m.L is None else W @ xp.astype(m.L, W.dtype))
+    if dL and dR:
+        energy += dL * dR * _energy(W)
+    return energy
 
 
 def _energy(M):
@@ -404,11 +441,16 @@ class Metric(NamedTuple):
     the output-gradient Gram matrix; ``None`` stands for the identity. Both float64
     (complex128) in the namespace of the Gram matrices. ``zero_output``: the output
     Gram matrix was all zero (the layer does not reach the model's output).
+    ``shifts``: the ridges ``(delta_L, delta_R)`` added to the diagonals of the input
+    and output Gram matrices before factoring (``L L^H = G + delta_L I``), which
+    :func:`factor` takes out again to measure ``rtol`` in the calibration data's own
+    norm.
     """
 
     L: Any
     R: Any
     zero_output: bool
+    shifts: tuple = (0.0, 0.0)
 
 
 def metric(shape, *, gram=None, output_gram=None, ridge=DEFAULT_RIDGE):
@@ -437,19 +479,20 @@ def metric(shape, *, gram=None, output_gram=None, ridge=DEFAULT_RIDGE):
     ridge = _checked_ridge(ridge)
     L = R = None
     zero = False
+    shift_L = shift_R = 0.0
     if gram is not None:
         if tuple(gram.shape) != (inp, inp):
             raise ValueError(f"gram must be in x in = {inp} x {inp} for a weight of shape {tuple(shape)}, "
                              f"got {tuple(gram.shape)}")
-        L = whitener(gram, ridge=ridge)
+        L, shift_L = _whitener(gram, ridge, "gram")
     if output_gram is not None:
         if tuple(output_gram.shape) != (out, out):
             raise ValueError(f"output_gram must be out x out = {out} x {out} for a weight of shape "
                              f"{tuple(shape)}, got {tuple(output_gram.shape)}")
-        R = whitener(output_gram, ridge=ridge, name="output_gram")
+        R, shift_R = _whitener(output_gram, ridge, "output_gram")
         xp = B.namespace(output_gram)
         zero = B.scalar(xp.real(xp.linalg.trace(output_gram))) == 0.0
-    return Metric(L, R, zero)
+    return Metric(L, R, zero, (shift_L, shift_R))
 
 
 def metric_units(m):
@@ -723,7 +766,7 @@ def _factor_job(job, *, method, q, p, split, estimate_error, rng, t0):
         rmax = max_saving_rank(job.shape)
         if rmax < 1:
             return _dense(job.shape, job.name, job.units, t0)
-        U, S, Vh, r = _svd_rtol(M, job.value, rmax, method, q, rng)
+        U, S, Vh, r = _svd_rtol(M, job.value, rmax, method, q, rng, reference=_unridged_energy(job.W, job.m, M))
         if r is None:
             return _dense(job.shape, job.name, job.units, t0)
         job = job._replace(r=r)
