@@ -229,8 +229,10 @@ def neuron_count(h, *, k=None, keep_fraction=None, rtol=None):
     """Validate the size options; return ``(mode, value)`` for the one that is given.
 
     Exactly one of ``k`` (neurons kept, ``1 <= k <= h``), ``keep_fraction`` (in
-    (0, 1]: ``k = max(1, floor(keep_fraction h))``) or ``rtol`` (relative ID error in
-    (0, 1), the rank found by the pivoted QR). Returns ``("k", k)`` for the first two.
+    (0, 1]: ``k = max(1, floor(keep_fraction h))``) or ``rtol`` (in (0, 1): the
+    fewest neurons whose pivoted QR leaves a relative residual ``<= rtol``; the ID
+    error on the calibration activations is that residual only for ``ridge=0``, see
+    :func:`select_neurons`). Returns ``("k", k)`` for the first two.
 
     Examples
     --------
@@ -475,7 +477,11 @@ def select_neurons(Z, k=None, *, keep_fraction=None, rtol=None, W2=None, method=
     rtol : float in (0, 1), optional
         Keep the fewest neurons whose pivoted QR leaves a relative residual
         ``<= rtol`` (of ``Z D`` when ``W2`` is given, of ``Z`` otherwise).
-        Exactly one of ``k``, ``keep_fraction``, ``rtol``.
+        Exactly one of ``k``, ``keep_fraction``, ``rtol``. With ``ridge=0`` the
+        ID's error on these activations is that residual (times the ID's growth
+        factor); a ridge refits ``T`` for held-out activations and gives up
+        calibration error for it, so ``NeuronSelection.error`` can exceed ``rtol``
+        (up to 7x at the GCV ridge in a sweep of random activations).
     W2 : array (out, h), optional
         The next layer's weight: weights the selection and the ridge's validation.
     method : {"cpqr", "srrqr", "randomized"}

@@ -219,7 +219,9 @@ def prune_mlp(model, pairs, batches, *, keep_fraction=None, k=None, rtol=None, m
         Neurons kept per pair.
     rtol : float in (0, 1), optional
         Per pair, the fewest neurons whose pivoted QR of the (output-weighted)
-        activations leaves a relative residual ``<= rtol``. Exactly one of
+        activations leaves a relative residual ``<= rtol`` (the pruned pair's
+        error on the calibration data only for ``ridge=0``: see
+        :func:`randla.compress.prune.select_neurons`). Exactly one of
         ``keep_fraction``, ``k``, ``rtol``.
     method : {"cpqr", "srrqr", "randomized"}, default "cpqr"
         Pivoting of the ID (:func:`randla.interpolative.interp_decomp`).
