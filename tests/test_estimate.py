@@ -171,7 +171,8 @@ def test_spectral_norm_differentiates_with_torch():
 
 def test_estimate_rank_checks_the_cut_in_few_passes():
     """Where the Ritz cut misses the tolerance by many columns (here ~45), the residual
-    check bisects instead of adding one column at a time (506 passes over A before)."""
+    check bisects instead of adding one column at a time (506 passes over A before;
+    297 with bisection, 417 since the check keeps a 5 % margin for the Lanczos estimate)."""
     gen = np.random.default_rng(0)
     U, _ = np.linalg.qr(gen.standard_normal((4000, 1000)))
     V, _ = np.linalg.qr(gen.standard_normal((1000, 1000)))
@@ -190,4 +191,10 @@ def test_estimate_rank_checks_the_cut_in_few_passes():
     sv = np.linalg.svd(A, compute_uv=False)
     exact = int(np.sum(sv > 0.05 * sv[0]))
     assert exact <= randla.estimate_rank(op, 0.05, rng=0) <= 1.2 * exact
-    assert passes[0] <= 350
+    assert passes[0] <= 450
+    # ten Lanczos steps underestimate this residual (hundreds of clustered singular
+    # values) by up to 2 %: without the margin 36 of 40 seeds ended 0.2-2.2 % over rtol
+    A64 = A.astype(np.float64)
+    for seed in range(3):
+        Q = randla.adaptive_range_finder(A, 0.05, norm="2", rng=seed).astype(np.float64)
+        assert np.linalg.norm(A64 - Q @ (Q.T @ A64), 2) <= 0.05 * sv[0]
