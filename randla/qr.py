@@ -841,8 +841,10 @@ def _srrqr_scaled(A, xp, k, f, max_swaps):
     Rh = Rh.astype(np.complex128 if np.iscomplexobj(Rh) else np.float64)
     perm_h = np.asarray(B.to_numpy(perm), dtype=np.int64)
     d = np.abs(np.diagonal(Rh[:, :k]))
-    tol = B.eps(xp, A.dtype) * max(m, n) * (d[0] if d.size else 0.0)
-    r = int(np.count_nonzero(d > tol * 10)) if d[0] > 0 else 0
+    # pivots at the rounding of the largest span noise (exact rank r < k); every other
+    # one takes part in the swaps, as in the ID (a threshold 10 u max(m, n) |R_11| let
+    # float32 pivots near 1e-4 through unswapped: |R11^{-1} R12| up to 1.3 f)
+    r = int(np.count_nonzero(d > B.eps(xp, A.dtype) * d[0])) if d[0] > 0 else 0
     if r == 0:
         return PivotedQR(Q, R, perm), 0
     st = _SwapState.start(A, xp, Q[:, :r], Rh[:r, :], perm_h, r)

@@ -231,6 +231,19 @@ def test_srrqr_bounds_random(backend, dtype):
     _srrqr_bounds(A_np.astype(np.complex128 if "complex" in dtype else np.float64), res_np, k, f, slack)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "complex64"])
+def test_srrqr_bound_holds_for_small_single_precision_pivots(backend, dtype):
+    """Pivots below ``10 u max(m, n) |R_11|`` (1.2e-4 here) were taken as rounding noise
+    and kept in CPQR's order without swaps, though far above float32's rounding:
+    ``max |R11^{-1} R12|`` came out 1.30 for ``f = 1.01``."""
+    A_np, _ = _mat(200, 120, dtype, spectrum="exponential", decay=0.1, rng=0)
+    k, f = 43, 1.01  # sigma_44 / sigma_1 = 5e-5
+    res = srrqr(backend.asarray(A_np), k, f=f)
+    R = backend.to_numpy(res.R).astype(np.complex128)
+    T = sl.solve_triangular(R[:, :k], R[:, k:])
+    assert np.abs(T).max() <= f * (1 + 1e-3)
+
+
 def test_srrqr_rank_deficient_and_zero(backend):
     A_np, _ = _mat(20, 16, "float64", spectrum="low_rank", rank=3)
     for M in (A_np, np.zeros((20, 16))):
