@@ -29,6 +29,7 @@ __all__ = [
     "check_stacked_matrix",
     "check_rank",
     "check_int",
+    "int_or_none",
     "check_count",
     "check_real",
     "check_rtol",
@@ -363,6 +364,15 @@ def quiet_nonfinite(enabled: bool = True):
     import numpy as np
 
     return np.errstate(invalid="ignore", over="ignore", divide="ignore") if enabled else contextlib.nullcontext()
+
+
+def int_or_none(v) -> int | None:
+    """:func:`check_int`'s int, or ``None`` where ``v`` is no integer scalar (for
+    callers whose own error, or other reading, follows)."""
+    try:
+        return check_int(v, "")
+    except TypeError:
+        return None
 
 
 def check_int(v, name: str) -> int:

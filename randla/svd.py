@@ -148,19 +148,22 @@ def _cholqr_stabilize(Y):
             return Q
     Y, G, _ = _normalized_gram(Y)
     R = _cholqr_factor(G, Y.shape[-2], Y.dtype, True)
-    if not single and not _pivots_clear_shift(R, G, Y.shape[-2]):
+    if not single and not bool(xp.all(_clears_shift(_min_pivot(R), xp.real(xp.linalg.trace(G)), Y.shape[-2]))):
         return B.qr(Y)[0]
     return B.rdiv_upper(Y, R)
 
 
-def _pivots_clear_shift(R, G, m):
-    """Every squared pivot of the shifted factor ``R`` of ``G`` (every matrix of a
-    stack) at least :data:`_PIVOT_SHIFTS` shifts: the shift moved no direction of
-    ``Y`` by more than a quarter."""
+def _min_pivot(R):
+    """The smallest ``|R_jj|`` of a triangular factor (per matrix of a stack)."""
     xp = B.namespace(R)
-    piv = xp.abs(xp.real(xp.linalg.diagonal(R)))
-    shift = _gram_shift(xp.real(xp.linalg.trace(G)), m)
-    return bool(xp.all(xp.min(piv * piv, axis=-1) >= _PIVOT_SHIFTS * shift))
+    return xp.min(xp.abs(xp.real(xp.linalg.diagonal(R))), axis=-1)
+
+
+def _clears_shift(piv, trace, m):
+    """Whether the smallest pivot ``piv`` of the shifted factor of a Gram matrix with
+    trace ``trace`` (``m``-row ``Y``) is at least :data:`_PIVOT_SHIFTS` shifts squared:
+    the shift moved no direction of ``Y`` by more than a quarter (per matrix)."""
+    return piv * piv >= _PIVOT_SHIFTS * _gram_shift(trace, m)
 
 
 # Pivot test of _single_cholqr: every squared pivot of R at least this many shifts.
@@ -553,8 +556,8 @@ def _moderate_cholqr(Z):
     R = _cholqr_factor(G, m, Z.dtype, True, fallible=True)
     if R is None:
         return None
-    piv = xp.min(xp.abs(xp.real(xp.linalg.diagonal(R))), axis=-1)
-    ok = (piv * piv >= _PIVOT_SHIFTS * _gram_shift(trace, m)) & (B.eps(xp, Z.dtype) <= _SKIP_LOSS * piv)
+    piv = _min_pivot(R)
+    ok = _clears_shift(piv, trace, m) & (B.eps(xp, Z.dtype) <= _SKIP_LOSS * piv)
     return B.rdiv_upper(Zs, R) if bool(xp.all(ok)) else None
 
 

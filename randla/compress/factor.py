@@ -263,18 +263,18 @@ def _svd_at(M, r, method, q, p, rng):
     return block_krylov_svd(M, l, p=0, q=q, rng=rng, check_finite=False)
 
 
-def _svd_rtol(M, rtol, rmax, method, q, rng, reference=None):
+def _svd_rtol(M, rtol, rmax, method, q, rng, ridge_energy=0.0):
     """``(U, S, Vh, r)`` for the smallest rank meeting ``rtol``; ``r = None`` if above ``rmax``.
 
-    The tail of ``M``'s spectrum must stay below ``rtol^2 reference``, ``reference``
-    defaulting to ``||M||_F^2``; a smaller ``reference`` (the energy without the
-    ridge, :func:`_unridged_energy`) tightens the tolerance in proportion."""
+    The tail of ``M``'s spectrum must stay below ``rtol^2 (||M||_F^2 - ridge_energy)``:
+    the part of ``M``'s energy its metric's ridges add (:func:`_ridge_energy`) is no
+    output on the calibration data, and tightens the tolerance in proportion."""
     energy = _energy(M)
     if energy == 0.0:  # a zero matrix: rank 1 meets any tolerance
         U, S, Vh = _svd_at(M, 1, "rsvd", 0, 0, rng)
         return U, S, Vh, 1
-    if reference is not None:
-        rtol = rtol * math.sqrt(max(reference, 0.0) / energy)
+    if ridge_energy:
+        rtol = rtol * math.sqrt(max(energy - ridge_energy, 0.0) / energy)
         if not rtol > 0.0:  # nothing left to measure against: only the dense layer is certain
             return None, None, None, None
     if method == "exact":
@@ -290,26 +290,23 @@ def _svd_rtol(M, rtol, rmax, method, q, rng, reference=None):
     return Q @ Ub, S, Vh, r
 
 
-def _unridged_energy(W, m, M):
-    """``||R0^H W L0||_F^2`` for the metric's Gram matrices without their ridges
-    (``L0 L0^H = L L^H - delta_L I``, the same for ``R``), from ``M = R^H W L``:
-    the output (or loss) energy on the calibration data itself, which ``factor``'s
-    ``rtol`` is relative to. The ridged energy exceeds it by
-    ``delta_L ||R^H W||^2 + delta_R ||W L||^2 - delta_L delta_R ||W||^2``, which is
-    large where ``W`` weighs inputs the data barely excites (``None`` for the
-    identity metric, whose energy is ``||M||_F^2``)."""
-    dL, dR = m.shifts if m.L is not None or m.R is not None else (0.0, 0.0)
-    if dL == 0.0 and dR == 0.0:
-        return None
+def _ridge_energy(W, m):
+    """What the metric's ridges add to the energy of ``M = R^H W L``
+    (``L L^H = G + delta_L I``, ``R R^H = H + delta_R I``):
+    ``delta_L ||R^H W||^2 + delta_R ||W L||^2 - delta_L delta_R ||W||^2``, so that
+    ``||M||_F^2`` minus it is the output (or loss) energy on the calibration data
+    itself, which ``factor``'s ``rtol`` is relative to. Large where ``W`` weighs
+    inputs the data barely excites; 0 without ridges."""
+    dL, dR = m.shifts
     xp = B.namespace(W)
-    energy = _energy(M)
+    excess = 0.0
     if dL:
-        energy -= dL * _energy(W if m.R is None else xp.astype(B.mH(m.R), W.dtype) @ W)
+        excess += dL * _energy(W if m.R is None else xp.astype(B.mH(m.R), W.dtype) @ W)
     if dR:
-        energy -= dR * _energy(W if m.L is None else W @ xp.astype(m.L, W.dtype))
+        excess += dR * _energy(W if m.L is None else W @ xp.astype(m.L, W.dtype))
     if dL and dR:
-        energy += dL * dR * _energy(W)
-    return energy
+        excess -= dL * dR * _energy(W)
+    return excess
 
 
 def _energy(M):
@@ -766,7 +763,7 @@ def _factor_job(job, *, method, q, p, split, estimate_error, rng, t0):
         rmax = max_saving_rank(job.shape)
         if rmax < 1:
             return _dense(job.shape, job.name, job.units, t0)
-        U, S, Vh, r = _svd_rtol(M, job.value, rmax, method, q, rng, reference=_unridged_energy(job.W, job.m, M))
+        U, S, Vh, r = _svd_rtol(M, job.value, rmax, method, q, rng, ridge_energy=_ridge_energy(job.W, job.m))
         if r is None:
             return _dense(job.shape, job.name, job.units, t0)
         job = job._replace(r=r)

@@ -106,14 +106,6 @@ def saves_parameters(shape, rank):
     return 1 <= int(rank) and int(rank) * (out + inp) < out * inp
 
 
-def _integer(v):
-    """``v`` as an int if it is an integer scalar of any library (not a bool), else None."""
-    try:
-        return V.check_int(v, "budget")
-    except TypeError:
-        return None
-
-
 def check_rank_mode(*, rank=None, rank_fraction=None, param_fraction=None, rtol=None, budget=None,
                     allow_budget=True):
     """Validate the rank options; return ``(mode, value)`` for the one that is given.
@@ -164,7 +156,7 @@ def check_rank_mode(*, rank=None, rank_fraction=None, param_fraction=None, rtol=
     if mode == "rank":
         return mode, V.check_count(v, "rank", minimum=1)
     if mode == "budget":
-        count = _integer(v)
+        count = V.int_or_none(v)
         if count is not None:
             if count < 1:
                 raise ValueError(f"budget must be a parameter count >= 1 or a fraction in (0, 1], got {count}")

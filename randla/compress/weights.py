@@ -71,15 +71,11 @@ def _checked_ranks(ranks, shapes, total):
     the budget (a ``ValueError`` / ``TypeError`` naming ``allocation`` otherwise)."""
     if not isinstance(ranks, Mapping):
         raise TypeError(f"allocation must return a mapping of name to rank, got {type(ranks).__name__}")
-    checked = {}
-    for n in shapes:
-        r = ranks.get(n)
-        try:
-            checked[n] = V.check_int(r, "rank")
-        except TypeError:
-            checked[n] = 0
-        if checked[n] < 1:
-            raise ValueError(f"allocation must return an int rank >= 1 for every layer, got {r!r} for {n!r}")
+    checked = {n: V.int_or_none(ranks.get(n)) for n in shapes}
+    for n, r in checked.items():
+        if r is None or r < 1:
+            raise ValueError(f"allocation must return an int rank >= 1 for every layer, got {ranks.get(n)!r} "
+                             f"for {n!r}")
     ranks = checked
     spent = allocation_params(ranks, shapes)
     if spent > total:

@@ -179,11 +179,8 @@ class Calibration(dict):
 def check_count(value, name):
     """``value`` as an int when it is an integer >= 1 (not a bool), else a ``ValueError``
     naming ``name``."""
-    try:
-        count = V.check_int(value, name)
-    except TypeError:
-        count = 0
-    if count < 1:
+    count = V.int_or_none(value)
+    if count is None or count < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     return count
 
