@@ -311,9 +311,9 @@ def _write_files(*items):
 
 def _write_report(res, path):
     if Path(path).suffix.lower() == ".json":
-        import json
+        from .compress.report import dumps
 
-        text = json.dumps(res.to_dict(), indent=2) + "\n"
+        text = dumps(res.to_dict(), indent=2) + "\n"
     else:
         rep = res.report
         text = (rep.to_markdown() + f"\n\nParameters of the factored weights: {rep.params_before:,} -> "

@@ -535,14 +535,19 @@ def test_calibration_changes_factors_and_lowers_output_error(tmp_path):
         assert out_err(white) < 0.9 * out_err(plain), m
 
 
+def _strict_json(token):
+    raise ValueError(f"not JSON: {token}")
+
+
 def test_inspect(tmp_path, capsys):
     T, spectra = _model()
     src = tmp_path / "in.safetensors"
     save_file(T, str(src))
     assert main(["inspect", str(src), "--json", "--rtol", "0.5", "0.2", "--cap", "0"]) == 0
-    data = json.loads(capsys.readouterr().out)
+    data = json.loads(capsys.readouterr().out, parse_constant=_strict_json)
     layers = {la["name"]: la for la in data["layers"]}
     assert set(layers) == {"enc.fc1", "enc.fc2", "scale"}  # the embedding is excluded
+    assert layers["scale"]["decay"] is None  # two singular values: no fit, and strict JSON
     assert [sug["rank"] for sug in layers["scale"]["suggested"]] == [None, None]  # 2 x 2: nothing to save
     for m in spectra:
         la = layers[m]

@@ -17,7 +17,6 @@ tolerances. Both are what ``randla compress`` and ``randla inspect`` run.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -29,6 +28,7 @@ import numpy as np
 from .._backend import as_generator
 from .._validate import name_filter
 from .checkpoint import FLOAT_DTYPES, CheckpointError, check_output, load_grams, open_checkpoint, write_checkpoint
+from .report import dumps
 
 __all__ = ["CompressResult", "compress_checkpoint", "inspect_checkpoint", "select_weights", "DEFAULT_EXCLUDE",
            "DEFAULT_RTOLS", "FORMAT_VERSION"]
@@ -482,7 +482,7 @@ def inspect_checkpoint(src, *, rtols=DEFAULT_RTOLS, calibration=None, include=No
 
 def rows_to_json(rows) -> str:
     """``randla inspect --json``: one object per weight."""
-    return json.dumps({"layers": [r.to_dict() for r in rows]}, indent=2)
+    return dumps({"layers": [r.to_dict() for r in rows]}, indent=2)
 
 
 def _fmt_params(n: int) -> str:

@@ -11,7 +11,33 @@ import json
 import math
 from typing import NamedTuple
 
-__all__ = ["LayerReport", "Report"]
+__all__ = ["LayerReport", "Report", "dumps"]
+
+
+def dumps(obj, **kwargs) -> str:
+    """``json.dumps`` of ``obj`` with every non-finite float written as ``null``.
+
+    JSON has no NaN or infinity (``json.dumps`` would write the non-standard ``NaN``,
+    which strict parsers refuse); a value that could not be computed, such as the
+    decay fit of a weight with fewer than three nonzero singular values, is absent.
+
+    Examples
+    --------
+    >>> from randla.compress.report import dumps
+    >>> dumps({"decay": float("nan"), "ranks": [1, 2.5]})
+    '{"decay": null, "ranks": [1, 2.5]}'
+    """
+    return json.dumps(_finite(obj), allow_nan=False, **kwargs)
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 class LayerReport(NamedTuple):
@@ -137,7 +163,7 @@ class Report(list):
 
     def to_json(self, **kwargs) -> str:
         """JSON: ``{"layers": [...], "params_before", "params_after", "param_fraction", "seconds"}``."""
-        return json.dumps({"layers": self.to_dicts(), "params_before": self.params_before,
+        return dumps({"layers": self.to_dicts(), "params_before": self.params_before,
                            "params_after": self.params_after, "param_fraction": self.param_fraction,
                            "seconds": self.seconds}, **kwargs)
 
