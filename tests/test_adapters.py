@@ -279,6 +279,34 @@ def test_jax_grad_matches_native_under_jit(jax, shape, dtype, method):
                                    atol=tol * float(jnp.max(jnp.abs(g_native))))
 
 
+@pytest.mark.parametrize("lq", [False, True], ids=["qr", "lq"])
+@pytest.mark.parametrize(("shape", "complex_"), [((6, 4), False), ((4, 7), True)])
+def test_jax_vjp_takes_numpy_cotangents(jax, shape, complex_, lq):
+    """``jax.vjp``'s pullback accepts NumPy cotangents, as it does for ``jnp.linalg.qr``
+    (so ``check_grads`` in reverse mode runs on the function itself)."""
+    import jax.numpy as jnp
+    from jax.test_util import check_grads
+
+    import randla.jax as rj
+
+    rng = np.random.default_rng(10)
+    A = jnp.asarray(_rand(rng, shape, complex_))
+    mine = rj.lq if lq else rj.qr
+
+    def native(a):
+        if not lq:
+            return tuple(jnp.linalg.qr(a))
+        Qh, Rh = jnp.linalg.qr(jnp.conj(a.T))
+        return jnp.conj(Rh.T), jnp.conj(Qh.T)
+
+    out, pull = jax.vjp(lambda a: tuple(mine(a)), A)
+    cts = tuple(_rand(rng, o.shape, complex_) for o in out)  # NumPy arrays
+    _, pull_native = jax.vjp(native, A)
+    (got,), (want,) = pull(cts), pull_native(tuple(jnp.asarray(c) for c in cts))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-10 * float(jnp.max(jnp.abs(want))))
+    check_grads(lambda a: tuple(mine(a)), (A,), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+
+
 def test_jax_lq_factors_vmap_and_jvp(jax):
     import jax.numpy as jnp
 

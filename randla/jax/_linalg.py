@@ -68,7 +68,9 @@ def _reverse_rule(factors, vjp):
 
     def bwd(method, res, ct):
         # JAX cotangent = conj(PyTorch-convention cotangent); no singularity check under tracing.
-        dA = vjp(*res, _conj(ct[0]), _conj(ct[1]), method=method, check_singular=False)
+        # A cotangent may come as any array (jax.vjp takes NumPy ones): JAX's, in the factor's dtype.
+        dQ, dR = (_conj(jnp.asarray(c, dtype=x.dtype)) for c, x in zip(ct, res, strict=True))
+        dA = vjp(*res, dQ, dR, method=method, check_singular=False)
         return (_conj(dA),)
 
     f.defvjp(fwd, bwd)
