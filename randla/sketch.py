@@ -86,6 +86,15 @@ def gaussian(n, l, /, *, like, rng=None):
 def rademacher(n, l, /, *, like, rng=None):
     """Random signs, +1 or -1 with equal probability.
 
+    Parameters
+    ----------
+    n, l, like, rng
+        As for :func:`gaussian`.
+
+    Returns
+    -------
+    Omega : array, shape (n, l)
+
     Examples
     --------
     >>> import numpy as np
@@ -106,13 +115,27 @@ def _signs(xp, u):
 
 
 def sparse_sign(n, l, /, *, like, nnz=8, rng=None):
-    """Sparse sign embedding: each row holds ``nnz`` entries ``+-1/sqrt(nnz)``.
+    """Sparse sign embedding: ``nnz`` signs ``+-1/sqrt(nnz)`` per row, at random positions.
 
     ``Omega.T`` is the sparse sign matrix of [TYUC2019, Sec. 3.3] with ``nnz``
-    nonzeros per column, at positions drawn uniformly (with replacement; a
-    repeated position adds up). The matrix is returned dense, so applying it
-    costs as much as a Gaussian sketch; its value is in cheaper generation and
-    in exact arithmetic on integer-valued data.
+    signs per column. Positions are drawn uniformly with replacement, so a
+    repeated position adds up (an entry can be ``+-2/sqrt(nnz)`` or larger, or
+    cancel to zero) and a row has at most ``nnz`` nonzeros. The matrix is returned
+    dense, so applying it costs as much as a Gaussian sketch; its value is in
+    cheaper generation and in exact arithmetic on integer-valued data.
+
+    Parameters
+    ----------
+    n, l, like
+        As for :func:`gaussian`.
+    nnz : int, default 8
+        Signs per row, at most ``l`` (a larger value is taken as ``l``).
+    rng
+        As for :func:`gaussian`.
+
+    Returns
+    -------
+    Omega : array, shape (n, l)
 
     Examples
     --------
@@ -135,6 +158,15 @@ def sparse_sign(n, l, /, *, like, nnz=8, rng=None):
 
 def orthonormal_gaussian(n, l, /, *, like, rng=None):
     """Gaussian test matrix with orthonormalised columns (needs ``l <= n``).
+
+    Parameters
+    ----------
+    n, l, like, rng
+        As for :func:`gaussian`.
+
+    Returns
+    -------
+    Omega : array, shape (n, l)
 
     Examples
     --------
@@ -175,6 +207,15 @@ def srtt(n, l, /, *, like, rng=None):
     :func:`sketch` with ``method="srtt"`` applies the same operator to a dense
     matrix by an FFT, in O(m n log n) instead of O(m n l) operations; this
     explicit form serves matrix-free input.
+
+    Parameters
+    ----------
+    n, l, like, rng
+        As for :func:`gaussian`.
+
+    Returns
+    -------
+    Omega : array, shape (n, l)
 
     Examples
     --------

@@ -716,9 +716,7 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
         Target rank. Give exactly one of ``k`` and ``rtol``.
     rtol : float, optional
         Relative error in (0, 1), in the norm ``norm``.
-    norm : {"fro", "2"}, default "fro"
-        Norm of the fixed-accuracy search (ignored with ``k``).
-    p, q, sketch, stabilizer, rng, check_finite
+    p, q, sketch, stabilizer
         As in :func:`range_finder` (a stack shares one test matrix: matrix ``i``
         gets what an unbatched call on ``A[i]`` with the same ``rng`` gets, up to
         the signs of singular vectors where the stack's route differs). With
@@ -726,6 +724,10 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
         ``q > 0`` it is the same computation as :func:`rsi`.
     block_size : int, optional
         Block size of the fixed-accuracy search (default 32).
+    norm : {"fro", "2"}, default "fro"
+        Norm of the fixed-accuracy search (ignored with ``k``).
+    rng, check_finite
+        As in :func:`range_finder`.
     solver : {"auto", "randomized", "full"}, default "auto"
         Fixed rank only. ``"full"``: the exact SVD of the dense ``A`` (LAPACK
         ``gesdd`` on NumPy), truncated to ``k``. ``"auto"`` takes it where it is

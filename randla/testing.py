@@ -12,9 +12,9 @@ Spectra (``sigma_1 = 1``; ``i = 1..r``, ``r = min(m, n)``):
 ``exponential``  ``sigma_i = 10^(-decay (i-1))`` (``decay=0.1``)
 ``pretrained``   a fast drop then a flat, slowly decaying tail, as in the weight
                  matrices of pretrained networks:
-                 ``sigma_i = 0.9 exp(-(i-1)/(r/50)) + 0.1 (1 - 0.5 (i-1)/r)``
+                 ``sigma_i = 0.9 exp(-(i-1)/max(r/50, 1)) + 0.1 (1 - 0.5 (i-1)/r)``
 ``step``         ``1`` for ``i <= rank``, then ``1e-3`` (``rank`` defaults to ``r/10``)
-``low_rank``     ``i^-decay`` for ``i <= rank``, then exactly 0
+``low_rank``     ``i^-decay`` for ``i <= rank``, then exactly 0 (``decay=1``)
 ``kahan``        the Kahan matrix (square; CPQR fails to reveal its rank)
 ===============  ==============================================================
 """

@@ -160,7 +160,7 @@ def _error_curve(errors, what="errors"):
 
 @B.wide_floats
 def summarize(W, *, gram=None, output_gram=None, folds=None, whitening=None, cap=DEFAULT_CAP, method="rsi", q=2, p=10,
-              ridge=DEFAULT_RIDGE, rng=None, name="", check_finite=True):
+              ridge=DEFAULT_RIDGE, rng=None, check_finite=True, name=""):
     """Summary of one weight for :func:`allocate`: its squared error against the rank.
 
     Without ``folds``: the leading singular values of ``M`` (``W``, ``W L`` with

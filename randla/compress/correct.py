@@ -364,11 +364,13 @@ def fit_corrected(W, stats, *, folds=None, shrinkage=DEFAULT_SHRINKAGE, rank=Non
         (``randla.torch.calibrate(..., output=...)``): ``M`` is then truncated in the
         two-sided metric, ``R^H (M - B A) L~`` (:func:`~randla.compress.factor.factor`). The
         correction itself is the same in any output metric (least squares row by row).
-    method, q, p, split, ridge, rng, name
+    method, q, p, split, ridge
         As in :func:`~randla.compress.factor.factor`.
     bias : bool, default True
         Return the bias change that removes the mean error (``stats.total`` and
         ``stats.total_ref`` needed).
+    rng, name
+        As in :func:`~randla.compress.factor.factor`.
 
     Returns
     -------

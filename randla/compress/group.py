@@ -93,7 +93,7 @@ def _chunks(keys, shapes):
 
 def factor_many(weights, rank=None, *, rank_fraction=None, param_fraction=None, rtol=None, grams=None,
                 output_grams=None, whitenings=None, method="rsi", q=2, p=10, split="left", ridge=DEFAULT_RIDGE,
-                estimate_error=True, batch=True, rng=None, check_finite=True):
+                estimate_error=True, check_finite=True, batch=True, rng=None):
     """:func:`~randla.compress.factor.factor` of every weight of a mapping, same-shaped ones batched.
 
     Parameters

@@ -85,7 +85,7 @@ def _checked_ranks(ranks, shapes, total):
 
 def compress_weights(weights, *, rank=None, rank_fraction=None, param_fraction=None, rtol=None, budget=None,
                      grams=None, output_grams=None, folds=None, errors=None, method="rsi", q=2, p=10, split="left",
-                     ridge=DEFAULT_RIDGE, allocation="greedy", estimate_error=True, batch=True, rng=None):
+                     ridge=DEFAULT_RIDGE, estimate_error=True, allocation="greedy", batch=True, rng=None):
     """Factor every weight of a mapping by one rank rule or one parameter budget.
 
     Parameters

@@ -83,12 +83,14 @@ def compress(params, *, rank=None, rank_fraction=None, param_fraction=None, rtol
         model's output with respect to each kernel's output (e.g. from ``jax.vjp``
         with random cotangents), for factors and budgets in units of the output's
         change (see :func:`~randla.compress.factor.factor`).
-    method, q, rng, p, split, ridge
+    method, q
+        As in :func:`~randla.compress.factor.factor`.
+    include, exclude : str, optional
+        Regular expressions on the paths (``re.search``).
+    rng, p, split, ridge
         As in :func:`~randla.compress.factor.factor`.
     batch : bool, default True
         Same-shaped kernels in stacked calls, as in :func:`randla.torch.compress`.
-    include, exclude : str, optional
-        Regular expressions on the paths (``re.search``).
 
     Returns
     -------

@@ -188,10 +188,15 @@ class LowRankConv2d(nn.Module):
 
     Parameters
     ----------
-    in_channels, out_channels, rank : int
-    kernel_size, stride, padding, dilation, padding_mode
+    in_channels, out_channels : int
+    kernel_size : int or (int, int)
+        As for ``torch.nn.Conv2d``.
+    rank : int
+        Channels between the two convolutions.
+    stride, padding, dilation : optional
         As for ``torch.nn.Conv2d`` (``groups`` must be 1).
     bias : bool, default True
+    padding_mode : str, default "zeros"
     device, dtype : optional
 
     Notes
