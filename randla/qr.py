@@ -794,7 +794,7 @@ def srrqr(A, k, *, f=2.0, max_swaps=None, check_finite=True):
     bounds above then hold for the leading ``r`` columns only, and the entries of
     ``R11^{-1} R12`` in the trailing rows are ratios of rounding errors, of any
     size (an exact rank-6 90 x 70 matrix at ``k = 10``: 1.2 to 21 in float64,
-    up to 200 in float32, depending on the backend). :func:`interp_decomp` with
+    up to 200 in float32, depending on the backend). :func:`~randla.interpolative.interp_decomp` with
     ``method="srrqr"`` gives those columns zero weight, so its ``T`` keeps the
     bound. The
     swap loop is eager (host bookkeeping in float64/complex128 on ``k x n``
