@@ -244,6 +244,29 @@ def test_whitened_factors_do_not_depend_on_the_gram_scale(backend, split):
         np.testing.assert_allclose(a, np.ones(k) if split == "left" else b, rtol=1e-10)
 
 
+@pytest.mark.parametrize("split", ["left", "balanced"])
+@pytest.mark.skip_backend("dask", reason="lazy weights are not rescaled (that would read their values)")
+def test_whitened_float32_weights_near_the_largest_float32(backend, split):
+    """A float32 weight with entries near 2.6e37 whose factors (``max |B|`` 2.5e37) fit
+    float32 but whose whitened singular values (1e39) do not: its factors are those of
+    the unit-scale weight times the scale. The singular values used to be scaled back
+    before the per-rank rescaling, and ``B`` came out Inf."""
+    W0, _ = _weight(48, 32, decay=0.2)
+    X = _anisotropic_inputs(300, 32)
+    G0 = X.T @ X
+    c = 2.0 ** 126  # 8.5e37
+    ref = factor(W0.astype(np.float32), rank=8, gram=G0, split=split, method="exact")
+    f = factor(backend.asarray((c * W0).astype(np.float32)), rank=8, gram=backend.asarray(G0), split=split,
+               method="exact")
+    Bn, An = backend.to_numpy(f.B), backend.to_numpy(f.A)
+    assert np.isfinite(Bn).all() and np.isfinite(An).all()
+    cb, ca = (c, 1.0) if split == "left" else (np.sqrt(c), np.sqrt(c))
+    P0 = ref.B.astype(np.float64) @ ref.A
+    assert np.linalg.norm((Bn / cb).astype(np.float64) @ (An / ca) - P0) <= 1e-5 * np.linalg.norm(P0)
+    np.testing.assert_allclose(np.linalg.norm(Bn / cb, axis=0), np.linalg.norm(ref.B, axis=0), rtol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(An / ca, axis=1), np.linalg.norm(ref.A, axis=1), rtol=1e-4)
+
+
 def test_whitened_float16_weights_keep_float32_accuracy_at_large_calibration_scale():
     """fp16 weights whitened by the Gram matrix of 1e6 tokens with activation outliers
     near 1e3: without rescaling, ``B`` overflowed float16 and ``A`` fell into its

@@ -407,6 +407,16 @@ def _split(xp, U, S, Vh, split):
     return U * root[None, :], root[:, None] * Vh
 
 
+def _unscale_split(Bf, Af, c, split):
+    """Factors of ``c W`` from those of ``W``: ``(c B, A)``, or ``sqrt(c)`` on each side
+    (``"balanced"``). Applied last, after the per-rank rescaling, so that the singular
+    values of a weight near the dtype's largest value never leave the range."""
+    if split == "left":
+        return unscale(Bf, c), Af
+    root = math.sqrt(c)
+    return unscale(Bf, root), unscale(Af, root)
+
+
 def _rebalance(xp, Bf, Af, split):
     """Whitened factors rescaled per rank, ``B D`` and ``D^{-1} A`` (the product is
     unchanged): ``A``'s rows of unit norm (``"left"``, as ``V_r^H`` in the plain
@@ -822,9 +832,10 @@ def _finish(job, M, U, S, Vh, *, method, split, estimate_error, rng, t0, shared_
     out_err = None
     if m.L is not None:
         out_err = rel if m.R is None else _output_error(xp, job.W, m, U[:, :r], S[:r], Vh[:r, :])
-    Bf, Af = _split(xp, U[:, :r], unscale(S[:r], job.w_scale), Vh[:r, :], split)
+    Bf, Af = _split(xp, U[:, :r], S[:r], Vh[:r, :], split)
     if m.L is not None or m.R is not None:
         Bf, Af = _rebalance(xp, *_unwhiten(xp, Bf, Af, m, job.W.dtype), split)
+    Bf, Af = _unscale_split(Bf, Af, job.w_scale, split)
     Bf, Af = fit_range(Bf, Af, job.out_dtype, name=job.name)
     report = LayerReport(job.name, shape, r, shape[0] * shape[1], parameter_count(shape, r), nerr, rel, out_err,
                          time.perf_counter() - t0 + shared_seconds, method, job.units)
