@@ -267,6 +267,25 @@ def test_whitened_float32_weights_near_the_largest_float32(backend, split):
     np.testing.assert_allclose(np.linalg.norm(An / ca, axis=1), np.linalg.norm(ref.A, axis=1), rtol=1e-4)
 
 
+def test_gram_matrices_whose_trace_leaves_their_dtype(backend):
+    """Valid Gram matrices with finite entries whose trace overflows: float64 near 8e307
+    was rejected as "not positive semidefinite (Cholesky gave NaN)", float32 near 2e38
+    warned from its float32 trace. The same factors as at unit scale."""
+    W0, _ = _weight(32, 24, decay=0.5)
+    X = _anisotropic_inputs(200, 24)
+    G0 = X.T @ X / np.abs(X.T @ X).max()
+    ref = factor(W0, rank=8, gram=G0, method="exact")
+    P0 = ref.B @ ref.A
+    for G in (G0 * 2.0**1022, (G0 * 2.0**127).astype(np.float32)):
+        L = backend.to_numpy(whitener(backend.asarray(G)))
+        np.testing.assert_allclose(L @ L.T, G, rtol=1e-5, atol=1e-5 * np.abs(G).max())
+        for dtype in ("float64", "float32"):
+            f = factor(backend.asarray(W0.astype(dtype)), rank=8, gram=backend.asarray(G), method="exact")
+            P = backend.to_numpy(f.B).astype(np.float64) @ backend.to_numpy(f.A)
+            assert np.linalg.norm(P - P0) <= 1e-5 * np.linalg.norm(P0)
+            assert f.report.output_error == pytest.approx(ref.report.output_error, rel=1e-4)
+
+
 def test_whitened_float16_weights_keep_float32_accuracy_at_large_calibration_scale():
     """fp16 weights whitened by the Gram matrix of 1e6 tokens with activation outliers
     near 1e3: without rescaling, ``B`` overflowed float16 and ``A`` fell into its
