@@ -359,6 +359,27 @@ def test_single_precision_weights_at_any_calibration_scale(backend, scale):
     assert np.linalg.norm(a[:, :6] @ b[:, :6].T - P0) <= 1e-5 * np.linalg.norm(P0)
 
 
+def test_summaries_of_weights_whose_squares_leave_float64(backend):
+    """float64 weights near 1e+-170: their squared singular values have no float64
+    value (gains and total came out 0, and the allocation gave the layer rank 1; or Inf
+    and an overflow warning). The summary keeps them in units of ``2**exponent``, and
+    the allocation is that of the unit-scale weights, with relative and absolute weights."""
+    W0, _ = _weight(48, 32, decay=1.0)
+    W1, _ = _weight(48, 32, decay=0.3, seed=1)
+    ref = [summarize(W, cap=None, method="exact", name=n) for n, W in (("a", W0), ("b", W1))]
+    for c in (2.0**-565, 2.0**565):
+        got = [summarize(backend.asarray(W * c), cap=None, method="exact", name=n) for n, W in (("a", W0), ("b", W1))]
+        for g, r in zip(got, ref, strict=True):
+            shift = 2 * round(np.log2(c)) - g.exponent  # gains * 2^exponent = c^2 * reference gains
+            assert abs(shift) < 100
+            np.testing.assert_allclose(g.gains, np.ldexp(r.gains, shift), rtol=1e-10)
+            assert g.total == pytest.approx(np.ldexp(r.total, shift), rel=1e-10)
+        for weights in ("relative", "absolute"):
+            assert allocate(got, 0.5, weights=weights) == allocate(ref, 0.5, weights=weights)
+        mixed = allocate([got[0], ref[1]], 0.5, weights="absolute")  # "b" is negligible next to c * W0
+        assert mixed["b"] == 1 if c > 1 else mixed["a"] == 1
+
+
 def test_summary_whose_squared_errors_leave_float64_is_an_error():
     """Gram matrices near 1e150 on both sides put the squared errors in loss units
     near 1e300 x 1e300: no float64 value, so a clear error, not Inf or a warning."""
