@@ -183,6 +183,8 @@ def _qb_fro(op, Y, rtol, b, q, max_rank, gen, need_b, orig, c):
         if E <= target:
             tail = energies[::-1].cumsum()[::-1]  # tail[j] = sum_{i >= j} energies
             keep = int((tail > target - E).sum())  # energy target - E may be left out
+            if Q is None and total > 0:  # rounding (rtol^2 total can round up to total) leaves A itself out
+                keep = max(keep, 1)
             return _grow(xp, Q, Bm, Qi[:, :keep], Bi[:keep, :])
         Q, Bm = _grow(xp, Q, Bm, Qi, Bi)
     return Q, Bm
