@@ -52,6 +52,7 @@ import numpy as np
 
 from . import _backend as B
 from . import _validate as V
+from ._scale import unit_scale
 from .estimate import _lanczos_norm
 from .sketch import _apply as _sketch_apply
 
@@ -65,7 +66,7 @@ def adaptive_qb(A, rtol, *, block_size, q, max_rank, norm, rng, check_finite, ne
 
     ``B`` is ``None`` when ``need_b`` is false (the spectral path then saves a pass).
     """
-    op = V.as_operand(A, check_finite=check_finite)
+    op, c0 = _unit_operand(V.as_operand(A, check_finite=check_finite))
     rtol = V.check_rtol(rtol)
     b = V.check_count(block_size, "block_size", minimum=1)
     q = V.check_count(q, "q")
@@ -82,7 +83,22 @@ def adaptive_qb(A, rtol, *, block_size, q, max_rank, norm, rng, check_finite, ne
     (Y,) = B.persist(Y)  # read for the scale, used by the first block (Dask: evaluated once)
     sop, c = _scaled(op, Y)
     Q, Bm = run(sop, Y / c, rtol, b, q, max_rank, gen, need_b, op, c)
-    return Q, (None if Bm is None else Bm * c)
+    return Q, (None if Bm is None else Bm * (c * c0))
+
+
+def _unit_operand(op):
+    """``(op / c, c)``: a dense ``A`` divided by the power of two of
+    :func:`randla._scale.unit_scale`, so that its products are formed at a normal scale
+    (those of subnormal entries keep a few bits: a rank-6 float32 matrix at 2^-140 came
+    out rank 30 at rtol 1e-3, and missed it); other operands as they are (their
+    products are rescaled afterwards by :func:`_scaled`)."""
+    if not op.dense:
+        return op, 1.0
+    A, c = unit_scale(op.A)
+    if c == 1.0:
+        return op, 1.0
+    matmat, rmatmat = B.products(A)
+    return op._replace(A=A, matmat=matmat, rmatmat=rmatmat), c
 
 
 def _scaled(op, Y):
@@ -167,6 +183,8 @@ def _qb_fro(op, Y, rtol, b, q, max_rank, gen, need_b, orig, c):
         if E <= target:
             tail = energies[::-1].cumsum()[::-1]  # tail[j] = sum_{i >= j} energies
             keep = int((tail > target - E).sum())  # energy target - E may be left out
+            if Q is None and total > 0:  # rounding (rtol^2 total can round up to total) leaves A itself out
+                keep = max(keep, 1)
             return _grow(xp, Q, Bm, Qi[:, :keep], Bi[:keep, :])
         Q, Bm = _grow(xp, Q, Bm, Qi, Bi)
     return Q, Bm

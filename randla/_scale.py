@@ -22,14 +22,16 @@ __all__ = ["pow2_scale", "norm", "unit_scale", "unscale"]
 
 
 def pow2_scale(amax):
-    """A power of two within a factor 2 of ``amax >= 0`` (real array), 1 where
-    ``amax`` is 0 or not finite. The exponent is clamped to the normal range of the
-    dtype, so dividing by the scale never divides by a subnormal number."""
+    """A power of two within a factor 4 of ``amax >= 0`` (real array), 1 where
+    ``amax`` is 0 or not finite. The exponent is clamped so that the scale and its
+    reciprocal are normal numbers: dividing by the scale never divides by a subnormal
+    one, nor multiplies by one (XLA divides by multiplying with the reciprocal, and
+    flushes subnormals to zero)."""
     xp = B.namespace(amax)
     fi = xp.finfo(amax.dtype)
     ok = (amax > 0) & xp.isfinite(amax)
     safe = xp.where(ok, amax, xp.ones_like(amax))
-    lo, hi = math.log2(float(fi.smallest_normal)), math.floor(math.log2(float(fi.max)))
+    lo, hi = math.log2(float(fi.smallest_normal)), _max_exponent(xp, amax.dtype)
     e = xp.clip(xp.floor(xp.log2(safe)), lo, hi)
     two = xp.asarray(2.0, dtype=amax.dtype, device=B.device(amax))
     return xp.where(ok, xp.pow(two, e), xp.ones_like(amax))
@@ -54,6 +56,12 @@ def norm(x, *, axis=None, keepdims=False):
     return xp.reshape(n, ()) if axis is None else xp.squeeze(n, axis=axis)
 
 
+def _max_exponent(xp, dtype):
+    """The largest ``e`` with ``2^e`` and ``2^-e`` both normal (1022 in float64, 126 in
+    float32)."""
+    return -round(math.log2(float(xp.finfo(B.real_dtype(xp, dtype)).smallest_normal)))
+
+
 def _window(xp, dtype):
     """``(lo, hi)``: magnitudes whose squares, sums of squares over any matrix that fits
     in memory, and reciprocals of their small fractions are safely representable."""
@@ -68,7 +76,8 @@ def unit_scale(A, *, ref=None):
     ``c = 1`` (and ``A`` itself, no copy) when ``max |ref|`` (default ``ref = A``) lies
     in a window where squares and Gram matrices are representable (``1e+-77`` in
     float64, ``2e-10 .. 2e9`` in float32), else the power of two nearest below
-    ``max |ref|``; ``ref`` may be a sketch of ``A`` (cheaper than a pass over ``A``).
+    ``max |ref|``, clamped so that ``c`` and ``1 / c`` are normal numbers (as in
+    :func:`pow2_scale`); ``ref`` may be a sketch of ``A`` (cheaper than a pass over ``A``).
     """
     xp = B.namespace(A)
     ref = A if ref is None else ref
@@ -76,7 +85,8 @@ def unit_scale(A, *, ref=None):
     lo, hi = _window(xp, A.dtype)
     if not math.isfinite(amax) or amax == 0.0 or lo <= amax <= hi:
         return A, 1.0
-    c = 2.0 ** math.floor(math.log2(amax))
+    e = _max_exponent(xp, A.dtype)
+    c = 2.0 ** min(max(math.floor(math.log2(amax)), -e), e)
     return A / xp.asarray(c, dtype=B.real_dtype(xp, A.dtype), device=B.device(A)), c
 
 

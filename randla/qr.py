@@ -261,18 +261,18 @@ def _cpqr(A, xp, k, rtol):
     m, n = A.shape
     kmax = min(m, n) if k is None else k
     native = B.has_pivoted_qr(xp)
+    # both paths square column norms, and LAPACK's geqp3 loses digits on subnormal
+    # columns: bring A into a safe range first
+    A, c = _S.unit_scale(A)
     if native and (k is None or 2 * k > min(m, n) or B.prefers_whole_matrix_kernels(xp)):
         Q, R, perm = B.qr_pivoted(A)
         r = kmax
         if rtol is not None:
             r = min(kmax, _rank_from_rows(B.to_numpy(_triu(xp, R)), rtol))
         perm = xp.astype(B.from_numpy(np.asarray(B.to_numpy(perm), dtype=np.int64), like=A), xp.int64)
-        return PivotedQR(Q[:, :r], _triu(xp, R[:r, :]), perm)
-    # the loop squares column norms on the host: bring A into a safe range first
-    A, c = _S.unit_scale(A)
+        return PivotedQR(Q[:, :r], _unscaled(_triu(xp, R[:r, :]), c), perm)
     Q, R, perm = _cpqr_loop(A, xp, kmax, rtol)
-    R = _unscaled(R, c)
-    return PivotedQR(Q, R, perm)
+    return PivotedQR(Q, _unscaled(R, c), perm)
 
 
 def _rank_from_rows(R, rtol):

@@ -244,6 +244,48 @@ def test_whitened_factors_do_not_depend_on_the_gram_scale(backend, split):
         np.testing.assert_allclose(a, np.ones(k) if split == "left" else b, rtol=1e-10)
 
 
+@pytest.mark.parametrize("split", ["left", "balanced"])
+@pytest.mark.skip_backend("dask", reason="lazy weights are not rescaled (that would read their values)")
+def test_whitened_float32_weights_near_the_largest_float32(backend, split):
+    """A float32 weight with entries near 2.6e37 whose factors (``max |B|`` 2.5e37) fit
+    float32 but whose whitened singular values (1e39) do not: its factors are those of
+    the unit-scale weight times the scale. The singular values used to be scaled back
+    before the per-rank rescaling, and ``B`` came out Inf."""
+    W0, _ = _weight(48, 32, decay=0.2)
+    X = _anisotropic_inputs(300, 32)
+    G0 = X.T @ X
+    c = 2.0 ** 126  # 8.5e37
+    ref = factor(W0.astype(np.float32), rank=8, gram=G0, split=split, method="exact")
+    f = factor(backend.asarray((c * W0).astype(np.float32)), rank=8, gram=backend.asarray(G0), split=split,
+               method="exact")
+    Bn, An = backend.to_numpy(f.B), backend.to_numpy(f.A)
+    assert np.isfinite(Bn).all() and np.isfinite(An).all()
+    cb, ca = (c, 1.0) if split == "left" else (np.sqrt(c), np.sqrt(c))
+    P0 = ref.B.astype(np.float64) @ ref.A
+    assert np.linalg.norm((Bn / cb).astype(np.float64) @ (An / ca) - P0) <= 1e-5 * np.linalg.norm(P0)
+    np.testing.assert_allclose(np.linalg.norm(Bn / cb, axis=0), np.linalg.norm(ref.B, axis=0), rtol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(An / ca, axis=1), np.linalg.norm(ref.A, axis=1), rtol=1e-4)
+
+
+def test_gram_matrices_whose_trace_leaves_their_dtype(backend):
+    """Valid Gram matrices with finite entries whose trace overflows: float64 near 8e307
+    was rejected as "not positive semidefinite (Cholesky gave NaN)", float32 near 2e38
+    warned from its float32 trace. The same factors as at unit scale."""
+    W0, _ = _weight(32, 24, decay=0.5)
+    X = _anisotropic_inputs(200, 24)
+    G0 = X.T @ X / np.abs(X.T @ X).max()
+    ref = factor(W0, rank=8, gram=G0, method="exact")
+    P0 = ref.B @ ref.A
+    for G in (G0 * 2.0**1022, (G0 * 2.0**127).astype(np.float32)):
+        L = backend.to_numpy(whitener(backend.asarray(G)))
+        np.testing.assert_allclose(L @ L.T, G, rtol=1e-5, atol=1e-5 * np.abs(G).max())
+        for dtype in ("float64", "float32"):
+            f = factor(backend.asarray(W0.astype(dtype)), rank=8, gram=backend.asarray(G), method="exact")
+            P = backend.to_numpy(f.B).astype(np.float64) @ backend.to_numpy(f.A)
+            assert np.linalg.norm(P - P0) <= 1e-5 * np.linalg.norm(P0)
+            assert f.report.output_error == pytest.approx(ref.report.output_error, rel=1e-4)
+
+
 def test_whitened_float16_weights_keep_float32_accuracy_at_large_calibration_scale():
     """fp16 weights whitened by the Gram matrix of 1e6 tokens with activation outliers
     near 1e3: without rescaling, ``B`` overflowed float16 and ``A`` fell into its
@@ -315,6 +357,27 @@ def test_single_precision_weights_at_any_calibration_scale(backend, scale):
     a, b = backend.to_numpy(a).astype(np.float64), backend.to_numpy(b)
     P0 = a0[:, :6].astype(np.float64) @ b0[:, :6].T
     assert np.linalg.norm(a[:, :6] @ b[:, :6].T - P0) <= 1e-5 * np.linalg.norm(P0)
+
+
+def test_summaries_of_weights_whose_squares_leave_float64(backend):
+    """float64 weights near 1e+-170: their squared singular values have no float64
+    value (gains and total came out 0, and the allocation gave the layer rank 1; or Inf
+    and an overflow warning). The summary keeps them in units of ``2**exponent``, and
+    the allocation is that of the unit-scale weights, with relative and absolute weights."""
+    W0, _ = _weight(48, 32, decay=1.0)
+    W1, _ = _weight(48, 32, decay=0.3, seed=1)
+    ref = [summarize(W, cap=None, method="exact", name=n) for n, W in (("a", W0), ("b", W1))]
+    for c in (2.0**-565, 2.0**565):
+        got = [summarize(backend.asarray(W * c), cap=None, method="exact", name=n) for n, W in (("a", W0), ("b", W1))]
+        for g, r in zip(got, ref, strict=True):
+            shift = 2 * round(np.log2(c)) - g.exponent  # gains * 2^exponent = c^2 * reference gains
+            assert abs(shift) < 100
+            np.testing.assert_allclose(g.gains, np.ldexp(r.gains, shift), rtol=1e-10)
+            assert g.total == pytest.approx(np.ldexp(r.total, shift), rel=1e-10)
+        for weights in ("relative", "absolute"):
+            assert allocate(got, 0.5, weights=weights) == allocate(ref, 0.5, weights=weights)
+        mixed = allocate([got[0], ref[1]], 0.5, weights="absolute")  # "b" is negligible next to c * W0
+        assert mixed["b"] == 1 if c > 1 else mixed["a"] == 1
 
 
 def test_summary_whose_squared_errors_leave_float64_is_an_error():

@@ -358,5 +358,22 @@ def test_pruning_is_the_same_at_any_scale(dtype, scales):
             assert p.output_error == pytest.approx(ref.output_error, rel=1e-4)
 
 
+def test_float32_activations_whose_column_sums_overflow_float32(backend):
+    """float32 activations near 1e36 (each finite, 400 rows): the column sums for the
+    bias term overflowed float32, and the output error came out 0.0 from the raw
+    activations and from :func:`accumulate`, whose ``total`` was Inf."""
+    X, W1, b1, W2, b2 = _generic_mlp()
+    Z = _relu(X @ W1.T + b1).astype(np.float32)
+    W2, b2 = W2.astype(np.float32), b2.astype(np.float32)
+    c = np.float32(2.0**120)  # 1.3e36
+    to = backend.asarray
+    ref = prune_neurons(Z, [(W1, b1)], W2, b2=b2, k=12)
+    acc = accumulate(accumulate(None, to(Z[:200] * c)), to(Z[200:] * c))
+    assert np.isfinite(_np(backend, acc.total)).all()
+    for Zc in (to(Z * c), acc):
+        p = prune_neurons(Zc, [(to(W1), to(b1))], to(W2), b2=to(b2 * c), k=12)
+        assert p.output_error == pytest.approx(ref.output_error, rel=1e-4)
+
+
 def _scalar(s, dtype):
     return np.asarray(s, dtype=dtype)

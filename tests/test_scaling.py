@@ -326,3 +326,48 @@ def test_column_norms_above_the_dtype_range(lib, dtype):
     for qr in (lambda: randla.cpqr(A, 2), lambda: randla.srrqr(A, 2), lambda: randla.rcpqr(A, 2, rng=0)):
         with pytest.raises(ValueError, match="R overflows"):
             qr()
+
+
+def test_cpqr_rtol_where_column_norms_overflow(backend):
+    """Finite float64 entries, one column's norm near 1e309: with ``rtol`` too, the
+    "R overflows" error (was a bare IndexError and an overflow warning from LAPACK's
+    Inf in R on NumPy; on JAX, A / 2^1023 is A times a subnormal reciprocal that XLA
+    flushes to zero, and R came out 0)."""
+    A = np.random.default_rng(0).standard_normal((50, 30)) * 1e307
+    A[:, 3] = 1.5e308
+    for rtol in (None, 1e-4):
+        with pytest.raises(ValueError, match="R overflows"):
+            randla.cpqr(backend.asarray(A), rtol=rtol)
+
+
+@pytest.mark.skip_backend("jax", reason="XLA flushes subnormal numbers to zero")
+def test_cpqr_rtol_on_subnormal_single_precision(backend):
+    """A rank-6 float32 matrix at 2^-140 (subnormal entries): ``rtol`` finds the rank of
+    the same, exactly rescaled, values at unit scale (LAPACK's geqp3 ran in subnormal
+    arithmetic and gave rank 22 at rtol 1e-3)."""
+    rng = np.random.default_rng(0)
+    A0 = rng.standard_normal((50, 6)) @ np.diag(np.logspace(0, -2, 6)) @ rng.standard_normal((6, 30))
+    A = (A0 * 2.0**-70 * 2.0**-70).astype(np.float32)
+    unit = (A.astype(np.float64) * 2.0**140).astype(np.float32)  # exact
+    for rtol in (1e-3, 1e-4):
+        k = randla.cpqr(backend.asarray(A), rtol=rtol).R.shape[0]
+        assert k == randla.cpqr(backend.asarray(unit), rtol=rtol).R.shape[0]
+    assert randla.cpqr(backend.asarray(A), rtol=1e-3).R.shape[0] == 6
+
+
+@pytest.mark.skip_backend("jax", reason="XLA flushes subnormal numbers to zero")
+def test_rank_to_a_tolerance_on_subnormal_single_precision(backend):
+    """A rank-6 float32 matrix at 2^-140: the tolerance-driven kernels find the rank of
+    the same values at unit scale (products formed in subnormal arithmetic kept a few
+    bits: rsvd rank 30 with error 2.8e-3 at rtol 1e-3, estimate_rank 29,
+    adaptive_range_finder 30)."""
+    rng = np.random.default_rng(0)
+    A0 = rng.standard_normal((50, 6)) @ np.diag(np.logspace(0, -2, 6)) @ rng.standard_normal((6, 30))
+    A = (A0 * 2.0**-70 * 2.0**-70).astype(np.float32)
+    Au = A.astype(np.float64) * 2.0**140  # exact
+    Ab = backend.asarray(A)
+    U, S, Vh = (backend.to_numpy(x).astype(np.float64) for x in randla.rsvd(Ab, rtol=1e-3, rng=0))
+    assert S.size == 6
+    assert np.linalg.norm(Au - (U * (S * 2.0**140)) @ Vh) <= 1e-3 * np.linalg.norm(Au)
+    assert randla.estimate_rank(Ab, 1e-3, rng=0) == 6
+    assert randla.adaptive_range_finder(Ab, 1e-3, rng=0).shape[1] == 6

@@ -787,3 +787,15 @@ def test_a_stack_member_keeps_its_product_next_to_a_rank_deficient_one():
     Q = randla.range_finder(np.stack([A0, A1]), k, q=1, rng=0)
     q = randla.range_finder(A0, k, q=1, rng=0)
     np.testing.assert_allclose(Q[0] @ Q[0].T, q @ q.T, atol=1e-12)
+
+
+def test_rsvd_rtol_just_below_one_keeps_a_nonzero_matrix(backend):
+    """``rtol = 1 - 1e-16`` on a nonzero float32 ``A``: ``rtol^2 ||A||_F^2`` rounds up to
+    ``||A||_F^2``, and the cut kept nothing (rank 0, error ``||A||_F > rtol ||A||_F``)."""
+    if backend.lazy:
+        pytest.skip("the tolerance-driven path reads values")
+    rng = np.random.default_rng(0)
+    V, _ = np.linalg.qr(rng.standard_normal((30, 30)))
+    A0 = rng.standard_normal((40, 30)) @ np.diag(np.logspace(0, -6, 30)) @ V
+    U, S, Vh = randla.rsvd(backend.asarray(A0.astype(np.float32)), rtol=1 - 1e-16, rng=0)
+    assert S.shape[0] >= 1

@@ -41,6 +41,7 @@ import numpy as np
 
 from .. import _backend as B
 from .. import _validate as V
+from .._scale import unit_scale
 from .factor import (
     DEFAULT_RIDGE,
     _check_method,
@@ -87,6 +88,10 @@ class LayerSummary(NamedTuple):
     folds : int
         1, or the number of cross-validation folds the gains were estimated on (held-
         out errors; see :func:`summarize`).
+    exponent : int
+        ``gains`` and ``total`` are in units of ``2**exponent``: 0 unless the squared
+        errors of the weight's own scale leave float64's range (entries beyond about
+        ``1e+-150``); :func:`allocate` compares layers in these units exactly.
     """
 
     name: str
@@ -95,6 +100,7 @@ class LayerSummary(NamedTuple):
     total: float
     units: str
     folds: int = 1
+    exponent: int = 0
 
     @property
     def S(self):
@@ -222,6 +228,27 @@ def summarize(W, *, gram=None, output_gram=None, folds=None, whitening=None, cap
     """
     Ww, xp, _ = working_matrix(W, "W", check_finite=check_finite)
     q, p = _check_method(method, "left", q, p)
+    Ww, c_w = unit_scale(Ww)  # W / c_w, where W's squares would leave its dtype (the summary reads values anyway)
+    summary = _summarize(Ww, xp, gram, output_gram, folds, whitening, cap, method, q, p, ridge, rng, name)
+    return _with_scale(summary, c_w)
+
+
+def _with_scale(summary, c):
+    """The summary of ``c W`` from that of ``W``: gains and total times ``c^2`` where
+    every nonzero one stays a normal float64, else in units of ``2**exponent``."""
+    if c == 1.0:
+        return summary
+    e = 2 * round(math.log2(c))
+    vals = np.append(np.asarray(summary.gains, dtype=np.float64), summary.total)
+    with np.errstate(over="ignore", under="ignore"):
+        scaled = np.ldexp(vals, e)
+    if np.all(np.isfinite(scaled)) and not np.any(np.abs(scaled[vals != 0]) < np.finfo(np.float64).tiny):
+        return summary._replace(gains=scaled[:-1], total=float(scaled[-1]))
+    return summary._replace(exponent=summary.exponent + e)
+
+
+def _summarize(Ww, xp, gram, output_gram, folds, whitening, cap, method, q, p, ridge, rng, name):
+    """:func:`summarize` of a checked weight in its working dtype."""
     shape = tuple(int(s) for s in Ww.shape)
     rmax = max_saving_rank(shape)
     k = rmax if cap is None else min(V.check_count(cap, "cap", minimum=1), rmax)
@@ -588,11 +615,12 @@ def allocate(summaries, budget, *, weights=None):
 
 
 def _weights(summaries, weights):
+    """``w_l`` for the gains as stored (in units of ``2**exponent``)."""
     if isinstance(weights, str):
         if weights == "relative":
             return {s.name: (1.0 / s.total if s.total > 0 else 0.0) for s in summaries}
         if weights == "absolute":
-            return {s.name: 1.0 for s in summaries}
+            return _units(summaries, {s.name: 1.0 for s in summaries})
         raise ValueError(f"weights must be 'relative', 'absolute' or a mapping; got {weights!r}")
     if not isinstance(weights, Mapping):
         raise TypeError(f"weights must be 'relative', 'absolute' or a mapping, got {type(weights).__name__}")
@@ -603,4 +631,11 @@ def _weights(summaries, weights):
     bad = [n for n, v in out.items() if not (v >= 0.0 and math.isfinite(v))]
     if bad:
         raise ValueError(f"weights must be finite and >= 0; got {out[bad[0]]!r} for layer {bad[0]!r}")
-    return out
+    return _units(summaries, out)
+
+
+def _units(summaries, w):
+    """Weights ``w`` times ``2**(exponent - the largest exponent)``: the layers' gains
+    compared in one unit (the common factor dropped)."""
+    top = max((s.exponent for s in summaries), default=0)
+    return {s.name: math.ldexp(w[s.name], s.exponent - top) for s in summaries}

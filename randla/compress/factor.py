@@ -227,7 +227,8 @@ def _whitener(gram, ridge, name):
         raise ValueError(f"{name} must be square (in x in), got shape {tuple(G.shape)}")
     ridge = _checked_ridge(ridge)
     wide = xp.complex128 if xp.isdtype(G.dtype, "complex floating") else xp.float64
-    G = xp.astype(G, wide)
+    # G / c, c a power of two near max |G| where tr(G) would leave float64: L = sqrt(c) L_c
+    G, c = unit_scale(xp.astype(G, wide))
     G = (G + B.mH(G)) / 2  # Cholesky reads one triangle; symmetrise accumulated round-off
     eye = xp.eye(n, dtype=wide, device=B.device(G))
     trace = B.scalar(xp.real(xp.linalg.trace(G)))
@@ -245,7 +246,7 @@ def _whitener(gram, ridge, name):
                          f"pass a Gram matrix X^H X or a larger ridge") from exc
     if not bool(xp.all(xp.isfinite(L))):
         raise ValueError(f"{name} is not positive semidefinite (Cholesky gave NaN); pass a Gram matrix X^H X")
-    return L, shift
+    return unscale(L, math.sqrt(c)), shift * c
 
 
 def _svd_at(M, r, method, q, p, rng):
@@ -407,6 +408,16 @@ def _split(xp, U, S, Vh, split):
     return U * root[None, :], root[:, None] * Vh
 
 
+def _unscale_split(Bf, Af, c, split):
+    """Factors of ``c W`` from those of ``W``: ``(c B, A)``, or ``sqrt(c)`` on each side
+    (``"balanced"``). Applied last, after the per-rank rescaling, so that the singular
+    values of a weight near the dtype's largest value never leave the range."""
+    if split == "left":
+        return unscale(Bf, c), Af
+    root = math.sqrt(c)
+    return unscale(Bf, root), unscale(Af, root)
+
+
 def _rebalance(xp, Bf, Af, split):
     """Whitened factors rescaled per rank, ``B D`` and ``D^{-1} A`` (the product is
     unchanged): ``A``'s rows of unit norm (``"left"``, as ``V_r^H`` in the plain
@@ -487,8 +498,7 @@ def metric(shape, *, gram=None, output_gram=None, ridge=DEFAULT_RIDGE):
             raise ValueError(f"output_gram must be out x out = {out} x {out} for a weight of shape "
                              f"{tuple(shape)}, got {tuple(output_gram.shape)}")
         R, shift_R = _whitener(output_gram, ridge, "output_gram")
-        xp = B.namespace(output_gram)
-        zero = B.scalar(xp.real(xp.linalg.trace(output_gram))) == 0.0
+        zero = shift_R == 0.0  # only a zero G gets no ridge
     return Metric(L, R, zero, (shift_L, shift_R))
 
 
@@ -554,11 +564,15 @@ def _unit_gram(G, xp_w, dtype, name="gram"):
     if G is None or len(getattr(G, "shape", ())) != 2 or G.shape[0] != G.shape[1] or G.shape[0] == 0:
         return G, 1.0
     xp = B.namespace(G)
-    t = B.scalar(xp.real(xp.linalg.trace(G))) / G.shape[0]
-    if not (math.isfinite(t) and t > 0.0):
+    d = xp.real(xp.linalg.diagonal(G))
+    dmax = B.scalar(xp.max(d))
+    if not (math.isfinite(dmax) and dmax > 0.0):
         return G, 1.0
-    c = _unit_power(math.log2(t), xp_w, dtype)
-    return (G, 1.0) if c == 1.0 else (G / (c * c), c)
+    mean = B.scalar(xp.mean(d / dmax))  # tr(G) / n = dmax mean, which may leave G's dtype
+    if not mean > 0.0:
+        return G, 1.0
+    c = _unit_power(math.log2(dmax) + math.log2(mean), xp_w, dtype)
+    return (G, 1.0) if c == 1.0 else (G / c / c, c)  # c * c may leave the dtype of G
 
 
 def _unit_power(log_t, xp_w, dtype):
@@ -822,9 +836,10 @@ def _finish(job, M, U, S, Vh, *, method, split, estimate_error, rng, t0, shared_
     out_err = None
     if m.L is not None:
         out_err = rel if m.R is None else _output_error(xp, job.W, m, U[:, :r], S[:r], Vh[:r, :])
-    Bf, Af = _split(xp, U[:, :r], unscale(S[:r], job.w_scale), Vh[:r, :], split)
+    Bf, Af = _split(xp, U[:, :r], S[:r], Vh[:r, :], split)
     if m.L is not None or m.R is not None:
         Bf, Af = _rebalance(xp, *_unwhiten(xp, Bf, Af, m, job.W.dtype), split)
+    Bf, Af = _unscale_split(Bf, Af, job.w_scale, split)
     Bf, Af = fit_range(Bf, Af, job.out_dtype, name=job.name)
     report = LayerReport(job.name, shape, r, shape[0] * shape[1], parameter_count(shape, r), nerr, rel, out_err,
                          time.perf_counter() - t0 + shared_seconds, method, job.units)

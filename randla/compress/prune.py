@@ -77,7 +77,8 @@ class Activations(NamedTuple):
         ``M^H M = Z^H Z`` for the ``N x h`` activations ``Z`` seen so far: ``Z`` itself
         while ``N <= 2 h``, afterwards the triangular factor of its QR (``m <= 2 h``).
     total : array (h,)
-        Column sums of ``Z`` (for the bias term of the output norm).
+        Column sums of ``Z`` (for the bias term of the output norm), in float64
+        (complex128): those of float32 activations near 1e36 overflow float32.
     count : int
         ``N``, the number of rows seen.
     """
@@ -275,7 +276,16 @@ def _activations(Z, name="Z"):
         M, xp = V.as_matrix(Z.M, f"{name}.M", finite_hint=False)
         return M, Z.total, int(Z.count), xp
     M, xp = V.as_matrix(Z, name, finite_hint=False)
-    return M, xp.sum(M, axis=0), int(M.shape[0]), xp
+    return M, _column_sums(xp, M), int(M.shape[0]), xp
+
+
+def _wide(xp, dtype):
+    return xp.complex128 if xp.isdtype(dtype, "complex floating") else xp.float64
+
+
+def _column_sums(xp, Z):
+    """Column sums of ``Z`` in float64 (complex128)."""
+    return xp.sum(Z, axis=0, dtype=_wide(xp, Z.dtype))
 
 
 def _same_library(x, xp, name):
@@ -296,13 +306,14 @@ def _check_bias(b, n, xp, name):
 # ----------------------------------------------------------------------------------
 
 
+@B.wide_floats
 def accumulate(acc, Z):
     """Add a batch of activations ``Z (n x h)`` to ``acc`` (``None`` to start).
 
     Rows are stacked until there are more than ``2 h``; then the stack is replaced by
     the ``h x h`` triangular factor of its QR, which has the same Gram matrix, so
     memory stays below ``2 h^2`` numbers however many batches come. Runs in ``Z``'s
-    dtype (pass float64 for float64 accumulation).
+    dtype (pass float64 for float64 accumulation); the column sums are float64.
 
     Parameters
     ----------
@@ -327,12 +338,12 @@ def accumulate(acc, Z):
     """
     Z, xp = V.as_matrix(Z, "Z", finite_hint=False)
     if acc is None:
-        M, total, count = Z, xp.sum(Z, axis=0), Z.shape[0]
+        M, total, count = Z, _column_sums(xp, Z), Z.shape[0]
     else:
         if acc.M.shape[1] != Z.shape[1]:
             raise ValueError(f"Z has {Z.shape[1]} columns but the accumulated activations have {acc.M.shape[1]}")
         M = xp.concat([acc.M, xp.astype(Z, acc.M.dtype)], axis=0)
-        total, count = acc.total + xp.sum(xp.astype(Z, acc.M.dtype), axis=0), acc.count + Z.shape[0]
+        total, count = acc.total + _column_sums(xp, xp.astype(Z, acc.M.dtype)), acc.count + Z.shape[0]
     h = M.shape[1]
     if M.shape[0] > 2 * h:
         M = B.qr(M)[1]
@@ -563,12 +574,14 @@ def _unit_problem(M, total, W2, b2):
 
 
 def _output_norm2(xp, M, total, count, W2, b2):
-    """``||Z W2^T + 1 b2^T||_F^2`` from ``M^H M = Z^H Z`` and the column sums."""
-    W = xp.astype(W2, M.dtype)
+    """``||Z W2^T + 1 b2^T||_F^2`` from ``M^H M = Z^H Z`` and the column sums, in float64
+    (complex128): the bias terms of single-precision data can leave its range."""
+    wide = _wide(xp, M.dtype)
+    M, W = xp.astype(M, wide), xp.astype(W2, wide)
     n2 = _sq(xp, M @ B.mT(W))  # the output is Z W2^T: a transpose, also for complex data
     if b2 is not None:
-        b = xp.astype(b2, M.dtype)
-        cross = xp.sum((W @ xp.astype(total, M.dtype)) * (xp.conj(b) if xp.isdtype(b.dtype, "complex floating") else b))
+        b = xp.astype(b2, wide)
+        cross = xp.sum((W @ xp.astype(total, wide)) * (xp.conj(b) if xp.isdtype(b.dtype, "complex floating") else b))
         n2 += 2.0 * B.scalar(xp.real(cross) if xp.isdtype(cross.dtype, "complex floating") else cross)
         n2 += count * _sq(xp, b)
     return max(n2, 0.0)
@@ -656,5 +669,5 @@ def prune_neurons(Z, first, W2, *, b2=None, k=None, keep_fraction=None, rtol=Non
     work = xp.result_type(W2w.dtype, sel.T.dtype)
     W2p = _cast_back(xp.astype(W2w, work) @ B.mT(xp.astype(sel.T, work)), xp, out_dtype)
     denom = _output_norm2(xp, Ms, totals, count, W2s, b2s)
-    out_err = math.sqrt(out_err2 / denom) if denom > 0 and out_err2 else 0.0
+    out_err = 0.0 if denom == 0 or not out_err2 else math.sqrt(out_err2 / denom)  # NaN stays NaN
     return PrunedNeurons(pruned, W2p, sel, out_err)
