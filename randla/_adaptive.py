@@ -61,6 +61,7 @@ __all__ = ["adaptive_qb", "NORMS"]
 RITZ_SAFETY = 1.1  # the spectral cut is made at rtol ||A||_2 / RITZ_SAFETY
 
 
+@B.scipy_pool_scoped
 def adaptive_qb(A, rtol, *, block_size, q, max_rank, norm, rng, check_finite, need_b=True):
     """``(Q, B)`` with ``||A - Q B|| <= rtol ||A||`` in ``norm`` (see the module notes).
 

@@ -473,6 +473,7 @@ def _row_sketch(A, Om, q):
 
 
 @B.wide_floats
+@B.scipy_pool_scoped
 def rcpqr(A, k=None, *, p=10, q=0, block_size=256, rng=None, check_finite=True):
     r"""Randomized column-pivoted QR: pivots from a sketch, QR by Cholesky-QR.
 

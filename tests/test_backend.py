@@ -244,3 +244,27 @@ def test_jax_integer_input_with_float64_off_gives_float32():
         Q, R, _ = randla.cpqr(jax.numpy.ones((4, 3), dtype=bool))
         assert Q.dtype == R.dtype == jax.numpy.float32
         assert not jax.config.read("jax_enable_x64")
+
+
+@pytest.mark.parametrize("call", [
+    lambda A: randla.estimate_rank(A, 1e-3, rng=0),
+    lambda A: randla.rsvd(A, rtol=1e-3, rng=0),
+    lambda A: randla.adaptive_range_finder(A, 1e-3, rng=0),
+    lambda A: randla.rcpqr(A, 5, rng=0),
+], ids=["estimate_rank", "rsvd_rtol", "adaptive_range_finder", "rcpqr"])
+def test_kernels_that_interleave_numpy_and_scipy_hold_scipys_pool(monkeypatch, call):
+    """The searches to a tolerance and the randomized QRCP run with SciPy's BLAS pool on
+    one thread for the whole call, as the fixed-rank SVDs do (two busy cores:
+    estimate_rank of a 2000 x 1000 matrix 3.0x, rsvd(rtol) 2.4x and rcpqr of a
+    300 x 300 float32 one 1.4-2.3x as fast as with both pools threaded)."""
+    entered = []
+    scope = B.scipy_blas_single_threaded
+
+    def spy(like=None):
+        entered.append(like)
+        return scope(like)
+
+    monkeypatch.setattr(B, "scipy_blas_single_threaded", spy)
+    A = np.random.default_rng(0).standard_normal((60, 40))
+    call(A)
+    assert entered and entered[0] is A
