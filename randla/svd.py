@@ -731,10 +731,11 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
     solver : {"auto", "randomized", "full"}, default "auto"
         Fixed rank only. ``"full"``: the exact SVD of the dense ``A`` (LAPACK
         ``gesdd`` on NumPy), truncated to ``k``. ``"auto"`` takes it where it is
-        the faster of the two, which by measurement (NumPy and torch, float32,
-        384 x 384 to 1536 x 384, one thread) is once the sketch is a large share
-        of the matrix: ``k + p >= 0.9 min(m, n) / (1 + q/2)`` (q = 2: 45 %; at
-        alpha = 0.4 compression ranks the randomized path is kept). The decision
+        the faster of the two, which by measurement (NumPy, float32, 384 x 384
+        and 1536 x 384, one and two threads, and stacks of them) is once the
+        sketch is a large share of the matrix: ``k + p >= 0.75 min(m, n) /
+        (1 + q/8)`` (q = 2: 60 %; at alpha = 0.4 compression ranks the randomized
+        path is kept). The decision
         depends on shapes only (lazy-friendly), the answer is then exact (as good
         as or better than randomized), and ``rng`` is advanced exactly as by the
         sketch it replaces. Dense arrays only; matrix-free input is always
@@ -806,10 +807,16 @@ def _fixed_rank_svd(op, k, l, q, stabilizer, sketch, rng, check_finite, full):
 
 
 # Size-aware dispatch (rsvd/rsi, solver="auto"): the exact SVD is faster once the
-# sketch is this share of min(m, n) at q = 0, and 1 / (1 + q/2) of it with q power
-# iterations (measured crossovers, float32, one thread, NumPy and torch: 384 x 384
-# and 1536 x 384 at q = 0 / 1 / 2 / 4: 0.6-0.8 / 0.6 / 0.40-0.48 / 0.33-0.36).
-_FULL_SHARE = 0.9
+# sketch is this share of min(m, n) at q = 0, and 1 / (1 + q/8) of it with q power
+# iterations. Measured crossovers (2026-12-02, float32, NumPy, best of 5; one thread /
+# two threads), q = 0 / 1 / 2 / 4: 384 x 384 0.68 / 0.72 / 0.61 / 0.50 and 0.77 /
+# 0.75 / 0.67 / 0.62; 1536 x 384 0.80 / 0.70 / 0.63 / < 0.5 and 0.95 / 0.90 / 0.79 /
+# 0.72. Stacks cross at the same share (q = 2, 25 x 384 x 384 at 0.68 and 300 x 64 x
+# 64 near 0.7: one stacked randomized call amortises the fixed costs that make the
+# exact SVD faster for a single small matrix). The rule of 2026-11-30, 0.9 / (1 + q/2)
+# (q = 2: 0.45), predates the small-matrix work and took the exact SVD where the
+# randomized path was up to 2.5x faster (300 x 64 x 64 at k = 20).
+_FULL_SHARE = 0.75
 
 
 def _scipy_pool_scope(op):
@@ -820,7 +827,7 @@ def _scipy_pool_scope(op):
 
 
 def _full_is_faster(shape, l, q):
-    return l >= _FULL_SHARE * min(shape[-2:]) / (1 + q / 2)
+    return l >= _FULL_SHARE * min(shape[-2:]) / (1 + q / 8)
 
 
 def _takes_full(op, solver, faster):
@@ -878,7 +885,7 @@ def rsi(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr", rng=None, ch
     check_finite : bool, default True
     solver : {"auto", "randomized", "full"}, default "auto"
         ``"auto"`` computes the exact SVD instead where that is faster (a sketch
-        of 45 % of ``min(m, n)`` or more at ``q = 2``); see :func:`rsvd`.
+        of 60 % of ``min(m, n)`` or more at ``q = 2``); see :func:`rsvd`.
 
     Returns
     -------

@@ -107,7 +107,7 @@ def test_exact_svd_path_streams_a_matrix_chunked_both_ways():
     holding all of A."""
     A0, s = matrix(400, 60, spectrum="exponential", decay=0.1, rng=0)
     A = da.from_array(A0, chunks=(50, 20))
-    U, S, Vh = randla.rsi(A, 30, rng=0)  # l = 40 >= 0.45 * 60
+    U, S, Vh = randla.rsi(A, 30, rng=0)  # l = 40 >= 0.6 * 60
     assert U.chunks[0] == A.chunks[0]
     names = {str(k[0] if isinstance(k, tuple) else k).rsplit("-", 1)[0] for k in dict(U.__dask_graph__())}
     assert any(n.startswith("qr") for n in names)  # TSQR over the row blocks, not an SVD of all of A
