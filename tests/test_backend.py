@@ -268,3 +268,26 @@ def test_kernels_that_interleave_numpy_and_scipy_hold_scipys_pool(monkeypatch, c
     A = np.random.default_rng(0).standard_normal((60, 40))
     call(A)
     assert entered and entered[0] is A
+
+
+def test_products_of_a_complex_matrix_do_not_copy_it(backend):
+    """``A^H X`` for complex ``A`` is ``conj(A^T conj(X))``: the adjoint product is exact and, on
+    NumPy, allocates about the thin blocks only (a conjugated copy of ``A`` made
+    ``rsi`` of a complex64 8192 x 4096 matrix peak at 1.13x ``A`` more memory, now 0.13x)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    A0 = (rng.standard_normal((1024, 512)) + 1j * rng.standard_normal((1024, 512))).astype(np.complex64)
+    X0 = (rng.standard_normal((1024, 8)) + 1j * rng.standard_normal((1024, 8))).astype(np.complex64)
+    A, X = backend.asarray(A0), backend.asarray(X0)
+    matmat, rmatmat = B.products(A)
+    want = A0.astype(np.complex128).conj().T @ X0.astype(np.complex128)
+    np.testing.assert_allclose(backend.to_numpy(rmatmat(X)), want, rtol=0, atol=1e-4 * np.abs(want).max())
+    if backend.name == "numpy":
+        tracemalloc.start()
+        try:
+            B.products(A0)[1](X0)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 0.1 * A0.nbytes
