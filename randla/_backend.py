@@ -213,6 +213,12 @@ def real_dtype(xp, dtype):
     return dtype
 
 
+def wide_dtype(xp, dtype):
+    """float64, or complex128 for complex ``dtype``: where randla accumulates Gram
+    matrices, sums and small factorisations of single-precision data."""
+    return xp.complex128 if xp.isdtype(dtype, "complex floating") else xp.float64
+
+
 def eps(xp, dtype) -> float:
     """Unit roundoff (machine epsilon) of ``dtype``."""
     return float(xp.finfo(real_dtype(xp, dtype)).eps)

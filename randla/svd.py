@@ -67,14 +67,10 @@ class SVDResult(NamedTuple):
 # ----------------------------------------------------------------------------------
 
 
-def _wide(xp, dtype):
-    return xp.complex128 if xp.isdtype(dtype, "complex floating") else xp.float64
-
-
 def _gram(Y):
     """``Y^H Y`` formed in float64/complex128 (mixed precision for float32 data)."""
     xp = B.namespace(Y)
-    Yw = xp.astype(Y, _wide(xp, Y.dtype), copy=False)
+    Yw = xp.astype(Y, B.wide_dtype(xp, Y.dtype), copy=False)
     return B.mH(Yw) @ Yw
 
 
@@ -387,7 +383,7 @@ def _gram_svd(C, k):
     QR route. Eager: reads the check. Stacks are checked as a whole.
     """
     xp = B.namespace(C)
-    Cw = xp.astype(C, _wide(xp, C.dtype))
+    Cw = xp.astype(C, B.wide_dtype(xp, C.dtype))
     G = B.mH(Cw) @ Cw
     # single precision first, on G / tr(G): C at any scale (1e-18, 1e18) keeps it in range
     t = xp.real(xp.linalg.trace(G))
@@ -735,11 +731,10 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
         and 1536 x 384, one and two threads, and stacks of them) is once the
         sketch is a large share of the matrix: ``k + p >= 0.75 min(m, n) /
         (1 + q/8)`` (q = 2: 60 %; at alpha = 0.4 compression ranks the randomized
-        path is kept). The decision
-        depends on shapes only (lazy-friendly), the answer is then exact (as good
-        as or better than randomized), and ``rng`` is advanced exactly as by the
-        sketch it replaces. Dense arrays only; matrix-free input is always
-        randomized.
+        path is kept). The decision depends on shapes only (lazy-friendly), the
+        answer is then exact (as good as or better than randomized), and ``rng``
+        is advanced exactly as by the sketch it replaces. Dense arrays only;
+        matrix-free input is always randomized.
 
     Returns
     -------

@@ -431,8 +431,7 @@ def sample_errors(d):
     [9.0, 13.0, 0.0]
     """
     d, xp = V.as_matrix(d, "d", finite_hint=False)
-    wide = xp.complex128 if xp.isdtype(d.dtype, "complex floating") else xp.float64
-    d = xp.astype(d, wide)
+    d = xp.astype(d, B.wide_dtype(xp, d.dtype))
     tails = xp.flip(xp.cumulative_sum(xp.flip(d, axis=1), axis=1), axis=1)  # sum_{i >= r}
     e = B.to_numpy(xp.sum(xp.real(xp.conj(tails) * tails), axis=0)).astype(np.float64)
     return np.concatenate([e, [0.0]])

@@ -126,7 +126,7 @@ def _checked_stats(W, stats, name="stats"):
 
 
 def _wide(xp, x):
-    return xp.astype(x, xp.complex128 if xp.isdtype(x.dtype, "complex floating") else xp.float64)
+    return xp.astype(x, B.wide_dtype(xp, x.dtype))
 
 
 class _Solver(NamedTuple):

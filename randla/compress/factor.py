@@ -226,7 +226,7 @@ def _whitener(gram, ridge, name):
     if G.shape[1] != n:
         raise ValueError(f"{name} must be square (in x in), got shape {tuple(G.shape)}")
     ridge = _checked_ridge(ridge)
-    wide = xp.complex128 if xp.isdtype(G.dtype, "complex floating") else xp.float64
+    wide = B.wide_dtype(xp, G.dtype)
     # G / c, c a power of two near max |G| where tr(G) would leave float64: L = sqrt(c) L_c
     G, c = unit_scale(xp.astype(G, wide))
     G = (G + B.mH(G)) / 2  # Cholesky reads one triangle; symmetrise accumulated round-off
@@ -314,7 +314,7 @@ def _energy(M):
     """``||M||_F^2`` accumulated in float64 over blocks of rows: never a float64 copy of
     the whole ``M`` (which would double the memory of a checkpoint's largest tensor)."""
     xp = B.namespace(M)
-    wide = xp.complex128 if xp.isdtype(M.dtype, "complex floating") else xp.float64
+    wide = B.wide_dtype(xp, M.dtype)
     step = max(1, (1 << 22) // max(int(M.shape[1]), 1))  # about 4M entries (32 MB) per block
     total, rows = 0.0, int(M.shape[0])
     for i in range(0, rows, step):

@@ -279,13 +279,9 @@ def _activations(Z, name="Z"):
     return M, _column_sums(xp, M), int(M.shape[0]), xp
 
 
-def _wide(xp, dtype):
-    return xp.complex128 if xp.isdtype(dtype, "complex floating") else xp.float64
-
-
 def _column_sums(xp, Z):
     """Column sums of ``Z`` in float64 (complex128)."""
-    return xp.sum(Z, axis=0, dtype=_wide(xp, Z.dtype))
+    return xp.sum(Z, axis=0, dtype=B.wide_dtype(xp, Z.dtype))
 
 
 def _same_library(x, xp, name):
@@ -576,7 +572,7 @@ def _unit_problem(M, total, W2, b2):
 def _output_norm2(xp, M, total, count, W2, b2):
     """``||Z W2^T + 1 b2^T||_F^2`` from ``M^H M = Z^H Z`` and the column sums, in float64
     (complex128): the bias terms of single-precision data can leave its range."""
-    wide = _wide(xp, M.dtype)
+    wide = B.wide_dtype(xp, M.dtype)
     M, W = xp.astype(M, wide), xp.astype(W2, wide)
     n2 = _sq(xp, M @ B.mT(W))  # the output is Z W2^T: a transpose, also for complex data
     if b2 is not None:
