@@ -519,7 +519,7 @@ def _ablations():
 
         def wide(G, k):
             xp = B.namespace(G)
-            return top(xp.astype(G, S._wide(xp, G.dtype)), k)
+            return top(xp.astype(G, B.wide_dtype(xp, G.dtype)), k)
 
         mp.setattr(S, "_top_eigh", wide)
 
