@@ -40,7 +40,9 @@ minilm
 batched
     The same 37 matrices grouped by shape (25 x 384 x 384, 6 x 1536 x 384,
     6 x 384 x 1536) into one stacked call each, on NumPy and torch; torch's
-    ``svd_lowrank`` takes the same stacks.
+    ``svd_lowrank`` takes the same stacks. The row "one part" keeps each NumPy stack
+    whole instead of cutting it into parts that run at once on the cores (what the
+    cut buys; see :func:`randla._backend.over_stack`).
 big
     One 8192 x 4096 matrix with slowly decaying spectrum, ``k = 128``: ``rsi`` against
     its GEMM floor (no regression on the large case).
@@ -117,7 +119,18 @@ Measured and not kept (one thread, CPU time, interleaved, unless said):
   Python threads (the calls release the GIL): the stacked calls took 0.89x as long
   with the loops on one thread on a quiet machine at two BLAS threads (batched
   section, best rounds; 0.83x at load 6-7), so the loops stay on the calling
-  thread.
+  thread. What was kept instead (2026-12-02): the whole stack cut into parts, each
+  part's call on a thread of its own with every BLAS pool on one thread, products
+  included: 1.25x as fast (2.93x the floor, now 2.35x, best of 10 rounds, quiet
+  machine; 3.19x and 2.54x in another run), 2.4x at load 2. Stacks with fewer than
+  three matrices per part stay whole: 2 and 4 x 384 x 384 took 1.4x and 1.25x as
+  long cut (the parts' Python steps take turns on the GIL). It stops short of the one-thread ratio (rsi 495 ms of
+  CPU against the floor's 224 ms, 2.21x) because SciPy's ``syevd`` and ``trsm``
+  wrappers hold the GIL and take turns (two threads: 0.93-0.96x as fast as one on
+  eight 384 x 384 problems; ``numpy.linalg.eigh``, which releases it, measured no
+  faster in the parts). torch stacks, on torch's kernels, cut the same way with
+  ``torch.set_num_threads(1)`` per part: 3.08x to 2.96x the floor, within noise, and
+  torch's grad mode and transforms are per thread: not cut.
 
 * each matrix of a NumPy stack through the 2-D path after one stacked first sketch
   (cache locality, a route per matrix): 0.93x (0.92-1.07) of the stacked path on the
@@ -409,6 +422,22 @@ def _groups(mats):
     return [np.stack(g) for g in shapes.values()]
 
 
+def _one_part(run):
+    """``run`` with NumPy stacks factored as one part (not cut across the cores, see
+    :func:`randla._backend.over_stack`): what cutting them buys."""
+    import randla._backend as B
+
+    def whole():
+        parts = B.stack_parts
+        B.stack_parts = lambda A, l: 1
+        try:
+            return run()
+        finally:
+            B.stack_parts = parts
+
+    return whole
+
+
 def section_batched(cfg, summary):
     import torch
 
@@ -420,6 +449,7 @@ def section_batched(cfg, summary):
         "GEMM floor (NumPy), summed per matrix": lambda: [f() for f in floors],
         "randla rsi (NumPy), one call per matrix": _sweep(_rsi, mats),
         "randla rsi (NumPy), one call per stack": _sweep(_rsi, stacks),
+        "randla rsi (NumPy), one call per stack, one part": _one_part(_sweep(_rsi, stacks)),
         "randla rsi (torch), one call per stack": _sweep(_rsi, tstacks),
         "torch.svd_lowrank, one call per stack": _sweep(_lowrank, tstacks),
     }
@@ -441,6 +471,8 @@ def section_batched(cfg, summary):
     bt = t["randla rsi (torch), one call per stack"][0]
     summary.append(("MiniLM batched: rsi (NumPy) / summed floor", b / floor, "<= 2", b / floor <= 2))
     summary.append(("MiniLM batched: rsi (torch) / summed floor", bt / floor, "(info)", None))
+    one = t["randla rsi (NumPy), one call per stack, one part"][0]
+    summary.append(("MiniLM batched: rsi (NumPy) one part / cut into parts", one / b, "(info)", None))
 
 
 def section_big(cfg, summary):

@@ -587,6 +587,19 @@ def _from_adjoint(op, q, stabilizer):
     return q > 0 and stabilizer == "cholqr" and op.shape[-2] < op.shape[-1]
 
 
+def _by_parts(op, l, rng, run):
+    """``run(op, rng)`` of a randomized method: a tuple of (stacked) results. A dense
+    NumPy stack is cut into parts that run at once, one per thread of NumPy's BLAS
+    pool (see :func:`randla._backend.over_stack`): MiniLM's 37 matrices as three
+    stacks at alpha = 0.4, ``rsi`` q = 2, two cores, best of 10 interleaved rounds:
+    1.25x as fast on a quiet machine (3.19x the GEMM floor, now 2.54x), 2.4x at
+    load 2. Not the exact SVD (``gesdd`` holds the GIL: the parts would take turns)."""
+    parts = B.stack_parts(op.A, l) if op.dense else 1
+    if parts == 1:
+        return run(op, rng)
+    return B.over_stack(op.A, rng, parts, lambda A, g: run(V.as_operand(A, check_finite=False, batched=True), g))
+
+
 def _fused_passes(op, sketch):
     """The backend's fused passes over a dense 2-D ``A`` (see
     :func:`randla._backend.fused_passes`), or ``None``; never for ``sketch="srtt"``
@@ -690,7 +703,10 @@ def range_finder(A, k, *, p=10, q=0, sketch="gaussian", stabilizer="cholqr", rng
     if fused is not None:  # q + 1 passes, see rsvd
         return fused.basis(_fused_power(fused, op, l, q, sketch, rng))
     with _scipy_pool_scope(op):
-        return _orth(_power_basis(op, l, q, stabilizer, sketch, rng, check_finite))
+        def run(o, g):
+            return (_orth(_power_basis(o, l, q, stabilizer, sketch, g, check_finite)),)
+
+        return _by_parts(op, l, rng, run)[0]
 
 
 @B.wide_floats
@@ -784,8 +800,10 @@ def rsvd(A, k=None, *, rtol=None, p=10, q=0, sketch="gaussian", stabilizer="chol
         return _rsvd_rtol(A, rtol, q=q, block_size=block_size, norm=norm, rng=rng, check_finite=check_finite)
     op, k, l, q = _prepare(A, k, p, q, stabilizer, sketch)
     with _scipy_pool_scope(op):
-        full = _takes_full(op, solver, _full_is_faster(op.shape, l, q))
-        return _fixed_rank_svd(op, k, l, q, stabilizer, sketch, rng, check_finite, full)
+        if _takes_full(op, solver, _full_is_faster(op.shape, l, q)):
+            return _fixed_rank_svd(op, k, l, q, stabilizer, sketch, rng, check_finite, True)
+        return SVDResult(*_by_parts(op, l, rng, lambda o, g: _fixed_rank_svd(o, k, l, q, stabilizer, sketch, g,
+                                                                        check_finite, False)))
 
 
 def _fixed_rank_svd(op, k, l, q, stabilizer, sketch, rng, check_finite, full):
@@ -984,7 +1002,8 @@ def block_krylov_svd(A, k, *, p=10, q=2, sketch="gaussian", stabilizer="cholqr",
     with _scipy_pool_scope(op):
         if _takes_full(op, solver, (q + 1) * l >= min(op.shape[-2:])):  # the Krylov space fills the range
             return _full_svd(op, k, l, sketch, rng, check_finite)
-        return _block_krylov(op, k, l, q, stabilizer, sketch, rng, check_finite)
+        return SVDResult(*_by_parts(op, l, rng, lambda o, g: _block_krylov(o, k, l, q, stabilizer, sketch, g,
+                                                                         check_finite)))
 
 
 def _block_krylov(op, k, l, q, stabilizer, sketch, rng, check_finite):

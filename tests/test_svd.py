@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import scipy.sparse
 import scipy.sparse.linalg as spla
 
 import randla
+from randla import _backend as B
 from randla.testing import matrix
 
 METHODS = {
@@ -645,6 +648,88 @@ def test_stack_is_reproducible_and_sketched_once():
     assert g1.integers(1 << 30) == g2.integers(1 << 30)
 
 
+@pytest.mark.parametrize("call", [
+    lambda A, g: randla.rsi(A, 5, rng=g, solver="randomized"),
+    lambda A, g: randla.rsvd(A, 5, q=1, rng=g, solver="randomized"),
+    lambda A, g: (randla.range_finder(A, 5, q=1, rng=g),),
+    lambda A, g: randla.block_krylov_svd(A, 5, q=1, rng=g, solver="randomized"),
+    lambda A, g: randla.rsvd(A, 5, rng=g, solver="full"),
+], ids=["rsi", "rsvd", "range_finder", "block_krylov_svd", "full"])
+def test_a_numpy_stack_is_cut_into_parts_that_run_at_once(monkeypatch, call, request):
+    """A NumPy stack runs as one part per thread of NumPy's BLAS pool, each part on a
+    thread of its own (MiniLM's three stacks on two cores: 1.25x as fast); matrix i
+    gets what a call of its own gets, the caller's generator advances as by one
+    call, every part runs in the caller's context (NumPy's errstate), and a pool
+    limited to one thread (the caller's choice) is one part."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import randla.svd as svd_module
+
+    threads, errstates = [], []
+    for name in ("_first_sketch", "_full_svd"):
+        real = getattr(svd_module, name)
+
+        def spy(*args, _real=real, **kwargs):
+            threads.append(threading.get_ident())
+            errstates.append(np.geterr()["divide"])
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(svd_module, name, spy)
+    full = request.node.callspec.id == "full"
+    monkeypatch.setattr(B, "_CUT_WORK", 1)  # these small matrices are cut too
+    monkeypatch.setattr(B, "_CUT_MATRICES", 1)
+    A0, _ = _stack((5, 40, 30), "float64")
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        g = np.random.default_rng(7)
+        with np.errstate(divide="ignore"):
+            out = call(A0, g)
+        # the exact SVD (SciPy's gesdd holds the GIL) is not cut
+        assert len(set(threads)) == (1 if full else 2), "the stack ran as one part"
+        assert set(errstates) == {"ignore"}, "a part ran outside the caller's errstate"
+        for i in range(5):
+            one = call(A0[i], 7)
+            for x, y in zip(out, one, strict=True):
+                np.testing.assert_allclose(np.abs(x[i]), np.abs(y), rtol=1e-7, atol=1e-9)
+        g1 = np.random.default_rng(7)
+        call(A0[0], g1)
+        assert g.integers(1 << 30) == g1.integers(1 << 30)
+    threads.clear()
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        call(A0, 7)
+    assert len(set(threads)) == 1
+
+
+def test_a_part_of_a_stack_raises_as_the_whole_stack_did(monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    monkeypatch.setattr(B, "_CUT_WORK", 1)
+    monkeypatch.setattr(B, "_CUT_MATRICES", 1)
+    A0, _ = _stack((4, 40, 30), "float32")
+    A0[3, 5, 5] = np.nan
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"), pytest.raises(ValueError, match="finite"):
+        randla.rsi(A0, 5, rng=0)
+    with pytest.raises(ValueError, match="k"):
+        randla.rsi(A0, 31, rng=0)
+
+
+def test_a_stack_off_the_main_thread_or_too_small_is_one_part(monkeypatch):
+    """Off the main thread the BLAS pools cannot be set (process-wide): no cut; nor
+    where a part would hold fewer than three matrices or too little work (there the
+    cut was slower)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        assert B.stack_parts(np.zeros((12, 20, 20)), 5) == 1
+        assert B.stack_parts(np.zeros((4, 384, 384)), 163) == 1
+        assert B.stack_parts(np.zeros((6, 384, 384)), 163) == 2
+        monkeypatch.setattr(B, "_CUT_WORK", 1)
+        monkeypatch.setattr(B, "_CUT_MATRICES", 1)
+        A0, _ = _stack((4, 40, 30), "float64")
+        assert B.stack_parts(A0, 15) == 2
+        parts = []
+        worker = threading.Thread(target=lambda: parts.append(B.stack_parts(A0, 15)))
+        worker.start()
+        worker.join()
+    assert parts == [1]
+
+
 def test_stack_rejects_rtol_and_operators():
     A0, _ = _stack((2, 20, 15), "float64")
     with pytest.raises(ValueError, match="2-D"):
@@ -693,7 +778,7 @@ def test_auto_solver_keeps_compression_ranks_randomized(monkeypatch):
     import randla.svd as svd_module
 
     called = []
-    monkeypatch.setattr(svd_module, "_full_svd", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(svd_module, "_full_svd", lambda *a, **k: called.append(1) or (None,) * 3)
     A0, _ = matrix(100, 100, rng=0)
     randla.rsi(A0, 32, rng=0)
     assert not called
@@ -715,7 +800,7 @@ def test_block_krylov_takes_the_exact_svd_once_its_space_fills_the_range(monkeyp
     R = [backend.to_numpy(x) for x in randla.block_krylov_svd(A, 10, p=4, q=2, rng=0, solver="randomized")]
     np.testing.assert_allclose(R[1], s[:10], rtol=1e-6)
     called = []
-    monkeypatch.setattr(svd_module, "_full_svd", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(svd_module, "_full_svd", lambda *a, **k: called.append(1) or (None,) * 3)
     randla.block_krylov_svd(A0, 10, p=2, q=2, rng=0)  # 3 * 12 < 40: randomized
     assert not called
     with pytest.raises(ValueError, match="solver must be one of"):
