@@ -31,7 +31,7 @@ def pow2_scale(amax):
     fi = xp.finfo(amax.dtype)
     ok = (amax > 0) & xp.isfinite(amax)
     safe = xp.where(ok, amax, xp.ones_like(amax))
-    lo, hi = math.log2(float(fi.smallest_normal)), _max_exponent(xp, amax.dtype)
+    lo, hi = math.log2(float(fi.smallest_normal)), float(_max_exponent(xp, amax.dtype))
     e = xp.clip(xp.floor(xp.log2(safe)), lo, hi)
     two = xp.asarray(2.0, dtype=amax.dtype, device=B.device(amax))
     return xp.where(ok, xp.pow(two, e), xp.ones_like(amax))

@@ -217,15 +217,18 @@ def _scipy_operand(A, name, check_finite):
         A = A.astype(dtype) if scipy.sparse.issparse(A) else spla.aslinearoperator(A)
     elif dtype not in (np.float32, np.float64, np.complex64, np.complex128):
         raise TypeError(f"{name} has dtype {dtype}; use float32, float64, complex64 or complex128")
+    # the array-API NumPy namespace of a dense NumPy A (NumPy 2.0's own np.astype refuses
+    # the NumPy scalars that reductions return)
+    xp = B.namespace(np.empty(0))
     if scipy.sparse.issparse(A):
         A = A.tocsr()  # first: LIL and DOK keep no flat .data to check
         if check_finite and not np.all(np.isfinite(A.data)):
             raise ValueError(f"{name} contains NaN or Inf (pass check_finite=False to skip this check)")
         AH = A.conj().T.tocsr()
-        return Operand(A, np, tuple(A.shape), dtype, lambda X: np.asarray(A @ X, dtype=dtype),
+        return Operand(A, xp, tuple(A.shape), dtype, lambda X: np.asarray(A @ X, dtype=dtype),
                        lambda X: np.asarray(AH @ X, dtype=dtype), False)
     op = A
-    return Operand(op, np, tuple(op.shape), dtype, lambda X: np.asarray(op.matmat(X), dtype=dtype),
+    return Operand(op, xp, tuple(op.shape), dtype, lambda X: np.asarray(op.matmat(X), dtype=dtype),
                    lambda X: np.asarray(op.rmatmat(X), dtype=dtype), False)
 
 

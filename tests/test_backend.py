@@ -291,3 +291,18 @@ def test_products_of_a_complex_matrix_do_not_copy_it(backend):
         finally:
             tracemalloc.stop()
         assert peak < 0.1 * A0.nbytes
+
+
+def test_scipy_operands_compute_in_the_array_api_numpy_namespace():
+    """Sparse and ``LinearOperator`` input run in array_api_compat's NumPy namespace, as a
+    dense NumPy ``A`` does. With NumPy's own, ``spectral_norm`` and ``estimate_rank`` of
+    such input raised ``TypeError`` on NumPy 2.0 (its ``np.astype`` refuses the NumPy
+    scalars that reductions return; 2.1 accepts them)."""
+    import scipy.sparse
+    import scipy.sparse.linalg as spla
+
+    A0 = np.random.default_rng(0).standard_normal((50, 30))
+    for A in (scipy.sparse.csr_array(A0), spla.aslinearoperator(A0)):
+        op = V.as_operand(A)
+        assert op.xp is B.namespace(A0)
+        np.testing.assert_allclose(randla.spectral_norm(A, rng=0), np.linalg.norm(A0, 2), rtol=1e-6)

@@ -306,7 +306,7 @@ def test_matrix_free(fmt, func):
 
 
 def test_sparse_integer_input_is_promoted():
-    A = scipy.sparse.random_array((40, 30), density=0.3, rng=0, dtype=np.float64)
+    A = scipy.sparse.random_array((40, 30), density=0.3, random_state=0, dtype=np.float64)
     A = (A * 10).astype(np.int64)
     U, S, Vh = randla.rsvd(A, 5, q=2, rng=0)
     assert U.dtype == np.float64
