@@ -1028,6 +1028,9 @@ def _one_thread(libs):
         yield
         return
     restore = []
+    owner = _thread_ownership() if libs else None
+    if owner is not None:
+        owner.increment()
     try:
         for lib in libs:
             n = lib.get_num_threads()
@@ -1038,6 +1041,21 @@ def _one_thread(libs):
     finally:
         for lib, n in restore:
             lib.set_num_threads(n)
+        if owner is not None:
+            owner.decrement()
+
+
+def _thread_ownership():
+    """threadpoolctl's count of this thread's scopes over a process-wide OpenBLAS pool
+    (3.8 and later; else ``None``). The first thread to set such a pool's size
+    controls it until its scopes are done, and other threads' limits do nothing
+    meanwhile: a scope of ours is counted like one of ``threadpool_limits``, so that
+    control is handed back when it ends (it was kept by the main thread for good,
+    and a worker thread's ``threadpool_limits(1)`` silently did nothing after any
+    randla call)."""
+    import threadpoolctl
+
+    return getattr(threadpoolctl, "CONTROLLING_THREAD_OWNERSHIP", None)
 
 
 # Least matrices and work (entries of A times columns of the sketch) of a part of a

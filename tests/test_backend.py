@@ -306,3 +306,30 @@ def test_scipy_operands_compute_in_the_array_api_numpy_namespace():
         op = V.as_operand(A)
         assert op.xp is B.namespace(A0)
         np.testing.assert_allclose(randla.spectral_norm(A, rng=0), np.linalg.norm(A0, 2), rtol=1e-6)
+
+
+def test_a_randla_call_leaves_other_threads_free_to_limit_blas():
+    """threadpoolctl (3.8 and later) lets only one thread at a time set a process-wide
+    OpenBLAS pool, until its scopes end: randla's scopes hand that control back, so
+    a worker thread's ``threadpool_limits(1)`` still takes effect after a call (it
+    silently did nothing: the main thread kept control for good)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import threading
+
+    def limited_in_a_thread():
+        seen = []
+
+        def run():
+            with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+                seen.extend(lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+                            if lib["user_api"] == "blas")
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join()
+        return seen
+
+    randla.rsi(np.random.default_rng(0).standard_normal((300, 200)), 10, rng=0)
+    randla.rsi(np.random.default_rng(0).standard_normal((8, 200, 150)).astype(np.float32), 60, rng=0)
+    seen = limited_in_a_thread()
+    assert seen and set(seen) == {1}
