@@ -124,8 +124,9 @@ Measured and not kept (one thread, CPU time, interleaved, unless said):
   included: 1.25x as fast (2.93x the floor, now 2.35x, best of 10 rounds, quiet
   machine; 3.19x and 2.54x in another run), 2.4x at load 2. Stacks with fewer than
   three matrices per part stay whole: 2 and 4 x 384 x 384 took 1.4x and 1.25x as
-  long cut (the parts' Python steps take turns on the GIL). It stops short of the one-thread ratio (rsi 495 ms of
-  CPU against the floor's 224 ms, 2.21x) because SciPy's ``syevd`` and ``trsm``
+  long cut (the parts' Python steps take turns on the GIL). It stops short of the
+  one-thread ratio (rsi 495 ms of CPU against the floor's 224 ms, 2.21x) because
+  SciPy's ``syevd`` and ``trsm``
   wrappers hold the GIL and take turns (two threads: 0.93-0.96x as fast as one on
   eight 384 x 384 problems; ``numpy.linalg.eigh``, which releases it, measured no
   faster in the parts). torch stacks, on torch's kernels, cut the same way with

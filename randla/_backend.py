@@ -1110,7 +1110,7 @@ def over_stack(A, rng, parts, run):
     cuts = np.linspace(0, flat.shape[0], parts + 1).astype(int)
     chunks = [flat[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
     gens = [copy.deepcopy(gen) for _ in chunks[:-1]] + [gen]
-    with _one_thread(_blas_controllers()), ThreadPoolExecutor(parts - 1) as pool:
+    with single_threaded_blas(), ThreadPoolExecutor(parts - 1) as pool:
         # each part in a copy of the caller's context: NumPy's errstate is a context variable
         futures = [pool.submit(contextvars.copy_context().run, run, c, g)
                    for c, g in zip(chunks[:-1], gens[:-1], strict=True)]
